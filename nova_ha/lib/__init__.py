@@ -1,0 +1,1 @@
+"""Shared logic of the nova-ha agents, split by concern (see README: Architecture)."""

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nova-ha",
+    version="0.1.0",
+    description="Instance high availability for OpenStack Nova on Pacemaker",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nova_ha", "nova_ha.*"]),
+    install_requires=[
+        "pyghmi>=1.5",
+        "python-novaclient>=18.0",
+        "keystoneauth1>=5.0",
+        "lxml>=4.9",
+        # fence-agents' fencing.py (from Debian's fence-agents) imports both at module level.
+        "pycurl>=7.45",
+        "pexpect>=4.8",
+        "PyYAML>=6.0",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"]},
+    entry_points={"console_scripts": ["nova-ha = nova_ha.cli:main"]},
+)

@@ -1,0 +1,57 @@
+# nova-ha: `make demo` shows the agent at work; `make test` installs what the tests need and
+# runs the whole suite (root, Debian 12). `make install` installs the agents for Pacemaker.
+
+SHELL := /bin/bash
+PYTHON_SYSTEM ?= /usr/bin/python3
+VENV ?= $(CURDIR)/.venv
+PREFIX ?= /opt/nova-ha
+DEB_PACKAGES := pacemaker pacemaker-cli-utils corosync fence-agents resource-agents ipmitool \
+	openipmi python3-novaclient python3-venv python3-dev libxml2-utils pcs
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv nova-venv test demo install lint bench clean
+
+all: venv
+
+# Debian packages: apt-get update only when something is missing.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.stamp: setup.py pyproject.toml | deps
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+nova-venv: deps
+	bash tests/testbed/nova_box/setup-venv.sh
+
+test: deps venv nova-venv
+	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: deps venv
+	$(VENV)/bin/python -m tests.testbed.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: deps venv nova-venv
+	$(VENV)/bin/python -m benchmarks.run
+
+install: deps
+	$(PYTHON_SYSTEM) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
+	$(PREFIX)/bin/pip install -q .
+	$(PREFIX)/bin/nova-ha install-agents --python $(PREFIX)/bin/python
+
+clean:
+	rm -rf $(VENV) .venv-nova build *.egg-info

@@ -1,0 +1,193 @@
+"""The OCF resource-agent protocol (resource-agents' conventions).
+
+resource-agents ships a Python helper (heartbeat/ocf.py). We do not use it: it declares
+parameters with its own objects, so we would declare each parameter twice, and it lives
+outside site-packages. What we need of the protocol is small and lives here: OCF_RESKEY_*
+parameters, probe detection, exit codes 0-7, 'ocf-exit-reason:' lines and meta-data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from nova_ha.lib import docs, log, params
+
+OCF_SUCCESS = 0
+OCF_ERR_GENERIC = 1
+OCF_ERR_ARGS = 2
+OCF_ERR_UNIMPLEMENTED = 3
+OCF_ERR_PERM = 4
+OCF_ERR_INSTALLED = 5
+OCF_ERR_CONFIGURED = 6
+OCF_NOT_RUNNING = 7
+
+# The OCF DTD (ra-api-1.dtd) knows string/integer/boolean only, the RNG also second and
+# select: render what both accept.
+_OCF_TYPES = {"string": "string", "integer": "integer", "second": "integer",
+              "boolean": "boolean", "select": "string"}
+
+
+class OcfError(Exception):
+    """Ends an action with an OCF exit code and an exit reason for Pacemaker."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OcfAction:
+    name: str
+    timeout: int  # seconds
+    interval: int | None = None
+    depth: int | None = None
+
+
+@dataclass
+class OcfRequest:
+    action: str
+    params: params.Parsed
+    env: Mapping[str, str]
+
+    @property
+    def interval_ms(self) -> int:
+        try:
+            return int(self.env.get("OCF_RESKEY_CRM_meta_interval", "0") or 0)
+        except ValueError:
+            return 0
+
+    @property
+    def is_probe(self) -> bool:
+        return self.action == "monitor" and self.interval_ms == 0
+
+    @property
+    def timeout(self) -> float:
+        """The action's timeout given by Pacemaker (seconds), or the metadata default."""
+        try:
+            return int(self.env["OCF_RESKEY_CRM_meta_timeout"]) / 1000.0
+        except (KeyError, ValueError):
+            return 20.0
+
+    @property
+    def node(self) -> str:
+        return self.env.get("OCF_RESKEY_CRM_meta_on_node") or os.uname().nodename
+
+    @property
+    def resource(self) -> str:
+        return self.env.get("OCF_RESOURCE_INSTANCE", "")
+
+
+Validator = Callable[[OcfRequest], list[tuple[int, str]]]
+
+
+@dataclass
+class OcfAgentSpec:
+    name: str
+    version: str
+    shortdesc: str
+    longdesc: str
+    actions: list[OcfAction]
+    handlers: dict[str, Callable[[OcfRequest], int]]
+    validate: Validator = field(default=lambda request: [])
+
+
+def metadata(spec: OcfAgentSpec) -> str:
+    out = ['<?xml version="1.0"?>',
+           '<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">',
+           f"<resource-agent name={docs.xml_attr(spec.name)} "
+           f"version={docs.xml_attr(spec.version)}>",
+           "<version>1.0</version>",
+           f'<longdesc lang="en">{docs.xml_escape(spec.longdesc)}</longdesc>',
+           f'<shortdesc lang="en">{docs.xml_escape(spec.shortdesc)}</shortdesc>',
+           "<parameters>"]
+    for param in params.for_agent(spec.name):
+        longdesc = param.long or param.short
+        if param.choices:
+            longdesc += f" Values: {', '.join(param.choices)}."
+        if param.aliases:
+            longdesc += f" Deprecated names: {', '.join(param.aliases)}."
+        default = f" default={docs.xml_attr(param.default)}" if param.default is not None else ""
+        out += [f'<parameter name={docs.xml_attr(param.name)} unique="0" '
+                f'required="{1 if param.required else 0}">',
+                f'<longdesc lang="en">{docs.xml_escape(longdesc)}</longdesc>',
+                f'<shortdesc lang="en">{docs.xml_escape(param.short)}</shortdesc>',
+                f'<content type="{_OCF_TYPES[param.type]}"{default}/>',
+                "</parameter>"]
+    out += ["</parameters>", "<actions>"]
+    for action in spec.actions:
+        extra = ""
+        if action.interval is not None:
+            extra += f' interval="{action.interval}s"'
+        if action.depth is not None:
+            extra += f' depth="{action.depth}"'
+        out.append(f'<action name="{action.name}" timeout="{action.timeout}s"{extra}/>')
+    out += ["</actions>", "</resource-agent>"]
+    return "\n".join(out)
+
+
+def parse_env(env: Mapping[str, str], agent: str) -> params.Parsed:
+    raw = [(key[len("OCF_RESKEY_"):], value) for key, value in env.items()
+           if key.startswith("OCF_RESKEY_") and not key.startswith("OCF_RESKEY_CRM_meta")]
+    return params.parse(raw, agent)
+
+
+def exit_reason(reason: str) -> None:
+    """Pacemaker shows the last such line as the failure's exit reason."""
+    text = log.REDACTOR.redact(" ".join(reason.split()))
+    print(f"ocf-exit-reason:{text}", file=sys.stderr, flush=True)
+
+
+def run(spec: OcfAgentSpec, argv: list[str] | None = None,
+        env: Mapping[str, str] | None = None) -> NoReturn:
+    sys.exit(dispatch(spec, sys.argv[1:] if argv is None else argv,
+                      os.environ if env is None else env))
+
+
+def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int:
+    action = argv[0] if argv else ""
+    if action in ("meta-data", "metadata"):
+        print(metadata(spec))
+        return OCF_SUCCESS
+    if action == "manpage":
+        print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=False))
+        return OCF_SUCCESS
+    known = set(spec.handlers) | {"validate-all", "meta-data", "usage", "help"}
+    if action in ("usage", "help") or action not in known:
+        print(f"usage: {spec.name} {{{'|'.join(sorted(known))}}}", file=sys.stderr)
+        return OCF_SUCCESS if action in ("usage", "help") else OCF_ERR_UNIMPLEMENTED
+
+    parsed = parse_env(env, spec.name)
+    log.REDACTOR.add(*parsed.secrets())
+    log.setup(spec.name, verbose=env.get("OCF_TRACE_RA", "") == "1")
+    logger = log.get()
+    for warning in parsed.warnings:
+        logger.warning(warning)
+    request = OcfRequest(action=action, params=parsed, env=env)
+    try:
+        problems = [(OCF_ERR_CONFIGURED, p) for p in parsed.problems] + spec.validate(request)
+        if problems:
+            for _, problem in problems:
+                logger.error(problem)
+            code, reason = problems[0]
+            # A stop or a probe with a broken configuration must not escalate: nothing can
+            # be running that this configuration started.
+            if action == "stop":
+                return OCF_SUCCESS
+            if request.is_probe:
+                return OCF_NOT_RUNNING
+            raise OcfError(code, reason)
+        if action == "validate-all":
+            return OCF_SUCCESS
+        return spec.handlers[action](request)
+    except OcfError as err:
+        exit_reason(err.reason)
+        return err.code
+    except Exception as err:  # never a traceback to Pacemaker: a reason it can show
+        logger.debug("details", exc_info=True)
+        exit_reason(f"{action} failed: {err}")
+        return OCF_ERR_GENERIC

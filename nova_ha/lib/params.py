@@ -1,0 +1,467 @@
+"""The one table of parameters, and the typed parsing every agent shares.
+
+Each parameter is declared once here. The fence-agent metadata and CLI (fence_proto), the OCF
+metadata (ocf_proto), validation, and the docs / man pages are all rendered from this table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FENCE = "fence_nova_evacuate"
+COMPUTE = "NovaCompute"
+EVACUATE = "NovaEvacuate"
+CLI = "nova-ha"
+
+_OPENSTACK = frozenset({FENCE, COMPUTE, EVACUATE, CLI})
+_EVACUATION = frozenset({FENCE, EVACUATE, CLI})
+_FENCE_ONLY = frozenset({FENCE})
+_COMPUTE_ONLY = frozenset({COMPUTE})
+
+TRUE_WORDS = frozenset({"1", "yes", "y", "on", "true", "t"})
+FALSE_WORDS = frozenset({"0", "no", "n", "off", "false", "f"})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter, as every agent and document sees it."""
+
+    name: str
+    type: str  # string | integer | second | boolean | select
+    short: str  # one line, for metadata shortdesc and --help
+    long: str = ""  # the why and how, for OCF longdesc and the man page
+    default: str | None = None
+    required: bool = False
+    secret: bool = False
+    aliases: tuple[str, ...] = ()  # deprecated names still accepted
+    choices: tuple[str, ...] = ()
+    agents: frozenset[str] = field(default_factory=frozenset)
+    group: str = "general"
+    getopt: str = ""  # fence CLI short option letter (fence_ipmilan's letters where shared)
+    cli: str = ""  # fence CLI long option when it differs from the name (fence-agents' "plug")
+    metavar: str = ""
+
+    @property
+    def longopt(self) -> str:
+        return (self.cli or self.name).replace("_", "-")
+
+    def is_flag(self) -> bool:
+        """A boolean that defaults to false is a bare flag on the command line."""
+        return self.type == "boolean" and self.default in (None, "0")
+
+
+def _p(name: str, type_: str, short: str, long: str = "", **kw: Any) -> Param:
+    return Param(name=name, type=type_, short=short, long=long, **kw)
+
+
+PARAMETERS: tuple[Param, ...] = (
+    # ---- host selection -------------------------------------------------------------------
+    _p("port", "string", "Pacemaker node name of the compute host to fence",
+       "Pacemaker passes the target node as 'port' (fence-agents call it 'plug'). It is "
+       "mapped to Nova's compute host name with host_map and domain.",
+       cli="plug", aliases=("nodename",), agents=_FENCE_ONLY, group="host", getopt="n",
+       metavar="node"),
+    _p("host_map", "string", "Map of Pacemaker node names to Nova host names",
+       "Pairs 'node:novahost' separated by ';', ',' or spaces, for clouds whose Nova host "
+       "names differ from the Pacemaker node names. Unlisted nodes use their own name "
+       "(plus domain).", agents=_OPENSTACK, group="host", metavar="map"),
+    _p("domain", "string", "DNS domain appended to node names to form Nova host names",
+       "Set this when Nova knows compute hosts by their fully qualified names and the "
+       "Pacemaker nodes by their short names. A name that already ends in the domain is "
+       "left as it is.", agents=_OPENSTACK, group="host", metavar="domain"),
+    # ---- OpenStack --------------------------------------------------------------------------
+    _p("os_cloud", "string", "Cloud name in clouds.yaml (recommended: no password in the CIB)",
+       "Name of an entry in clouds.yaml (/etc/openstack/clouds.yaml or "
+       "~/.config/openstack/clouds.yaml, or the file named by OS_CLIENT_CONFIG_FILE). Its "
+       "settings are read first; os_* parameters given here override them. This keeps the "
+       "OpenStack password out of the CIB.", agents=_OPENSTACK, group="openstack",
+       metavar="cloud"),
+    _p("os_auth_url", "string", "Keystone v3 URL",
+       "Keystone identity endpoint, e.g. https://keystone.example.com:5000/v3.",
+       aliases=("auth_url",), agents=_OPENSTACK, group="openstack", metavar="url"),
+    _p("os_username", "string", "OpenStack user name",
+       "Keystone user with the admin role (force-down, evacuate and listing all tenants' "
+       "servers need it). fence_compute called this 'username'; here 'username' is the "
+       "BMC's, as in fence_ipmilan.", agents=_OPENSTACK, group="openstack", metavar="name"),
+    _p("os_password", "string", "OpenStack password",
+       "Prefer os_cloud or os_password_script: a password given here is stored in the CIB.",
+       secret=True, agents=_OPENSTACK, group="openstack", metavar="password"),
+    _p("os_password_script", "string", "Command that prints the OpenStack password",
+       "Run without a shell (split like a shell would); its first line of standard output "
+       "is the password.", agents=_OPENSTACK, group="openstack", metavar="command"),
+    _p("os_project_name", "string", "OpenStack project (tenant) name",
+       aliases=("tenant_name",), agents=_OPENSTACK, group="openstack", metavar="name"),
+    _p("os_user_domain_name", "string", "Keystone domain of the user",
+       default="Default", aliases=("user_domain",), agents=_OPENSTACK, group="openstack",
+       metavar="name"),
+    _p("os_project_domain_name", "string", "Keystone domain of the project",
+       default="Default", aliases=("project_domain",), agents=_OPENSTACK, group="openstack",
+       metavar="name"),
+    _p("os_application_credential_id", "string", "Keystone application credential ID",
+       "An application credential replaces user name and password.", agents=_OPENSTACK,
+       group="openstack", metavar="id"),
+    _p("os_application_credential_secret", "string", "Keystone application credential secret",
+       secret=True, agents=_OPENSTACK, group="openstack", metavar="secret"),
+    _p("os_region_name", "string", "OpenStack region", aliases=("region_name",),
+       agents=_OPENSTACK, group="openstack", metavar="region"),
+    _p("os_interface", "select", "Endpoint interface to use for Nova",
+       "Which catalog endpoint of Nova to use. fence_compute's publicURL / internalURL / "
+       "adminURL are accepted too.", default="internal", choices=("public", "internal", "admin"),
+       aliases=("endpoint_type",), agents=_OPENSTACK, group="openstack"),
+    _p("os_cacert", "string", "CA bundle to verify Keystone and Nova TLS certificates",
+       agents=_OPENSTACK, group="openstack", metavar="path"),
+    _p("os_cert", "string", "Client certificate for TLS", agents=_OPENSTACK,
+       group="openstack", metavar="path"),
+    _p("os_key", "string", "Client certificate key for TLS", agents=_OPENSTACK,
+       group="openstack", metavar="path"),
+    _p("os_insecure", "boolean", "Do not verify TLS certificates (test clouds only)",
+       default="0", aliases=("insecure",), agents=_OPENSTACK, group="openstack"),
+    _p("os_api_timeout", "second", "Timeout of one Keystone or Nova request (seconds)",
+       "Each request is bounded by this; failed requests are retried with backoff inside "
+       "the action's overall budget.", default="10", agents=_OPENSTACK, group="openstack"),
+    _p("os_compute_api_version", "string", "Highest Nova microversion to use",
+       "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
+       "2.52 to pin an older behaviour.", default="auto", agents=_OPENSTACK, group="openstack",
+       metavar="version"),
+    # ---- BMC (fence_ipmilan's names) ---------------------------------------------------------
+    _p("ip", "string", "BMC address (IPMI over LAN)",
+       "Without BMC parameters the agent does no power action: use it then only in a "
+       "fencing-topology level after a power device such as fence_ipmilan, which confirms "
+       "the power-off before this agent runs.", aliases=("ipaddr",), agents=_FENCE_ONLY,
+       group="bmc", getopt="a", metavar="ip"),
+    _p("ipport", "integer", "BMC UDP port", default="623", agents=_FENCE_ONLY, group="bmc",
+       getopt="u", metavar="port"),
+    _p("username", "string", "BMC user name", aliases=("login",), agents=_FENCE_ONLY,
+       group="bmc", getopt="l", metavar="name"),
+    _p("password", "string", "BMC password", secret=True, aliases=("passwd",),
+       agents=_FENCE_ONLY, group="bmc", getopt="p", metavar="password"),
+    _p("password_script", "string", "Command that prints the BMC password",
+       "Run without a shell; its first line of standard output is the password.",
+       aliases=("passwd_script",), agents=_FENCE_ONLY, group="bmc", getopt="S",
+       metavar="command"),
+    _p("lanplus", "boolean", "Use IPMI 2.0 (lanplus)",
+       "Accepted for fence_ipmilan compatibility: nova-ha always speaks IPMI 2.0 (RMCP+).",
+       default="0", agents=_FENCE_ONLY, group="bmc", getopt="P"),
+    _p("cipher", "integer", "IPMI 2.0 cipher suite",
+       "Accepted for fence_ipmilan compatibility; the cipher suite is negotiated with the "
+       "BMC (SHA-1/AES, suite 3, when the BMC offers nothing better that is supported).",
+       agents=_FENCE_ONLY, group="bmc", getopt="C", metavar="suite"),
+    _p("privlvl", "select", "IPMI privilege level", default="administrator",
+       choices=("callback", "user", "operator", "administrator"), agents=_FENCE_ONLY,
+       group="bmc", getopt="L"),
+    _p("power_timeout", "second", "Seconds to wait for the BMC to confirm a power change",
+       "If the BMC does not report 'off' within this time the fence fails and nothing is "
+       "done in Nova.", default="20", agents=_FENCE_ONLY, group="bmc"),
+    _p("power_wait", "second", "Seconds to wait after a confirmed power change",
+       default="0", agents=_FENCE_ONLY, group="bmc"),
+    # ---- evacuation ---------------------------------------------------------------------------
+    _p("evacuate", "select", "Which servers to evacuate after fencing",
+       "all: every server of the host; tagged: only servers whose flavor extra_specs, image "
+       "properties or server metadata carry evacuable_tag with a true value; none: fence "
+       "and force down only; record: fence, force down and record the host as needing "
+       "evacuation, leaving the work to the NovaEvacuate resource.", default="all",
+       choices=("all", "tagged", "none", "record"), agents=_EVACUATION, group="evacuation"),
+    _p("evacuable_tag", "string", "Tag that marks a server evacuable (evacuate=tagged)",
+       default="evacuable", agents=_EVACUATION, group="evacuation", metavar="tag"),
+    _p("max_parallel", "integer", "Evacuation requests in flight at once", default="16",
+       agents=_EVACUATION, group="evacuation", metavar="n"),
+    _p("evacuate_timeout", "second", "Seconds allowed for evacuating a host",
+       "Keep power_timeout + evacuate_timeout + 10 below Pacemaker's stonith-timeout (or "
+       "pcmk_off_timeout / pcmk_reboot_timeout): what is not finished by then stays recorded "
+       "and NovaEvacuate completes it.", default="40", agents=_EVACUATION, group="evacuation"),
+    _p("evacuate_retries", "integer", "Retries of a failed evacuation of one server",
+       default="2", agents=_EVACUATION, group="evacuation", metavar="n"),
+    _p("target_hosts", "string", "Reserved hosts to evacuate to (comma separated)",
+       "Empty: Nova's scheduler chooses. Otherwise these hosts are enabled first and each "
+       "server is sent to one of them with room; when they are full the remaining servers "
+       "go to Nova's scheduler.", agents=_EVACUATION, group="evacuation", metavar="hosts"),
+    _p("power_on_after", "boolean", "Power the host back on at the end of a reboot",
+       "With reboot, power on after evacuation so the repaired host can rejoin through "
+       "NovaCompute; set 0 to leave it off for inspection (reboot then acts like off).",
+       default="1", agents=_FENCE_ONLY, group="evacuation"),
+    # ---- NovaCompute ---------------------------------------------------------------------------
+    _p("systemd_unit", "string", "systemd unit of nova-compute",
+       "Default: the first of nova-compute.service and openstack-nova-compute.service that "
+       "exists. Ignored when start_command is set.", agents=_COMPUTE_ONLY, group="compute",
+       metavar="unit"),
+    _p("start_command", "string", "Command that starts nova-compute (instead of systemd)",
+       "Run without a shell. Use with stop_command and status_command for setups without "
+       "systemd.", agents=_COMPUTE_ONLY, group="compute", metavar="command"),
+    _p("stop_command", "string", "Command that stops nova-compute", agents=_COMPUTE_ONLY,
+       group="compute", metavar="command"),
+    _p("status_command", "string", "Command that exits 0 while nova-compute runs",
+       agents=_COMPUTE_ONLY, group="compute", metavar="command"),
+    _p("check_nova_service", "boolean", "monitor also asks Nova whether the service is up",
+       default="0", agents=_COMPUTE_ONLY, group="compute"),
+    _p("disable_on_stop", "boolean", "Disable the Nova service when the resource stops",
+       default="0", agents=_COMPUTE_ONLY, group="compute"),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
+ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in p.aliases}
+
+
+def for_agent(agent: str) -> list[Param]:
+    return [p for p in PARAMETERS if agent in p.agents]
+
+
+def canonical_name(name: str, agent: str) -> str | None:
+    """Canonical parameter name for a name or alias ('-' and '_' alike); None if unknown."""
+    key = name.strip().replace("-", "_")
+    key = ALIASES.get(key, key)
+    param = BY_NAME.get(key)
+    return key if param is not None and agent in param.agents else None
+
+
+def secret_names() -> frozenset[str]:
+    return frozenset(p.name for p in PARAMETERS if p.secret) | frozenset(
+        a for p in PARAMETERS if p.secret for a in p.aliases
+    )
+
+
+class ParamError(ValueError):
+    """A parameter value is wrong; the message names the parameter, never a secret value."""
+
+
+def _shown(param: Param, raw: str) -> str:
+    if param.secret:
+        return "(hidden)"
+    return repr(raw if len(raw) <= 60 else raw[:57] + "...")
+
+
+def convert(param: Param, raw: str) -> Any:
+    """Typed value of one parameter, or ParamError naming it."""
+    value = raw.strip()
+    if param.type in ("string",):
+        return value
+    if param.type == "boolean":
+        low = value.lower()
+        if low in TRUE_WORDS:
+            return True
+        if low in FALSE_WORDS:
+            return False
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
+                         "(use 1/0, yes/no, true/false)")
+    if param.type == "integer":
+        try:
+            number = int(value)
+        except ValueError:
+            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
+                             "integer") from None
+        if number < 0:
+            raise ParamError(f"parameter '{param.name}': must not be negative")
+        return number
+    if param.type == "second":
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|ms)?", value.lower())
+        if not match:
+            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
+                             "number of seconds")
+        seconds = float(match.group(1))
+        return seconds / 1000 if match.group(2) == "ms" else seconds
+    if param.type == "select":
+        low = value.lower()
+        if param.name == "os_interface" and low.endswith("url"):
+            low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
+        if low not in param.choices:
+            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
+                             f"{', '.join(param.choices)}")
+        return low
+    raise AssertionError(f"unknown parameter type {param.type}")
+
+
+@dataclass
+class Parsed:
+    """Typed parameter values of one agent run, with what was wrong in the input."""
+
+    values: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    given: set[str] = field(default_factory=set)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None or value == "" else value
+
+    def secrets(self) -> list[str]:
+        return [str(self.values[n]) for n in secret_names() if self.values.get(n)]
+
+
+def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Parsed:
+    """Canonicalise names, apply defaults, convert types. Never raises for bad input."""
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    result = Parsed(values={})
+    for name, value in items:
+        key = canonical_name(name, agent)
+        if key is None:
+            # Only the name: the value of a misspelt password parameter must not be shown.
+            result.warnings.append(f"ignoring unknown parameter '{_printable(name)}'")
+            continue
+        if name.replace("-", "_") != key:
+            result.warnings.append(f"parameter '{name}' is deprecated, use '{key}'")
+        if key in result.given and name.replace("-", "_") != key:
+            continue  # the canonical name wins over its deprecated alias
+        result.given.add(key)
+        try:
+            result.values[key] = convert(BY_NAME[key], value)
+        except ParamError as err:
+            result.problems.append(str(err))
+    for param in for_agent(agent):
+        if param.name not in result.values and param.default is not None:
+            result.values[param.name] = convert(param, param.default)
+        if param.required and param.name not in result.given:
+            result.problems.append(f"parameter '{param.name}' is required")
+    return result
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:60]
+
+
+def parse_host_map(text: str) -> dict[str, str]:
+    """'node1:host1;node2:host2' (also ',', spaces, '=') -> {node: host}."""
+    pairs: dict[str, str] = {}
+    for item in re.split(r"[;,\s]+", text.strip()):
+        if not item:
+            continue
+        node, sep, host = item.replace("=", ":").partition(":")
+        if not sep or not node or not host:
+            raise ParamError(f"parameter 'host_map': entry {item!r} is not 'node:host'")
+        pairs[node] = host
+    return pairs
+
+
+def nova_host_name(node: str, host_map: str = "", domain: str = "") -> str:
+    """Nova's compute host name for a Pacemaker node name."""
+    mapped = parse_host_map(host_map).get(node) if host_map else None
+    if mapped:
+        return mapped
+    domain = domain.strip(".")
+    if domain and not node.endswith("." + domain):
+        return f"{node}.{domain}"
+    return node
+
+
+def node_name_for_host(host: str, host_map: str = "", domain: str = "") -> str:
+    """Inverse of nova_host_name: the Pacemaker node name for a Nova host name."""
+    for node, mapped in (parse_host_map(host_map) if host_map else {}).items():
+        if mapped == host:
+            return node
+    domain = domain.strip(".")
+    if domain and host.endswith("." + domain):
+        return host[: -len(domain) - 1]
+    return host
+
+
+# ---- cross-parameter checks (validate-all and every action) ------------------------------------
+
+def _command_problem(name: str, command: str) -> str | None:
+    import shlex
+    import shutil
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        return f"parameter '{name}': cannot split the command ({err})"
+    if not argv:
+        return f"parameter '{name}': empty command"
+    if shutil.which(argv[0]) is None:
+        return f"parameter '{name}': {argv[0]!r} is not an executable"
+    return None
+
+
+def check_openstack(parsed: Parsed) -> list[str]:
+    """Enough to authenticate with Keystone, without contacting it."""
+    import os
+
+    problems = []
+    for name in ("os_cacert", "os_cert", "os_key"):
+        path = parsed.get(name)
+        if path and not os.path.isfile(path):
+            problems.append(f"parameter '{name}': file {path!r} does not exist")
+    if parsed.get("os_password_script"):
+        problem = _command_problem("os_password_script", parsed["os_password_script"])
+        if problem:
+            problems.append(problem)
+    if parsed.get("os_cloud"):
+        return problems  # the cloud's entry is checked where clouds.yaml is read
+    if not parsed.get("os_auth_url"):
+        return problems + ["parameter 'os_auth_url' (or 'os_cloud') is required"]
+    if parsed.get("os_application_credential_id"):
+        if not parsed.get("os_application_credential_secret"):
+            problems.append("parameter 'os_application_credential_secret' is required with "
+                            "'os_application_credential_id'")
+        return problems
+    if not parsed.get("os_username"):
+        problems.append("parameter 'os_username' is required (or use os_cloud or an "
+                        "application credential)")
+    if not (parsed.get("os_password") or parsed.get("os_password_script")):
+        problems.append("parameter 'os_password' or 'os_password_script' is required")
+    if not parsed.get("os_project_name"):
+        problems.append("parameter 'os_project_name' is required")
+    return problems
+
+
+def has_bmc(parsed: Parsed) -> bool:
+    return bool(parsed.get("ip"))
+
+
+def check_bmc(parsed: Parsed) -> list[str]:
+    """BMC parameters are all-or-nothing: none means a fencing-topology level."""
+    given = [n for n in ("ip", "username", "password", "password_script") if parsed.get(n)]
+    if not given:
+        return []
+    problems = []
+    if not parsed.get("ip"):
+        problems.append("parameter 'ip' is required when BMC credentials are given")
+    if not parsed.get("username"):
+        problems.append("parameter 'username' (the BMC's user) is required with 'ip'")
+    if not (parsed.get("password") or parsed.get("password_script")):
+        problems.append("parameter 'password' or 'password_script' (the BMC's) is required "
+                        "with 'ip'")
+    if parsed.get("password_script"):
+        problem = _command_problem("password_script", parsed["password_script"])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def check_evacuation(parsed: Parsed) -> list[str]:
+    problems = []
+    if parsed.get("max_parallel") is not None and parsed["max_parallel"] < 1:
+        problems.append("parameter 'max_parallel': must be at least 1")
+    for name in ("host_map",):
+        if parsed.get(name):
+            try:
+                parse_host_map(parsed[name])
+            except ParamError as err:
+                problems.append(str(err))
+    return problems
+
+
+class SecretScriptError(RuntimeError):
+    pass
+
+
+def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
+    """First line printed by a password script. Runs without a shell; output never logged."""
+    import shlex
+    import subprocess
+
+    try:
+        done = subprocess.run(shlex.split(command), capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as err:
+        raise SecretScriptError(f"parameter '{name}': cannot run the script "
+                                f"({type(err).__name__})") from None
+    if done.returncode != 0:
+        raise SecretScriptError(f"parameter '{name}': the script exited {done.returncode}")
+    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise SecretScriptError(f"parameter '{name}': the script printed nothing")
+    return lines[0]

@@ -1,0 +1,70 @@
+"""Shared helpers of the test suite: run the agents the way Pacemaker does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FENCE_AGENT = os.path.join(ROOT, "agents", "fence", "fence_nova_evacuate")
+COMPUTE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaCompute")
+PYTHON = sys.executable
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip when a component is missing; under CI a missing component is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required component missing under CI: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+def need_binary(name: str) -> str:
+    path = shutil.which(name) or (name if os.path.isfile(name) else None)
+    need(path is not None, name)
+    return path
+
+
+def stdin_text(params: Mapping[str, object] | Iterable[tuple[str, object]]) -> str:
+    items = params.items() if isinstance(params, Mapping) else params
+    return "".join(f"{k}={v}\n" for k, v in items)
+
+
+def run_fence(params: Mapping[str, object] | Iterable[tuple[str, object]] | None = None,
+              args: list[str] | None = None, stdin: bytes | str | None = None,
+              user: str | None = None, timeout: float = 120,
+              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run fence_nova_evacuate as Pacemaker does: parameters on stdin, no argv."""
+    if stdin is None:
+        stdin = stdin_text(params or {})
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    cmd = [PYTHON, FENCE_AGENT] + (args or [])
+    if user:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    done = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout,
+                          env=dict(env if env is not None else os.environ), cwd="/")
+    return subprocess.CompletedProcess(done.args, done.returncode,
+                                       done.stdout.decode(errors="replace"),
+                                       done.stderr.decode(errors="replace"))
+
+
+def run_ocf(agent: str, action: str, params: Mapping[str, object] | None = None,
+            meta: Mapping[str, object] | None = None, timeout: float = 120,
+            user: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
+    env["OCF_ROOT"] = "/usr/lib/ocf"
+    env.update({f"OCF_RESKEY_{k}": str(v) for k, v in (params or {}).items()})
+    env.update({f"OCF_RESKEY_CRM_meta_{k}": str(v) for k, v in (meta or {}).items()})
+    cmd = [PYTHON, agent, action]
+    if user:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd="/")

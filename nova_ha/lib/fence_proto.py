@@ -76,6 +76,9 @@ def _fencing() -> Any:
 
 def _register(fencing: Any, agent: str) -> list[str]:
     """Render our parameter table into fencing.all_opt; return the device_opt keys."""
+    # 'separator' (needed for the list actions) takes -C, which fence_ipmilan users know as
+    # the cipher suite: keep -C for cipher, leave separator as a long option only.
+    fencing.all_opt["separator"]["getopt"] = ":"
     device_opt = []
     for order, param in enumerate(params.for_agent(agent), start=1):
         # fencing.py supports one deprecated name per option: the all_opt key when it differs
@@ -126,10 +129,16 @@ def _clean_stdin(pairs: list[tuple[str, str]], agent: str,
         fencing.all_opt[k]["longopt"].replace("-", "_") for k in FRAMEWORK_KEYS
         if "longopt" in fencing.all_opt.get(k, {})} | {"option"}
     lines, warnings = [], []
+    names = {name.replace("-", "_") for name, _ in pairs}
     for name, value in pairs:
         key = name.replace("-", "_")
+        if key == "nodename" and names & {"port", "plug"}:
+            continue  # Pacemaker sends both; 'port' is the target
         canonical = params.canonical_name(key, agent)
         if canonical is not None:
+            # Pacemaker itself sends 'port' and 'nodename': only users' old names are warned.
+            if key != canonical and canonical != "port":
+                warnings.append(f"parameter '{key}' is deprecated, use '{canonical}'")
             key = params.BY_NAME[canonical].cli or canonical
         elif key not in known_framework:
             warnings.append(f"ignoring unknown parameter '{params._printable(name)}'")
@@ -178,7 +187,7 @@ def parse_input(spec: FenceAgentSpec, argv: list[str], stdin: bytes | None
     Exits like every fence agent (fencing.fail_usage) on a command line getopt rejects.
     """
     fencing = _fencing()
-    device_opt = ["port", "separator", "no_password", "no_login"]
+    device_opt = ["separator", "no_password", "no_login"]
     device_opt += _register(fencing, spec.name)
     warnings: list[str] = []
     saved_argv, saved_stdin = sys.argv, sys.stdin

@@ -201,7 +201,7 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
-ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in p.aliases}
+ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in (*p.aliases, p.cli) if a}
 
 
 def for_agent(agent: str) -> list[Param]:

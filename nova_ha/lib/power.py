@@ -1,0 +1,313 @@
+"""IPMI chassis power control for fencing, on pyghmi's IPMI 2.0 (lanplus) client.
+
+Only three IPMI requests are used: Get Chassis Status (netfn 0, cmd 1) and Chassis
+Control off/on (netfn 0, cmd 2). They go through ``Command.raw_command`` rather than
+``get_power``/``set_power``, because those first identify the vendor and may switch to
+vendor-specific (even HTTPS) code paths that a fence action must not depend on.
+
+pyghmi is imported lazily: stonith agents import this module on paths (metadata,
+validate-all) that must stay fast and must work even where pyghmi is slow to import.
+
+Bounds: pyghmi's own retry timers can keep a call going for about 30 s when a BMC stops
+answering mid-session, and its login gives up after about 5 s. Every pyghmi call made
+here therefore runs in a daemon worker thread that the caller waits on with a deadline:
+the caller gets a PowerError in time, the abandoned worker finishes (or is dropped at
+interpreter exit) on its own, and nothing can keep the process from exiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["Bmc", "BmcConfig", "PowerError"]
+
+_T = TypeVar("_T")
+
+# IPMI privilege levels by the names fence_ipmilan uses for its privlvl option.
+_PRIVLEVELS = {"callback": 1, "user": 2, "operator": 3, "administrator": 4}
+# pyghmi cannot be told which cipher suite to use: it proposes 17 (SHA-256) and falls
+# back to 3 (SHA-1) when the BMC refuses. Any other requested suite cannot be honoured.
+_CIPHERS = (3, 17)
+
+_NETFN_CHASSIS = 0x00
+_CMD_CHASSIS_STATUS = 0x01
+_CMD_CHASSIS_CONTROL = 0x02
+_CONTROL = {"off": 0x00, "on": 0x01}
+_PYGHMI_TIMEOUT = 0xFFFF  # "code" pyghmi puts in the reply it makes up when retries ran out
+
+_ATTEMPTS = 2  # per request: the first try, then one more on a fresh session
+_POLL_INTERVAL = 0.25  # between status polls while confirming a state change
+_CLOSE_TIMEOUT = 1.0  # logout is a courtesy to the BMC; never wait long for it
+
+
+class PowerError(Exception):
+    """A power operation failed or its outcome is unknown. Never contains the password."""
+
+
+@dataclass(frozen=True)
+class BmcConfig:
+    """How to reach one BMC. ``timeout`` bounds confirming a state change (power_timeout),
+    ``wait`` is extra settle time after a confirmed change (power_wait), ``connect_timeout``
+    bounds session setup plus one request."""
+
+    address: str
+    port: int = 623
+    username: str = ""
+    password: str = field(default="", repr=False)
+    lanplus: bool = True
+    cipher: int | None = None
+    privlvl: str = "administrator"
+    timeout: float = 20.0
+    wait: float = 0.0
+    connect_timeout: float = 10.0
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _bounded(fn: Callable[[], _T], timeout: float, name: str) -> _T:
+    """Run fn in a daemon thread and wait at most timeout seconds for it.
+
+    A daemon thread (not a ThreadPoolExecutor, whose workers are joined at exit) so a
+    call stuck in pyghmi's retry loop can neither block the caller nor the exit."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(max(timeout, 0.0)):
+        raise _Timeout
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _endpoint(cfg: BmcConfig) -> str:
+    host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
+    return f"{host}:{cfg.port}"
+
+
+def _power_state(data: bytes | bytearray) -> str | None:
+    """Power state from a Get Chassis Status reply body, None if it cannot tell."""
+    if len(data) < 1:
+        return None
+    return "on" if data[0] & 0x01 else "off"
+
+
+class Bmc:
+    """One BMC, driven over IPMI 2.0. Not thread-safe: use one instance per thread."""
+
+    def __init__(self, cfg: BmcConfig) -> None:
+        if not cfg.address:
+            raise PowerError("BMC address is empty")
+        if not 0 < cfg.port < 65536:
+            raise PowerError(f"BMC port {cfg.port} is out of range")
+        if not cfg.lanplus:
+            # pyghmi picks IPMI 1.5 only by itself, for BMCs without 2.0; it can't be forced.
+            raise PowerError("lanplus=False (IPMI 1.5) is not supported; use lanplus")
+        if cfg.cipher is not None and cfg.cipher not in _CIPHERS:
+            raise PowerError(
+                f"cipher suite {cfg.cipher} is not supported; pyghmi negotiates 17 or 3"
+            )
+        if cfg.privlvl.lower() not in _PRIVLEVELS:
+            raise PowerError(
+                f"privlvl {cfg.privlvl!r} is not one of {', '.join(_PRIVLEVELS)}"
+            )
+        for name in ("timeout", "connect_timeout"):
+            if getattr(cfg, name) <= 0:
+                raise PowerError(f"{name} must be positive")
+        if cfg.wait < 0:
+            raise PowerError("wait must not be negative")
+        self._cfg = cfg
+        self._privlevel = _PRIVLEVELS[cfg.privlvl.lower()]
+        self._ep = _endpoint(cfg)
+        self._cmd: Any = None  # pyghmi Command, made on first use
+
+    def __enter__(self) -> Bmc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ---------------------------------------------------------------
+
+    def status(self) -> str:
+        """"on" or "off"; PowerError if the BMC cannot tell (never a guessed "on")."""
+        return self._status(time.monotonic() + self._cfg.connect_timeout)
+
+    def off_and_confirm(self) -> float:
+        """Chassis power off (skipped if already off), then poll until the BMC reports
+        off within cfg.timeout. Returns seconds from the call to the confirmation (the
+        cfg.wait settle time, slept afterwards, is not counted)."""
+        return self._set_and_confirm("off")
+
+    def on_and_confirm(self) -> float:
+        """As off_and_confirm, for on."""
+        return self._set_and_confirm("on")
+
+    def close(self) -> None:
+        cmd, self._cmd = self._cmd, None
+        if cmd is None:
+            return
+        try:
+            _bounded(cmd.ipmi_session.logout, _CLOSE_TIMEOUT, "ipmi-logout")
+        except Exception:  # the session may already be gone; nothing to undo
+            pass
+
+    # -- internals ----------------------------------------------------------------
+
+    def _error(self, message: str) -> PowerError:
+        # pyghmi's messages never carry the password, but make it impossible anyway.
+        if self._cfg.password:
+            message = message.replace(self._cfg.password, "****")
+        return PowerError(message)
+
+    def _status(self, deadline: float) -> str:
+        rsp = self._request(_CMD_CHASSIS_STATUS, (), "chassis status", deadline)
+        state = _power_state(rsp.get("data") or b"")
+        if state is None:
+            raise self._error(f"BMC {self._ep} sent a chassis status without a power state")
+        return state
+
+    def _set_and_confirm(self, target: str) -> float:
+        cfg = self._cfg
+        start = time.monotonic()
+        if self._status(start + cfg.connect_timeout) == target:
+            # Already there: sending the command again would only add a log entry on
+            # the BMC and, for "on", could restart a host someone is working on.
+            return time.monotonic() - start
+        self._request(
+            _CMD_CHASSIS_CONTROL,
+            (_CONTROL[target],),
+            f"chassis power {target}",
+            time.monotonic() + cfg.connect_timeout,
+        )
+        confirm_by = time.monotonic() + cfg.timeout
+        last = "on" if target == "off" else "off"
+        while True:
+            now = time.monotonic()
+            if now >= confirm_by:
+                break
+            try:
+                last = self._status(min(confirm_by, now + cfg.connect_timeout))
+            except PowerError as exc:
+                # A BMC busy with the power change may drop a query: keep polling.
+                last = f"unknown ({exc})"
+            if last == target:
+                taken = time.monotonic() - start
+                if cfg.wait > 0:
+                    time.sleep(cfg.wait)
+                return taken
+            time.sleep(max(0.0, min(_POLL_INTERVAL, confirm_by - time.monotonic())))
+        raise self._error(
+            f"BMC {self._ep} accepted chassis power {target} but did not report power "
+            f"{target} within {cfg.timeout:g} s (last status: {last})"
+        )
+
+    def _connect(self, deadline: float) -> Any:
+        if self._cmd is not None:
+            return self._cmd
+        from pyghmi.ipmi import command as ipmi_command  # lazy: see module docstring
+
+        cfg = self._cfg
+
+        def login() -> Any:
+            return ipmi_command.Command(
+                bmc=cfg.address,
+                userid=cfg.username,
+                password=cfg.password,
+                port=cfg.port,
+                privlevel=self._privlevel,
+            )
+
+        try:
+            self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
+        except _Timeout:
+            raise self._unreachable() from None
+        except Exception as exc:
+            raise self._login_error(exc) from None
+        return self._cmd
+
+    def _unreachable(self) -> PowerError:
+        return self._error(
+            f"BMC {self._ep} did not answer IPMI session setup within "
+            f"{self._cfg.connect_timeout:g} s (unreachable, wrong address or port, "
+            "or IPMI over LAN disabled)"
+        )
+
+    def _login_error(self, exc: Exception) -> PowerError:
+        detail = str(exc) if exc.args and exc.args[0] else ""
+        low = detail.lower()
+        user = self._cfg.username
+        if not detail or low == "timeout":
+            # pyghmi gave up on its own (~5 s) before our deadline.
+            return self._unreachable()
+        if "incorrect password" in low or "rakp4" in low:
+            why = "wrong password"
+        elif "unauthorized name" in low:
+            why = "unknown user"
+        elif "privelege" in low or "privilege" in low or "role" in low:
+            why = f"user may not use privilege level {self._cfg.privlvl}"
+        else:
+            why = ""
+        if why:
+            return self._error(
+                f"authentication failed at BMC {self._ep} for user {user!r}: {why} ({detail})"
+            )
+        if "cipher" in low or "algorithm" in low:
+            return self._error(
+                f"BMC {self._ep} accepts none of the cipher suites pyghmi offers "
+                f"(17, 3): {detail}"
+            )
+        return self._error(f"IPMI session setup with BMC {self._ep} failed: {detail}")
+
+    def _request(
+        self, command: int, data: tuple[int, ...], what: str, deadline: float
+    ) -> dict[str, Any]:
+        """One chassis request, bounded by deadline; a lost session is re-opened once."""
+        failure = f"no reply to {what}"
+        for attempt in range(_ATTEMPTS):
+            if attempt and time.monotonic() >= deadline:
+                break
+            cmd = self._connect(deadline)
+
+            def call(cmd: Any = cmd) -> Any:
+                return cmd.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
+
+            try:
+                rsp = _bounded(call, deadline - time.monotonic(), "ipmi-request")
+            except _Timeout:
+                # The worker may still be inside pyghmi with this session: drop it
+                # rather than log it out (logout would wait for that worker).
+                self._cmd = None
+                failure = f"no reply to {what} in time"
+                continue
+            except Exception as exc:  # pyghmi: "Session no longer connected" and kin
+                self._cmd = None
+                failure = f"{what} failed: {exc}"
+                continue
+            if not rsp or rsp.get("code") == _PYGHMI_TIMEOUT:
+                # pyghmi reports its own retries running out as a fake reply.
+                self._cmd = None
+                failure = f"no reply to {what}"
+                continue
+            if rsp.get("code") or "error" in rsp:
+                code = rsp.get("code", -1)
+                text = rsp.get("error") or "error"
+                raise self._error(
+                    f"BMC {self._ep} refused {what}: {text} (completion code 0x{code:02x})"
+                )
+            return rsp
+        raise self._error(f"BMC {self._ep}: {failure} (gave up after the deadline)")

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from nova_ha.lib import fence_proto, params
+from typing import TYPE_CHECKING
+
+from nova_ha.lib import fence_proto, log, params
 from nova_ha.lib.fence_proto import FenceRequest
+
+if TYPE_CHECKING:
+    from nova_ha.lib import power, recovery, state
+
+# The power, Nova, state and evacuation modules are imported by the actions that use them:
+# metadata, --help and validate-all must start fast (Pacemaker runs them often).
+LOG = log.get("fencer")
 
 # Actions that act on one host and so need 'port'.
 _TARGETED = ("on", "off", "reboot", "status")
@@ -23,7 +32,173 @@ def validate(request: FenceRequest) -> list[str]:
     return problems
 
 
-HANDLERS: dict = {}
+def _node_and_host(parsed: params.Parsed) -> tuple[str, str]:
+    node = parsed["port"]
+    return node, params.nova_host_name(node, parsed.get("host_map", ""), parsed.get("domain", ""))
+
+
+def _bmc(parsed: params.Parsed) -> power.Bmc:
+    from nova_ha.lib import power
+
+    password = parsed.get("password")
+    if not password and parsed.get("password_script"):
+        password = params.run_secret_script("password_script", parsed["password_script"])
+        log.REDACTOR.add(password)
+    return power.Bmc(power.BmcConfig(
+        address=parsed["ip"], port=parsed.get("ipport", 623), username=parsed.get("username"),
+        password=password or "", lanplus=True, cipher=parsed.get("cipher"),
+        privlvl=parsed.get("privlvl", "administrator"),
+        timeout=parsed.get("power_timeout", 20.0), wait=parsed.get("power_wait", 0.0)))
+
+
+def _store() -> state.StateStore | None:
+    from nova_ha.lib import state
+
+    try:
+        return state.CibStateStore()
+    except state.StateError as err:
+        LOG.error("no cluster record available: %s", err)
+        return None
+
+
+def _options(parsed: params.Parsed) -> recovery.Options:
+    from nova_ha.lib import recovery
+
+    targets = [h for h in (parsed.get("target_hosts") or "").replace(" ", ",").split(",") if h]
+    return recovery.Options(mode=parsed["evacuate"], tag=parsed.get("evacuable_tag"),
+                            max_parallel=parsed["max_parallel"],
+                            retries=parsed["evacuate_retries"], target_hosts=targets)
+
+
+def fence_off(request: FenceRequest) -> int:
+    """Power off and confirm, force down, record, evacuate. 0 once the host is safe."""
+    from nova_ha.lib import power, recovery  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+
+    parsed = request.params
+    node, host = _node_and_host(parsed)
+    if params.has_bmc(parsed):
+        try:
+            with _bmc(parsed) as bmc:
+                took = bmc.off_and_confirm()
+        except (power.PowerError, params.SecretScriptError) as err:
+            LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", node, err)
+            return fence_proto.EC_GENERIC_ERROR
+        LOG.info("power-off of %s confirmed by its BMC in %.2fs", node, took)
+    else:
+        LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
+                 "fencing-topology level", node)
+
+    deadline = Deadline(parsed["evacuate_timeout"])
+    try:
+        nova = Nova.from_params(parsed)
+        recovery.force_down(nova, deadline, host)
+    except (NovaError, params.SecretScriptError) as err:
+        LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
+        return fence_proto.EC_GENERIC_ERROR
+    store = _store()
+    mode = parsed["evacuate"]
+    recovery.record(store, lambda s: s.mark(node, "fenced", "fenced",
+                                            f"power off confirmed, forced down ({host})",
+                                            mode=mode, service_host=host), "fencing")
+    if mode == "none":
+        recovery.record(store, lambda s: s.mark(node, "evacuated", "evacuation_finished",
+                                                "evacuate=none: nothing evacuated"), "mode")
+    elif mode == "record":
+        LOG.info("%s recorded as fenced; NovaEvacuate evacuates it (evacuate=record)", node)
+    else:
+        try:
+            recovery.evacuate_host(nova, store, node, host, _options(parsed), deadline,
+                                   recovery.owner_name(params.FENCE))
+        except NovaError as err:
+            # Fencing itself succeeded: the rest stays recorded for NovaEvacuate.
+            LOG.error("evacuation of %s interrupted: %s", node, err)
+    return fence_proto.EC_OK
+
+
+def fence_reboot(request: FenceRequest) -> int:
+    code = fence_off(request)
+    parsed = request.params
+    if code != fence_proto.EC_OK or not params.has_bmc(parsed) or not parsed["power_on_after"]:
+        return code
+    return fence_on(request)
+
+
+def fence_on(request: FenceRequest) -> int:
+    """Power on only: the host rejoins Nova through NovaCompute once its evacuations are done
+    (Nova refuses to un-force a host while 'done' evacuation migrations remain)."""
+    from nova_ha.lib import power, recovery  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+
+    node, _ = _node_and_host(request.params)
+    try:
+        with _bmc(request.params) as bmc:
+            took = bmc.on_and_confirm()
+    except (power.PowerError, params.SecretScriptError) as err:
+        LOG.error("power-on of %s failed: %s", node, err)
+        return fence_proto.EC_GENERIC_ERROR
+    LOG.info("%s powered on (confirmed in %.2fs)", node, took)
+    return fence_proto.EC_OK
+
+
+def fence_status(request: FenceRequest) -> int:
+    """0 on, 2 off, 1 when the BMC cannot tell (never 'on' by default)."""
+    from nova_ha.lib import power, recovery  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+
+    node, _ = _node_and_host(request.params)
+    try:
+        with _bmc(request.params) as bmc:
+            current = bmc.status()
+    except (power.PowerError, params.SecretScriptError) as err:
+        LOG.error("power state of %s unknown: %s", node, err)
+        return fence_proto.EC_GENERIC_ERROR
+    print(f"Status: {current.upper()}")
+    return fence_proto.EC_OK if current == "on" else fence_proto.EC_STATUS_OFF
+
+
+def _list(request: FenceRequest, with_status: bool) -> int:
+    from nova_ha.lib import power, recovery  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+
+    parsed = request.params
+    try:
+        nova = Nova.from_params(parsed)
+        services = nova.services(Deadline(parsed.get("os_api_timeout", 10) * 3))
+    except (NovaError, params.SecretScriptError) as err:
+        LOG.error("cannot list compute hosts: %s", err)
+        return fence_proto.EC_GENERIC_ERROR
+    for svc in services:
+        node = params.node_name_for_host(svc.host, parsed.get("host_map", ""),
+                                         parsed.get("domain", ""))
+        up = svc.state == "up" and not svc.forced_down
+        print(f"{node},{svc.host}" + (f",{'on' if up else 'off'}" if with_status else ""))
+    return fence_proto.EC_OK
+
+
+def fence_monitor(request: FenceRequest) -> int:
+    """The device works: the BMC answers (when configured) and Keystone gives a token."""
+    from nova_ha.lib import power, recovery  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+
+    parsed = request.params
+    try:
+        if params.has_bmc(parsed):
+            with _bmc(parsed) as bmc:
+                bmc.status()
+        nova = Nova.from_params(parsed)
+        nova.microversion(Deadline(parsed.get("os_api_timeout", 10) * 2))
+    except (power.PowerError, NovaError, params.SecretScriptError) as err:
+        LOG.error("monitor failed: %s", err)
+        return fence_proto.EC_GENERIC_ERROR
+    return fence_proto.EC_OK
+
+
+HANDLERS: dict = {
+    "off": fence_off, "reboot": fence_reboot, "on": fence_on, "status": fence_status,
+    "list": lambda request: _list(request, False),
+    "list-status": lambda request: _list(request, True), "monitor": fence_monitor,
+}
 
 SHORTDESC = "Fence agent that powers off a Nova compute host and evacuates its servers"
 LONGDESC = (

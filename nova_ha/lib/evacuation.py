@@ -1,0 +1,305 @@
+"""Evacuating a fenced host: plan (which servers, where) and run (bounded concurrency,
+each server followed to a terminal state, failures retried) — one code path for the stonith
+agent, NovaEvacuate and `nova-ha evacuate`.
+
+Precondition everywhere: the host's power-off is confirmed and its service forced down.
+
+Transient task states (the host is off, so work that was running *on it* can never finish):
+* rebuilding / rebuild_block_device_mapping / rebuild_spawning: an evacuation is already under
+  way (an earlier run asked for it): followed, not asked again.
+* host-local tasks (spawning, networking, block_device_mapping, scheduling, rebooting*,
+  powering-on/off, pausing, unpausing, suspending, resuming, rescuing, unrescuing,
+  updating_password, image_*): Nova refuses to evacuate while a task is set, and only the dead
+  host could clear it. The server is reset to 'error' (which clears the task) and evacuated;
+  Nova rebuilds it ACTIVE elsewhere.
+* vm_state paused / suspended / rescued: Nova evacuates only active, stopped and error
+  servers; their state lived in the dead host's memory, so they are reset to 'error' and
+  evacuated too (they come back ACTIVE).
+* deleting / soft-deleting, migrations and resizes (migrating, resize_*), shelving*,
+  unshelving, restoring: these involve another host or the user's intent to remove the
+  server; resetting them could lose data, so they are skipped and reported for the operator.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nova_ha.lib import log
+from nova_ha.lib.nova import Deadline, Nova, NovaError
+
+LOG = log.get("evacuation")
+
+REBUILD_TASKS = frozenset({"rebuilding", "rebuild_block_device_mapping", "rebuild_spawning"})
+HOST_LOCAL_TASKS = frozenset({
+    "scheduling", "block_device_mapping", "networking", "spawning", "rebooting",
+    "reboot_pending", "reboot_started", "rebooting_hard", "reboot_pending_hard",
+    "reboot_started_hard", "powering-off", "powering-on", "pausing", "unpausing", "suspending",
+    "resuming", "rescuing", "unrescuing", "updating_password", "image_snapshot",
+    "image_snapshot_pending", "image_pending_upload", "image_uploading", "image_backup"})
+RESET_VM_STATES = frozenset({"paused", "suspended", "rescued", "building"})
+EVACUABLE_VM_STATES = frozenset({"active", "stopped", "error"})
+TRUE_VALUES = frozenset({"true", "1", "yes", "on", "y", "t"})
+POLL_INTERVAL = 1.0
+
+HOST_ATTR = "OS-EXT-SRV-ATTR:host"
+TASK_ATTR = "OS-EXT-STS:task_state"
+VM_ATTR = "OS-EXT-STS:vm_state"
+
+
+@dataclass
+class Outcome:
+    """How one server's evacuation ended (or where it stands)."""
+
+    server_id: str
+    name: str
+    result: str = "pending"  # evacuated | failed | skipped | gone | unfinished | pending
+    host: str | None = None
+    status: str | None = None
+    detail: str = ""
+    attempts: int = 0
+    accepted_at: float | None = None
+    finished_at: float | None = None
+    was_stopped: bool = False
+    needs_request: bool = True
+    next_try: float = 0.0
+
+
+@dataclass
+class Summary:
+    host: str
+    found: int = 0
+    selected: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    all_accepted_after: float | None = None
+    finished_after: float | None = None
+
+    def count(self, result: str) -> int:
+        return sum(1 for o in self.outcomes if o.result == result)
+
+    @property
+    def complete(self) -> bool:
+        return all(o.result in ("evacuated", "skipped", "gone", "failed") for o in self.outcomes)
+
+    def line(self) -> str:
+        return (f"evacuation of {self.host}: {self.found} servers found, {self.selected} "
+                f"selected, {self.count('evacuated')} evacuated, {self.count('failed')} failed, "
+                f"{self.count('skipped')} skipped, {self.count('unfinished')} unfinished, "
+                f"{self.count('gone')} deleted meanwhile, in "
+                f"{(self.finished_after or time.monotonic() - self.started):.1f}s")
+
+
+Progress = Callable[[str, Outcome], None]
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in TRUE_VALUES
+
+
+class Planner:
+    """Which servers of a host to evacuate (evacuate=all|tagged)."""
+
+    def __init__(self, nova: Nova, deadline: Deadline, mode: str, tag: str) -> None:
+        self.nova, self.deadline, self.mode, self.tag = nova, deadline, mode, tag
+        self._images: dict[str, dict[str, Any]] = {}
+
+    def tagged(self, server: dict[str, Any]) -> bool:
+        flavor = server.get("flavor") or {}
+        if _truthy((flavor.get("extra_specs") or {}).get(self.tag, "")):
+            return True
+        if _truthy((server.get("metadata") or {}).get(self.tag, "")):
+            return True
+        image = server.get("image")
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if not image_id:
+            return False  # boot from volume: no image properties to read
+        if image_id not in self._images:
+            self._images[image_id] = self.nova.image_properties(self.deadline, image_id)
+        return _truthy(self._images[image_id].get(self.tag, ""))
+
+    def plan(self, servers: list[dict[str, Any]]) -> tuple[list[Outcome], list[Outcome]]:
+        """(to evacuate, skipped) — skipped ones carry the reason."""
+        chosen, skipped = [], []
+        for server in servers:
+            outcome = Outcome(server_id=server["id"], name=server.get("name", ""),
+                              host=server.get(HOST_ATTR), status=server.get("status"))
+            outcome.was_stopped = (server.get(VM_ATTR) == "stopped")
+            task = server.get(TASK_ATTR)
+            vm_state = server.get(VM_ATTR) or ""
+            if self.mode == "tagged" and not self.tagged(server):
+                outcome.result, outcome.detail = "skipped", f"not tagged {self.tag}"
+            elif task in REBUILD_TASKS:
+                outcome.needs_request, outcome.detail = False, "evacuation already under way"
+            elif task and task not in HOST_LOCAL_TASKS:
+                outcome.result = "skipped"
+                outcome.detail = f"task {task} involves another host or deletion: left to " \
+                                 "the operator"
+            elif vm_state not in EVACUABLE_VM_STATES | RESET_VM_STATES:
+                outcome.result, outcome.detail = "skipped", f"vm_state {vm_state} not evacuable"
+            (skipped if outcome.result == "skipped" else chosen).append(outcome)
+        return chosen, skipped
+
+
+class Runner:
+    """Evacuates the chosen servers of one host: concurrent, followed, retried."""
+
+    def __init__(self, nova: Nova, deadline: Deadline, source_host: str, max_parallel: int,
+                 retries: int, target_hosts: list[str] | None = None,
+                 progress: Progress | None = None, heartbeat: Callable[[], None] | None = None,
+                 may_request: Callable[[], bool] | None = None) -> None:
+        self.nova, self.deadline, self.source = nova, deadline, source_host
+        self.max_parallel, self.retries = max(1, max_parallel), max(0, retries)
+        self.targets = list(target_hosts or [])
+        self.progress = progress or (lambda event, outcome: None)
+        self.heartbeat = heartbeat or (lambda: None)
+        # The safety gate, checked before every request (e.g. "our lease is still ours").
+        self.may_request = may_request or (lambda: True)
+        self._lock = threading.Lock()
+        self._next_target = 0
+        self._full_targets: set[str] = set()
+
+    def _target(self) -> str | None:
+        with self._lock:
+            usable = [h for h in self.targets if h not in self._full_targets]
+            if not usable:
+                return None
+            self._next_target += 1
+            return usable[self._next_target % len(usable)]
+
+    def _request(self, outcome: Outcome, vm_state: str | None, task: str | None) -> None:
+        if not self.may_request():
+            outcome.detail = "lease lost: another runner owns this host"
+            outcome.result = "unfinished"
+            return
+        outcome.attempts += 1
+        if task in HOST_LOCAL_TASKS or vm_state in RESET_VM_STATES:
+            LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
+                     outcome.server_id, vm_state, task)
+            self.nova.reset_state(self.deadline, outcome.server_id, "error")
+        target = self._target()  # None: Nova's scheduler chooses
+        accepted = self.nova.evacuate(self.deadline, outcome.server_id, host=target)
+        outcome.accepted_at = time.monotonic()
+        outcome.needs_request = False
+        outcome.detail = (f"requested to {target}" if target else "requested") if accepted \
+            else "already under way (409)"
+        self.progress("accepted", outcome)
+
+    def _submit(self, outcome: Outcome, server: dict[str, Any] | None = None) -> None:
+        try:
+            if server is None:
+                server = self.nova.server(self.deadline, outcome.server_id)
+            self._request(outcome, server.get(VM_ATTR), server.get(TASK_ATTR))
+        except NovaError as err:
+            if err.status == 404:
+                outcome.result, outcome.detail = "gone", "deleted meanwhile"
+                self.progress("finished", outcome)
+                return
+            outcome.detail = str(err)
+            self._failed_attempt(outcome)
+
+    def _failed_attempt(self, outcome: Outcome) -> None:
+        if outcome.attempts <= self.retries and not self.deadline.expired():
+            outcome.needs_request = True
+            outcome.next_try = time.monotonic() + min(2.0 ** outcome.attempts, 10.0)
+            LOG.warning("server %s: attempt %d failed (%s); retrying", outcome.server_id,
+                        outcome.attempts, outcome.detail)
+            self.progress("retry", outcome)
+        else:
+            outcome.result = "failed"
+            outcome.finished_at = time.monotonic()
+            self.progress("finished", outcome)
+
+    def _check(self, outcome: Outcome) -> None:
+        """Follow one server after its request was accepted."""
+        try:
+            server = self.nova.server(self.deadline, outcome.server_id)
+        except NovaError as err:
+            if err.status == 404:
+                outcome.result, outcome.detail = "gone", "deleted meanwhile"
+                self.progress("finished", outcome)
+            return  # not reachable now: look again next round
+        host, status, task = server.get(HOST_ATTR), server.get("status"), server.get(TASK_ATTR)
+        outcome.host, outcome.status = host, status
+        if task:
+            return
+        if status == "ERROR":
+            outcome.detail = (server.get("fault") or {}).get("message", "server in ERROR")
+            if host in self.targets:
+                self._full_targets.add(host)
+            self._failed_attempt(outcome)
+        elif host != self.source and status in ("ACTIVE", "SHUTOFF"):
+            outcome.result, outcome.finished_at = "evacuated", time.monotonic()
+            outcome.detail = f"{status} on {host}"
+            self.progress("finished", outcome)
+        elif host == self.source:
+            # Nova undid the rebuild (e.g. no valid host): the request failed.
+            outcome.detail = "Nova found no host for it"
+            for target in self.targets:
+                self._full_targets.add(target)
+            self._failed_attempt(outcome)
+
+    def run(self, outcomes: list[Outcome], servers: dict[str, dict[str, Any]]) -> None:
+        pending = [o for o in outcomes if o.result == "pending"]
+        with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
+            first = [o for o in pending if o.needs_request]
+            list(pool.map(lambda o: self._submit(o, servers.get(o.server_id)), first))
+            while True:
+                live = [o for o in pending if o.result == "pending"]
+                if not live:
+                    return
+                if self.deadline.remaining() < POLL_INTERVAL:
+                    for outcome in live:
+                        outcome.result = "unfinished"
+                        outcome.detail = outcome.detail or "evacuate_timeout reached"
+                    return
+                time.sleep(POLL_INTERVAL)
+                self.heartbeat()
+                now = time.monotonic()
+                due = [o for o in live if o.needs_request and o.next_try <= now]
+                following = [o for o in live if not o.needs_request]
+                list(pool.map(self._submit, due))
+                list(pool.map(self._check, following))
+
+
+def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: str,
+                     max_parallel: int, retries: int, target_hosts: list[str] | None = None,
+                     progress: Progress | None = None,
+                     heartbeat: Callable[[], None] | None = None,
+                     may_request: Callable[[], bool] | None = None) -> Summary:
+    """List the host's servers (one call), choose, evacuate, follow. Returns the summary."""
+    summary = Summary(host=host)
+    servers = nova.servers_on(deadline, host)
+    summary.found = len(servers)
+    chosen, skipped = Planner(nova, deadline, mode, tag).plan(servers)
+    summary.selected = len(chosen)
+    summary.outcomes = chosen + skipped
+    for outcome in skipped:
+        if progress:
+            progress("finished", outcome)
+    if target_hosts:
+        _enable_targets(nova, deadline, target_hosts)
+    runner = Runner(nova, deadline, host, max_parallel, retries, target_hosts, progress,
+                    heartbeat, may_request)
+    runner.run(chosen, {s["id"]: s for s in servers})
+    accepted = [o.accepted_at for o in chosen if o.accepted_at is not None]
+    if accepted:
+        summary.all_accepted_after = max(accepted) - summary.started
+    summary.finished_after = time.monotonic() - summary.started
+    for outcome in summary.outcomes:
+        LOG.info("server %s (%s): %s%s", outcome.server_id, outcome.name, outcome.result,
+                 f" - {outcome.detail}" if outcome.detail else "")
+    LOG.info(summary.line())
+    return summary
+
+
+def _enable_targets(nova: Nova, deadline: Deadline, hosts: list[str]) -> None:
+    """Reserved hosts are kept disabled so nothing else lands there: enable them first."""
+    for svc in nova.services(deadline):
+        if svc.host in hosts and svc.status == "disabled":
+            LOG.info("enabling reserved target host %s", svc.host)
+            nova.update_service(deadline, svc, enable=True)

@@ -1,0 +1,369 @@
+"""A small, typed Nova client on keystoneauth1: only what instance HA needs.
+
+We talk REST through keystoneauth1's Adapter rather than python-novaclient: novaclient caps
+microversions at its own release's maximum and hides status codes we act on (409 = already
+under way, 400 = service still up). Every call has a timeout; connection errors and 5xx are
+retried with backoff inside the caller's deadline; keystoneauth1 re-authenticates once on 401.
+keystoneauth1 is imported only when a client is built, never on the metadata path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nova_ha.lib import log, params
+
+LOG = log.get("nova")
+
+# Newest microversion nova-ha knows the behaviour of (Nova 34.0.0's maximum).
+MAX_MICROVERSION = (2, 100)
+MIN_MICROVERSION = (2, 1)
+# The image proxy (GET /images) exists only up to 2.35; it is how image properties are read.
+IMAGE_PROXY_MICROVERSION = "2.35"
+COMPUTE_BINARY = "nova-compute"
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class Deadline:
+    """An overall time budget shared by the calls of one action."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(self.end - time.monotonic(), 0.0)
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+class NovaError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NovaUnavailable(NovaError):
+    """Keystone or Nova could not be reached (or kept failing) within the budget."""
+
+
+def _parse_version(text: str) -> tuple[int, int]:
+    major, _, minor = text.strip().partition(".")
+    return int(major), int(minor or 0)
+
+
+def version_text(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+# ---- authentication -------------------------------------------------------------------------
+
+def _clouds_yaml_paths() -> list[str]:
+    explicit = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    home = os.path.expanduser("~")
+    paths = [explicit] if explicit else []
+    return paths + [os.path.join(os.getcwd(), "clouds.yaml"),
+                    os.path.join(home, ".config", "openstack", "clouds.yaml"),
+                    "/etc/openstack/clouds.yaml"]
+
+
+def cloud_settings(name: str) -> dict[str, Any]:
+    """The named cloud of clouds.yaml (merged with secure.yaml beside it), flattened."""
+    import yaml  # noqa: PLC0415  (only when os_cloud is used)
+
+    for path in _clouds_yaml_paths():
+        if not os.path.isfile(path):
+            continue
+        with open(path) as stream:
+            clouds = (yaml.safe_load(stream) or {}).get("clouds", {})
+        if name not in clouds:
+            continue
+        cloud = dict(clouds[name] or {})
+        secure = os.path.join(os.path.dirname(path), "secure.yaml")
+        if os.path.isfile(secure):
+            with open(secure) as stream:
+                extra = ((yaml.safe_load(stream) or {}).get("clouds", {}) or {}).get(name, {})
+            cloud = _merge(cloud, extra or {})
+        flat = {f"os_{k}": v for k, v in (cloud.get("auth") or {}).items()}
+        for key in ("region_name", "interface", "cacert", "cert", "key"):
+            if key in cloud:
+                flat[f"os_{key}"] = cloud[key]
+        if "verify" in cloud:
+            flat["os_insecure"] = not cloud["verify"]
+        return flat
+    raise NovaError(f"parameter 'os_cloud': cloud {name!r} not found in "
+                    f"{', '.join(p for p in _clouds_yaml_paths())}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def auth_settings(parsed: params.Parsed) -> dict[str, Any]:
+    """os_* settings: clouds.yaml first, then parameters given here, then scripts."""
+    settings: dict[str, Any] = {}
+    if parsed.get("os_cloud"):
+        settings.update(cloud_settings(parsed["os_cloud"]))
+    for name in parsed.given:
+        if name.startswith("os_") and parsed.get(name) not in (None, ""):
+            settings[name] = parsed[name]
+    for name in ("os_user_domain_name", "os_project_domain_name", "os_interface",
+                 "os_api_timeout", "os_compute_api_version"):
+        settings.setdefault(name, parsed.get(name))
+    if parsed.get("os_password_script") and not parsed.get("os_password"):
+        settings["os_password"] = params.run_secret_script("os_password_script",
+                                                           parsed["os_password_script"])
+    interface = str(settings.get("os_interface") or "internal").lower()
+    settings["os_interface"] = interface[:-3] if interface.endswith("url") else interface
+    log.REDACTOR.add(*(str(settings[k]) for k in ("os_password",
+                                                  "os_application_credential_secret")
+                       if settings.get(k)))
+    return settings
+
+
+def make_session(settings: dict[str, Any]) -> Any:
+    from keystoneauth1 import session as ks_session  # noqa: PLC0415
+    from keystoneauth1.identity import v3  # noqa: PLC0415
+
+    if settings.get("os_application_credential_id"):
+        auth = v3.ApplicationCredential(
+            auth_url=settings["os_auth_url"],
+            application_credential_id=settings["os_application_credential_id"],
+            application_credential_secret=settings.get("os_application_credential_secret"))
+    else:
+        auth = v3.Password(
+            auth_url=settings.get("os_auth_url"), username=settings.get("os_username"),
+            password=settings.get("os_password"), project_name=settings.get("os_project_name"),
+            user_domain_name=settings.get("os_user_domain_name"),
+            project_domain_name=settings.get("os_project_domain_name"))
+    verify: bool | str = True
+    if settings.get("os_insecure") in (True, "1", "true", "True"):
+        verify = False
+    elif settings.get("os_cacert"):
+        verify = settings["os_cacert"]
+    cert = None
+    if settings.get("os_cert"):
+        cert = (settings["os_cert"], settings["os_key"]) if settings.get("os_key") else \
+            settings["os_cert"]
+    return ks_session.Session(auth=auth, verify=verify, cert=cert,
+                              timeout=float(settings.get("os_api_timeout") or 10))
+
+
+# ---- the client -------------------------------------------------------------------------------
+
+@dataclass
+class Service:
+    id: str
+    host: str
+    status: str  # enabled | disabled
+    state: str  # up | down
+    forced_down: bool
+    disabled_reason: str | None
+
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> Service:
+        return cls(id=str(body["id"]), host=body["host"], status=body.get("status", ""),
+                   state=body.get("state", ""), forced_down=bool(body.get("forced_down")),
+                   disabled_reason=body.get("disabled_reason"))
+
+
+class Nova:
+    """Nova's compute API at the newest microversion both sides support."""
+
+    def __init__(self, session: Any, interface: str = "internal", region: str | None = None,
+                 timeout: float = 10.0, cap: str = "auto",
+                 endpoint_override: str | None = None) -> None:
+        from keystoneauth1 import adapter  # noqa: PLC0415
+
+        self.timeout = timeout
+        self._adapter = adapter.Adapter(session, service_type="compute", interface=interface,
+                                        region_name=region, endpoint_override=endpoint_override)
+        self._cap = MAX_MICROVERSION if cap in ("", "auto", None) else _parse_version(cap)
+        self._microversion: str | None = None
+
+    @classmethod
+    def from_params(cls, parsed: params.Parsed) -> Nova:
+        settings = auth_settings(parsed)
+        return cls(make_session(settings), interface=settings["os_interface"],
+                   region=settings.get("os_region_name"),
+                   timeout=float(settings.get("os_api_timeout") or 10),
+                   cap=str(settings.get("os_compute_api_version") or "auto"))
+
+    # -- plumbing --
+
+    def request(self, method: str, path: str, deadline: Deadline, body: Any = None,
+                microversion: str | None = None, ok: tuple[int, ...] = (200, 202, 204),
+                retries: int = 4) -> Any:
+        """One API call: bounded by the deadline, 5xx/connection errors retried."""
+        from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
+
+        if microversion is None and not path.startswith("/versions"):
+            microversion = self.microversion(deadline)
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = min(self.timeout, max(deadline.remaining(), 0.5))
+            try:
+                resp = self._adapter.request(path, method, json=body, raise_exc=False,
+                                             microversion=microversion, timeout=timeout,
+                                             connect_retries=0)
+            except (ks_exc.ConnectFailure, ks_exc.ConnectionError, ks_exc.ConnectTimeout,
+                    ks_exc.UnknownConnectionError) as err:
+                problem: str = f"cannot reach Nova ({type(err).__name__})"
+                status = None
+            except ks_exc.http.Unauthorized:
+                raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
+            except (ks_exc.DiscoveryFailure, ks_exc.EndpointNotFound, ks_exc.CatalogException
+                    ) as err:
+                raise NovaUnavailable(f"Keystone: {err}") from None
+            except ks_exc.ClientException as err:
+                problem, status = f"{type(err).__name__}: {err}", None
+            else:
+                if resp.status_code in ok:
+                    return resp.json() if resp.content else {}
+                problem, status = _error_text(resp), resp.status_code
+                if status not in RETRY_STATUSES:
+                    raise NovaError(f"{method} {path}: HTTP {status}: {problem}", status)
+            if attempt > retries or deadline.remaining() < 0.5:
+                raise NovaUnavailable(f"{method} {path}: {problem}", status)
+            pause = min(0.25 * 2 ** (attempt - 1) * (1 + random.random() / 4),
+                        deadline.remaining() / 2)
+            LOG.debug("%s %s failed (%s); retrying in %.2fs", method, path, problem, pause)
+            time.sleep(pause)
+
+    def microversion(self, deadline: Deadline) -> str:
+        """Newest microversion both Nova and nova-ha support (asked once per client)."""
+        if self._microversion is None:
+            doc = self.request("GET", "/", deadline, microversion="2.1", ok=(200,))
+            version = doc.get("version") or {}
+            server_max = _parse_version(version.get("version") or "2.1")
+            chosen = min(server_max, self._cap)
+            if chosen < MIN_MICROVERSION:
+                raise NovaError("Nova does not support microversions")
+            self._microversion = version_text(chosen)
+            LOG.debug("Nova %s supports up to %s; using %s", version.get("id"),
+                      version.get("version"), self._microversion)
+        return self._microversion
+
+    def at_least(self, deadline: Deadline, version: tuple[int, int]) -> bool:
+        return _parse_version(self.microversion(deadline)) >= version
+
+    # -- services --
+
+    def services(self, deadline: Deadline, host: str | None = None) -> list[Service]:
+        query = f"/os-services?binary={COMPUTE_BINARY}" + (f"&host={host}" if host else "")
+        return [Service.from_api(s) for s in self.request("GET", query, deadline)["services"]]
+
+    def service(self, deadline: Deadline, host: str) -> Service:
+        found = [s for s in self.services(deadline, host) if s.host == host]
+        if not found:
+            raise NovaError(f"Nova has no {COMPUTE_BINARY} service on host {host!r}", 404)
+        return found[0]
+
+    def update_service(self, deadline: Deadline, svc: Service, *, forced_down: bool | None = None,
+                       disabled_reason: str | None = None, enable: bool | None = None) -> None:
+        """One change to a compute service, by UUID at >= 2.53, by host on older clouds."""
+        if self.at_least(deadline, (2, 53)):
+            body: dict[str, Any] = {}
+            if forced_down is not None:
+                body["forced_down"] = forced_down
+            if enable is True:
+                body["status"] = "enabled"
+            elif disabled_reason is not None:
+                body.update(status="disabled", disabled_reason=disabled_reason)
+            self.request("PUT", f"/os-services/{svc.id}", deadline, body=body)
+            return
+        target = {"host": svc.host, "binary": COMPUTE_BINARY}
+        if forced_down is not None:
+            self.request("PUT", "/os-services/force-down", deadline,
+                         body=dict(target, forced_down=forced_down))
+        if enable is True:
+            self.request("PUT", "/os-services/enable", deadline, body=target)
+        elif disabled_reason is not None:
+            self.request("PUT", "/os-services/disable-log-reason", deadline,
+                         body=dict(target, disabled_reason=disabled_reason))
+
+    # -- servers --
+
+    def servers_on(self, deadline: Deadline, host: str) -> list[dict[str, Any]]:
+        """Every server of a host, all tenants, with flavor extra_specs embedded (>= 2.47)."""
+        servers: list[dict[str, Any]] = []
+        marker = None
+        while True:
+            query = f"/servers/detail?all_tenants=1&host={host}&limit=1000"
+            if marker:
+                query += f"&marker={marker}"
+            page = self.request("GET", query, deadline)["servers"]
+            servers += page
+            if len(page) < 1000:
+                return servers
+            marker = page[-1]["id"]
+
+    def server(self, deadline: Deadline, server_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/servers/{server_id}", deadline)["server"]
+
+    def image_properties(self, deadline: Deadline, image_id: str) -> dict[str, Any]:
+        try:
+            image = self.request("GET", f"/images/{image_id}", deadline,
+                                 microversion=IMAGE_PROXY_MICROVERSION)["image"]
+        except NovaError as err:
+            if err.status == 404:
+                return {}
+            raise
+        return image.get("metadata") or {}
+
+    def evacuate(self, deadline: Deadline, server_id: str, host: str | None = None) -> bool:
+        """Ask Nova to evacuate; False if Nova says one is already under way (409)."""
+        spec: dict[str, Any] = {}
+        if host:
+            spec["host"] = host
+        if not self.at_least(deadline, (2, 14)):
+            spec["onSharedStorage"] = False
+        try:
+            self.request("POST", f"/servers/{server_id}/action", deadline,
+                         body={"evacuate": spec}, ok=(200, 202))
+        except NovaError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def reset_state(self, deadline: Deadline, server_id: str, state: str) -> None:
+        self.request("POST", f"/servers/{server_id}/action", deadline,
+                     body={"os-resetState": {"state": state}})
+
+    def evacuation_migrations(self, deadline: Deadline, source_host: str | None = None,
+                              server_id: str | None = None) -> list[dict[str, Any]]:
+        query = "/os-migrations?migration_type=evacuation"
+        if source_host:
+            query += f"&source_compute={source_host}"
+        if server_id:
+            query += f"&instance_uuid={server_id}"
+        return self.request("GET", query, deadline)["migrations"]
+
+
+def _error_text(resp: Any) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    if isinstance(body, dict) and body:
+        inner = next(iter(body.values()))
+        if isinstance(inner, dict) and "message" in inner:
+            return str(inner["message"])
+    return str(body)[:200]
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

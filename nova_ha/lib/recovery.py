@@ -1,0 +1,130 @@
+"""One host's recovery in Nova, under the host's lease: force down, record, evacuate.
+
+The stonith agent, NovaEvacuate and `nova-ha evacuate` all go through here, so the lease and
+the record are handled the same way whoever does the work. Callers guarantee the precondition:
+the host's power-off is confirmed (by our BMC call or an earlier fencing-topology level).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nova_ha.lib import evacuation, log, state
+from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
+
+LOG = log.get("recovery")
+LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write is not lost
+
+
+def owner_name(agent: str) -> str:
+    return f"{agent}@{os.uname().nodename}:{os.getpid()}"
+
+
+@dataclass
+class Options:
+    mode: str = "all"
+    tag: str = "evacuable"
+    max_parallel: int = 16
+    retries: int = 2
+    target_hosts: list[str] | None = None
+
+
+def force_down(nova: Nova, deadline: Deadline, host: str) -> None:
+    """Forced down first, then disabled: disabling a service whose compute still looks up
+    can block on a trait sync (a known failure of fence_compute on Train)."""
+    svc = nova.service(deadline, host)
+    if not svc.forced_down:
+        nova.update_service(deadline, svc, forced_down=True)
+        LOG.info("nova-compute on %s forced down", host)
+    if svc.status != "disabled":
+        nova.update_service(deadline, svc, disabled_reason=f"nova-ha: fenced at {utc_now()}")
+        LOG.info("nova-compute on %s disabled", host)
+
+
+def record(store: state.StateStore | None, call: Callable[[state.StateStore], object],
+           what: str) -> bool:
+    """Write to the cluster record; a failure is logged, never fatal for fencing."""
+    if store is None:
+        return False
+    try:
+        call(store)
+        return True
+    except state.StateError as err:
+        LOG.error("cannot record %s: %s", what, err)
+        return False
+
+
+class _Lease:
+    """Our hold on the host's lease; renewed while the work runs, checked before requests."""
+
+    def __init__(self, store: state.StateStore | None, node: str, owner: str,
+                 ttl: float) -> None:
+        self.store, self.node, self.owner, self.ttl = store, node, owner, ttl
+        self.held = store is None  # without a cluster record there is nobody to share with
+        self.renewed = 0.0
+
+    def acquire(self) -> bool:
+        if self.store is None:
+            return True
+        try:
+            self.held = self.store.acquire_lease(self.node, self.owner, self.ttl)
+        except state.StateError as err:
+            LOG.error("cannot take the lease of %s: %s", self.node, err)
+            self.held = False
+        self.renewed = time.monotonic()
+        return self.held
+
+    def heartbeat(self) -> None:
+        if self.store is None or not self.held or time.monotonic() - self.renewed < self.ttl / 3:
+            return
+        try:
+            self.held = self.store.renew_lease(self.node, self.owner, self.ttl)
+        except state.StateError as err:
+            LOG.warning("cannot renew the lease of %s: %s", self.node, err)
+        self.renewed = time.monotonic()
+        if not self.held:
+            LOG.error("lost the lease of %s: stopping new requests", self.node)
+
+    def release(self) -> None:
+        if self.store is not None and self.held:
+            record(self.store, lambda s: s.release_lease(self.node, self.owner), "lease release")
+
+
+def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: str,
+                  options: Options, deadline: Deadline, owner: str,
+                  progress: evacuation.Progress | None = None) -> evacuation.Summary | None:
+    """Evacuate a fenced host under its lease. None when another runner holds the lease."""
+    lease = _Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
+    if not lease.acquire():
+        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+        return None
+    try:
+        record(store, lambda s: s.mark(node, "evacuating", "evacuation_started",
+                                       f"by {owner}", owner=owner), "evacuation start")
+        summary = evacuation.evacuate_servers(
+            nova, deadline, host, options.mode, options.tag, options.max_parallel,
+            options.retries, options.target_hosts, progress=progress,
+            heartbeat=lease.heartbeat, may_request=lambda: lease.held)
+        counts = dict(found=summary.selected, evacuated=summary.count("evacuated"),
+                      failed=summary.count("failed"))
+        if summary.count("unfinished"):
+            # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:
+            # evacuated servers are no longer on the host).
+            final, event = "fenced", "evacuation_failed"
+        elif summary.count("failed"):
+            final, event = "failed", "evacuation_failed"
+        else:
+            final, event = "evacuated", "evacuation_finished"
+        record(store, lambda s: s.mark(node, final, event, summary.line()[:120], owner=owner,
+                                       **counts), "evacuation result")
+        return summary
+    except NovaError:
+        record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",
+                                       "Nova unreachable; will resume", owner=owner),
+               "evacuation interruption")
+        raise
+    finally:
+        lease.release()

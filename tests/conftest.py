@@ -1,0 +1,78 @@
+"""Fixtures shared by the suite: an offline CIB, a simulated cloud and one BMC per host."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.testbed.cib import write_cib
+
+HOSTS = ["host1", "host2", "host3"]
+
+
+@pytest.fixture
+def cib_file(tmp_path) -> str:
+    return write_cib(tmp_path / "cib.xml", HOSTS)
+
+
+@dataclass
+class Bed:
+    """A cloud (simulated or real) with a BMC simulator per host, wired together: a BMC
+    power-off crashes the host's compute in the cloud, a power-on starts it again."""
+
+    cloud: object
+    bmcs: dict
+    cib: str
+
+    def fence_params(self, host: str = "host1", **extra) -> dict:
+        bmc = self.bmcs[host]
+        values = {
+            "action": "off", "port": host,
+            "os_auth_url": self.cloud.auth_url, "os_username": self.cloud.username,
+            "os_password": self.cloud.password, "os_project_name": self.cloud.project_name,
+            "os_interface": "public",
+            "ip": "127.0.0.1", "ipport": bmc.port, "username": bmc.username,
+            "password": bmc.password, "power_timeout": 10, "evacuate_timeout": 60,
+        }
+        values.update(extra)
+        return {k: v for k, v in values.items() if v is not None}
+
+    def env(self) -> dict:
+        return dict(os.environ, CIB_file=self.cib)
+
+    def off_time(self, host: str) -> float:
+        offs = [t for t, what in self.bmcs[host].power_log if what == "off"]
+        assert offs, f"the BMC of {host} never reported off"
+        return offs[0]
+
+    def requests(self, action: str | None = None, method: str | None = None) -> list[dict]:
+        return [r for r in self.cloud.request_log()
+                if (action is None or r.get("action") == action)
+                and (method is None or r["method"] == method)]
+
+
+def _bed(cloud, cib: str) -> Iterator[Bed]:
+    from tests.testbed.bmc import BmcSim
+
+    bmcs = {}
+    try:
+        for host in HOSTS:
+            bmc = BmcSim(host, on_power_off=lambda h=host: cloud.crash(h),
+                         on_power_on=lambda h=host: cloud.start(h))
+            bmc.start()
+            bmcs[host] = bmc
+        yield Bed(cloud=cloud, bmcs=bmcs, cib=cib)
+    finally:
+        for bmc in bmcs.values():
+            bmc.stop()
+
+
+@pytest.fixture
+def sim_bed(cib_file) -> Iterator[Bed]:
+    from tests.testbed.nova_sim import NovaSim
+
+    with NovaSim(hosts=HOSTS) as cloud:
+        yield from _bed(cloud, cib_file)

@@ -1,0 +1,286 @@
+"""fence_nova_evacuate run as Pacemaker runs it, against the Nova simulator and BMC
+simulators: outcomes checked in Nova, at the BMC and in the CIB record."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from nova_ha.lib import state
+from tests.helpers import run_fence
+from tests.testbed.observe import Observer
+
+
+def _record(bed, host="host1") -> state.HostRecord:
+    return state.CibStateStore(bed.cib).get(host)
+
+
+def _assert_no_evacuation_before_off(bed, host="host1"):
+    evacuations = bed.requests(action="evacuate")
+    if evacuations:
+        assert min(r["t"] for r in evacuations) >= bed.off_time(host)
+
+
+def test_off_fences_forces_down_and_evacuates(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 10)
+    done = run_fence(bed.fence_params(), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert bed.bmcs["host1"].power_state == "off"
+    _assert_no_evacuation_before_off(bed)
+    observer = Observer(bed.cloud)
+    svc = observer.service("host1")
+    assert svc.forced_down is True and svc.status == "disabled"
+    assert svc.disabled_reason.startswith("nova-ha: fenced at ")
+    for server_id in ids:
+        server = observer.server(server_id)
+        assert server["host"] in ("host2", "host3") and server["status"] == "ACTIVE", server
+    assert len(bed.requests(action="evacuate")) == 10  # one request per server
+    record = _record(bed)
+    assert record.state == "evacuated" and record.evacuated == 10 and record.failed == 0
+    assert [e.name for e in record.history][:3] == ["fenced", "evacuation_started",
+                                                     "evacuation_finished"]
+    assert "10 evacuated, 0 failed" in done.stderr  # the one summary line
+
+
+def test_second_off_repeats_no_finished_work(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 4)
+    assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
+    before = len(bed.cloud.request_log())
+    offs = [w for _, w in bed.bmcs["host1"].power_log if w == "off"]
+    again = run_fence(bed.fence_params(), env=bed.env())
+    assert again.returncode == 0, again.stderr
+    new = bed.cloud.request_log()[before:]
+    assert not [r for r in new if r.get("action") == "evacuate"]
+    assert not [r for r in new if r["method"] == "PUT"]  # already forced down and disabled
+    assert [w for _, w in bed.bmcs["host1"].power_log if w == "off"] == offs
+
+
+def test_unreachable_bmc_fails_and_touches_nothing_in_nova(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 3)
+    bed.bmcs["host1"].unreachable = True
+    done = run_fence(bed.fence_params(power_timeout=3), env=bed.env())
+    assert done.returncode == 1
+    assert "not confirmed" in done.stderr and bed.bmcs["host1"].password not in done.stderr
+    assert not bed.requests(method="PUT") and not bed.requests(action="evacuate")
+    assert _record(bed).state == "ok"
+
+
+def test_nova_down_after_power_off_fails_so_pacemaker_retries(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 3)
+    bed.cloud.set_api_down(True)
+    done = run_fence(bed.fence_params(evacuate_timeout=4), env=bed.env())
+    assert done.returncode == 1
+    assert "forced down" in done.stderr
+    assert bed.bmcs["host1"].power_state == "off"
+    bed.cloud.set_api_down(False)
+    retry = run_fence(bed.fence_params(), env=bed.env())  # Pacemaker's retry
+    assert retry.returncode == 0, retry.stderr
+    observer = Observer(bed.cloud)
+    assert all(observer.server(i)["host"] != "host1" for i in ids)
+    _assert_no_evacuation_before_off(bed)
+
+
+def test_tagged_mode_takes_flavor_image_and_metadata_tags(sim_bed):
+    bed = sim_bed
+    by_flavor = bed.cloud.create_servers("host1", 2, flavor_extra_specs={"evacuable": "true"})
+    by_meta = bed.cloud.create_servers("host1", 2, metadata={"evacuable": "yes"})
+    by_image = bed.cloud.create_servers("host1", 1, image_properties={"evacuable": "1"})
+    untagged = bed.cloud.create_servers("host1", 2, metadata={"evacuable": "false"})
+    done = run_fence(bed.fence_params(evacuate="tagged"), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    observer = Observer(bed.cloud)
+    for server_id in by_flavor + by_meta + by_image:
+        assert observer.server(server_id)["host"] != "host1"
+    for server_id in untagged:
+        assert observer.server(server_id)["host"] == "host1"
+    assert len(bed.requests(action="evacuate")) == 5
+
+
+@pytest.mark.parametrize("mode,expected_state", [("none", "evacuated"), ("record", "fenced")])
+def test_fence_only_modes(sim_bed, mode, expected_state):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 2)
+    done = run_fence(bed.fence_params(evacuate=mode), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert Observer(bed.cloud).service("host1").forced_down is True
+    assert not bed.requests(action="evacuate")
+    assert all(Observer(bed.cloud).server(i)["host"] == "host1" for i in ids)
+    record = _record(bed)
+    assert record.state == expected_state and record.mode == mode
+
+
+def test_reboot_powers_back_on_unless_asked_not_to(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 2)
+    done = run_fence(bed.fence_params(action="reboot"), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert [w for _, w in bed.bmcs["host1"].power_log][-2:] == ["off", "on"]
+    assert bed.bmcs["host1"].power_state == "on"
+    # the host is back but still forced down: NovaCompute lifts that once it is safe
+    assert Observer(bed.cloud).service("host1").forced_down is True
+    stay = run_fence(bed.fence_params(action="reboot", port="host2", power_on_after=0),
+                     env=bed.env())
+    assert stay.returncode == 0 and bed.bmcs["host2"].power_state == "off"
+
+
+def test_status_on_and_list(sim_bed):
+    bed = sim_bed
+    params = bed.fence_params(action="status")
+    assert run_fence(params, env=bed.env()).returncode == 0
+    assert run_fence(dict(params, action="off", evacuate="none"), env=bed.env()).returncode == 0
+    assert run_fence(params, env=bed.env()).returncode == 2
+    assert run_fence(dict(params, action="on"), env=bed.env()).returncode == 0
+    assert bed.bmcs["host1"].power_state == "on"
+    bed.bmcs["host1"].unreachable = True
+    unknown = run_fence(dict(params, power_timeout=2), env=bed.env())
+    assert unknown.returncode == 1 and "Status: ON" not in unknown.stdout
+    listing = run_fence(dict(params, action="list-status"), env=bed.env())
+    assert listing.returncode == 0
+    rows = dict(line.split(",", 1) for line in listing.stdout.split())
+    assert rows["host1"] == "host1,off" and rows["host2"] == "host2,on"
+    assert run_fence(dict(params, action="monitor", ipport=bed.bmcs["host2"].port),
+                     env=bed.env()).returncode == 0
+    assert run_fence(dict(params, action="monitor", os_password="wrong"),
+                     env=bed.env()).returncode == 1
+
+
+def test_topology_level_without_bmc(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 2)
+    bed.bmcs["host1"].power_state = "off"  # an earlier level (fence_ipmilan) did it
+    bed.cloud.crash("host1")
+    params = bed.fence_params(ip=None, username=None, password=None, ipport=None)
+    done = run_fence(params, env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert "fencing-topology" in done.stderr
+    assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+
+
+def test_legacy_microversion_uses_force_down_by_host(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 2)
+    done = run_fence(bed.fence_params(os_compute_api_version="2.52"), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    puts = [r["path"] for r in bed.requests(method="PUT")]
+    assert any(p.endswith("/os-services/force-down") for p in puts), puts
+    assert any(p.endswith("/os-services/disable-log-reason") for p in puts), puts
+    assert all(r["microversion"] == "2.52" for r in bed.requests(action="evacuate"))
+
+
+def test_newest_microversion_and_service_uuid(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 1)
+    assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
+    versions = {r["microversion"] for r in bed.requests(action="evacuate")}
+    assert versions == {bed.cloud.max_version}
+    puts = [r["path"] for r in bed.requests(method="PUT")]
+    assert puts and all("/os-services/" in p and "force-down" not in p for p in puts)
+
+
+def test_faults_are_retried_within_budget(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 6)
+    bed.cloud.fail_next(r"/servers/[^/]+/action", status=503, count=3, method="POST")
+    bed.cloud.fail_next(r"/os-services", status=500, count=1)
+    bed.cloud.expire_tokens()
+    done = run_fence(bed.fence_params(), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+
+
+def test_failed_rebuilds_are_retried_then_reported(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 3)
+    bed.cloud.evacuate_fail([ids[0]])  # always fails
+    done = run_fence(bed.fence_params(evacuate_retries=1), env=bed.env())
+    assert done.returncode == 0, done.stderr  # fencing itself succeeded
+    assert len([r for r in bed.requests(action="evacuate") if ids[0] in r["path"]]) == 2
+    record = _record(bed)
+    assert record.state == "failed" and record.failed == 1 and record.evacuated == 2
+    assert "1 failed" in done.stderr
+
+
+def test_unfinished_work_stays_recorded(sim_bed):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 3)
+    bed.cloud.evacuate_delay = 30
+    done = run_fence(bed.fence_params(evacuate_timeout=4), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    record = _record(bed)
+    assert record.state == "fenced" and record.lease_owner is None
+    assert "3 unfinished" in done.stderr
+
+
+def test_secrets_from_scripts_and_application_credentials(sim_bed, tmp_path):
+    bed = sim_bed
+    bed.cloud.create_servers("host1", 1)
+    script = tmp_path / "os-pass"
+    script.write_text(f"#!/bin/sh\necho '{bed.cloud.password}'\n")
+    script.chmod(stat.S_IRWXU)
+    bmc_script = tmp_path / "bmc-pass"
+    bmc_script.write_text(f"#!/bin/sh\necho '{bed.bmcs['host1'].password}'\n")
+    bmc_script.chmod(stat.S_IRWXU)
+    params = bed.fence_params(os_password=None, os_password_script=str(script),
+                              password=None, password_script=str(bmc_script), verbose=1)
+    done = run_fence(params, env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert bed.cloud.password not in done.stderr + done.stdout
+    appcred = bed.fence_params(action="monitor", os_username=None, os_password=None,
+                               os_project_name=None,
+                               os_application_credential_id=bed.cloud.app_cred_id,
+                               os_application_credential_secret=bed.cloud.app_cred_secret)
+    assert run_fence(appcred, env=bed.env()).returncode == 0
+
+
+def test_os_cloud_from_clouds_yaml(sim_bed, tmp_path):
+    bed = sim_bed
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(f"""clouds:
+  overcloud:
+    auth:
+      auth_url: {bed.cloud.auth_url}
+      username: {bed.cloud.username}
+      password: {bed.cloud.password}
+      project_name: {bed.cloud.project_name}
+      user_domain_name: Default
+      project_domain_name: Default
+    interface: public
+""")
+    params = bed.fence_params(action="list", os_auth_url=None, os_username=None,
+                              os_password=None, os_project_name=None, os_interface=None,
+                              os_cloud="overcloud")
+    done = run_fence(params, env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=str(clouds)))
+    assert done.returncode == 0, done.stderr
+    assert "host1,host1" in done.stdout
+    missing = run_fence(dict(params, os_cloud="nope"),
+                        env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=str(clouds)))
+    assert missing.returncode == 1 and "os_cloud" in missing.stderr
+
+
+def test_target_hosts_are_enabled_and_used(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 4)
+    observer = Observer(bed.cloud)
+    observer.nova.services.disable_log_reason(observer.service("host3").id, "reserved")
+    done = run_fence(bed.fence_params(target_hosts="host3"), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert observer.service("host3").status == "enabled"
+    assert {observer.server(i)["host"] for i in ids} == {"host3"}
+
+
+def test_host_map_maps_node_to_nova_host(sim_bed):
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host2", 2)
+    params = bed.fence_params(port="host2", host_map="node-b:host2")
+    params["port"] = "node-b"
+    params["ipport"] = bed.bmcs["host2"].port
+    done = run_fence(params, env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert all(Observer(bed.cloud).server(i)["host"] != "host2" for i in ids)
+    assert os.path.exists(bed.cib)

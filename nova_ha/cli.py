@@ -56,14 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--fence-dir", default=FENCE_DIR)
     inst.add_argument("--ocf-dir", default=OCF_DIR)
     doc = sub.add_parser("params", help="print an agent's parameters as a Markdown table")
-    doc.add_argument("agent", choices=[params.FENCE, params.COMPUTE])
+    doc.add_argument("agent", nargs="?", choices=[params.FENCE, params.COMPUTE])
+    doc.add_argument("--all", action="store_true", help="the whole docs/parameters.md page")
     args = parser.parse_args(argv)
     if args.command == "install-agents":
         for path in install_agents(os.path.abspath(args.python), args.fence_dir, args.ocf_dir):
             print(f"installed {path}")
         return 0
     if args.command == "params":
-        print(docs.markdown_table(args.agent))
+        print(docs.parameters_page() if args.all or not args.agent
+              else docs.markdown_table(args.agent))
         return 0
     return 2
 

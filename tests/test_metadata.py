@@ -121,3 +121,13 @@ def test_man_pages_render_from_the_table():
                          text=True, timeout=30)
     assert ocf.returncode == 0 and ".SH PARAMETERS" in ocf.stdout
     assert "start_command" in ocf.stdout.replace("\\", "")
+
+
+def test_parameter_docs_are_in_sync_with_the_table():
+    from nova_ha.lib import docs
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                        "parameters.md")
+    with open(path) as page:
+        assert page.read().rstrip("\n") == docs.parameters_page().rstrip("\n"), \
+            "run: nova-ha params --all > docs/parameters.md"

@@ -82,3 +82,12 @@ def markdown_table(agent: str) -> str:
         secret = " Secret." if param.secret else ""
         rows.append(f"| {name} | {kind} | {default} | {param.short}.{secret} |")
     return "\n".join(rows)
+
+
+def parameters_page() -> str:
+    """docs/parameters.md: every agent's parameter table (kept in sync by a test)."""
+    parts = ["# Parameters", "",
+             "Generated from `nova_ha/lib/params.py` by `nova-ha params --all`; do not edit.", ""]
+    for agent in (params.FENCE, params.COMPUTE):
+        parts += [f"## {agent}", "", markdown_table(agent), ""]
+    return "\n".join(parts)

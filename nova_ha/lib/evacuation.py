@@ -15,6 +15,9 @@ Transient task states (the host is off, so work that was running *on it* can nev
 * vm_state paused / suspended / rescued: Nova evacuates only active, stopped and error
   servers; their state lived in the dead host's memory, so they are reset to 'error' and
   evacuated too (they come back ACTIVE).
+* From microversion 2.95 Nova lands evacuated servers SHUTOFF (its guard against a source
+  that may still run them); the source is confirmed off, so servers that were running are
+  started again (os-start) and followed until ACTIVE.
 * deleting / soft-deleting, migrations and resizes (migrating, resize_*), shelving*,
   unshelving, restoring: these involve another host or the user's intent to remove the
   server; resetting them could lose data, so they are skipped and reported for the operator.
@@ -65,6 +68,7 @@ class Outcome:
     accepted_at: float | None = None
     finished_at: float | None = None
     was_stopped: bool = False
+    start_requested: bool = False
     needs_request: bool = True
     next_try: float = 0.0
 
@@ -232,16 +236,36 @@ class Runner:
             if host in self.targets:
                 self._full_targets.add(host)
             self._failed_attempt(outcome)
+        elif host != self.source and status == "SHUTOFF" and not outcome.was_stopped \
+                and not outcome.start_requested:
+            # From microversion 2.95 Nova stops evacuated servers, guarding against a source
+            # host that might still run them. Ours is confirmed off: start what was running.
+            outcome.start_requested = True
+            try:
+                self.nova.start_server(self.deadline, outcome.server_id)
+            except NovaError as err:
+                outcome.result, outcome.finished_at = "evacuated", time.monotonic()
+                outcome.detail = f"SHUTOFF on {host}; starting it failed: {err}"
+                self.progress("finished", outcome)
         elif host != self.source and status in ("ACTIVE", "SHUTOFF"):
             outcome.result, outcome.finished_at = "evacuated", time.monotonic()
             outcome.detail = f"{status} on {host}"
             self.progress("finished", outcome)
-        elif host == self.source:
+        elif host == self.source and self._migration_failed(outcome):
             # Nova undid the rebuild (e.g. no valid host): the request failed.
             outcome.detail = "Nova found no host for it"
             for target in self.targets:
                 self._full_targets.add(target)
             self._failed_attempt(outcome)
+
+    def _migration_failed(self, outcome: Outcome) -> bool:
+        """The server is back on the source with no task: its evacuation migration says
+        whether that is a failure or the moment before Nova moves it."""
+        migrations = self.nova.evacuation_migrations(self.deadline, server_id=outcome.server_id)
+        if not migrations:
+            return False
+        newest = max(migrations, key=lambda m: (m.get("created_at") or "", m.get("id") or 0))
+        return newest.get("status") in ("error", "failed", "cancelled")
 
     def run(self, outcomes: list[Outcome], servers: dict[str, dict[str, Any]]) -> None:
         pending = [o for o in outcomes if o.result == "pending"]

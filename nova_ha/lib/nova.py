@@ -21,7 +21,7 @@ from nova_ha.lib import log, params
 LOG = log.get("nova")
 
 # Newest microversion nova-ha knows the behaviour of (Nova 34.0.0's maximum).
-MAX_MICROVERSION = (2, 100)
+MAX_MICROVERSION = (2, 104)
 MIN_MICROVERSION = (2, 1)
 # The image proxy (GET /images) exists only up to 2.35; it is how image properties are read.
 IMAGE_PROXY_MICROVERSION = "2.35"
@@ -338,6 +338,9 @@ class Nova:
                 return False
             raise
         return True
+
+    def start_server(self, deadline: Deadline, server_id: str) -> None:
+        self.request("POST", f"/servers/{server_id}/action", deadline, body={"os-start": None})
 
     def reset_state(self, deadline: Deadline, server_id: str, state: str) -> None:
         self.request("POST", f"/servers/{server_id}/action", deadline,

@@ -72,8 +72,11 @@ class _Lease:
         try:
             self.held = self.store.acquire_lease(self.node, self.owner, self.ttl)
         except state.StateError as err:
-            LOG.error("cannot take the lease of %s: %s", self.node, err)
-            self.held = False
+            # The cluster record is unreadable: nobody can coordinate through it, and Nova
+            # itself refuses a second evacuation of a server being rebuilt (409). Getting the
+            # servers back matters more than the lease here.
+            LOG.error("cannot take the lease of %s (%s): evacuating without it", self.node, err)
+            self.held = True
         self.renewed = time.monotonic()
         return self.held
 

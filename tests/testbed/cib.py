@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import subprocess
 from pathlib import Path
 
 _NODE = '    <node id="{n}" uname="{n}" type="remote"/>'
@@ -12,9 +15,17 @@ _REMOTE = """      <primitive id="{n}" class="ocf" provider="pacemaker" type="re
       </primitive>"""
 
 
+@functools.cache
+def feature_set() -> str:
+    """This Pacemaker's CIB feature set: a newer one in the file makes every tool refuse it."""
+    empty = subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, timeout=30)
+    found = re.search(r'crm_feature_set="([^"]+)"', empty.stdout)
+    return found.group(1) if found else "3.16.1"
+
+
 def write_cib(path: Path | str, nodes: list[str]) -> str:
     """A minimal valid CIB whose <nodes> lists `nodes` as pacemaker-remote nodes."""
-    text = f"""<cib crm_feature_set="3.16.2" validate-with="pacemaker-3.9" epoch="1"
+    text = f"""<cib crm_feature_set="{feature_set()}" validate-with="pacemaker-3.9" epoch="1"
      num_updates="0" admin_epoch="0">
   <configuration>
     <crm_config/>

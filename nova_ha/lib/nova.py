@@ -310,6 +310,20 @@ class Nova:
                 return servers
             marker = page[-1]["id"]
 
+    def servers_changed_since(self, deadline: Deadline, since: str) -> list[dict[str, Any]]:
+        """Servers of all tenants changed since an ISO 8601 time, deleted ones included."""
+        servers: list[dict[str, Any]] = []
+        marker = None
+        while True:
+            query = f"/servers/detail?all_tenants=1&changes-since={since}&limit=1000"
+            if marker:
+                query += f"&marker={marker}"
+            page = self.request("GET", query, deadline, retries=1)["servers"]
+            servers += page
+            if len(page) < 1000:
+                return servers
+            marker = page[-1]["id"]
+
     def server(self, deadline: Deadline, server_id: str) -> dict[str, Any]:
         return self.request("GET", f"/servers/{server_id}", deadline)["server"]
 

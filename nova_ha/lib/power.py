@@ -40,8 +40,16 @@ _CONTROL = {"off": 0x00, "on": 0x01}
 _PYGHMI_TIMEOUT = 0xFFFF  # "code" pyghmi puts in the reply it makes up when retries ran out
 
 _ATTEMPTS = 2  # per request: the first try, then one more on a fresh session
-_POLL_INTERVAL = 0.25  # between status polls while confirming a state change
+# Status polls while confirming a change: quick at first (most BMCs switch within a
+# fraction of a second), then every half second so a slow one isn't flooded.
+_POLL_FIRST = 0.05
+_POLL_MAX = 0.5
+_MIN_LOGIN = 1.0  # don't start another login attempt with less time than this left
 _CLOSE_TIMEOUT = 1.0  # logout is a courtesy to the BMC; never wait long for it
+# A session idle longer than this is replaced rather than reused: BMCs drop idle
+# sessions (often after 60 s) and pyghmi sends keepalives only while someone waits in
+# its event loop; a request on a dropped session would burn most of its deadline.
+_MAX_IDLE = 25.0
 
 
 class PowerError(Exception):
@@ -59,6 +67,8 @@ class BmcConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     lanplus: bool = True
+    # None, 3 or 17. pyghmi cannot be told a suite (it offers 17, then 3), so this only
+    # turns away suites it cannot speak.
     cipher: int | None = None
     privlvl: str = "administrator"
     timeout: float = 20.0
@@ -68,6 +78,10 @@ class BmcConfig:
 
 class _Timeout(Exception):
     pass
+
+
+class _SilentBmc(PowerError):
+    """No answer at all to session setup (as opposed to a refusal)."""
 
 
 def _bounded(fn: Callable[[], _T], timeout: float, name: str) -> _T:
@@ -122,9 +136,7 @@ class Bmc:
                 f"cipher suite {cfg.cipher} is not supported; pyghmi negotiates 17 or 3"
             )
         if cfg.privlvl.lower() not in _PRIVLEVELS:
-            raise PowerError(
-                f"privlvl {cfg.privlvl!r} is not one of {', '.join(_PRIVLEVELS)}"
-            )
+            raise PowerError(f"privlvl {cfg.privlvl!r} is not one of {', '.join(_PRIVLEVELS)}")
         for name in ("timeout", "connect_timeout"):
             if getattr(cfg, name) <= 0:
                 raise PowerError(f"{name} must be positive")
@@ -134,6 +146,7 @@ class Bmc:
         self._privlevel = _PRIVLEVELS[cfg.privlvl.lower()]
         self._ep = _endpoint(cfg)
         self._cmd: Any = None  # pyghmi Command, made on first use
+        self._last_ok = 0.0  # monotonic time of the last answered request
 
     def __enter__(self) -> Bmc:
         return self
@@ -144,7 +157,9 @@ class Bmc:
     # -- public API ---------------------------------------------------------------
 
     def status(self) -> str:
-        """"on" or "off"; PowerError if the BMC cannot tell (never a guessed "on")."""
+        """The chassis power state, "on" or "off".
+
+        Raises PowerError when the BMC cannot tell; it never guesses "on"."""
         return self._status(time.monotonic() + self._cfg.connect_timeout)
 
     def off_and_confirm(self) -> float:
@@ -168,11 +183,11 @@ class Bmc:
 
     # -- internals ----------------------------------------------------------------
 
-    def _error(self, message: str) -> PowerError:
-        # pyghmi's messages never carry the password, but make it impossible anyway.
+    def _error(self, message: str, kind: type[PowerError] = PowerError) -> PowerError:
+        # pyghmi's messages don't carry the password; make sure none of ours ever does.
         if self._cfg.password:
             message = message.replace(self._cfg.password, "****")
-        return PowerError(message)
+        return kind(message)
 
     def _status(self, deadline: float) -> str:
         rsp = self._request(_CMD_CHASSIS_STATUS, (), "chassis status", deadline)
@@ -196,6 +211,7 @@ class Bmc:
         )
         confirm_by = time.monotonic() + cfg.timeout
         last = "on" if target == "off" else "off"
+        pause = _POLL_FIRST
         while True:
             now = time.monotonic()
             if now >= confirm_by:
@@ -210,13 +226,16 @@ class Bmc:
                 if cfg.wait > 0:
                     time.sleep(cfg.wait)
                 return taken
-            time.sleep(max(0.0, min(_POLL_INTERVAL, confirm_by - time.monotonic())))
+            time.sleep(max(0.0, min(pause, confirm_by - time.monotonic())))
+            pause = min(pause * 2, _POLL_MAX)
         raise self._error(
             f"BMC {self._ep} accepted chassis power {target} but did not report power "
             f"{target} within {cfg.timeout:g} s (last status: {last})"
         )
 
     def _connect(self, deadline: float) -> Any:
+        if self._cmd is not None and time.monotonic() - self._last_ok > _MAX_IDLE:
+            self.close()
         if self._cmd is not None:
             return self._cmd
         from pyghmi.ipmi import command as ipmi_command  # lazy: see module docstring
@@ -224,38 +243,50 @@ class Bmc:
         cfg = self._cfg
 
         def login() -> Any:
+            # Bytes, not str: pyghmi 1.6 files a session under the str credentials in
+            # Session.initting_sessions but removes it under their encoded bytes, so with
+            # str the entry stays forever and every later Command for this BMC and user
+            # gets the old, logged-out session back (no reconnect after close/failure).
             return ipmi_command.Command(
                 bmc=cfg.address,
-                userid=cfg.username,
-                password=cfg.password,
+                userid=cfg.username.encode("utf-8"),
+                password=cfg.password.encode("utf-8"),
                 port=cfg.port,
                 privlevel=self._privlevel,
             )
 
-        try:
-            self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
-        except _Timeout:
-            raise self._unreachable() from None
-        except Exception as exc:
-            raise self._login_error(exc) from None
-        return self._cmd
+        started = time.monotonic()
+        while True:
+            try:
+                self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
+                return self._cmd
+            except _Timeout:
+                raise self._unreachable(time.monotonic() - started) from None
+            except Exception as exc:
+                error = self._login_error(exc, time.monotonic() - started)
+            # pyghmi gives up a silent BMC after ~5 s; while our budget lasts, try again
+            # (a BMC busy rebooting its network stack may answer the next round).
+            if not isinstance(error, _SilentBmc) or deadline - time.monotonic() < _MIN_LOGIN:
+                raise error from None
 
-    def _unreachable(self) -> PowerError:
+    def _unreachable(self, elapsed: float) -> PowerError:
         return self._error(
-            f"BMC {self._ep} did not answer IPMI session setup within "
-            f"{self._cfg.connect_timeout:g} s (unreachable, wrong address or port, "
-            "or IPMI over LAN disabled)"
+            f"BMC {self._ep} did not answer IPMI session setup (gave up after "
+            f"{elapsed:.1f} s): unreachable, wrong address or port, or IPMI over LAN disabled",
+            _SilentBmc,
         )
 
-    def _login_error(self, exc: Exception) -> PowerError:
+    def _login_error(self, exc: Exception, elapsed: float) -> PowerError:
         detail = str(exc) if exc.args and exc.args[0] else ""
         low = detail.lower()
         user = self._cfg.username
         if not detail or low == "timeout":
             # pyghmi gave up on its own (~5 s) before our deadline.
-            return self._unreachable()
-        if "incorrect password" in low or "rakp4" in low:
+            return self._unreachable(elapsed)
+        if "incorrect password" in low:
             why = "wrong password"
+        elif "rakp4" in low:
+            why = "integrity check failed (does the BMC require a Kg key?)"
         elif "unauthorized name" in low:
             why = "unknown user"
         elif "privelege" in low or "privilege" in low or "role" in low:
@@ -268,8 +299,7 @@ class Bmc:
             )
         if "cipher" in low or "algorithm" in low:
             return self._error(
-                f"BMC {self._ep} accepts none of the cipher suites pyghmi offers "
-                f"(17, 3): {detail}"
+                f"BMC {self._ep} accepts none of the cipher suites pyghmi offers (17, 3): {detail}"
             )
         return self._error(f"IPMI session setup with BMC {self._ep} failed: {detail}")
 
@@ -277,37 +307,46 @@ class Bmc:
         self, command: int, data: tuple[int, ...], what: str, deadline: float
     ) -> dict[str, Any]:
         """One chassis request, bounded by deadline; a lost session is re-opened once."""
-        failure = f"no reply to {what}"
+        started = time.monotonic()
+        failure = "no reply"
         for attempt in range(_ATTEMPTS):
             if attempt and time.monotonic() >= deadline:
                 break
+            reused = self._cmd is not None
             cmd = self._connect(deadline)
+            budget = deadline - time.monotonic()
+            if reused and attempt == 0:
+                # Leave time for a fresh session should this one turn out to be dead.
+                budget /= 2
 
             def call(cmd: Any = cmd) -> Any:
                 return cmd.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
 
             try:
-                rsp = _bounded(call, deadline - time.monotonic(), "ipmi-request")
+                rsp = _bounded(call, budget, "ipmi-request")
             except _Timeout:
                 # The worker may still be inside pyghmi with this session: drop it
                 # rather than log it out (logout would wait for that worker).
                 self._cmd = None
-                failure = f"no reply to {what} in time"
+                failure = "no reply"
                 continue
             except Exception as exc:  # pyghmi: "Session no longer connected" and kin
                 self._cmd = None
-                failure = f"{what} failed: {exc}"
+                failure = f"session lost: {exc}"
                 continue
             if not rsp or rsp.get("code") == _PYGHMI_TIMEOUT:
                 # pyghmi reports its own retries running out as a fake reply.
                 self._cmd = None
-                failure = f"no reply to {what}"
+                failure = "no reply"
                 continue
+            self._last_ok = time.monotonic()
             if rsp.get("code") or "error" in rsp:
-                code = rsp.get("code", -1)
+                code = rsp.get("code")
                 text = rsp.get("error") or "error"
-                raise self._error(
-                    f"BMC {self._ep} refused {what}: {text} (completion code 0x{code:02x})"
-                )
+                cc = f"0x{code:02x}" if isinstance(code, int) else "unknown"
+                raise self._error(f"BMC {self._ep} refused {what}: {text} (completion code {cc})")
             return rsp
-        raise self._error(f"BMC {self._ep}: {failure} (gave up after the deadline)")
+        raise self._error(
+            f"BMC {self._ep} did not answer {what} (gave up after "
+            f"{time.monotonic() - started:.1f} s; {failure})"
+        )

@@ -233,8 +233,11 @@ def _decode_lease(host: str, raw: Mapping[str, str]) -> tuple[str | None, float 
         return owner, float(expires_raw)
     except ValueError:
         # A lease with no usable end would block the host forever: the operator decides.
-        raise StateError(f"lease of {owner} has no valid expiry {expires_raw!r} (use reset)",
-                         host, ATTR_LEASE_EXPIRES) from None
+        raise StateError(
+            f"lease of {owner} has no valid expiry {expires_raw!r} (use reset)",
+            host,
+            ATTR_LEASE_EXPIRES,
+        ) from None
 
 
 def _decode_history(host: str, value: str | None) -> list[Event]:
@@ -245,17 +248,16 @@ def _decode_history(host: str, value: str | None) -> list[Event]:
     except ValueError:
         items = None
     if not isinstance(items, list) or not all(
-            isinstance(i, list) and 2 <= len(i) <= 3 and all(isinstance(f, str) for f in i)
-            for i in items):
-        raise StateError("history is not a JSON list of [time, event, detail]", host,
-                         ATTR_HISTORY)
+        isinstance(i, list) and 2 <= len(i) <= 3 and all(isinstance(f, str) for f in i)
+        for i in items
+    ):
+        raise StateError("history is not a JSON list of [time, event, detail]", host, ATTR_HISTORY)
     return [Event(*item) for item in items]
 
 
 def _encode(record: HostRecord) -> dict[str, str]:
     """Record attributes as strings; "" clears an attribute. The lease is not included."""
-    history = [[e.time, e.name, e.detail] if e.detail else [e.time, e.name]
-               for e in record.history]
+    history = [[e.time, e.name, e.detail] if e.detail else [e.time, e.name] for e in record.history]
     return {
         ATTR_STATE: record.state,
         ATTR_SINCE: record.since or "",
@@ -284,8 +286,7 @@ def _check_owner(owner: str) -> None:
 
 
 def _check_count(host: str, name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or value < 0):
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise StateError(f"count must be an integer >= 0, got {value!r}", host, PREFIX + name)
 
 
@@ -312,8 +313,9 @@ class StateStore(ABC):
         """nova-ha attributes of every known compute host, in one read."""
 
     @abstractmethod
-    def _swap(self, host: str, handle: Any, expect: Mapping[str, str | None],
-              update: Mapping[str, str]) -> bool:
+    def _swap(
+        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+    ) -> bool:
         """Atomically apply `update` if every `expect` attribute still has that value.
 
         An expected None or "" means unset. An update value "" clears the attribute.
@@ -329,10 +331,21 @@ class StateStore(ABC):
     def all(self) -> dict[str, HostRecord]:
         return {host: _decode(host, raw) for host, raw in sorted(self._read_all().items())}
 
-    def mark(self, host: str, state: str, event: str | None = None, detail: str = "", *,
-             found: int | None = None, evacuated: int | None = None, failed: int | None = None,
-             mode: str | None = None, service_host: str | None = None,
-             owner: str | None = None, now: float | None = None) -> HostRecord:
+    def mark(
+        self,
+        host: str,
+        state: str,
+        event: str | None = None,
+        detail: str = "",
+        *,
+        found: int | None = None,
+        evacuated: int | None = None,
+        failed: int | None = None,
+        mode: str | None = None,
+        service_host: str | None = None,
+        owner: str | None = None,
+        now: float | None = None,
+    ) -> HostRecord:
         """Move `host` to `state`, update the given counts and append `event` to the history.
 
         Idempotent: a call that would change nothing (same state and values, and `event` and
@@ -361,12 +374,17 @@ class StateStore(ABC):
             raw, handle = self._read(host)
             current = _decode(host, raw)
             if owner is not None and current.lease_owner != owner:
-                raise StateError(f"lease not held by {owner} (held by {current.lease_owner})",
-                                 host, ATTR_LEASE_OWNER)
-            if state != current.state and state != "fenced" \
-                    and state not in TRANSITIONS[current.state]:
-                raise StateError(f"invalid transition {current.state} -> {state}", host,
-                                 ATTR_STATE)
+                raise StateError(
+                    f"lease not held by {owner} (held by {current.lease_owner})",
+                    host,
+                    ATTR_LEASE_OWNER,
+                )
+            if (
+                state != current.state
+                and state != "fenced"
+                and state not in TRANSITIONS[current.state]
+            ):
+                raise StateError(f"invalid transition {current.state} -> {state}", host, ATTR_STATE)
             new = replace(current, history=list(current.history))
             if state != current.state:
                 new.state, new.since = state, stamp
@@ -379,11 +397,12 @@ class StateStore(ABC):
             if service_host is not None:
                 new.service_host = service_host if service_host not in ("", host) else None
             last = current.history[-1] if current.history else None
-            duplicate = (last is not None and last.name == event and last.detail == detail
-                         and new == current)
+            duplicate = (
+                last is not None and last.name == event and last.detail == detail and new == current
+            )
             if event is not None and not duplicate:
                 new.history.append(Event(stamp, event, detail))
-                del new.history[:-self.history_max]
+                del new.history[: -self.history_max]
             update = _changes(raw, _encode(new))
             if not update:
                 return current
@@ -431,10 +450,11 @@ class StateStore(ABC):
             service_host = raw.get(ATTR_SERVICE_HOST) or None
             if service_host is not None and not _NAME_RE.match(service_host):
                 service_host = None
-            new = HostRecord(host=host, state="ok", since=stamp, service_host=service_host,
-                             history=history)
+            new = HostRecord(
+                host=host, state="ok", since=stamp, service_host=service_host, history=history
+            )
             new.history.append(Event(stamp, "reset", note[:DETAIL_MAX]))
-            del new.history[:-self.history_max]
+            del new.history[: -self.history_max]
             wanted = _encode(new)
             wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
             expect = {k: raw.get(k) for k in ALL_ATTRS}
@@ -444,8 +464,7 @@ class StateStore(ABC):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _set_lease(self, host: str, owner: str, ttl: float, now: float | None,
-                   take: bool) -> bool:
+    def _set_lease(self, host: str, owner: str, ttl: float, now: float | None, take: bool) -> bool:
         _check_host(host)
         _check_owner(owner)
         if not ttl > 0:
@@ -486,8 +505,9 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return {h: dict(raw) for h, raw in self._hosts.items()}
 
-    def _swap(self, host: str, handle: Any, expect: Mapping[str, str | None],
-              update: Mapping[str, str]) -> bool:
+    def _swap(
+        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+    ) -> bool:
         with self._lock:
             attrs = self._hosts.setdefault(host, {})
             for name, value in expect.items():
@@ -515,7 +535,7 @@ def _xpath_literal(value: str) -> str:
         return f"'{value}'"
     if '"' not in value:
         return f'"{value}"'
-    return "concat(" + ", \"'\", ".join(f"'{part}'" for part in value.split("'")) + ")"
+    return "concat(" + ', "\'", '.join(f"'{part}'" for part in value.split("'")) + ")"
 
 
 def _lower_eq(attribute: str, value: str) -> str:
@@ -561,9 +581,16 @@ class CibStateStore(StateStore):
     docstring). A remote node missing from <nodes> is added the way crm_attribute adds it.
     """
 
-    def __init__(self, cib_file: str | None = None, *, skew: float = DEFAULT_SKEW,
-                 timeout: float = 15.0, retries: int = 3, history_max: int = HISTORY_MAX,
-                 cibadmin: str = "cibadmin"):
+    def __init__(
+        self,
+        cib_file: str | None = None,
+        *,
+        skew: float = DEFAULT_SKEW,
+        timeout: float = 15.0,
+        retries: int = 3,
+        history_max: int = HISTORY_MAX,
+        cibadmin: str = "cibadmin",
+    ):
         super().__init__(skew, history_max)
         self.cib_file = cib_file or os.environ.get("CIB_file") or None
         self.timeout = timeout
@@ -604,8 +631,9 @@ class CibStateStore(StateStore):
                 hosts[uname] = attrs
         return hosts
 
-    def _swap(self, host: str, handle: Any, expect: Mapping[str, str | None],
-              update: Mapping[str, str]) -> bool:
+    def _swap(
+        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+    ) -> bool:
         for name, value in update.items():
             # copy_in_properties() would turn "value++"/"value+=N" into arithmetic.
             if value.startswith("value+"):
@@ -632,27 +660,30 @@ class CibStateStore(StateStore):
         conditions = []
         for name, value in expect.items():
             if _unset(value):
-                conditions.append(f"[not(instance_attributes/nvpair[@name='{name}']"
-                                  "[@value!=''])]")
+                conditions.append(f"[not(instance_attributes/nvpair[@name='{name}'][@value!=''])]")
             else:
-                conditions.append(f"[instance_attributes/nvpair[@name='{name}']"
-                                  f"[@value={_xpath_literal(value)}]]")
-        xpath = ("/cib/configuration/nodes/node"
-                 f"[@id={_xpath_literal(layout.node_id)}]" + "".join(conditions))
+                conditions.append(
+                    f"[instance_attributes/nvpair[@name='{name}'][@value={_xpath_literal(value)}]]"
+                )
+        xpath = f"/cib/configuration/nodes/node[@id={_xpath_literal(layout.node_id)}]" + "".join(
+            conditions
+        )
         if not sets:
             # Nothing to write, but the caller still needs to know if expectations hold.
             return self._query_xpath(xpath, host) is not None
         code, _, err = self._run(
             ["--modify", "--xpath", xpath, "--xml-text", ET.tostring(top, encoding="unicode")],
-            exclusive=True, host=host, what="write")
+            exclusive=True,
+            host=host,
+            what="write",
+        )
         if code == 0:
             if any(value == "" for value in update.values()):
                 self._drop_empty(host, layout.node_id)
             return True
         if code == _NO_MATCH_EXIT and "Call failed" in err:
             return False
-        raise StateError(f"cibadmin --modify failed (exit {code}): {_first_line(err)}", host,
-                         ", ".join(update))
+        raise StateError(f"cibadmin --modify failed {_why(code, err)}", host, ", ".join(update))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -665,13 +696,18 @@ class CibStateStore(StateStore):
         A separate operation is safe: an empty value already means unset to every reader and
         every compare-and-swap, and the XPath only matches nvpairs still empty when it runs.
         """
-        xpath = (f"/cib/configuration/nodes/node[@id={_xpath_literal(node_id)}]"
-                 f"/instance_attributes/nvpair[starts-with(@name,'{PREFIX}')][@value='']")
-        code, _, err = self._run(["--delete-all", "--force", "--xpath", xpath], exclusive=True, host=host,
-                                 what="tidy")
-        if code != 0:
-            raise StateError(f"cibadmin --delete-all failed (exit {code}): {_first_line(err)}",
-                             host)
+        xpath = (
+            f"/cib/configuration/nodes/node[@id={_xpath_literal(node_id)}]"
+            f"/instance_attributes/nvpair[starts-with(@name,'{PREFIX}')][@value='']"
+        )
+        # Best effort: the write itself has succeeded, and leftover empty values are harmless.
+        with contextlib.suppress(StateError):
+            self._run(
+                ["--delete-all", "--force", "--xpath", xpath],
+                exclusive=True,
+                host=host,
+                what="tidy",
+            )
 
     def _query_node(self, host: str) -> Any:
         xpath = f"/cib/configuration/nodes/node[{_lower_eq('@uname', host)}]"
@@ -680,12 +716,13 @@ class CibStateStore(StateStore):
     def _query_xpath(self, xpath: str, host: str | None) -> Any:
         from xml.etree import ElementTree as ET
 
-        code, out, err = self._run(["--query", "--xpath", xpath], exclusive=False, host=host,
-                                   what="read")
+        code, out, err = self._run(
+            ["--query", "--xpath", xpath], exclusive=False, host=host, what="read"
+        )
         if code == _NO_MATCH_EXIT and "Call failed" in err:
             return None
         if code != 0:
-            raise StateError(f"cibadmin --query failed (exit {code}): {_first_line(err)}", host)
+            raise StateError(f"cibadmin --query failed {_why(code, err)}", host)
         try:
             root = ET.fromstring(out)
         except ET.ParseError as exc:
@@ -708,47 +745,60 @@ class CibStateStore(StateStore):
         )
         found = self._query_xpath(xpath, host)
         if found is None:
-            raise StateError("not a node of this cluster (no <node>, and no remote or guest "
-                             "node resource of that name in the CIB)", host)
+            raise StateError(
+                "not a node of this cluster (no <node>, and no remote or guest "
+                "node resource of that name in the CIB)",
+                host,
+            )
         node_id = found.get("value") if found.tag == "nvpair" else found.get("id")
         from xml.etree import ElementTree as ET
 
         nodes = ET.Element("nodes")
         ET.SubElement(nodes, "node", id=node_id, uname=node_id, type="remote")
         # A merge: racing writers adding the same node produce the same element.
-        self._cib(["--modify", "--scope", "nodes", "--xml-text",
-                   ET.tostring(nodes, encoding="unicode")], host=host, what="add node",
-                  exclusive=True)
+        self._cib(
+            ["--modify", "--scope", "nodes", "--xml-text", ET.tostring(nodes, encoding="unicode")],
+            host=host,
+            what="add node",
+            exclusive=True,
+        )
 
-    def _cib(self, args: list[str], host: str | None, what: str,
-             exclusive: bool = False) -> str:
+    def _cib(self, args: list[str], host: str | None, what: str, exclusive: bool = False) -> str:
         code, out, err = self._run(args, exclusive=exclusive, host=host, what=what)
         if code != 0:
-            raise StateError(f"cibadmin {what} failed (exit {code}): {_first_line(err)}", host)
+            raise StateError(f"cibadmin {what} failed {_why(code, err)}", host)
         return out
 
-    def _run(self, args: list[str], exclusive: bool, host: str | None,
-             what: str) -> tuple[int, str, str]:
+    def _run(
+        self, args: list[str], exclusive: bool, host: str | None, what: str
+    ) -> tuple[int, str, str]:
         """Run cibadmin with a timeout, retrying transient failures a bounded number of times."""
         last = ""
         for attempt in range(self.retries):
             if attempt:
-                time.sleep(min(0.25 * 2 ** attempt, 2.0))
+                time.sleep(min(0.25 * 2**attempt, 2.0))
             try:
                 with self._file_lock(exclusive, host):
                     self.commands_run += 1
-                    proc = subprocess.run([self.cibadmin, *args], capture_output=True,
-                                          text=True, timeout=self.timeout, env=self._env,
-                                          check=False)
+                    proc = subprocess.run(
+                        [self.cibadmin, *args],
+                        capture_output=True,
+                        text=True,
+                        timeout=self.timeout,
+                        env=self._env,
+                        check=False,
+                    )
             except FileNotFoundError:
-                raise StateError(f"{self.cibadmin} not found (is pacemaker-cli installed?)",
-                                 host) from None
+                raise StateError(
+                    f"{self.cibadmin} not found (is pacemaker-cli installed?)", host
+                ) from None
             except subprocess.TimeoutExpired:
                 last = f"no answer within {self.timeout:g} s"
                 continue
             transient = proc.returncode in _RETRY_EXIT or (
                 # No CIB manager to reach (yet): worth another try, unlike a missing file.
-                "Could not connect" in proc.stderr and not self.cib_file)
+                "Could not connect" in proc.stderr and not self.cib_file
+            )
             if not transient:
                 return proc.returncode, proc.stdout, proc.stderr
             last = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
@@ -769,12 +819,22 @@ class CibStateStore(StateStore):
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise StateError(f"{self.cib_file}.lock busy for {self.timeout:g} s",
-                                         host) from None
+                        raise StateError(
+                            f"{self.cib_file}.lock busy for {self.timeout:g} s", host
+                        ) from None
                     time.sleep(0.005)
             yield
         finally:
             os.close(fd)  # releases the flock
+
+
+def _why(code: int, err: str) -> str:
+    why = f"(exit {code}): {_first_line(err)}"
+    if code == 76:
+        # EPROTONOSUPPORT on a write: Pacemaker refuses to change a CIB whose
+        # crm_feature_set is newer than its own (mixed versions during an upgrade).
+        why += " (is the CIB's crm_feature_set newer than this node's Pacemaker?)"
+    return why
 
 
 def _first_line(text: str) -> str:

@@ -283,3 +283,25 @@ def test_host_map_maps_node_to_nova_host(sim_bed):
     assert done.returncode == 0, done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host2" for i in ids)
     assert os.path.exists(bed.cib)
+
+
+def test_transient_states_are_reset_followed_or_skipped(sim_bed):
+    bed = sim_bed
+    spawning, paused, deleting, resizing, plain = bed.cloud.create_servers("host1", 5)
+    bed.cloud.set_server_state(spawning, task_state="spawning")
+    bed.cloud.set_server_state(paused, vm_state="paused")
+    bed.cloud.set_server_state(deleting, task_state="deleting")
+    bed.cloud.set_server_state(resizing, task_state="resize_migrating")
+    done = run_fence(bed.fence_params(), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    observer = Observer(bed.cloud)
+    for server_id in (spawning, paused, plain):
+        server = observer.server(server_id)
+        assert server["host"] != "host1" and server["status"] == "ACTIVE", server
+    for server_id in (deleting, resizing):
+        assert observer.server(server_id)["host"] == "host1"
+    resets = [r for r in bed.requests(action="os-resetState")]
+    assert len(resets) == 2
+    assert "2 skipped" in done.stderr
+    record = _record(bed)
+    assert record.state == "evacuated" and record.evacuated == 3

@@ -111,7 +111,7 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
             nova, deadline, host, options.mode, options.tag, options.max_parallel,
             options.retries, options.target_hosts, progress=progress,
             heartbeat=lease.heartbeat, may_request=lambda: lease.held)
-        counts = dict(found=summary.selected, evacuated=summary.count("evacuated"),
+        counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
                       failed=summary.count("failed"))
         if summary.count("unfinished"):
             # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:

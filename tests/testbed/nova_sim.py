@@ -852,6 +852,14 @@ class NovaSim:
         server["status"] = self._status(server)
         return server
 
+    def set_server_state(
+        self, server_id: str, vm_state: str | None = None, task_state: str | None = None
+    ) -> None:
+        """Put a server in a state the API cannot (a task stuck on a host that died)."""
+        with self._lock:
+            server = self._servers[server_id]
+            self._touch(server, vm_state=vm_state or server["vm_state"], task_state=task_state)
+
     def servers(self) -> list[dict[str, Any]]:
         with self._lock:
             ids = [s["id"] for s in self._servers.values() if not s["deleted"]]

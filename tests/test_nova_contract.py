@@ -1,0 +1,167 @@
+"""The contract: what nova-ha relies on in Nova, checked against the simulator and the real
+Nova 34 box alike, so the simulator cannot drift from Nova where it matters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nova_ha.lib import params
+from nova_ha.lib.nova import Deadline, Nova, NovaError
+
+
+@pytest.fixture(scope="module")
+def sim_cloud() -> Iterator[object]:
+    from tests.testbed.nova_sim import NovaSim
+
+    with NovaSim(hosts=["host1", "host2", "host3"]) as cloud:
+        yield cloud
+
+
+@pytest.fixture(params=["sim", "box"])
+def cloud(request):
+    if request.param == "sim":
+        return request.getfixturevalue("sim_cloud")
+    return request.getfixturevalue("nova_box")
+
+
+def _nova(cloud, version: str = "auto") -> Nova:
+    parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
+                           "os_password": cloud.password, "os_project_name": cloud.project_name,
+                           "os_interface": "public", "os_compute_api_version": version},
+                          params.FENCE)
+    return Nova.from_params(parsed)
+
+
+def _wait(predicate, timeout: float = 60.0, interval: float = 0.25):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def _terminal(nova: Nova, server_id: str) -> dict:
+    def done():
+        server = nova.server(Deadline(30), server_id)
+        return server if not server.get("OS-EXT-STS:task_state") else None
+    return _wait(done, timeout=120)
+
+
+def _restore(cloud, nova: Nova, host: str) -> None:
+    """Bring a host back to service for the next test: start, then un-force and enable."""
+    cloud.start(host)
+    deadline = Deadline(120)
+
+    def unforced():
+        svc = nova.service(deadline, host)
+        try:
+            nova.update_service(deadline, svc, forced_down=False)
+            nova.update_service(deadline, svc, enable=True)
+        except NovaError:
+            return False
+        return nova.service(deadline, host).state == "up"
+    _wait(unforced, timeout=120, interval=1)
+
+
+def test_versions_and_newest_microversion(cloud):
+    nova = _nova(cloud)
+    assert nova.microversion(Deadline(30)) == "2.104"
+    legacy = _nova(cloud, "2.52")
+    assert legacy.microversion(Deadline(30)) == "2.52"
+
+
+def test_bad_credentials_are_refused(cloud):
+    parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
+                           "os_password": "wrong", "os_project_name": cloud.project_name,
+                           "os_interface": "public"}, params.FENCE)
+    with pytest.raises(NovaError) as err:
+        Nova.from_params(parsed).services(Deadline(20))
+    assert err.value.status == 401
+
+
+def test_services_by_uuid_and_legacy_ids(cloud):
+    modern = _nova(cloud).service(Deadline(30), "host2")
+    assert len(modern.id) == 36 and modern.state == "up" and modern.forced_down is False
+    legacy = _nova(cloud, "2.52").service(Deadline(30), "host2")
+    assert legacy.id.isdigit()
+
+
+def test_evacuation_lifecycle(cloud):
+    nova, deadline = _nova(cloud), Deadline(300)
+    ids = cloud.create_servers("host1", 2, flavor_extra_specs={"evacuable": "true"})
+    try:
+        listed = nova.servers_on(deadline, "host1")
+        mine = [s for s in listed if s["id"] in ids]
+        assert len(mine) == 2
+        assert mine[0]["flavor"]["extra_specs"].get("evacuable") == "true"  # >= 2.47
+        # refused while the compute still reports up
+        with pytest.raises(NovaError) as refused:
+            nova.evacuate(deadline, ids[0])
+        assert refused.value.status == 400
+        assert "still in use" in str(refused.value)
+
+        cloud.crash("host1")
+        svc = nova.service(deadline, "host1")
+        nova.update_service(deadline, svc, forced_down=True)
+        nova.update_service(deadline, svc, disabled_reason="nova-ha: contract test")
+        svc = nova.service(deadline, "host1")
+        assert svc.forced_down and svc.status == "disabled" and svc.state == "down"
+        assert svc.disabled_reason == "nova-ha: contract test"
+
+        assert nova.evacuate(deadline, ids[0]) is True
+        during = nova.server(deadline, ids[0])
+        if during.get("OS-EXT-STS:task_state"):
+            # a second request while the rebuild runs is a conflict, not a failure
+            assert nova.evacuate(deadline, ids[0]) is False
+        assert nova.evacuate(deadline, ids[1]) is True
+        for server_id in ids:
+            server = _terminal(nova, server_id)
+            assert server["OS-EXT-SRV-ATTR:host"] in ("host2", "host3")
+            assert server["status"] == "SHUTOFF"  # >= 2.95: Nova stops evacuated servers
+            nova.start_server(deadline, server_id)
+            _wait(lambda i=server_id: nova.server(deadline, i)["status"] == "ACTIVE")
+
+        migrations = nova.evacuation_migrations(deadline, source_host="host1")
+        assert {m["instance_uuid"] for m in migrations} >= set(ids)
+        assert all(m["status"] == "done" for m in migrations if m["instance_uuid"] in ids)
+        changed = {s["id"] for s in nova.servers_changed_since(
+            deadline, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600)))}
+        assert set(ids) <= changed
+
+        with pytest.raises(NovaError) as unforce:
+            nova.update_service(deadline, nova.service(deadline, "host1"), forced_down=False)
+        assert unforce.value.status == 400 and "`done` evacuation" in str(unforce.value)
+
+        cloud.start("host1")
+        _wait(lambda: all(m["status"] == "completed" for m in nova.evacuation_migrations(
+            deadline, source_host="host1") if m["instance_uuid"] in ids), timeout=120)
+        for server_id in ids:  # the restarted source did not delete the evacuated servers
+            server = nova.server(deadline, server_id)
+            assert server["status"] == "ACTIVE" and server["OS-EXT-SRV-ATTR:host"] != "host1"
+    finally:
+        _restore(cloud, nova, "host1")
+
+
+def test_reset_state_clears_a_stuck_task(cloud):
+    nova, deadline = _nova(cloud), Deadline(120)
+    server_id = cloud.create_servers("host2", 1)[0]
+    nova.reset_state(deadline, server_id, "error")
+    server = nova.server(deadline, server_id)
+    assert server["status"] == "ERROR" and server["OS-EXT-STS:task_state"] is None
+    nova.reset_state(deadline, server_id, "active")
+    assert nova.server(deadline, server_id)["status"] == "ACTIVE"
+
+
+def test_image_proxy_only_below_2_36(cloud):
+    nova, deadline = _nova(cloud), Deadline(60)
+    server_id = cloud.create_servers("host2", 1)[0]
+    image_id = nova.server(deadline, server_id)["image"]["id"]
+    assert isinstance(nova.image_properties(deadline, image_id), dict)
+    with pytest.raises(NovaError) as gone:
+        nova.request("GET", f"/images/{image_id}", deadline, microversion="2.36")
+    assert gone.value.status == 404

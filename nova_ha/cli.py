@@ -13,6 +13,7 @@ OCF_DIR = "/usr/lib/ocf/resource.d/nova-ha"
 AGENTS = {  # agent -> (folder in a source checkout, default destination directory)
     "fence_nova_evacuate": ("fence", FENCE_DIR),
     "NovaCompute": ("ocf", OCF_DIR),
+    "NovaEvacuate": ("ocf", OCF_DIR),
 }
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--fence-dir", default=FENCE_DIR)
     inst.add_argument("--ocf-dir", default=OCF_DIR)
     doc = sub.add_parser("params", help="print an agent's parameters as a Markdown table")
-    doc.add_argument("agent", nargs="?", choices=[params.FENCE, params.COMPUTE])
+    doc.add_argument("agent", nargs="?", choices=[params.FENCE, params.COMPUTE, params.EVACUATE])
     doc.add_argument("--all", action="store_true", help="the whole docs/parameters.md page")
     args = parser.parse_args(argv)
     if args.command == "install-agents":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ import pytest
 from tests.testbed.cib import write_cib
 
 HOSTS = ["host1", "host2", "host3"]
+CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed",
+                             "cloud_service.py")
 
 
 @pytest.fixture
@@ -39,6 +42,21 @@ class Bed:
         }
         values.update(extra)
         return {k: v for k, v in values.items() if v is not None}
+
+    def os_params(self, **extra) -> dict:
+        values = {"os_auth_url": self.cloud.auth_url, "os_username": self.cloud.username,
+                  "os_password": self.cloud.password,
+                  "os_project_name": self.cloud.project_name, "os_interface": "public"}
+        values.update(extra)
+        return {k: v for k, v in values.items() if v is not None}
+
+    def compute_params(self, host: str, **extra) -> dict:
+        """NovaCompute parameters whose commands drive `host`'s compute in the cloud."""
+        base = self.cloud.auth_url.rsplit("/identity", 1)[0]
+        command = f"{sys.executable} {CLOUD_SERVICE} {base} {host} {{}}"
+        return self.os_params(start_command=command.format("start"),
+                              stop_command=command.format("stop"),
+                              status_command=command.format("status"), **extra)
 
     def env(self) -> dict:
         return dict(os.environ, CIB_file=self.cib)

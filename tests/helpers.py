@@ -56,13 +56,25 @@ def run_fence(params: Mapping[str, object] | Iterable[tuple[str, object]] | None
                                        done.stderr.decode(errors="replace"))
 
 
-def run_ocf(agent: str, action: str, params: Mapping[str, object] | None = None,
-            meta: Mapping[str, object] | None = None, timeout: float = 120,
-            user: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
+EVACUATE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaEvacuate")
+
+
+def ocf_env(params: Mapping[str, object] | None = None,
+            meta: Mapping[str, object] | None = None,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Pacemaker's executor gives an OCF agent."""
+    env = {k: v for k, v in (base or os.environ).items() if not k.startswith("OCF_")}
     env["OCF_ROOT"] = "/usr/lib/ocf"
     env.update({f"OCF_RESKEY_{k}": str(v) for k, v in (params or {}).items()})
     env.update({f"OCF_RESKEY_CRM_meta_{k}": str(v) for k, v in (meta or {}).items()})
+    return env
+
+
+def run_ocf(agent: str, action: str, params: Mapping[str, object] | None = None,
+            meta: Mapping[str, object] | None = None, timeout: float = 120,
+            user: str | None = None, env: Mapping[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    env = ocf_env(params, meta, env)
     cmd = [PYTHON, agent, action]
     if user:
         cmd = ["runuser", "-u", user, "--"] + cmd

@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 
 from nova_ha.lib import params
-from tests.helpers import COMPUTE_AGENT, PYTHON, need, run_fence, run_ocf
+from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, PYTHON, need, run_fence, run_ocf
 
 FENCE_RNG = "/usr/share/cluster/relaxng/metadata.rng"
 OCF_RNG = "/usr/share/resource-agents/metadata.rng"
@@ -35,9 +35,9 @@ def fence_metadata() -> etree._Element:
     return _xml(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def ocf_metadata() -> etree._Element:
-    done = run_ocf(COMPUTE_AGENT, "meta-data", user="hacluster")
+@pytest.fixture(scope="module", params=[COMPUTE_AGENT, EVACUATE_AGENT])
+def ocf_metadata(request) -> etree._Element:
+    done = run_ocf(request.param, "meta-data", user="hacluster")
     assert done.returncode == 0, done.stderr
     return _xml(done.stdout)
 
@@ -82,10 +82,11 @@ def test_fence_metadata_lists_every_table_parameter_and_alias(fence_metadata):
                                                                    "record"]
 
 
-def test_ocf_metadata_lists_compute_parameters(ocf_metadata):
+def test_ocf_metadata_lists_the_agents_parameters(ocf_metadata):
     names = {p.get("name") for p in ocf_metadata.findall("parameters/parameter")}
-    assert names == {p.name for p in params.for_agent(params.COMPUTE)}
+    assert names == {p.name for p in params.for_agent(ocf_metadata.get("name"))}
     assert "password" not in names  # the BMC's parameters belong to the fence agent only
+    assert "os_cloud" in names
 
 
 def _modules_loaded(argv: list[str], stdin: str = "") -> str:
@@ -101,6 +102,7 @@ def _modules_loaded(argv: list[str], stdin: str = "") -> str:
      "action=validate-all\nport=compute1\nos_auth_url=http://127.0.0.1:1/v3\n"
      "os_username=admin\nos_password=x\nos_project_name=admin\n"),
     (["agents/ocf/NovaCompute", "meta-data"], ""),
+    (["agents/ocf/NovaEvacuate", "meta-data"], ""),
 ])
 def test_no_heavy_import_for_metadata_help_validate(argv, stdin):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

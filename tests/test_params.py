@@ -112,16 +112,19 @@ def test_secrets_never_shown_even_verbose():
 
 
 def test_ocf_validate_all_exit_codes(tmp_path):
-    ok = {"start_command": "/bin/true", "stop_command": "/bin/true",
-          "status_command": "/bin/false"}
+    ok = dict(AUTH, start_command="/bin/true", stop_command="/bin/true",
+              status_command="/bin/false")
     assert run_ocf(COMPUTE_AGENT, "validate-all", ok).returncode == 0
     missing = dict(ok, start_command="/nonexistent/nova-compute")
     done = run_ocf(COMPUTE_AGENT, "validate-all", missing)
     assert done.returncode == 5
     assert "ocf-exit-reason:parameter 'start_command'" in done.stderr
-    partial = {"start_command": "/bin/true"}
+    partial = dict(AUTH, start_command="/bin/true")
     done = run_ocf(COMPUTE_AGENT, "validate-all", partial)
     assert done.returncode == 6 and "stop_command" in done.stderr
+    no_cloud = {k: v for k, v in ok.items() if not k.startswith("os_")}
+    done = run_ocf(COMPUTE_AGENT, "validate-all", no_cloud)
+    assert done.returncode == 6 and "os_auth_url" in done.stderr
     typo = dict(ok, check_nova_service="perhaps")
     done = run_ocf(COMPUTE_AGENT, "validate-all", typo)
     assert done.returncode == 6 and "parameter 'check_nova_service'" in done.stderr

@@ -1,10 +1,37 @@
-"""What the NovaCompute OCF agent does on a compute node (the rejoin path)."""
+"""What the NovaCompute OCF agent does on a compute node (the rejoin path).
+
+start, for a host that was fenced:
+1. wait while its evacuations run: Nova's evacuation migrations from this host not yet in a
+   terminal state, or its cluster record still 'fenced'/'evacuating' (nova-compute deletes
+   local copies of instances it believes were evacuated when it starts: starting before the
+   evacuations finished would race them);
+2. start nova-compute;
+3. wait for its heartbeat in Nova (a forced-down service reads 'down' whatever it does, so
+   the heartbeat is the service's updated_at moving); on start it cleans up the evacuated
+   servers and turns their migrations from 'done' to 'completed';
+4. lift forced_down (Nova refuses while 'done' evacuation migrations remain: retried) and
+   enable the service, only if nova-ha disabled it (an operator's own disable stays);
+5. record the host 'ok' with a 'rejoined' event.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from nova_ha import __version__
-from nova_ha.lib import ocf_proto, params, service
+from nova_ha.lib import log, ocf_proto, params, service
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
+
+if TYPE_CHECKING:
+    from nova_ha.lib.nova import Deadline, Nova
+    from nova_ha.lib.state import StateStore
+
+LOG = log.get("compute")
+OURS = "nova-ha"  # prefix of the disabled_reason nova-ha writes
+TERMINAL_MIGRATION = frozenset({"done", "completed", "error", "failed", "cancelled"})
+UNFINISHED_STATES = frozenset({"fenced", "evacuating"})
+RECHECK = 3.0  # seconds between safety checks while waiting
 
 ACTIONS = [
     ocf_proto.OcfAction("start", 600),
@@ -22,9 +49,90 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
     found = [(_CODES[kind], message) for kind, message in service.problems(
         parsed.get("start_command"), parsed.get("stop_command"), parsed.get("status_command"),
         parsed.get("systemd_unit"))]
-    if parsed.get("check_nova_service"):
-        found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in params.check_openstack(parsed)]
+    # Nova is needed to know when a rejoin is safe: without credentials nothing is started.
+    found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in params.check_openstack(parsed)]
     return found
+
+
+def _nova_host(request: OcfRequest) -> str:
+    parsed = request.params
+    return params.nova_host_name(request.node, parsed.get("host_map", ""),
+                                 parsed.get("domain", ""))
+
+
+def _store() -> StateStore | None:
+    from nova_ha.lib import state
+
+    return state.CibStateStore()
+
+
+def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
+                  host: str) -> str | None:
+    """Why nova-compute must not start yet on this host, or None when it is safe."""
+    from nova_ha.lib import state
+
+    if store is not None:
+        try:
+            record = store.get(node)
+        except state.StateError as err:
+            return f"cannot read the host's cluster record ({err})"
+        if record.state in UNFINISHED_STATES:
+            return f"the host is recorded '{record.state}': its evacuation is not finished"
+    running = [m for m in nova.evacuation_migrations(deadline, source_host=host)
+               if m.get("status") not in TERMINAL_MIGRATION]
+    if running:
+        return f"{len(running)} evacuation(s) from {host} still running in Nova"
+    return None
+
+
+def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
+                     host: str, until: float) -> None:
+    from nova_ha.lib.nova import NovaError
+
+    reason: str | None = "not checked"
+    while True:
+        try:
+            reason = unsafe_reason(nova, deadline, store, node, host)
+        except NovaError as err:
+            reason = f"cannot ask Nova ({err})"
+        if reason is None:
+            return
+        if time.monotonic() >= until:
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC,
+                           f"not starting nova-compute on {host}: {reason}")
+        LOG.info("waiting before starting nova-compute on %s: %s", host, reason)
+        time.sleep(RECHECK)
+
+
+def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
+            fenced_by_us: bool) -> str:
+    """Wait for the heartbeat, then lift nova-ha's force-down and disable. Returns a note."""
+    from nova_ha.lib.nova import NovaError
+
+    while True:
+        svc = nova.service(deadline, host)
+        beating = svc.updated_at is not None and svc.updated_at != baseline
+        ours = fenced_by_us or (svc.disabled_reason or "").startswith(OURS)
+        if not svc.forced_down and svc.state == "up":
+            if svc.status == "disabled" and (svc.disabled_reason or "").startswith(OURS):
+                nova.update_service(deadline, svc, enable=True)
+                continue
+            return "service up"
+        if svc.forced_down and not ours:
+            return "service forced down by someone else: left as it is"
+        if beating and svc.forced_down:
+            try:
+                nova.update_service(deadline, svc, forced_down=False)
+                LOG.info("lifted forced_down of %s", host)
+                continue
+            except NovaError as err:
+                if err.status != 400:  # 400: 'done' evacuations remain; the compute will
+                    raise              # complete them shortly
+                LOG.info("Nova does not let %s up yet: %s", host, err)
+        if deadline.expired():
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC,
+                           f"nova-compute on {host} started but Nova does not report it up")
+        time.sleep(1.0)
 
 
 def _service(request: OcfRequest) -> service.Service:
@@ -34,28 +142,65 @@ def _service(request: OcfRequest) -> service.Service:
 
 
 def monitor(request: OcfRequest) -> int:
+    """Never changes anything: the process or unit, and (optionally) Nova's view."""
     svc = _service(request)
     try:
         running = svc.running()
     except service.ServiceError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot tell whether nova-compute runs: "
                                                    f"{err}") from None
-    return ocf_proto.OCF_SUCCESS if running else ocf_proto.OCF_NOT_RUNNING
+    if not running:
+        return ocf_proto.OCF_NOT_RUNNING
+    if request.params.get("check_nova_service") and not request.is_probe:
+        from nova_ha.lib.nova import Deadline, Nova, NovaError
+
+        host = _nova_host(request)
+        try:
+            nova_svc = Nova.from_params(request.params).service(
+                Deadline(request.timeout * 0.8), host)
+        except (NovaError, params.SecretScriptError) as err:
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
+                           ) from None
+        if nova_svc.state != "up":
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
+                                                       f"{nova_svc.state}")
+    return ocf_proto.OCF_SUCCESS
 
 
 def start(request: OcfRequest) -> int:
+    from nova_ha.lib import recovery
+    from nova_ha.lib.nova import Deadline, Nova, NovaError
+
     svc = _service(request)
     if svc.running():
         return ocf_proto.OCF_SUCCESS
+    node, host = request.node, _nova_host(request)
+    budget = request.timeout * 0.95
+    deadline = Deadline(budget)
+    started = time.monotonic()
+    store = _store()
     try:
-        svc.start(request.timeout * 0.9)
+        nova = Nova.from_params(request.params)
+        _wait_until_safe(nova, deadline, store, node, host, started + budget * 0.6)
+        before = nova.service(deadline, host)
+        record = store.get(node) if store is not None else None
+        fenced_by_us = record is not None and record.state != "ok"
+        svc.start(max(deadline.remaining() / 2, 5.0))
+        note = _rejoin(nova, deadline, host, before.updated_at, fenced_by_us)
     except service.ServiceError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"nova-compute did not start: {err}") from None
+    except (NovaError, params.SecretScriptError) as err:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
+    if fenced_by_us:
+        recovery.record(store, lambda s: s.mark(node, "ok", "rejoined", note), "rejoin")
+    LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS
 
 
 def stop(request: OcfRequest) -> int:
     svc = _service(request)
+    if request.params.get("disable_on_stop"):
+        _disable_on_stop(request)
     if not svc.running():
         return ocf_proto.OCF_SUCCESS
     try:
@@ -63,6 +208,23 @@ def stop(request: OcfRequest) -> int:
     except service.ServiceError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"nova-compute did not stop: {err}") from None
     return ocf_proto.OCF_SUCCESS
+
+
+def _disable_on_stop(request: OcfRequest) -> None:
+    """disable_on_stop=true: no new servers are scheduled here while the resource is stopped
+    (best effort: a stop must not fail because Nova is unreachable)."""
+    from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
+
+    host = _nova_host(request)
+    try:
+        nova = Nova.from_params(request.params)
+        deadline = Deadline(min(request.timeout * 0.3, 30))
+        svc = nova.service(deadline, host)
+        if svc.status != "disabled":
+            nova.update_service(deadline, svc,
+                                disabled_reason=f"{OURS}: resource stopped at {utc_now()}")
+    except (NovaError, params.SecretScriptError) as err:
+        LOG.warning("could not disable %s in Nova on stop: %s", host, err)
 
 
 HANDLERS = {"start": start, "stop": stop, "monitor": monitor}

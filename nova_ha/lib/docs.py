@@ -88,6 +88,6 @@ def parameters_page() -> str:
     """docs/parameters.md: every agent's parameter table (kept in sync by a test)."""
     parts = ["# Parameters", "",
              "Generated from `nova_ha/lib/params.py` by `nova-ha params --all`; do not edit.", ""]
-    for agent in (params.FENCE, params.COMPUTE):
+    for agent in (params.FENCE, params.COMPUTE, params.EVACUATE):
         parts += [f"## {agent}", "", markdown_table(agent), ""]
     return "\n".join(parts)

@@ -170,12 +170,14 @@ class Service:
     state: str  # up | down
     forced_down: bool
     disabled_reason: str | None
+    updated_at: str | None = None  # the last heartbeat (or change), by Nova's clock
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> Service:
         return cls(id=str(body["id"]), host=body["host"], status=body.get("status", ""),
                    state=body.get("state", ""), forced_down=bool(body.get("forced_down")),
-                   disabled_reason=body.get("disabled_reason"))
+                   disabled_reason=body.get("disabled_reason"),
+                   updated_at=body.get("updated_at"))
 
 
 class Nova:

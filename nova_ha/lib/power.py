@@ -233,7 +233,9 @@ class Bmc:
             f"{target} within {cfg.timeout:g} s (last status: {last})"
         )
 
-    def _connect(self, deadline: float) -> Any:
+    def _connect(self, deadline: float, started: float) -> Any:
+        """The pyghmi Command, logged in by deadline; started: when the caller's
+        request began (for the message)."""
         if self._cmd is not None and time.monotonic() - self._last_ok > _MAX_IDLE:
             self.close()
         if self._cmd is not None:
@@ -255,7 +257,6 @@ class Bmc:
                 privlevel=self._privlevel,
             )
 
-        started = time.monotonic()
         while True:
             try:
                 self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
@@ -303,6 +304,25 @@ class Bmc:
             )
         return self._error(f"IPMI session setup with BMC {self._ep} failed: {detail}")
 
+    def _abandon(self, cmd: Any) -> None:
+        """Give up a session whose request is still running in an abandoned worker.
+
+        pyghmi shares live sessions process-wide: left alone, this stuck one would be
+        handed to our next Command for the same BMC and user (which then waits for
+        pyghmi's own retries, up to ~30 s), and its re-login attempts would steal the
+        replies meant for a fresh session on the same socket. So it is marked broken the
+        way pyghmi does it itself, minus the logout packet: with ``logged`` cleared
+        first, that cannot block behind the stuck request. The worker then winds down."""
+        self._cmd = None
+        session = getattr(cmd, "ipmi_session", None)
+        if session is None:
+            return
+        try:
+            session.logged = 0
+            session._mark_broken("abandoned after a timeout")
+        except Exception:  # a pyghmi without these internals: at least don't reuse it
+            session.broken = True
+
     def _request(
         self, command: int, data: tuple[int, ...], what: str, deadline: float
     ) -> dict[str, Any]:
@@ -313,7 +333,7 @@ class Bmc:
             if attempt and time.monotonic() >= deadline:
                 break
             reused = self._cmd is not None
-            cmd = self._connect(deadline)
+            cmd = self._connect(deadline, started)
             budget = deadline - time.monotonic()
             if reused and attempt == 0:
                 # Leave time for a fresh session should this one turn out to be dead.
@@ -325,9 +345,7 @@ class Bmc:
             try:
                 rsp = _bounded(call, budget, "ipmi-request")
             except _Timeout:
-                # The worker may still be inside pyghmi with this session: drop it
-                # rather than log it out (logout would wait for that worker).
-                self._cmd = None
+                self._abandon(cmd)
                 failure = "no reply"
                 continue
             except Exception as exc:  # pyghmi: "Session no longer connected" and kin

@@ -639,6 +639,7 @@ class NovaSim:
         self._evac_fail_pred: Callable[[dict[str, Any]], bool] | None = None
         self._evac_fail_prob: float = 0.0
         self._log: list[dict[str, Any]] = []
+        self.compute_starts: list[tuple[float, str, int]] = []  # (time, host, racing evacs)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -783,6 +784,12 @@ class NovaSim:
             h.running = True
             h.boot = now
             h.last_heartbeat_frozen = None
+            # For tests of the rejoin guard: how many evacuations from this host were still
+            # under way when its compute started (nova-compute would destroy their sources).
+            racing = sum(1 for m in self._migrations
+                         if m["source_compute"] == host and m["migration_type"] == "evacuation"
+                         and m["status"] in ("accepted", "pre-migrating"))
+            self.compute_starts.append((time.time(), host, racing))
             # ComputeManager._destroy_evacuated_instances
             for mig in self._migrations:
                 if (mig["source_compute"] == host and mig["migration_type"] == "evacuation"

@@ -11,6 +11,9 @@ import pytest
 
 from tests.testbed.cib import write_cib
 
+# The real Nova 34 box (session-scoped `nova_box` fixture).
+pytest_plugins = ["tests.testbed.nova_box.fixtures"]
+
 HOSTS = ["host1", "host2", "host3"]
 CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed",
                              "cloud_service.py")

@@ -7,14 +7,16 @@ Precondition everywhere: the host's power-off is confirmed and its service force
 Transient task states (the host is off, so work that was running *on it* can never finish):
 * rebuilding / rebuild_block_device_mapping / rebuild_spawning: an evacuation is already under
   way (an earlier run asked for it): followed, not asked again.
+  Never a second request: Nova does not check the task state of an evacuation (its
+  check_instance_state(task_state=None) disables the check) and two rebuilds of one server
+  break it (seen on Nova 34).
 * host-local tasks (spawning, networking, block_device_mapping, scheduling, rebooting*,
   powering-on/off, pausing, unpausing, suspending, resuming, rescuing, unrescuing,
-  updating_password, image_*): Nova refuses to evacuate while a task is set, and only the dead
-  host could clear it. The server is reset to 'error' (which clears the task) and evacuated;
-  Nova rebuilds it ACTIVE elsewhere.
-* vm_state paused / suspended / rescued: Nova evacuates only active, stopped and error
-  servers; their state lived in the dead host's memory, so they are reset to 'error' and
-  evacuated too (they come back ACTIVE).
+  updating_password, image_*): the work ran on the dead host and can never finish; Nova
+  evacuates such a server as it is and the rebuild replaces the task.
+* vm_state building / paused / suspended / rescued: Nova evacuates only active, stopped and
+  error servers; their state lived in the dead host's memory, so they are reset to 'error'
+  (which also clears the task) and evacuated; Nova rebuilds them ACTIVE elsewhere.
 * From microversion 2.95 Nova lands evacuated servers SHUTOFF (its guard against a source
   that may still run them); the source is confirmed off, so servers that were running are
   started again (os-start) and followed until ACTIVE.
@@ -189,16 +191,22 @@ class Runner:
             outcome.result = "unfinished"
             return
         outcome.attempts += 1
-        if task in HOST_LOCAL_TASKS or vm_state in RESET_VM_STATES:
+        if vm_state in RESET_VM_STATES:
             LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
                      outcome.server_id, vm_state, task)
             self.nova.reset_state(self.deadline, outcome.server_id, "error")
         target = self._target()  # None: Nova's scheduler chooses
-        accepted = self.nova.evacuate(self.deadline, outcome.server_id, host=target)
+        if not self.nova.evacuate(self.deadline, outcome.server_id, host=target):
+            # 409: the server's state does not allow it; under way only if it is rebuilding
+            current = self.nova.server(self.deadline, outcome.server_id)
+            if current.get(TASK_ATTR) not in REBUILD_TASKS:
+                raise NovaError(f"Nova refused the evacuation (409, vm_state "
+                                f"{current.get(VM_ATTR)}, task {current.get(TASK_ATTR)})", 409)
+            outcome.detail = "already under way (409)"
+        else:
+            outcome.detail = f"requested to {target}" if target else "requested"
         outcome.accepted_at = time.monotonic()
         outcome.needs_request = False
-        outcome.detail = (f"requested to {target}" if target else "requested") if accepted \
-            else "already under way (409)"
         self.progress("accepted", outcome)
 
     def _submit(self, outcome: Outcome, server: dict[str, Any] | None = None) -> None:

@@ -84,6 +84,24 @@ class _SilentBmc(PowerError):
     """No answer at all to session setup (as opposed to a refusal)."""
 
 
+class _OwnKey(bytes):
+    """The password passed to pyghmi as IPMI Kg, which is what pyghmi (and IPMI) use
+    anyway when no Kg is set, but equal only to itself. pyghmi hands an existing live
+    session to any new Command with equal address, user, password and Kg, process-wide;
+    a fresh key per login means each login gets its own session (and, while another
+    session to that BMC lives, its own socket), never an old, possibly stuck one."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = object.__hash__
+
+
 def _bounded(fn: Callable[[], _T], timeout: float, name: str) -> _T:
     """Run fn in a daemon thread and wait at most timeout seconds for it.
 
@@ -249,10 +267,12 @@ class Bmc:
             # Session.initting_sessions but removes it under their encoded bytes, so with
             # str the entry stays forever and every later Command for this BMC and user
             # gets the old, logged-out session back (no reconnect after close/failure).
+            password = cfg.password.encode("utf-8")
             return ipmi_command.Command(
                 bmc=cfg.address,
                 userid=cfg.username.encode("utf-8"),
-                password=cfg.password.encode("utf-8"),
+                password=password,
+                kg=_OwnKey(password),
                 port=cfg.port,
                 privlevel=self._privlevel,
             )
@@ -307,11 +327,9 @@ class Bmc:
     def _abandon(self, cmd: Any) -> None:
         """Give up a session whose request is still running in an abandoned worker.
 
-        pyghmi shares live sessions process-wide: left alone, this stuck one would be
-        handed to our next Command for the same BMC and user (which then waits for
-        pyghmi's own retries, up to ~30 s), and its re-login attempts would steal the
-        replies meant for a fresh session on the same socket. So it is marked broken the
-        way pyghmi does it itself, minus the logout packet: with ``logged`` cleared
+        Left alone, pyghmi would go on retrying and then re-logging in with it for up
+        to ~30 s, opening sessions on a BMC that has few to give. So it is marked broken
+        the way pyghmi does it itself, minus the logout packet: with ``logged`` cleared
         first, that cannot block behind the stuck request. The worker then winds down."""
         self._cmd = None
         session = getattr(cmd, "ipmi_session", None)

@@ -27,7 +27,7 @@ def cib_file(tmp_path) -> str:
 @dataclass
 class Bed:
     """A cloud (simulated or real) with a BMC simulator per host, wired together: a BMC
-    power-off crashes the host's compute in the cloud, a power-on starts it again."""
+    power-off crashes the host's compute in the cloud."""
 
     cloud: object
     bmcs: dict
@@ -81,14 +81,50 @@ def _bed(cloud, cib: str) -> Iterator[Bed]:
     bmcs = {}
     try:
         for host in HOSTS:
-            bmc = BmcSim(host, on_power_off=lambda h=host: cloud.crash(h),
-                         on_power_on=lambda h=host: cloud.start(h))
+            # Power-off kills the host's nova-compute. Power-on boots the node but does not
+            # start nova-compute: Pacemaker does that through NovaCompute once it is safe.
+            bmc = BmcSim(host, on_power_off=lambda h=host: cloud.crash(h))
             bmc.start()
             bmcs[host] = bmc
         yield Bed(cloud=cloud, bmcs=bmcs, cib=cib)
     finally:
         for bmc in bmcs.values():
             bmc.stop()
+
+
+@pytest.fixture
+def box_bed(nova_box, cib_file) -> Iterator[Bed]:
+    """The real Nova 34 box (shared by the session): every host is put back in service
+    after the test (compute started, forced_down lifted, enabled)."""
+    try:
+        yield from _bed(nova_box, cib_file)
+    finally:
+        from tests.testbed.observe import Observer
+
+        observer = Observer(nova_box)
+        for host in HOSTS:
+            nova_box.start(host)
+        for host in HOSTS:
+            _back_in_service(observer, host)
+
+
+def _back_in_service(observer, host: str, timeout: float = 90) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        svc = observer.service(host)
+        try:
+            if svc.forced_down:
+                observer.nova.services.force_down(svc.id, False)
+            if svc.status == "disabled":
+                observer.nova.services.enable(svc.id)
+            if observer.service(host).state == "up":
+                return
+        except Exception:  # 'done' evacuations not completed yet: the compute is starting
+            if time.monotonic() > end:
+                raise
+        time.sleep(1)
 
 
 @pytest.fixture

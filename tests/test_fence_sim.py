@@ -305,3 +305,19 @@ def test_transient_states_are_reset_followed_or_skipped(sim_bed):
     assert "2 skipped" in done.stderr
     record = _record(bed)
     assert record.state == "evacuated" and record.evacuated == 3
+
+
+def test_stopped_servers_stay_stopped_running_ones_come_back_active(sim_bed):
+    bed = sim_bed
+    running = bed.cloud.create_servers("host1", 2)
+    stopped = bed.cloud.create_servers("host1", 2, status="SHUTOFF")
+    done = run_fence(bed.fence_params(), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    observer = Observer(bed.cloud)
+    for server_id in running:
+        assert observer.server(server_id)["status"] == "ACTIVE"
+    for server_id in stopped:
+        server = observer.server(server_id)
+        assert server["host"] != "host1" and server["status"] == "SHUTOFF"
+    started = [r["path"] for r in bed.requests(action="os-start")]
+    assert len(started) == 2 and not any(s in p for s in stopped for p in started)

@@ -76,8 +76,10 @@ def test_compute_start_waits_for_evacuations_then_rejoins(sim_bed):
     ids = bed.cloud.create_servers("host1", 8)
     bed.cloud.evacuate_delay = 2.0
     fence = _start_fence(bed, max_parallel=4)
-    _wait(lambda: bed.bmcs["host1"].power_state == "off")
-    bed.bmcs["host1"].power_state = "on"  # repaired and booted while evacuations run
+    # Pacemaker starts resources on the node only once it is recorded fenced; the host is
+    # repaired and boots while its evacuations still run.
+    _wait(lambda: _record(bed).state == "evacuating")
+    bed.bmcs["host1"].power_state = "on"
     compute = subprocess.Popen([PYTHON, COMPUTE_AGENT, "start"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env=ocf_env(bed.compute_params("host1"), START_META, bed.env()))

@@ -275,8 +275,8 @@ class Runner:
             if host in self.targets:
                 self._full_targets.add(host)
             self._failed_attempt(outcome)
-        elif host != self.source and status == "SHUTOFF" and not outcome.was_stopped \
-                and not outcome.start_requested:
+        elif host != self.source and status == "SHUTOFF" and not outcome.start_requested \
+                and not self._was_stopped(outcome):
             # From microversion 2.95 Nova stops evacuated servers, guarding against a source
             # host that might still run them. Ours is confirmed off: start what was running.
             outcome.start_requested = True
@@ -296,6 +296,27 @@ class Runner:
             for target in self.targets:
                 self._full_targets.add(target)
             self._failed_attempt(outcome)
+
+    def _was_stopped(self, outcome: Outcome) -> bool:
+        """Was the server stopped before its evacuation? Known from our listing when we
+        asked for the evacuation; for one an earlier runner asked for, the listing may have
+        caught it already stopped by Nova (>= 2.95), so its instance actions tell."""
+        if outcome.attempts > 0:
+            return outcome.was_stopped
+        try:
+            actions = self.nova.instance_actions(self.deadline, outcome.server_id)
+        except NovaError:
+            return outcome.was_stopped
+        seen_evacuate = False
+        for action in actions:  # newest first
+            name = action.get("action")
+            if not seen_evacuate:
+                seen_evacuate = name == "evacuate"
+                continue
+            if name in ("stop", "start", "create", "reboot", "rebuild", "unshelve", "resume",
+                        "unpause", "suspend", "pause", "shelve"):
+                return name == "stop"
+        return outcome.was_stopped
 
     def _migration_failed(self, outcome: Outcome) -> bool:
         """The server is back on the source with no task: its evacuation migration says
@@ -330,16 +351,41 @@ class Runner:
                     self._follow(pool, following)
 
 
+def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> set[str]:
+    """Servers whose evacuation from `host` was asked for since `since` (epoch) and did not
+    fail: an earlier runner's work. One call.
+
+    Needed because a server's record still names the source host, with no task, for a
+    moment after its rebuild finished elsewhere (seen on Nova 34 at >= 2.95): a runner
+    listing the host then would ask again, and Nova accepts a second evacuation.
+    """
+    start = _iso(since)[:19]
+    return {m["instance_uuid"] for m in nova.evacuation_migrations(deadline, source_host=host)
+            if str(m.get("created_at") or "")[:19] >= start
+            and m.get("status") not in ("error", "failed", "cancelled")}
+
+
 def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: str,
                      max_parallel: int, retries: int, target_hosts: list[str] | None = None,
                      progress: Progress | None = None,
                      heartbeat: Callable[[], None] | None = None,
-                     may_request: Callable[[], bool] | None = None) -> Summary:
-    """List the host's servers (one call), choose, evacuate, follow. Returns the summary."""
+                     may_request: Callable[[], bool] | None = None,
+                     incident_start: float | None = None) -> Summary:
+    """List the host's servers (one call), choose, evacuate, follow. Returns the summary.
+
+    `incident_start` (epoch): when the host was fenced; evacuations requested since then
+    are followed, never requested again.
+    """
     summary = Summary(host=host)
     servers = nova.servers_on(deadline, host)
     summary.found = len(servers)
     chosen, skipped = Planner(nova, deadline, mode, tag).plan(servers)
+    if incident_start is not None:
+        earlier = requested_since(nova, deadline, host, incident_start)
+        for outcome in chosen:
+            if outcome.server_id in earlier and outcome.needs_request:
+                outcome.needs_request = False
+                outcome.detail = "evacuation requested earlier in this incident"
     summary.selected = len(chosen)
     summary.outcomes = chosen + skipped
     for outcome in skipped:

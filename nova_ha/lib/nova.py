@@ -355,6 +355,11 @@ class Nova:
             raise
         return True
 
+    def instance_actions(self, deadline: Deadline, server_id: str) -> list[dict[str, Any]]:
+        """The server's recorded actions, newest first."""
+        return self.request("GET", f"/servers/{server_id}/os-instance-actions",
+                            deadline)["instanceActions"]
+
     def start_server(self, deadline: Deadline, server_id: str) -> None:
         self.request("POST", f"/servers/{server_id}/action", deadline, body={"os-start": None})
 

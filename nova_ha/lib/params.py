@@ -182,6 +182,46 @@ PARAMETERS: tuple[Param, ...] = (
        "With reboot, power on after evacuation so the repaired host can rejoin through "
        "NovaCompute; set 0 to leave it off for inspection (reboot then acts like off).",
        default="1", agents=_FENCE_ONLY, group="evacuation"),
+    _p("max_fenced_hosts", "string",
+       "Mass-failure guard: more hosts fenced within fenced_window stop automatic evacuation",
+       "A count ('3') or a percentage of the compute hosts ('25%', rounded down, at least 1); "
+       "0 turns the guard off. When more hosts than this were fenced within fenced_window "
+       "seconds of each other, a shared cause (a switch, the controllers' network, a power "
+       "feed) is far more likely than that many independent deaths: fencing goes on (that "
+       "is Pacemaker's call), but no evacuation of those hosts starts automatically, neither "
+       "here nor in NovaEvacuate; an 'evacuation_blocked' event is raised once per host and "
+       "the hosts stay recorded 'fenced' until an administrator runs 'nova-ha evacuate HOST' "
+       "(a real failure) or 'nova-ha reset HOST' (let it rejoin with its servers). The "
+       "default, 25%, because independent hardware failures seldom take two hosts within "
+       "minutes, while a network or controller fault fences a large share at once; "
+       "evacuating that share would pile it onto hosts that may be next and exhaust the "
+       "capacity that the fenced hosts, once back, would have kept. A percentage scales with "
+       "the cloud where a count does not: 2 suits ten hosts but would stop a 500-host cloud "
+       "on its third ordinary failure. The percentage is of the compute services Nova knows "
+       "(or of the compute nodes in the CIB).", default="25%", agents=_EVACUATION,
+       group="evacuation", metavar="count|percent"),
+    _p("fenced_window", "second", "Time window of the mass-failure guard (seconds)",
+       "Hosts whose latest fencing (from their records in the CIB) lies within this many "
+       "seconds of each other count as one wave for max_fenced_hosts. 600 s holds a wave "
+       "fenced over several minutes by a flapping network, and is short against the time "
+       "between independent hardware failures.", default="600", agents=_EVACUATION,
+       group="evacuation"),
+    # ---- notifications --------------------------------------------------------------------------
+    _p("notify_url", "string", "Webhook URL that nova-ha events are POSTed to (JSON)",
+       "Each event (fenced, evacuation_finished, evacuation_failed, evacuation_blocked, "
+       "rejoined, reset) is POSTed as one JSON object (Content-Type application/json) from a "
+       "detached process, so fencing never waits for it: each attempt is bounded by "
+       "notify_timeout, failed attempts (no answer, HTTP 408, 429 or 5xx) are retried twice "
+       "with backoff. http:// and https:// (verified with the system's CAs) only. Events "
+       "carry no secret. Every event also goes to syslog (ident nova-ha, facility daemon) "
+       "whatever is set here.", agents=_OPENSTACK, group="general", metavar="url"),
+    _p("notify_command", "string", "Command run for each nova-ha event (event JSON on stdin)",
+       "Run without a shell (split like a shell would), detached from the agent, with the "
+       "event as one JSON object on standard input and its name in NOVA_HA_EVENT; killed "
+       "after notify_timeout. Its environment carries no OCF_RESKEY_* parameter (no "
+       "secret).", agents=_OPENSTACK, group="general", metavar="command"),
+    _p("notify_timeout", "second", "Seconds allowed for one webhook attempt or the command",
+       default="5", agents=_OPENSTACK, group="general"),
     # ---- NovaCompute ---------------------------------------------------------------------------
     _p("systemd_unit", "string", "systemd unit of nova-compute",
        "Default: the first of nova-compute.service and openstack-nova-compute.service that "
@@ -441,6 +481,51 @@ def check_evacuation(parsed: Parsed) -> list[str]:
                 parse_host_map(parsed[name])
             except ParamError as err:
                 problems.append(str(err))
+    if parsed.get("max_fenced_hosts") is not None:
+        try:
+            parse_host_limit(str(parsed["max_fenced_hosts"]))
+        except ParamError as err:
+            problems.append(str(err))
+    return problems
+
+
+def parse_host_limit(text: str) -> tuple[float, bool]:
+    """max_fenced_hosts: '3' -> (3, False), '25%' -> (25.0, True); '' or '0' -> (0, False)."""
+    value = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%?)", value)
+    if value == "":
+        return 0, False
+    if not match or (not match.group(2) and "." in match.group(1)):
+        raise ParamError(f"parameter 'max_fenced_hosts': {value[:60]!r} is not a count of "
+                         "hosts or a percentage (e.g. 3 or 25%)")
+    if match.group(2):
+        percent = float(match.group(1))
+        if percent > 100:
+            raise ParamError("parameter 'max_fenced_hosts': a percentage is at most 100%")
+        return percent, True
+    return int(match.group(1)), False
+
+
+def check_notify(parsed: Parsed) -> list[str]:
+    """notify_url and notify_command, without contacting or running anything."""
+    problems = []
+    url = parsed.get("notify_url")
+    if url:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            # The URL may carry credentials (user:password@): only its scheme is shown.
+            problems.append("parameter 'notify_url': not an http:// or https:// URL with a "
+                            "host")
+    if parsed.get("notify_command"):
+        problem = _command_problem("notify_command", parsed["notify_command"])
+        if problem:
+            problems.append(problem)
     return problems
 
 

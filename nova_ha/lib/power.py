@@ -126,6 +126,40 @@ def _bounded(fn: Callable[[], _T], timeout: float, name: str) -> _T:
     return box["value"]
 
 
+def _retire(session: Any) -> None:
+    """Stop a pyghmi session that an abandoned worker is still driving.
+
+    Left alone, pyghmi goes on retrying and re-logging in with it for up to ~30 s:
+    that opens sessions on a BMC that has few to give, and its timers wake pyghmi's
+    shared IO thread late for sockets opened meanwhile (a new session's replies then
+    wait up to a second). So mark it broken the way pyghmi does itself, minus the
+    logout packet: with ``logged`` cleared first, that cannot block behind the stuck
+    request. pyghmi internals, so best effort: at worst recovery is slower."""
+    try:
+        session.logged = 0
+        session._mark_broken("given up after a timeout")
+    except Exception:
+        try:
+            session.broken = True
+        except Exception:
+            pass
+
+
+def _sessions_keyed(key: _OwnKey) -> list[Any]:
+    """pyghmi sessions made with our Kg object (a login we stopped waiting for)."""
+    from pyghmi.ipmi.private import session as ipmi_session
+
+    found = []
+    try:
+        for ports in list(ipmi_session.Session.bmc_handlers.values()):
+            for candidate in list(ports.values()):
+                if getattr(candidate, "kgo", None) is key:
+                    found.append(candidate)
+    except Exception:  # internals changed: nothing to retire then
+        pass
+    return found
+
+
 def _endpoint(cfg: BmcConfig) -> str:
     host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
     return f"{host}:{cfg.port}"
@@ -262,17 +296,18 @@ class Bmc:
 
         cfg = self._cfg
 
+        key = _OwnKey(cfg.password.encode("utf-8"))
+
         def login() -> Any:
-            # Bytes, not str: pyghmi 1.6 files a session under the str credentials in
-            # Session.initting_sessions but removes it under their encoded bytes, so with
-            # str the entry stays forever and every later Command for this BMC and user
-            # gets the old, logged-out session back (no reconnect after close/failure).
-            password = cfg.password.encode("utf-8")
+            # Bytes, not str: pyghmi 1.6 files a login in Session.initting_sessions under
+            # the credentials as given but removes it under their encoded bytes; with str
+            # the entry stays, and (without our own Kg) the next Command for this BMC
+            # and user would be handed that old, logged-out session.
             return ipmi_command.Command(
                 bmc=cfg.address,
                 userid=cfg.username.encode("utf-8"),
-                password=password,
-                kg=_OwnKey(password),
+                password=cfg.password.encode("utf-8"),
+                kg=key,
                 port=cfg.port,
                 privlevel=self._privlevel,
             )
@@ -282,6 +317,8 @@ class Bmc:
                 self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
                 return self._cmd
             except _Timeout:
+                for session in _sessions_keyed(key):
+                    _retire(session)
                 raise self._unreachable(time.monotonic() - started) from None
             except Exception as exc:
                 error = self._login_error(exc, time.monotonic() - started)
@@ -325,21 +362,11 @@ class Bmc:
         return self._error(f"IPMI session setup with BMC {self._ep} failed: {detail}")
 
     def _abandon(self, cmd: Any) -> None:
-        """Give up a session whose request is still running in an abandoned worker.
-
-        Left alone, pyghmi would go on retrying and then re-logging in with it for up
-        to ~30 s, opening sessions on a BMC that has few to give. So it is marked broken
-        the way pyghmi does it itself, minus the logout packet: with ``logged`` cleared
-        first, that cannot block behind the stuck request. The worker then winds down."""
+        """Give up a session whose request is still running in an abandoned worker."""
         self._cmd = None
         session = getattr(cmd, "ipmi_session", None)
-        if session is None:
-            return
-        try:
-            session.logged = 0
-            session._mark_broken("abandoned after a timeout")
-        except Exception:  # a pyghmi without these internals: at least don't reuse it
-            session.broken = True
+        if session is not None:
+            _retire(session)
 
     def _request(
         self, command: int, data: tuple[int, ...], what: str, deadline: float

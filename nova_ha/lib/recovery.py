@@ -7,6 +7,7 @@ the host's power-off is confirmed (by our BMC call or an earlier fencing-topolog
 
 from __future__ import annotations
 
+import calendar
 import os
 import time
 from collections.abc import Callable
@@ -55,6 +56,24 @@ def record(store: state.StateStore | None, call: Callable[[state.StateStore], ob
     except state.StateError as err:
         LOG.error("cannot record %s: %s", what, err)
         return False
+
+
+def incident_start(store: state.StateStore | None, node: str) -> float:
+    """When the host was last fenced (epoch, from its history), less a margin for clock skew
+    between this node and Nova; without a record, a window as long as any evacuation."""
+    fenced = None
+    if store is not None:
+        try:
+            events = [e for e in store.get(node).history if e.name == "fenced"]
+            fenced = events[-1].time if events else None
+        except state.StateError:
+            fenced = None
+    if fenced:
+        try:
+            return calendar.timegm(time.strptime(fenced, "%Y-%m-%dT%H:%M:%SZ")) - 60.0
+        except ValueError:
+            pass
+    return time.time() - 3600.0
 
 
 class _Lease:
@@ -110,7 +129,8 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
         summary = evacuation.evacuate_servers(
             nova, deadline, host, options.mode, options.tag, options.max_parallel,
             options.retries, options.target_hosts, progress=progress,
-            heartbeat=lease.heartbeat, may_request=lambda: lease.held)
+            heartbeat=lease.heartbeat, may_request=lambda: lease.held,
+            incident_start=incident_start(store, node))
         counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
                       failed=summary.count("failed"))
         if summary.count("unfinished"):

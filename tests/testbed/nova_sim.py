@@ -640,6 +640,7 @@ class NovaSim:
         self._evac_fail_prob: float = 0.0
         self._log: list[dict[str, Any]] = []
         self.compute_starts: list[tuple[float, str, int]] = []  # (time, host, racing evacs)
+        self._actions: dict[str, list[dict[str, Any]]] = {}  # server -> instance actions
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1576,6 +1577,7 @@ class NovaSim:
             ("DELETE", r"/servers/(?P<sid>[^/]+)", self._server_delete),
             ("POST", r"/servers/(?P<sid>[^/]+)/action", self._server_action),
             ("GET", r"/servers/(?P<sid>[^/]+)/migrations", self._server_migrations),
+            ("GET", r"/servers/(?P<sid>[^/]+)/os-instance-actions", self._instance_actions),
             ("GET", r"/os-services", self._services_index),
             ("PUT", r"/os-services/(?P<sid>[^/]+)", self._services_update),
             ("GET", r"/os-migrations", self._migrations_index),
@@ -1958,7 +1960,25 @@ class NovaSim:
         handler = handlers.get(action)
         if handler is None:
             raise _Bad(f"There is no such action: {action}")
-        return handler(req, sid, body)
+        response = handler(req, sid, body)
+        name = {"evacuate": "evacuate", "os-stop": "stop", "os-start": "start"}.get(action)
+        if name:  # Nova records an instance action for these (not for os-resetState)
+            self._record_action(sid, name)
+        return response
+
+    def _record_action(self, sid: str, action: str) -> None:
+        with self._lock:
+            self._actions.setdefault(sid, []).append({
+                "action": action, "instance_uuid": sid, "message": None,
+                "project_id": self.project_id, "user_id": self.user_id,
+                "request_id": f"req-{uuid.uuid4()}", "start_time": _isotime(_now())})
+
+    def _instance_actions(self, req: _Request, sid: str) -> _Response:
+        with self._lock:
+            if sid not in self._servers:
+                raise _HTTPError(404, f"Instance {sid} could not be found.")
+            actions = list(reversed(self._actions.get(sid, [])))
+        return self._ok(req, {"instanceActions": actions})
 
     def _evacuate_schema(self, req: _Request) -> dict[str, Any]:
         props: dict[str, Any] = {"host": _FQDN}

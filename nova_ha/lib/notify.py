@@ -1,0 +1,307 @@
+"""nova-ha events for operators: syslog always; a webhook and a command when configured.
+
+Events: ``fenced``, ``evacuation_finished``, ``evacuation_failed``, ``evacuation_blocked``
+(the mass-failure guard), ``rejoined`` and ``reset``. Each is one JSON object::
+
+    {"event": "fenced", "time": "2026-11-22T14:03:00Z", "epoch": 1795874580.25,
+     "node": "compute1", "host": "compute1.example.com", "source": "fence_nova_evacuate",
+     "reporter": "controller1", "version": "0.1.0", "detail": "...", ...}
+
+plus fields of the kind (server counts, the guard's wave). An event never carries a secret:
+its strings go through the log redactor, and no parameter value is copied into it.
+
+* syslog: always, synchronously (a local datagram): ident ``nova-ha``, facility daemon,
+  priority notice (warning for failures and the guard), message ``event <json>``.
+* ``notify_url`` and ``notify_command``: from a detached child process (its own session,
+  standard streams on /dev/null), so neither fencing nor the agent's exit ever waits for a
+  slow receiver, and a stonith agent killed by its timeout does not take the delivery with
+  it. The webhook is tried at most ATTEMPTS times, each bounded by ``notify_timeout``; the
+  command runs once, killed after ``notify_timeout``; the child ends itself after
+  ``total_budget(timeout)`` seconds whatever happens. Delivery failures go to syslog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nova_ha.lib import log
+
+LOG = log.get("notify")
+
+EVENTS = ("fenced", "evacuation_finished", "evacuation_failed", "evacuation_blocked",
+          "rejoined", "reset")
+WARNING_EVENTS = frozenset({"evacuation_failed", "evacuation_blocked"})
+SYSLOG_IDENT = "nova-ha"
+ATTEMPTS = 3
+BACKOFF = (1.0, 2.0)  # pause before the 2nd and the 3rd attempt
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+SERVERS_MAX = 100  # servers listed in an evacuation event (the counts are always complete)
+DEFAULT_TIMEOUT = 5.0
+# Environment handed to the child and the command: nothing else (OCF agents receive their
+# parameters, passwords included, as OCF_RESKEY_* variables).
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "SSL_CERT_FILE",
+             "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "from nova_ha.lib import notify; notify.child_main()")
+
+
+def total_budget(timeout: float) -> float:
+    """Longest a delivery child lives: every webhook attempt, the pauses, the command."""
+    return ATTEMPTS * timeout + sum(BACKOFF) + timeout + 2.0
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy with every string redacted (known secret values, key=value secrets)."""
+    if isinstance(value, str):
+        return log.REDACTOR.redact(value)
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _clean(str(value))
+
+
+def make_event(kind: str, node: str, *, host: str | None = None, source: str = "nova-ha",
+               detail: str = "", now: float | None = None, **fields: Any) -> dict[str, Any]:
+    """The event as sent everywhere. Extra fields whose value is None are left out."""
+    if kind not in EVENTS:
+        raise ValueError(f"unknown event {kind!r}")
+    epoch = time.time() if now is None else now
+    event: dict[str, Any] = {
+        "event": kind, "time": _iso(epoch), "epoch": round(epoch, 3), "node": node,
+        "host": host or node, "source": source, "reporter": os.uname().nodename,
+        "version": _version(),
+    }
+    if detail:
+        event["detail"] = detail
+    event.update({k: v for k, v in fields.items() if v is not None})
+    return _clean(event)
+
+
+def _version() -> str:
+    from nova_ha import __version__
+
+    return __version__
+
+
+def summary_fields(summary: Any) -> dict[str, Any]:
+    """Counts and the servers of an evacuation Summary: which server ended where, and why
+    not for those that did not (evacuated ones first are dropped when the list is long)."""
+    outcomes = list(getattr(summary, "outcomes", []))
+    order = {"failed": 0, "unfinished": 1, "skipped": 2, "gone": 3, "pending": 4,
+             "evacuated": 5}
+    listed = sorted(outcomes, key=lambda o: order.get(o.result, 9))[:SERVERS_MAX]
+    return {
+        "found": summary.found, "selected": summary.selected,
+        "evacuated": summary.count("evacuated"), "failed": summary.count("failed"),
+        "skipped": summary.count("skipped"), "unfinished": summary.count("unfinished"),
+        "gone": summary.count("gone"),
+        "seconds": round(summary.finished_after, 1) if summary.finished_after else None,
+        "servers": [{"id": o.server_id, "name": o.name, "result": o.result, "host": o.host,
+                     "detail": o.detail} for o in listed],
+        "servers_truncated": len(outcomes) > SERVERS_MAX or None,
+    }
+
+
+# ---- syslog -----------------------------------------------------------------------------------
+
+def _syslog(priority: str, message: str) -> None:
+    """One syslog line (replaced in tests). No syslog daemon: silently nothing."""
+    import syslog
+
+    level = syslog.LOG_WARNING if priority == "warning" else syslog.LOG_NOTICE
+    syslog.openlog(SYSLOG_IDENT, syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(level, message)
+
+
+def to_syslog(event: Mapping[str, Any]) -> None:
+    try:
+        _syslog("warning" if event.get("event") in WARNING_EVENTS else "notice",
+                "event " + json.dumps(event, separators=(",", ":"), sort_keys=True))
+    except Exception as err:  # a notification must never break an agent
+        LOG.debug("syslog: %s", err)
+
+
+# ---- delivery ---------------------------------------------------------------------------------
+
+def shown_url(url: str) -> str:
+    """The URL without credentials or query (both may carry secrets), for log lines."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or "?"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return f"{parts.scheme}://{netloc}{parts.path}"
+    except ValueError:
+        return "(unparsable URL)"
+
+
+def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
+         sleep: Callable[[float], None] = time.sleep, kind: str = "") -> str:
+    """POST the event; returns what happened. Retries no answer, 408/425/429 and 5xx."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", "User-Agent": f"nova-ha/{_version()}"}
+    if kind:
+        headers["X-Nova-HA-Event"] = kind
+    last = ""
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            sleep(BACKOFF[min(attempt - 2, len(BACKOFF) - 1)])
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return f"delivered (HTTP {answer.status}, attempt {attempt})"
+        except urllib.error.HTTPError as err:
+            last = f"HTTP {err.code}"
+            if err.code not in RETRY_STATUSES:
+                return f"refused ({last})"
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            last = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) \
+                else reason
+    return f"failed after {attempts} attempts ({last})"
+
+
+def child_env(kind: str, node: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(NOVA_HA_EVENT=kind, NOVA_HA_NODE=node)
+    return env
+
+
+def run_command(command: str, body: bytes, timeout: float,
+                env: Mapping[str, str] | None = None) -> str:
+    """Run the command without a shell, the event on stdin; returns what happened."""
+    try:
+        argv = shlex.split(command)
+        done = subprocess.run(argv, input=body, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout, check=False,
+                              env=dict(env) if env is not None else None, cwd="/")
+    except subprocess.TimeoutExpired:
+        return f"killed after {timeout:g} s"
+    except (OSError, ValueError) as err:
+        return f"cannot run it ({type(err).__name__}: {err})"
+    if done.returncode != 0:
+        err_line = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        return f"exited {done.returncode} {log.REDACTOR.redact(err_line[0])[:200]}".rstrip()
+    return "ran (exit 0)"
+
+
+def deliver(event: Mapping[str, Any], url: str | None, command: str | None,
+            timeout: float) -> dict[str, str]:
+    """Deliver one event in this process (the child's work); {channel: outcome}."""
+    body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+    kind, node = str(event.get("event", "")), str(event.get("node", ""))
+    results = {}
+    if url:
+        results["webhook"] = post(url, body, timeout, kind=kind)
+    if command:
+        results["command"] = run_command(command, body, timeout, child_env(kind, node))
+    for channel, outcome in results.items():
+        if not outcome.startswith(("delivered", "ran")):
+            where = shown_url(url or "") if channel == "webhook" else "notify_command"
+            to_syslog_line(f"notify: {kind} event for {node}: {channel} {where} {outcome}")
+    return results
+
+
+def to_syslog_line(message: str) -> None:
+    try:
+        _syslog("warning", log.REDACTOR.redact(message))
+    except Exception:
+        pass
+
+
+def child_main() -> None:
+    """Entry of the detached child: read {event, url, command, timeout} from stdin."""
+    import signal
+
+    payload = json.loads(sys.stdin.buffer.read() or b"{}")
+    timeout = float(payload.get("timeout") or DEFAULT_TIMEOUT)
+    signal.alarm(max(1, int(total_budget(timeout) + 0.999)))  # the hard bound
+    deliver(payload["event"], payload.get("url"), payload.get("command"), timeout)
+
+
+# ---- the notifier -------------------------------------------------------------------------------
+
+@dataclass
+class Notifier:
+    """Sends events for one agent run. Cheap to build; never raises."""
+
+    url: str | None = None
+    command: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    source: str = "nova-ha"
+    detach: bool = True  # False: deliver in this process (tests, dry runs)
+
+    @classmethod
+    def from_params(cls, parsed: Any, source: str) -> Notifier:
+        return cls(url=parsed.get("notify_url") or None,
+                   command=parsed.get("notify_command") or None,
+                   timeout=float(parsed.get("notify_timeout") or DEFAULT_TIMEOUT),
+                   source=source)
+
+    def send(self, kind: str, node: str, *, host: str | None = None, detail: str = "",
+             summary: Any = None, **fields: Any) -> dict[str, Any] | None:
+        """Build, log to syslog and hand the event over. Returns it (None on a bug)."""
+        try:
+            if summary is not None:
+                fields = {**summary_fields(summary), **fields}
+                detail = detail or summary.line()
+            event = make_event(kind, node, host=host, source=self.source, detail=detail,
+                               **fields)
+            to_syslog(event)
+            LOG.debug("event %s for %s", kind, node)
+            if self.url or self.command:
+                if self.detach:
+                    self._spawn(event)
+                else:
+                    deliver(event, self.url, self.command, self.timeout)
+            return event
+        except Exception as err:  # never let a notification break fencing
+            LOG.warning("could not send the %s event for %s: %s", kind, node, err)
+            return None
+
+    def _spawn(self, event: Mapping[str, Any]) -> None:
+        payload = json.dumps({"event": event, "url": self.url, "command": self.command,
+                              "timeout": self.timeout}).encode()
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, _ROOT], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+            start_new_session=True, cwd="/",
+            env=child_env(str(event.get("event")), str(event.get("node"))))
+        try:
+            child.stdin.write(payload)  # a few KiB: fits the pipe, never blocks
+        finally:
+            child.stdin.close()
+        # Not waited for: reaped by the next subprocess call of this process, or by init.
+        _children.append(child)
+        _children[:] = [c for c in _children if c.poll() is None]
+
+
+_children: list[subprocess.Popen] = []
+
+
+def send(parsed: Any, kind: str, node: str, source: str, **kwargs: Any) -> dict[str, Any] | None:
+    """One-shot: ``notify.send(parsed, "rejoined", node, params.COMPUTE, host=host)``."""
+    return Notifier.from_params(parsed, source).send(kind, node, **kwargs)

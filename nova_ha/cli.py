@@ -656,12 +656,25 @@ def _who() -> str:
     return f"{user}@{os.uname().nodename}"
 
 
+def _known_node(records: dict[str, Any], node: str) -> str:
+    """The node as the CIB spells it (Pacemaker compares names case-insensitively)."""
+    for name in records:
+        if name.lower() == node.lower():
+            return name
+    known = ", ".join(sorted(records)) or "none"
+    raise CliError(f"{node} is not a compute node of this cluster (known: {known})")
+
+
 def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
     from nova_ha.lib import state
 
     store = ctx.store()
-    node = args.host
     now = time.time()
+    try:
+        records = store.all()
+    except state.StateError:
+        records = None  # a damaged record: reset is the way out, try it host by host
+    node = _known_node(records, args.host) if records is not None else args.host
     try:
         before = store.get(node)
     except state.StateError as err:
@@ -788,14 +801,14 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     from nova_ha.lib import guard, recovery, state
     from nova_ha.lib.nova import Deadline, NovaError
 
-    node = args.host
     store = ctx.store()
     now = time.time()
     try:
         records = store.all()
-        record = records.get(node) or store.get(node)
     except state.StateError as err:
-        raise CliError(f"cannot read the record of {node}: {err}") from None
+        raise CliError(f"cannot read the records: {err}") from None
+    node = _known_node(records, args.host)
+    record = records[node]
     why = evacuable(record, now)
     if why:
         raise CliError(f"refusing: {why}")

@@ -321,3 +321,25 @@ def test_stopped_servers_stay_stopped_running_ones_come_back_active(sim_bed):
         assert server["host"] != "host1" and server["status"] == "SHUTOFF"
     started = [r["path"] for r in bed.requests(action="os-start")]
     assert len(started) == 2 and not any(s in p for s in stopped for p in started)
+
+
+def test_agent_against_openipmi_ipmi_sim(sim_bed):
+    from tests.helpers import need_binary
+    from tests.testbed.ipmi_sim import IpmiSim
+
+    need_binary("ipmi_sim")
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 3)
+    with IpmiSim("host1", on_power_off=lambda: bed.cloud.crash("host1")) as bmc:
+        params = bed.fence_params(ipport=bmc.port, username=bmc.username,
+                                  password=bmc.password)
+        assert run_fence(dict(params, action="status"), env=bed.env()).returncode == 0
+        done = run_fence(params, env=bed.env())
+        assert done.returncode == 0, done.stderr
+        assert bmc.power_state == "off"
+        offs = [t for t, what in bmc.power_log if what == "off"]
+        assert offs and min(r["t"] for r in bed.requests(action="evacuate")) >= offs[0]
+        assert run_fence(dict(params, action="status"), env=bed.env()).returncode == 2
+        assert run_fence(dict(params, action="on"), env=bed.env()).returncode == 0
+        assert bmc.power_state == "on"
+    assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)

@@ -468,6 +468,9 @@ def check_bmc(parsed: Parsed) -> list[str]:
         problem = _command_problem("password_script", parsed["password_script"])
         if problem:
             problems.append(problem)
+    if parsed.get("cipher") not in (None, "", 3, 17):
+        # pyghmi negotiates suite 17 (SHA-256) and falls back to 3 (SHA-1); no other.
+        problems.append("parameter 'cipher': only cipher suites 3 and 17 are supported")
     return problems
 
 

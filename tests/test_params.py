@@ -138,3 +138,25 @@ def test_host_map_and_domain():
     assert params.nova_host_name("c4.cloud", "", "cloud") == "c4.cloud"
     assert params.node_name_for_host("c1.cloud", "compute1=c1.cloud") == "compute1"
     assert params.node_name_for_host("compute3.cloud", "", "cloud") == "compute3"
+
+
+def test_log_redaction_of_values_and_secret_assignments():
+    import logging
+
+    from nova_ha.lib import log
+
+    redactor = log.Redactor()
+    redactor.add("hunter2-secret")
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1,
+                               "login failed with %s; password=abc123 X-Auth-Token: tok-9",
+                               ("hunter2-secret",), None)
+    try:
+        raise RuntimeError("boom hunter2-secret")
+    except RuntimeError:
+        import sys
+        record.exc_info = sys.exc_info()
+    redactor.filter(record)
+    text = record.getMessage()
+    for secret in ("hunter2-secret", "abc123", "tok-9"):
+        assert secret not in text
+    assert "login failed" in text and "boom" in text

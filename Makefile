@@ -6,7 +6,9 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV ?= $(CURDIR)/.venv
 PREFIX ?= /opt/nova-ha
 DEB_PACKAGES := pacemaker pacemaker-cli-utils corosync fence-agents resource-agents ipmitool \
-	openipmi python3-novaclient python3-venv python3-dev libxml2-utils pcs
+	openipmi python3-novaclient python3-venv python3-dev libxml2-utils pcs iproute2
+# pacemaker-remote conflicts with pacemaker: the test bed runs its binary from a download.
+REMOTED := .cache/pacemaker-remote/usr/sbin/pacemaker-remoted
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv nova-venv test demo install lint bench clean
@@ -33,7 +35,11 @@ venv: $(VENV)/.stamp
 nova-venv: deps
 	bash tests/testbed/nova_box/setup-venv.sh
 
-test: deps venv nova-venv
+$(REMOTED): | deps
+	$(PYTHON_SYSTEM) -c 'import sys; sys.path.insert(0, "."); \
+		from tests.testbed.cluster import ensure_remoted; ensure_remoted()'
+
+test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -35,9 +35,8 @@ venv: $(VENV)/.stamp
 nova-venv: deps
 	bash tests/testbed/nova_box/setup-venv.sh
 
-$(REMOTED): | deps
-	$(PYTHON_SYSTEM) -c 'import sys; sys.path.insert(0, "."); \
-		from tests.testbed.cluster import ensure_remoted; ensure_remoted()'
+$(REMOTED): | deps venv
+	$(VENV)/bin/python -c 'from tests.testbed.cluster import ensure_remoted; ensure_remoted()'
 
 test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python

@@ -1,0 +1,36 @@
+"""pytest fixtures for the real Nova 34 test box.
+
+Use from a test module (or a conftest) with::
+
+    from tests.testbed.nova_box.fixtures import nova_box  # noqa: F401
+
+``nova_box`` is session-scoped: one box (host1, host2, host3) for the whole
+run. Tests that crash a host or force its service down must put it back
+(start it, un-force it) before they end. Without ``.venv-nova`` the fixture
+skips, except under CI (``CI=true``), where it fails.
+"""
+
+import os
+
+import pytest
+
+from tests.testbed.nova_box import VENV_DIR, NovaBox, available
+
+
+def require_nova_venv():
+    if available():
+        return
+    msg = (
+        f"real Nova box unavailable: {VENV_DIR} missing (run tests/testbed/nova_box/setup-venv.sh)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def nova_box(tmp_path_factory):
+    require_nova_venv()
+    box = NovaBox(hosts=("host1", "host2", "host3"), state_dir=tmp_path_factory.mktemp("nova-box"))
+    with box:
+        yield box

@@ -166,3 +166,22 @@ def test_unreachable_bmc_touches_nothing_in_real_nova(box_bed):
     assert done.returncode == 1
     assert not [r for r in _since(bed, t0) if r["method"] == "PUT" or r.get("action")]
     assert not Observer(bed.cloud).service("host1").forced_down
+
+
+def test_tagged_mode_reads_flavor_image_and_metadata_tags(box_bed):
+    bed = box_bed
+    before = {s["id"] for s in Observer(bed.cloud).servers("host1")}
+    by_flavor = bed.cloud.create_servers("host1", 1, name_prefix="tf",
+                                         flavor_extra_specs={"evacuable": "true"})
+    by_image = bed.cloud.create_servers("host1", 1, name_prefix="ti", image="evacuable")
+    by_meta = bed.cloud.create_servers("host1", 1, name_prefix="tm",
+                                       metadata={"evacuable": "yes"})
+    plain = bed.cloud.create_servers("host1", 1, name_prefix="tp")
+    done = run_fence(bed.fence_params(evacuate="tagged"), env=bed.env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    observer = Observer(bed.cloud)
+    for server_id in by_flavor + by_image + by_meta:
+        server = observer.server(server_id)
+        assert server["host"] != "host1" and server["status"] == "ACTIVE", server
+    for server_id in plain + sorted(before):
+        assert observer.server(server_id)["host"] == "host1"

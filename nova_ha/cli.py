@@ -301,8 +301,8 @@ def _tone(word: str) -> str | None:
 def table(header: list[str], rows: list[list[str]], colour: bool,
           tones: list[list[str | None]] | None = None) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(_paint(h.ljust(w), "bold", colour) for h, w in zip(header, widths,
-                                                                            strict=True))]
+    lines = ["  ".join(_paint(h, "bold", colour) + " " * (w - len(h))
+                       for h, w in zip(header, widths, strict=True)).rstrip()]
     for r, row in enumerate(rows):
         cells = []
         for c, (cell, width) in enumerate(zip(row, widths, strict=True)):
@@ -356,7 +356,7 @@ def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, d
     dc = root.find("summary/current_dc")
     if stack is not None and stack.get("type") == "unknown" and dc is not None \
             and dc.get("present") == "false":
-        return None, "no running cluster (an offline CIB has no node status)"
+        return None, "no running cluster: an offline CIB has no node status"
     fenced: dict[str, str] = {}
     for event in root.iter("fence_event"):
         target = event.get("target")
@@ -436,7 +436,10 @@ def _nova_cell(svc: dict[str, Any] | None) -> str:
         parts.append("forced down")
     if svc["status"] == "disabled":
         reason = svc.get("disabled_reason") or ""
-        parts.append("disabled" + (f": {reason[:40]}" if reason else ""))
+        if reason.startswith("nova-ha"):
+            parts.append("disabled by nova-ha")  # the full reason is in --json
+        else:
+            parts.append("disabled" + (f": {reason[:30]}" if reason else ""))
     return ", ".join(parts)
 
 
@@ -700,9 +703,10 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"cannot reset {node}: {err}") from None
     for line in describe_reset(before, after, now):
         print(line)
-    print(f"  Nova is not changed: nova-compute on {after.service_host or node} stays forced "
-          "down and disabled until NovaCompute starts it there (it lifts nova-ha's "
-          "force-down once the service reports up).")
+    if before is None or before.state != "ok":
+        print(f"  Nova is not changed: nova-compute on {after.service_host or node} stays "
+              "forced down and disabled until NovaCompute starts it there (it lifts nova-ha's "
+              "force-down once the service reports up).")
     ctx.notifier().send("reset", node, host=after.service_host, detail=note,
                         previous_state=before.state if before else None)
     return EXIT_OK
@@ -884,7 +888,8 @@ def _setup_logging(verbose: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nova-ha", description="nova-ha operator tools",
-        epilog="Parameters come from the cluster's fence_nova_evacuate devices, then "
+        epilog="Parameters come from the cluster's NovaEvacuate resource and fence_nova_evacuate "
+               "devices, then "
                f"the config file ({DEFAULT_CONFIG}), then --os-cloud.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH",

@@ -50,7 +50,8 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
         parsed.get("start_command"), parsed.get("stop_command"), parsed.get("status_command"),
         parsed.get("systemd_unit"))]
     # Nova is needed to know when a rejoin is safe: without credentials nothing is started.
-    found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in params.check_openstack(parsed)]
+    found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
+              params.check_openstack(parsed) + params.check_notify(parsed)]
     return found
 
 
@@ -193,6 +194,9 @@ def start(request: OcfRequest) -> int:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
     if fenced_by_us:
         recovery.record(store, lambda s: s.mark(node, "ok", "rejoined", note), "rejoin")
+        from nova_ha.lib import notify
+
+        notify.send(request.params, "rejoined", node, params.COMPUTE, host=host, detail=note)
     LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS
 

@@ -38,7 +38,8 @@ ACTIONS = [
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
     parsed = request.params
     found = [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
-             params.check_openstack(parsed) + params.check_evacuation(parsed)]
+             params.check_openstack(parsed) + params.check_evacuation(parsed) +
+             params.check_notify(parsed)]
     if parsed.get("evacuate") not in ("all", "tagged"):
         found.append((ocf_proto.OCF_ERR_CONFIGURED, "parameter 'evacuate': NovaEvacuate "
                       "evacuates 'all' or 'tagged' servers of hosts recorded with "
@@ -100,7 +101,7 @@ def _epoch(iso: str | None) -> float:
 
 def resume_hosts(request: OcfRequest, store: StateStore, budget: float) -> dict[str, str]:
     """Resume every host that needs it, in parallel; {node: outcome} for the log."""
-    from nova_ha.lib import recovery
+    from nova_ha.lib import guard, notify, recovery
     from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
@@ -112,6 +113,11 @@ def resume_hosts(request: OcfRequest, store: StateStore, budget: float) -> dict[
     nova = Nova.from_params(parsed)
     owner = recovery.owner_name(params.EVACUATE)
     deadline = Deadline(min(budget, parsed["evacuate_timeout"]))
+    notifier = notify.Notifier.from_params(parsed, params.EVACUATE)
+    held = guard.screen(store, records, parsed, list(todo), notifier,
+                        total_hosts=lambda: len(nova.services(deadline)))
+    for node in held:
+        del todo[node]
 
     def resume(node: str, rec: HostRecord) -> str:
         if _owner_dead(rec.lease_owner):
@@ -123,16 +129,21 @@ def resume_hosts(request: OcfRequest, store: StateStore, budget: float) -> dict[
         options = recovery.Options(
             mode=mode, tag=parsed.get("evacuable_tag"), max_parallel=parsed["max_parallel"],
             retries=parsed["evacuate_retries"],
-            target_hosts=[h for h in (parsed.get("target_hosts") or "").split(",") if h])
+            target_hosts=[h for h in (parsed.get("target_hosts") or "").split(",") if h],
+            notifier=notifier)
         try:
             summary = recovery.evacuate_host(nova, store, node, host, options, deadline, owner)
         except NovaError as err:
             return f"interrupted: {err}"
         return "held by another runner" if summary is None else summary.line()
 
+    outcomes = {node: f"held by the mass-failure guard: {v.message()}"
+                for node, v in held.items()}
+    if not todo:
+        return outcomes
     with concurrent.futures.ThreadPoolExecutor(max(1, len(todo))) as pool:
         futures = {node: pool.submit(resume, node, rec) for node, rec in todo.items()}
-        return {node: future.result() for node, future in futures.items()}
+        return outcomes | {node: future.result() for node, future in futures.items()}
 
 
 def monitor(request: OcfRequest) -> int:

@@ -20,7 +20,8 @@ _TARGETED = ("on", "off", "reboot", "status")
 
 def validate(request: FenceRequest) -> list[str]:
     parsed = request.params
-    problems = params.check_bmc(parsed) + params.check_evacuation(parsed)
+    problems = params.check_bmc(parsed) + params.check_evacuation(parsed) + \
+        params.check_notify(parsed)
     if request.action not in ("status", "on") or not params.has_bmc(parsed):
         problems += params.check_openstack(parsed)
     if request.action in _TARGETED and not parsed.get("port"):
@@ -101,14 +102,26 @@ def fence_off(request: FenceRequest) -> int:
     recovery.record(store, lambda s: s.mark(node, "fenced", "fenced",
                                             f"power off confirmed, forced down ({host})",
                                             mode=mode, service_host=host), "fencing")
+    from nova_ha.lib import guard, notify
+
+    notifier = notify.Notifier.from_params(parsed, params.FENCE)
+    notifier.send("fenced", node, host=host, mode=mode,
+                  detail="power-off confirmed, nova-compute forced down")
+    verdict = None
+    if mode in ("all", "tagged"):
+        verdict = guard.check_store(store, parsed, node, nova=nova, deadline=deadline)
     if mode == "none":
         recovery.record(store, lambda s: s.mark(node, "evacuated", "evacuation_finished",
                                                 "evacuate=none: nothing evacuated"), "mode")
     elif mode == "record":
         LOG.info("%s recorded as fenced; NovaEvacuate evacuates it (evacuate=record)", node)
+    elif verdict is not None and verdict.blocked:
+        guard.hold(store, verdict, notifier, host=host)  # fenced; evacuation left to people
     else:
+        options = _options(parsed)
+        options.notifier = notifier
         try:
-            recovery.evacuate_host(nova, store, node, host, _options(parsed), deadline,
+            recovery.evacuate_host(nova, store, node, host, options, deadline,
                                    recovery.owner_name(params.FENCE))
         except NovaError as err:
             # Fencing itself succeeded: the rest stays recorded for NovaEvacuate.

@@ -191,3 +191,35 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
                       wave=verdict.wave, limit=verdict.limit, total_hosts=verdict.total,
                       window=verdict.window, max_fenced_hosts=verdict.setting)
     return True
+
+
+# States in which an automatic runner would *start* evacuating (a host 'evacuating' under a
+# dead lease had its evacuation started before the wave was seen: it is resumed, not held).
+STARTS = frozenset({"fenced", "failed"})
+
+
+def screen(store: StateStore | None, records: Mapping[str, HostRecord], parsed: Any,
+           nodes: Any, notifier: Notifier | None = None, *,
+           total_hosts: int | Callable[[], int] | None = None) -> dict[str, Verdict]:
+    """For a runner about to evacuate `nodes` (NovaEvacuate's monitor): the ones the guard
+    holds, each held (recorded and raised once). The others may go ahead. `total_hosts` is
+    asked at most once, and only if a wave of more than one host is seen."""
+    cached: list[int] = []
+
+    def count() -> int:
+        if not cached:
+            cached.append(total_hosts() if callable(total_hosts) else int(total_hosts or 0))
+        return cached[0]
+
+    held: dict[str, Verdict] = {}
+    for node in nodes:
+        record = records.get(node)
+        if record is None or record.state not in STARTS:
+            continue
+        verdict = check(records, parsed, node,
+                        total_hosts=count if total_hosts is not None else None)
+        if verdict.blocked:
+            hold(store, verdict, notifier, record=record,
+                 host=record.service_host or None)
+            held[node] = verdict
+    return held

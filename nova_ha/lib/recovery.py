@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nova_ha.lib import evacuation, log, state
 from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
@@ -31,6 +32,7 @@ class Options:
     max_parallel: int = 16
     retries: int = 2
     target_hosts: list[str] | None = None
+    notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
 
 
 def force_down(nova: Nova, deadline: Deadline, host: str) -> None:
@@ -143,11 +145,16 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
             final, event = "evacuated", "evacuation_finished"
         record(store, lambda s: s.mark(node, final, event, summary.line()[:120], owner=owner,
                                        **counts), "evacuation result")
+        if options.notifier is not None:
+            options.notifier.send(event, node, host=host, summary=summary, state=final)
         return summary
-    except NovaError:
+    except NovaError as err:
         record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",
                                        "Nova unreachable; will resume", owner=owner),
                "evacuation interruption")
+        if options.notifier is not None:
+            options.notifier.send("evacuation_failed", node, host=host, state="fenced",
+                                  detail=f"interrupted, will resume: {err}")
         raise
     finally:
         lease.release()

@@ -113,6 +113,7 @@ EVENTS = (
     "evacuation_failed",
     "rejoined",
     "reset",
+    "evacuation_blocked",
 )
 TRANSITIONS: dict[str, frozenset[str]] = {
     "ok": frozenset({"fenced"}),

@@ -343,3 +343,13 @@ def test_agent_against_openipmi_ipmi_sim(sim_bed):
         assert run_fence(dict(params, action="on"), env=bed.env()).returncode == 0
         assert bmc.power_state == "on"
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+
+
+def test_small_page_size_loses_no_server(sim_bed):
+    bed = sim_bed
+    bed.cloud.max_limit = 4  # a cloud whose [api] max_limit is small
+    ids = bed.cloud.create_servers("host1", 11)
+    done = run_fence(bed.fence_params(), env=bed.env())
+    assert done.returncode == 0, done.stderr
+    assert "11 servers found" in done.stderr
+    assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)

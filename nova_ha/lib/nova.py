@@ -298,33 +298,31 @@ class Nova:
 
     # -- servers --
 
-    def servers_on(self, deadline: Deadline, host: str) -> list[dict[str, Any]]:
-        """Every server of a host, all tenants, with flavor extra_specs embedded (>= 2.47)."""
+    def _servers_detail(self, deadline: Deadline, query: str,
+                        retries: int = 4) -> list[dict[str, Any]]:
+        """All pages of a servers listing: Nova's page size is its own (api.max_limit),
+        so follow its 'next' links until there is none."""
         servers: list[dict[str, Any]] = []
         marker = None
         while True:
-            query = f"/servers/detail?all_tenants=1&host={host}&limit=1000"
-            if marker:
-                query += f"&marker={marker}"
-            page = self.request("GET", query, deadline)["servers"]
+            page_query = query + (f"&marker={marker}" if marker else "")
+            body = self.request("GET", f"/servers/detail?{page_query}", deadline,
+                                retries=retries)
+            page = body["servers"]
             servers += page
-            if len(page) < 1000:
+            links = body.get("servers_links") or []
+            if not page or not any(link.get("rel") == "next" for link in links):
                 return servers
             marker = page[-1]["id"]
 
+    def servers_on(self, deadline: Deadline, host: str) -> list[dict[str, Any]]:
+        """Every server of a host, all tenants, with flavor extra_specs embedded (>= 2.47)."""
+        return self._servers_detail(deadline, f"all_tenants=1&host={host}")
+
     def servers_changed_since(self, deadline: Deadline, since: str) -> list[dict[str, Any]]:
         """Servers of all tenants changed since an ISO 8601 time, deleted ones included."""
-        servers: list[dict[str, Any]] = []
-        marker = None
-        while True:
-            query = f"/servers/detail?all_tenants=1&changes-since={since}&limit=1000"
-            if marker:
-                query += f"&marker={marker}"
-            page = self.request("GET", query, deadline, retries=1)["servers"]
-            servers += page
-            if len(page) < 1000:
-                return servers
-            marker = page[-1]["id"]
+        return self._servers_detail(deadline, f"all_tenants=1&changes-since={since}",
+                                    retries=1)
 
     def server(self, deadline: Deadline, server_id: str) -> dict[str, Any]:
         return self.request("GET", f"/servers/{server_id}", deadline)["server"]

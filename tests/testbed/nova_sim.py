@@ -640,6 +640,7 @@ class NovaSim:
         self._evac_fail_prob: float = 0.0
         self._log: list[dict[str, Any]] = []
         self.compute_starts: list[tuple[float, str, int]] = []  # (time, host, racing evacs)
+        self.max_limit = _MAX_LIMIT  # nova.conf [api] max_limit: the largest page
         self._actions: dict[str, list[dict[str, Any]]] = {}  # server -> instance actions
 
     # ------------------------------------------------------------------ lifecycle
@@ -1613,7 +1614,7 @@ class NovaSim:
 
     def _limit_marker(self, req: _Request) -> tuple[int, str | None]:
         """common.get_limit_and_marker + the pagination query schema."""
-        limit = _MAX_LIMIT
+        limit = self.max_limit
         raw = req.q("limit")
         if raw is not None:
             if raw == "":
@@ -1622,7 +1623,7 @@ class NovaSim:
             if not re.fullmatch(r"[0-9]*", raw):
                 raise _Bad(f"Invalid input for query parameters limit. Value: {raw}. "
                            f"{raw!r} does not match '^[0-9]*$'")
-            limit = min(_MAX_LIMIT, int(raw))
+            limit = min(self.max_limit, int(raw))
         return limit, req.q("marker")
 
     def _next_link(self, req: _Request, collection: str, marker: str) -> list[dict[str, str]]:

@@ -933,6 +933,7 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("params", help="print an agent's parameters as a Markdown table")
     doc.add_argument("agent", nargs="?", choices=[params.FENCE, params.COMPUTE, params.EVACUATE])
     doc.add_argument("--all", action="store_true", help="the whole docs/parameters.md page")
+    sub.add_parser("manpage", help="print this command's man page (troff)")
     return parser
 
 
@@ -949,6 +950,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "params":
         print(docs.parameters_page() if args.all or not args.agent
               else docs.markdown_table(args.agent))
+        return 0
+    if args.command == "manpage":
+        print(docs.cli_man_page(_parser()))
         return 0
     _setup_logging(args.verbose)
     try:

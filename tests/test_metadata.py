@@ -133,3 +133,14 @@ def test_parameter_docs_are_in_sync_with_the_table():
     with open(path) as page:
         assert page.read().rstrip("\n") == docs.parameters_page().rstrip("\n"), \
             "run: nova-ha params --all > docs/parameters.md"
+
+
+def test_nova_ha_command_has_a_man_page():
+    done = subprocess.run([PYTHON, "-m", "nova_ha.cli", "manpage"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    page = done.stdout
+    assert page.startswith(".TH NOVA-HA 8")
+    for command in ("status", "history", "reset", "evacuate"):
+        assert f".B {command}" in page
+    assert ".B max_fenced_hosts" in page and ".B os_cloud" in page

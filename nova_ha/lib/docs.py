@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from nova_ha.lib import params
 
@@ -68,6 +69,32 @@ def man_page(agent: str, shortdesc: str, longdesc: str, fence: bool) -> str:
             if param.aliases:
                 out += [".br", "Deprecated names: " + _troff(", ".join(param.aliases)) + "."]
     out += [".SH SEE ALSO", "nova\\-ha(8), fence_ipmilan(8), pacemaker\\-fenced(7)"]
+    return "\n".join(out)
+
+
+def cli_man_page(parser: Any) -> str:
+    """troff man page (section 8) of the nova-ha command, from its argparse parser and the
+    parameter table (the parameters it reads from the CIB or its config file)."""
+    date = datetime.date.today().isoformat()
+    out = [f'.TH NOVA-HA 8 "{date}" "nova-ha" "System Administration"', ".SH NAME",
+           "nova\\-ha \\- operator tools of nova-ha (instance HA for OpenStack Nova)",
+           ".SH SYNOPSIS", ".B nova\\-ha", "\\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+           ".SH DESCRIPTION", _troff(parser.description or ""), ".PP",
+           _troff(parser.epilog or ""), ".SH COMMANDS"]
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {a.dest: a.help for a in subparsers._choices_actions}
+    for name, sub in subparsers.choices.items():
+        out += [".TP", f".B {_troff(name)}", _troff(helps.get(name) or "")]
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            out += [".br", f"\\fB{_troff(', '.join(action.option_strings))}\\fR: "
+                    + _troff(action.help or "")]
+    out.append(".SH PARAMETERS")
+    for param in params.for_agent(params.CLI):
+        out += [".TP", f".B {_troff(param.name)}", _troff(param.short)
+                + (f" (default: {_troff(param.default)})" if param.default else "")]
+    out += [".SH SEE ALSO", "fence_nova_evacuate(8), NovaCompute(7), NovaEvacuate(7)"]
     return "\n".join(out)
 
 

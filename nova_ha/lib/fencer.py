@@ -73,8 +73,8 @@ def _options(parsed: params.Parsed) -> recovery.Options:
 
 def fence_off(request: FenceRequest) -> int:
     """Power off and confirm, force down, record, evacuate. 0 once the host is safe."""
-    from nova_ha.lib import power, recovery  # noqa: F401
-    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+    from nova_ha.lib import power, recovery
+    from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
     node, host = _node_and_host(parsed)
@@ -140,8 +140,7 @@ def fence_reboot(request: FenceRequest) -> int:
 def fence_on(request: FenceRequest) -> int:
     """Power on only: the host rejoins Nova through NovaCompute once its evacuations are done
     (Nova refuses to un-force a host while 'done' evacuation migrations remain)."""
-    from nova_ha.lib import power, recovery  # noqa: F401
-    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+    from nova_ha.lib import power
 
     node, _ = _node_and_host(request.params)
     try:
@@ -156,8 +155,7 @@ def fence_on(request: FenceRequest) -> int:
 
 def fence_status(request: FenceRequest) -> int:
     """0 on, 2 off, 1 when the BMC cannot tell (never 'on' by default)."""
-    from nova_ha.lib import power, recovery  # noqa: F401
-    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+    from nova_ha.lib import power
 
     node, _ = _node_and_host(request.params)
     try:
@@ -171,8 +169,7 @@ def fence_status(request: FenceRequest) -> int:
 
 
 def _list(request: FenceRequest, with_status: bool) -> int:
-    from nova_ha.lib import power, recovery  # noqa: F401
-    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+    from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
     try:
@@ -191,8 +188,8 @@ def _list(request: FenceRequest, with_status: bool) -> int:
 
 def fence_monitor(request: FenceRequest) -> int:
     """The device works: the BMC answers (when configured) and Keystone gives a token."""
-    from nova_ha.lib import power, recovery  # noqa: F401
-    from nova_ha.lib.nova import Deadline, Nova, NovaError  # noqa: F401
+    from nova_ha.lib import power
+    from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
     try:

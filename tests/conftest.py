@@ -99,32 +99,10 @@ def box_bed(nova_box, cib_file) -> Iterator[Bed]:
     try:
         yield from _bed(nova_box, cib_file)
     finally:
-        from tests.testbed.observe import Observer
+        from tests.testbed.observe import back_in_service
 
-        observer = Observer(nova_box)
         for host in HOSTS:
-            nova_box.start(host)
-        for host in HOSTS:
-            _back_in_service(observer, host)
-
-
-def _back_in_service(observer, host: str, timeout: float = 90) -> None:
-    import time
-
-    end = time.monotonic() + timeout
-    while True:
-        svc = observer.service(host)
-        try:
-            if svc.forced_down:
-                observer.nova.services.force_down(svc.id, False)
-            if svc.status == "disabled":
-                observer.nova.services.enable(svc.id)
-            if observer.service(host).state == "up":
-                return
-        except Exception:  # 'done' evacuations not completed yet: the compute is starting
-            if time.monotonic() > end:
-                raise
-        time.sleep(1)
+            back_in_service(nova_box, host)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from nova_ha.lib import params
 from nova_ha.lib.nova import Deadline, Nova, NovaError
+from tests.testbed.observe import back_in_service
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +54,8 @@ def _terminal(nova: Nova, server_id: str) -> dict:
 
 
 def _restore(cloud, nova: Nova, host: str) -> None:
-    """Bring a host back to service for the next test: start, then un-force and enable."""
-    cloud.start(host)
-    deadline = Deadline(120)
-
-    def unforced():
-        svc = nova.service(deadline, host)
-        try:
-            nova.update_service(deadline, svc, forced_down=False)
-            nova.update_service(deadline, svc, enable=True)
-        except NovaError:
-            return False
-        return nova.service(deadline, host).state == "up"
-    _wait(unforced, timeout=120, interval=1)
+    """Bring a host back to service for the next test."""
+    back_in_service(cloud, host)
 
 
 def test_versions_and_newest_microversion(cloud):

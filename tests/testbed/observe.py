@@ -38,3 +38,40 @@ class Observer:
     def evacuations(self, source: str) -> list[Any]:
         return [m for m in self.nova.migrations.list(migration_type="evacuation",
                                                      source_compute=source)]
+
+
+IN_FLIGHT = ("accepted", "pre-migrating", "running", "migrating", "queued", "preparing")
+
+
+def back_in_service(cloud: Any, host: str, timeout: float = 180.0) -> None:
+    """Put a host back in service between tests, the safe way NovaCompute does: wait for its
+    evacuations to finish, start its compute, lift forced_down, enable it. A compute started
+    while an evacuation still ran leaves that migration 'done' for good (Nova 34): a second
+    start (crash, start) completes it."""
+    import time
+
+    observer = Observer(cloud)
+    end = time.monotonic() + timeout
+    while any(m.status in IN_FLIGHT for m in observer.evacuations(host)):
+        if time.monotonic() > end:
+            raise AssertionError(f"evacuations from {host} never finished")
+        time.sleep(0.5)
+    cloud.start(host)
+    restarted_at = time.monotonic()
+    while True:
+        svc = observer.service(host)
+        try:
+            if svc.forced_down:
+                observer.nova.services.force_down(svc.id, False)
+            if svc.status == "disabled":
+                observer.nova.services.enable(svc.id)
+            if observer.service(host).state == "up":
+                return
+        except Exception:  # noqa: BLE001 - 'done' evacuations remain: the compute is starting
+            if time.monotonic() - restarted_at > 20:
+                cloud.crash(host)
+                cloud.start(host)
+                restarted_at = time.monotonic()
+        if time.monotonic() > end:
+            raise AssertionError(f"{host} did not come back in service")
+        time.sleep(1)

@@ -1,0 +1,756 @@
+"""Evacuation speed: fence_nova_evacuate beside Debian's fence_evacuate (the anchor).
+
+Both agents run as Pacemaker runs them (parameters on stdin, no argv), each on a freshly
+prepared cloud in the same state: the source host has crashed (no heartbeats) and its
+nova-compute is already forced down and disabled (what an earlier fencing level does, and
+what fence_evacuate insists on), so neither agent has to change the service. Our agent also
+gets a BMC that already reports the host off: confirming that over IPMI is part of its time;
+fence_evacuate has no BMC step. Timed from the agent's start (wall clock; the clouds' request
+logs use the same clock):
+
+* all evacuations accepted: when the cloud answered the last 2xx evacuate request;
+* all servers ACTIVE elsewhere: polled by the benchmark (fence_evacuate exits without
+  waiting for that; ours waits, and starts the servers Nova >= 2.95 lands SHUTOFF);
+* total run time: until the agent exits.
+
+Scenarios: (a) `sim`: tests/testbed/nova_sim.py with 0.1 s added to every API call (a remote
+cloud's round trip); (b) `box`: the real Nova 34 of tests/testbed/nova_box (needs .venv-nova,
+skipped with the reason otherwise). fence_evacuate needs two things neither test cloud has:
+Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an
+image service in the catalog (ImageFront below). Reported, not asserted:
+
+    python -m benchmarks.evacuation [--scenario sim|box|all] [--servers N] [--runs N]
+                                    [--anchor-runs N] [--max-parallel N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_AGENT = os.path.join(ROOT, "agents", "fence", "fence_nova_evacuate")
+ANCHOR = "/usr/sbin/fence_evacuate"
+ANCHOR_PYTHON = "/usr/bin/python3"
+# Only the anchor gets this on its PYTHONPATH: it makes it run on Python 3.11.
+ANCHOR_PATCH = os.path.join(ROOT, "benchmarks", "anchor_patch")
+HOSTS = ("host1", "host2", "host3")
+SOURCE = "host1"
+OURS, THEIRS = "fence_nova_evacuate", "fence_evacuate"
+
+SIM_LATENCY = 0.1
+SIM_GOAL_ACCEPTED = 10.0  # ours accepted >= 10x sooner
+BOX_GOAL_ACCEPTED = 1.5
+RSS_GOAL_MB = 80.0
+
+Placement = tuple[str | None, str, str | None]  # a server's host, status, task_state
+
+
+# --------------------------------------------------------------------------- cloud access
+
+
+class Api:
+    """A minimal Keystone v3 + Nova client (urllib) for the benchmark's own set-up and polls,
+    independent of both agents' clients."""
+
+    def __init__(self, auth_url: str, username: str, password: str, project: str) -> None:
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": username, "password": password, "domain": {"name": "Default"}}}},
+            "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+        request = urllib.request.Request(
+            auth_url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            self.token = resp.headers["X-Subject-Token"]
+            catalog = json.load(resp)["token"]["catalog"]
+        self.compute_url = next(
+            endpoint["url"] for service in catalog if service["type"] == "compute"
+            for endpoint in service["endpoints"] if endpoint["interface"] == "public")
+
+    def call(self, method: str, path: str, body: Any = None, microversion: str = "2.53") -> Any:
+        request = urllib.request.Request(
+            self.compute_url.rstrip("/") + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"X-Auth-Token": self.token, "Content-Type": "application/json",
+                     "OpenStack-API-Version": f"compute {microversion}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"{method} {path}: HTTP {err.code}: {err.read()[:300]!r}") from None
+        return json.loads(raw) if raw else None
+
+    def fence_service(self, host: str) -> None:
+        """What an earlier fencing level does: force the host's nova-compute down, disable it."""
+        service = self.call("GET", f"/os-services?binary=nova-compute&host={host}")["services"][0]
+        self.call("PUT", f"/os-services/{service['id']}", {"forced_down": True})
+        self.call("PUT", f"/os-services/{service['id']}",
+                  {"status": "disabled", "disabled_reason": "benchmark: host crashed"})
+
+    def placements(self) -> dict[str, Placement]:
+        """Every server: id -> (host, status, task_state)."""
+        servers = self.call("GET", "/servers/detail?all_tenants=1&limit=1000",
+                            microversion="2.1")["servers"]
+        return {s["id"]: (s.get("OS-EXT-SRV-ATTR:host"), s["status"],
+                          s.get("OS-EXT-STS:task_state")) for s in servers}
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    server: _FrontServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.front.serve(self)
+
+    do_POST = do_HEAD = do_DELETE = do_GET  # noqa: N815
+
+
+class _FrontServer(ThreadingHTTPServer):
+    daemon_threads = True
+    front: ImageFront
+
+
+class ImageFront:
+    """The cloud's Keystone as fence_evacuate needs it: with an image service in the catalog.
+
+    fence_evacuate lists Glance images (looking for the evacuable tag) before it evacuates
+    anything; a real cloud has Glance, NovaSim and the Nova box have none in their catalogs,
+    so fence_evacuate dies with EndpointNotFound. This front forwards every identity request
+    to the cloud, points the identity links at itself, adds an `image` service whose image
+    list is empty (nothing tagged: evacuate every server), and answers that list after the
+    cloud's per-call latency. Compute endpoints are untouched: Nova is called directly.
+    """
+
+    def __init__(self, auth_url: str, latency: float) -> None:
+        self.upstream = auth_url.split("/identity", 1)[0]
+        self.latency = latency
+        self._server = _FrontServer(("127.0.0.1", 0), _FrontHandler)
+        self._server.front = self
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.auth_url = self.base + auth_url[len(self.upstream):]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> ImageFront:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        if handler.path.startswith("/image"):
+            time.sleep(self.latency)
+            self._reply(handler, 200, {"Content-Type": "application/json"},
+                        json.dumps({"images": []}).encode())
+            return
+        headers = {k: v for k, v in handler.headers.items()
+                   if k.lower() not in ("host", "content-length", "connection")}
+        request = urllib.request.Request(self.upstream + handler.path, data=body,
+                                         headers=headers, method=handler.command)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                status, reply_headers, raw = resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as err:
+            status, reply_headers, raw = err.code, err.headers, err.read()
+        raw = raw.replace(f"{self.upstream}/identity".encode(), f"{self.base}/identity".encode())
+        if handler.path.rstrip("/").endswith("/auth/tokens") and status == 201:
+            document = json.loads(raw)
+            document["token"].setdefault("catalog", []).append(self._image_service())
+            raw = json.dumps(document).encode()
+        keep = ("content-type", "x-subject-token", "vary", "openstack-api-version")
+        self._reply(handler, status, {k: v for k, v in reply_headers.items()
+                                      if k.lower() in keep}, raw)
+
+    def _image_service(self) -> dict[str, Any]:
+        return {"type": "image", "name": "glance", "id": "bench-image",
+                "endpoints": [{"id": f"bench-image-{iface}", "interface": iface,
+                               "region": "RegionOne", "region_id": "RegionOne",
+                               "url": f"{self.base}/image"}
+                              for iface in ("public", "internal", "admin")]}
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
+               raw: bytes) -> None:
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(raw)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(raw)
+
+
+@dataclass
+class Cloud:
+    """One prepared cloud: credentials, its request log, how to see where servers are."""
+
+    auth_url: str
+    username: str
+    password: str
+    project: str
+    request_log: Callable[[], list[dict[str, Any]]]
+    placements: Callable[[list[str]], dict[str, Placement]]
+    poll_interval: float
+    latency: float  # seconds the cloud adds to each API call
+    # when each request of the cloud's request log was answered (None: unknown)
+    answer_times: Callable[[list[dict[str, Any]]], list[float | None]]
+    cpu_seconds: Callable[[], float | None] = lambda: None  # the cloud process's CPU time
+    environment: dict[str, str] = field(default_factory=dict)  # extra env for our agent
+    bmc: Any = None
+
+    def api(self) -> Api:
+        return Api(self.auth_url, self.username, self.password, self.project)
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    total = sum(values)
+    return total - values[3] - values[4], total  # idle and iowait are not busy
+
+
+class _CpuSampler:
+    """Samples the cloud process's CPU time and the machine's every 0.1 s while a run lasts,
+    to tell what was busy while the evacuation requests were being accepted."""
+
+    def __init__(self, process_cpu: Callable[[], float | None]) -> None:
+        self.process_cpu = process_cpu
+        self.samples: list[tuple[float, float | None, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+
+    def _sample(self) -> None:
+        self.samples.append((time.time(), self.process_cpu(), *_machine_jiffies()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def window(self, start: float, end: float) -> tuple[float | None, float]:
+        """(cloud process cores busy, machine busy fraction) from start to end."""
+        before = [s for s in self.samples if s[0] <= start] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= end] or self.samples[-1:]
+        first, last = before[-1], after[0]
+        seconds = max(last[0] - first[0], 1e-9)
+        cores = None if first[1] is None or last[1] is None else (last[1] - first[1]) / seconds
+        return cores, (last[2] - first[2]) / max(last[3] - first[3], 1)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@contextlib.contextmanager
+def _our_bmc() -> Iterator[Any]:
+    """The crashed host's BMC: it already reports the host off."""
+    from tests.testbed.bmc import BmcSim
+
+    bmc = BmcSim(SOURCE, power_state="off")
+    bmc.start()
+    try:
+        yield bmc
+    finally:
+        bmc.stop()
+
+
+@contextlib.contextmanager
+def sim_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
+    """Scenario (a): NovaSim, `servers` on host1, 0.1 s per API call, default evacuate_delay."""
+    from tests.testbed.cib import write_cib
+    from tests.testbed.nova_sim import NovaSim
+
+    class TimedSim(NovaSim):
+        """NovaSim whose request log also records when each answer was ready."""
+
+        def _route(self, req: Any) -> Any:
+            response = super()._route(req)
+            entry = getattr(req, "entry", None)
+            if entry is not None:
+                entry["answered"] = time.time()
+            return response
+
+    with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, \
+            TimedSim(hosts=HOSTS, host_capacity=10 * servers + 100) as sim, _our_bmc() as bmc:
+        ids = sim.create_servers(SOURCE, servers)
+        sim.crash(SOURCE)
+        cloud = Cloud(
+            auth_url=sim.auth_url, username=sim.username, password=sim.password,
+            project=sim.project_name, request_log=sim.request_log, poll_interval=0.1,
+            latency=SIM_LATENCY,
+            placements=lambda wanted: {i: _sim_placement(sim.server(i)) for i in wanted},
+            answer_times=lambda log: [entry.get("answered") for entry in log],
+            environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
+            bmc=bmc)
+        cloud.api().fence_service(SOURCE)
+        sim.clear_log()
+        sim.latency = SIM_LATENCY
+        yield cloud, ids
+
+
+def _sim_placement(server: dict[str, Any]) -> Placement:
+    return server["host"], server["status"], server["task_state"]
+
+
+class _NovaRequestLog:
+    """When the box answered each server action, from Nova's own log.
+
+    The box's request log has arrival times only; Nova's request_log middleware writes one
+    line per request once it is answered, with its duration. The k-th action request on a
+    server in the box's log is the k-th such line for that server since this object was made.
+    """
+
+    _LINE = re.compile(r'"POST \S*/servers/([0-9a-f-]+)/action" status: \d+ .*time: ([0-9.]+)')
+    _PATH = re.compile(r"/servers/([0-9a-f-]+)/action$")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = os.path.getsize(path)
+
+    def answer_times(self, log: list[dict[str, Any]]) -> list[float | None]:
+        with open(self.path, errors="replace") as nova_log:
+            nova_log.seek(self.offset)
+            durations: dict[str, list[float]] = collections.defaultdict(list)
+            for line in nova_log:
+                found = self._LINE.search(line)
+                if found:
+                    durations[found.group(1)].append(float(found.group(2)))
+        seen: collections.Counter[str] = collections.Counter()
+        times: list[float | None] = []
+        for entry in log:
+            action = self._PATH.search(entry["path"]) if entry["method"] == "POST" else None
+            if action is None:
+                times.append(None)
+                continue
+            server = action.group(1)
+            mine = durations.get(server, [])
+            times.append(entry["t"] + mine[seen[server]] if seen[server] < len(mine) else None)
+            seen[server] += 1
+        return times
+
+
+def box_unavailable() -> str | None:
+    """Why the real Nova box cannot run here, or None."""
+    try:
+        from tests.testbed import nova_box
+    except ImportError as err:
+        return f"tests/testbed/nova_box cannot be imported ({err})"
+    if not hasattr(nova_box, "NovaBox"):
+        return "tests/testbed/nova_box has no NovaBox yet"
+    if not nova_box.available():
+        return (f"{nova_box.venv_python()} missing (run bash "
+                "tests/testbed/nova_box/setup-venv.sh)")
+    return None
+
+
+@contextlib.contextmanager
+def box_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
+    """Scenario (b): a fresh real Nova 34 box, `servers` on host1 (FakeDriver)."""
+    from tests.testbed.cib import write_cib
+    from tests.testbed.nova_box import FLAVOR_EVACUABLE, NovaBox
+
+    with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, \
+            NovaBox(hosts=HOSTS) as box, _our_bmc() as bmc:
+        # The evacuable flavor: fence_evacuate evacuates only tagged servers as soon as any
+        # flavor or image is tagged (the box has one of each); ours evacuates all anyway.
+        ids = box.create_servers(SOURCE, servers, flavor=FLAVOR_EVACUABLE, timeout=600)
+        box.crash(SOURCE)
+        api = Api(box.auth_url, box.username, box.password, box.project_name)
+        api.fence_service(SOURCE)
+        box.clear_request_log()
+        cloud = Cloud(
+            auth_url=box.auth_url, username=box.username, password=box.password,
+            project=box.project_name, request_log=box.request_log, poll_interval=1.0,
+            latency=0.0, placements=lambda wanted: api.placements(),
+            answer_times=_NovaRequestLog(box.log_path).answer_times,
+            cpu_seconds=lambda: _process_cpu_seconds(box.pid),
+            environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
+            bmc=bmc)
+        yield cloud, ids
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    agent: str
+    exit_code: int | None
+    total: float
+    accepted: float | None  # start -> last 2xx evacuate answered
+    first_evacuate: float | None  # start -> first evacuate request arrived
+    active: float | None  # start -> every server ACTIVE on another host
+    active_count: int
+    servers: int
+    evacuations_ok: int
+    evacuations_sent: int
+    compute_calls: int
+    max_rss_mb: float
+    cpu_seconds: float
+    cloud_cores: float | None  # cores the cloud process used, first evacuate -> accepted
+    machine_busy: float | None  # the machine's CPU busy fraction over the same window
+    answers_known: bool  # every accepted evacuate's answer time was known
+    spread: dict[str, int]
+    output: str  # the agent's stdout + stderr
+
+
+def _command(agent: str, cloud: Cloud, auth_url: str,
+             max_parallel: int | None) -> tuple[list[str], str, dict[str, str]]:
+    """argv, stdin and environment of one agent's `off` of host1."""
+    if agent == OURS:
+        bmc = cloud.bmc
+        params = {
+            "action": "off", "port": SOURCE, "os_auth_url": auth_url,
+            "os_username": cloud.username, "os_password": cloud.password,
+            "os_project_name": cloud.project, "os_interface": "public",
+            "ip": "127.0.0.1", "ipport": bmc.port, "username": bmc.username,
+            "password": bmc.password, "evacuate_timeout": 600}
+        if max_parallel:
+            params["max_parallel"] = max_parallel
+        return ([sys.executable, OUR_AGENT], _stdin(params),
+                dict(os.environ, **cloud.environment))
+    params = {
+        "action": "off", "port": SOURCE, "auth_url": auth_url,
+        "username": cloud.username, "password": cloud.password,
+        "tenant_name": cloud.project, "endpoint_type": "public", "no_shared_storage": 1}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONPATH"] = ANCHOR_PATCH
+    return [ANCHOR_PYTHON, ANCHOR], _stdin(params), env
+
+
+def _stdin(params: dict[str, Any]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in params.items())
+
+
+def _settled(placement: Placement | None) -> bool:
+    return placement is not None and placement[0] not in (None, SOURCE) \
+        and placement[1] == "ACTIVE" and placement[2] is None
+
+
+@dataclass
+class _Watch:
+    """What the benchmark saw while one agent ran."""
+
+    started: float
+    ended: float = 0.0
+    exit_code: int | None = None
+    usage: Any = None
+    active_at: float | None = None
+    output: str = ""
+    placements: dict[str, Placement] = field(default_factory=dict)
+
+
+def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: list[str],
+           timeout: float) -> _Watch:
+    """Run the agent; meanwhile poll the cloud until every server is ACTIVE elsewhere, or,
+    once the agent has exited, until nothing moves any more (no server has a task)."""
+    waiting = set(ids)
+    with tempfile.TemporaryFile() as out:
+        watch = _Watch(started=time.time())
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
+                                cwd="/", start_new_session=True)
+        try:
+            proc.stdin.write(stdin.encode())
+            proc.stdin.close()
+            idle_polls = 0
+            while time.time() - watch.started < timeout:
+                if watch.usage is None:
+                    pid, status_word, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        watch.ended, watch.usage = time.time(), usage
+                        watch.exit_code = os.waitstatus_to_exitcode(status_word)
+                        proc.returncode = watch.exit_code
+                if waiting:
+                    seen = cloud.placements(sorted(waiting))
+                    watch.placements.update(seen)
+                    waiting -= {i for i in waiting if _settled(seen.get(i))}
+                    if not waiting:
+                        watch.active_at = time.time()
+                    elif watch.usage is not None and all(
+                            seen.get(i, (None, "", None))[2] is None for i in waiting):
+                        idle_polls += 1  # the agent is gone: is Nova still moving any?
+                        if idle_polls >= 3:
+                            break
+                if not waiting and watch.usage is not None:
+                    break
+                time.sleep(cloud.poll_interval)
+        finally:
+            if watch.usage is None:  # timed out or interrupted: stop the agent we started
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, _, watch.usage = os.wait4(proc.pid, 0)
+                watch.ended = time.time()
+                proc.returncode = -signal.SIGKILL
+        out.seek(0)
+        watch.output = out.read().decode(errors="replace")
+    return watch
+
+
+def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
+             max_parallel: int | None = None) -> Run:
+    """One agent's `off` of host1 on a prepared cloud, measured."""
+    with contextlib.ExitStack() as stack:
+        cpu = stack.enter_context(_CpuSampler(cloud.cpu_seconds))
+        auth_url = cloud.auth_url
+        if agent == THEIRS:
+            auth_url = stack.enter_context(ImageFront(cloud.auth_url, cloud.latency)).auth_url
+        watch = _watch(*_command(agent, cloud, auth_url, max_parallel), cloud, ids, timeout)
+    placements = dict(watch.placements, **cloud.placements(ids))
+    log = [e for e in cloud.request_log() if "/identity" not in e["path"]]
+    for entry, answered in zip(log, cloud.answer_times(log), strict=True):
+        entry["answered"] = answered
+    evacuations = [e for e in log if e.get("action") == "evacuate"]
+    ok = [e for e in evacuations if e["status"] is not None and 200 <= e["status"] < 300]
+    accepted_at = max((e["answered"] or e["t"] for e in ok), default=None)
+    first_at = min((e["t"] for e in evacuations), default=None)
+    cores = busy = None
+    if first_at is not None and accepted_at is not None:
+        cores, busy = cpu.window(first_at, accepted_at)
+    spread = collections.Counter(placements[i][0] or "-" for i in ids if i in placements)
+
+    def since_start(moment: float | None) -> float | None:
+        return None if moment is None else moment - watch.started
+
+    return Run(
+        agent=agent, exit_code=watch.exit_code, total=watch.ended - watch.started,
+        accepted=since_start(accepted_at), first_evacuate=since_start(first_at),
+        active=since_start(watch.active_at),
+        active_count=sum(1 for i in ids if _settled(placements.get(i))), servers=len(ids),
+        evacuations_ok=len(ok), evacuations_sent=len(evacuations), compute_calls=len(log),
+        max_rss_mb=watch.usage.ru_maxrss / 1024,
+        cpu_seconds=watch.usage.ru_utime + watch.usage.ru_stime,
+        cloud_cores=cores, machine_busy=busy,
+        answers_known=all(e["answered"] is not None for e in ok),
+        spread=dict(sorted(spread.items())),
+        output=watch.output)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or ours <= 0:
+        return "-"
+    return f"{theirs / ours:.1f}x"
+
+
+def _each(which: list[Run], fmt: Callable[[Run], str]) -> str:
+    return " / ".join(fmt(r) for r in which) or "-"
+
+
+def _optional(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report(title: str, start_state: str, runs: dict[str, list[Run]], goal: float,
+           notes: list[str]) -> None:
+    """One table: medians side by side with the ratio, then per-run facts."""
+    ours, theirs = runs[OURS], runs[THEIRS]
+
+    def med(measure: Callable[[Run], float | None], which: list[Run]) -> float | None:
+        return _median([measure(r) for r in which])
+
+    def phase(run: Run) -> float | None:
+        if run.accepted is None or run.first_evacuate is None:
+            return None
+        return run.accepted - run.first_evacuate
+
+    print(f"\n== {title}")
+    print(f"   start state: {start_state}")
+    print(f"   runs: {OURS} x{len(ours)}, {THEIRS} x{len(theirs)}; times are medians")
+    header = f"   {'measure':<44} {OURS:>20} {THEIRS:>15} {'ratio':>7}  goal"
+    print(header)
+    print("   " + "-" * (len(header) - 3))
+    timed: list[tuple[str, Callable[[Run], float | None], str]] = [
+        ("start -> all evacuations accepted (s)", lambda r: r.accepted,
+         f">= {goal:g}x sooner"),
+        ("  start -> first evacuate request (s)", lambda r: r.first_evacuate, ""),
+        ("  first evacuate -> last accepted (s)", phase, ""),
+        ("start -> all servers ACTIVE elsewhere (s)", lambda r: r.active, ""),
+        ("total run time, start -> exit (s)", lambda r: r.total, ""),
+    ]
+    for name, measure, goal_text in timed:
+        mine, other = med(measure, ours), med(measure, theirs)
+        if goal_text and mine and other:
+            goal_text += ": MET" if other / mine >= goal else ": NOT MET"
+        print(f"   {name:<44} {_optional(mine, '.2f'):>20} {_optional(other, '.2f'):>15} "
+              f"{_ratio(mine, other):>7}  {goal_text if mine and other else ''}")
+    rss = med(lambda r: r.max_rss_mb, ours)
+    rss_goal = f"ours <= {RSS_GOAL_MB:g} MB: " + (
+        "MET" if rss is not None and rss <= RSS_GOAL_MB else "NOT MET")
+    print(f"   {'agent peak RSS, max of ru_maxrss (MB)':<44} {_optional(rss, '.1f'):>20} "
+          f"{_optional(med(lambda r: r.max_rss_mb, theirs), '.1f'):>15} {'':>7}  {rss_goal}")
+    facts: list[tuple[str, Callable[[Run], str]]] = [
+        ("exit codes", lambda r: str(r.exit_code)),
+        ("servers ACTIVE elsewhere", lambda r: f"{r.active_count}/{r.servers}"),
+        ("evacuate requests 2xx/sent", lambda r: f"{r.evacuations_ok}/{r.evacuations_sent}"),
+        ("compute API calls", lambda r: str(r.compute_calls)),
+        ("agent CPU time (s)", lambda r: f"{r.cpu_seconds:.1f}"),
+        ("while accepting: cloud process CPU (cores)",
+         lambda r: _optional(r.cloud_cores, ".2f")),
+        (f"while accepting: machine CPU busy ({os.cpu_count()} cores)",
+         lambda r: _optional(None if r.machine_busy is None else 100 * r.machine_busy, ".0f")
+         + "%"),
+    ]
+    for name, fmt in facts:
+        print(f"   {name:<44} {_each(ours, fmt):>20} {_each(theirs, fmt):>15}")
+    for label, which in ((OURS, ours), (THEIRS, theirs)):
+        spreads = _each(which, lambda r: ", ".join(f"{h} {n}" for h, n in r.spread.items()))
+        print(f"   servers per host after the run, {label}: {spreads}")
+    for note in notes:
+        print(f"   note: {note}")
+    for run in ours + theirs:
+        if not run.answers_known:
+            print(f"   ! {run.agent}: some answer times unknown; their arrival was used")
+        if run.exit_code != 0 or run.active_count != run.servers:
+            with tempfile.NamedTemporaryFile("w", prefix=f"{run.agent}-", suffix=".log",
+                                             delete=False) as saved:
+                saved.write(run.output)
+            print(f"   ! {run.agent} exit {run.exit_code}, {run.active_count}/{run.servers} "
+                  f"ACTIVE elsewhere; its output: {saved.name}; last lines:")
+            for line in run.output.strip().splitlines()[-5:]:
+                print(f"     {line[:160]}")
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Options:
+    servers: int
+    runs: int  # of our agent
+    anchor_runs: int
+    max_parallel: int | None  # passed to our agent when set
+
+
+START_STATE = (f"{SOURCE} crashed, its nova-compute forced down + disabled beforehand; its "
+               "BMC already reports off (ours confirms that over IPMI; fence_evacuate has no "
+               "BMC step)")
+
+
+def measure(make_cloud: Callable[[int], Any], options: Options,
+            timeout: float) -> dict[str, list[Run]]:
+    """Alternate the agents (ours first), each on a freshly prepared cloud."""
+    plan = ((OURS, options.runs), (THEIRS, options.anchor_runs))
+    order = [agent for i in range(max(options.runs, options.anchor_runs))
+             for agent, count in plan if i < count]
+    results: dict[str, list[Run]] = {OURS: [], THEIRS: []}
+    for agent in order:
+        with make_cloud(options.servers) as (cloud, ids):
+            run = run_once(agent, cloud, ids, timeout, options.max_parallel)
+        results[agent].append(run)
+        print(f"   ... {agent}: accepted {_optional(run.accepted, '.2f')} s, ACTIVE "
+              f"{_optional(run.active, '.2f')} s, exit {run.exit_code} after "
+              f"{run.total:.2f} s", flush=True)
+    return results
+
+
+def _parallel_note(options: Options) -> str:
+    return f"max_parallel={options.max_parallel or '16 (default)'}"
+
+
+def scenario_sim(options: Options) -> None:
+    print(f"(a) simulator: {options.servers} servers, load average "
+          f"{os.getloadavg()[0]:.1f} ...", flush=True)
+    results = measure(sim_cloud, options, timeout=300)
+    report(f"(a) NovaSim: {options.servers} servers on {SOURCE} of {len(HOSTS)} hosts, "
+           f"{SIM_LATENCY} s per API call, evacuate_delay 0.3 s, ours {_parallel_note(options)}",
+           START_STATE, results, SIM_GOAL_ACCEPTED,
+           ["accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
+            "every 0.1 s in-process"])
+
+
+def scenario_box(options: Options) -> None:
+    why = box_unavailable()
+    if why:
+        print(f"\n== (b) real Nova box: SKIPPED: {why}")
+        return
+    print(f"(b) real Nova 34 box: {options.servers} servers, load average "
+          f"{os.getloadavg()[0]:.1f} ...", flush=True)
+    results = measure(box_cloud, options, timeout=600)
+    report(f"(b) real Nova 34 box (FakeDriver): {options.servers} servers on {SOURCE} of "
+           f"{len(HOSTS)} hosts, no added latency, ours {_parallel_note(options)}",
+           START_STATE, results, BOX_GOAL_ACCEPTED,
+           ["accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
+            "ACTIVE polled every 1 s over the API (one server listing per poll)",
+            "the box is one Python process (API, conductor, scheduler, placement, computes)"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=("sim", "box", "all"), default="all")
+    parser.add_argument("--servers", type=int, default=None,
+                        help="servers on the failed host (default: sim 100, box 20)")
+    parser.add_argument("--runs", type=int, default=2, help="runs of our agent (default 2)")
+    parser.add_argument("--anchor-runs", type=int, default=None,
+                        help="runs of fence_evacuate (default: sim 2, box 1)")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="our agent's max_parallel (default: not passed, i.e. 16)")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the finally blocks stop the agent, BMC, simulator and box.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    anchor = os.path.exists(ANCHOR)
+    if not anchor:
+        print(f"{ANCHOR} missing (Debian's fence-agents): only our agent is measured")
+
+    def options(servers: int, anchor_runs: int) -> Options:
+        runs = args.anchor_runs if args.anchor_runs is not None else anchor_runs
+        return Options(servers=args.servers or servers, runs=args.runs,
+                       anchor_runs=runs if anchor else 0, max_parallel=args.max_parallel)
+
+    failed = False
+    for name, scenario, chosen in (("sim", scenario_sim, options(100, 2)),
+                                   ("box", scenario_box, options(20, 1))):
+        if args.scenario not in (name, "all"):
+            continue
+        try:
+            scenario(chosen)
+        except Exception as err:  # report it and go on with the next scenario
+            print(f"\n== scenario {name} FAILED: {type(err).__name__}: {err}")
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

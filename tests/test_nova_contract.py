@@ -172,3 +172,14 @@ def test_image_proxy_only_below_2_36(cloud):
     with pytest.raises(NovaError) as gone:
         nova.request("GET", f"/images/{image_id}", deadline, microversion="2.36")
     assert gone.value.status == 404
+
+
+def test_older_nova_is_negotiated_down_after_a_406():
+    from tests.testbed.nova_sim import NovaSim
+
+    with NovaSim(hosts=["host1"], max_version="2.60") as older:
+        nova = _nova(older)
+        assert [s.host for s in nova.services(Deadline(30))] == ["host1"]
+        assert nova.microversion(Deadline(30)) == "2.60"
+        asked = [r["microversion"] for r in older.request_log() if "os-services" in r["path"]]
+        assert asked == ["2.104", "2.60"]  # optimistic first, then the negotiated one

@@ -222,8 +222,11 @@ class Runner:
             outcome.detail = str(err)
             self._failed_attempt(outcome)
 
-    def _failed_attempt(self, outcome: Outcome) -> None:
-        if outcome.attempts <= self.retries and not self.deadline.expired():
+    def _failed_attempt(self, outcome: Outcome, retriable: bool = True) -> None:
+        """A failed attempt: asked again (with backoff) while retries and time remain, and
+        only while the server is still on the powered-off source: a server that failed on
+        its destination lives on a host that is up, where Nova cannot evacuate it."""
+        if retriable and outcome.attempts <= self.retries and not self.deadline.expired():
             outcome.needs_request = True
             outcome.next_try = time.monotonic() + min(2.0 ** outcome.attempts, 10.0)
             LOG.warning("server %s: attempt %d failed (%s); retrying", outcome.server_id,
@@ -247,7 +250,8 @@ class Runner:
 
     def _follow(self, pool: concurrent.futures.Executor, following: list[Outcome]) -> None:
         """One round of following: a single listing of what changed since we started (one
-        call whatever the number of servers), or one GET per server if that fails."""
+        call whatever the number of servers), or one GET per server if that fails; then
+        the servers are judged in parallel (judging may start a server)."""
         try:
             changed = {s["id"]: s for s in self.nova.servers_changed_since(
                 self.deadline, self.since)}
@@ -255,6 +259,7 @@ class Runner:
             LOG.debug("changes-since listing failed (%s); asking per server", err)
             list(pool.map(self._check, following))
             return
+        judged = []
         for outcome in following:
             server = changed.get(outcome.server_id)
             if server is None:
@@ -263,9 +268,14 @@ class Runner:
                 outcome.result, outcome.detail = "gone", "deleted meanwhile"
                 self.progress("finished", outcome)
             else:
-                self._judge(outcome, server)
+                judged.append((outcome, server))
+        back_on_source = [o for o, s in judged if s.get(HOST_ATTR) == self.source
+                          and not s.get(TASK_ATTR) and s.get("status") != "ERROR"]
+        failed = self._failed_migrations() if back_on_source else set()
+        list(pool.map(lambda pair: self._judge(pair[0], pair[1], failed), judged))
 
-    def _judge(self, outcome: Outcome, server: dict[str, Any]) -> None:
+    def _judge(self, outcome: Outcome, server: dict[str, Any],
+               failed_migrations: set[str] | None = None) -> None:
         host, status, task = server.get(HOST_ATTR), server.get("status"), server.get(TASK_ATTR)
         outcome.host, outcome.status = host, status
         if task:
@@ -274,7 +284,7 @@ class Runner:
             outcome.detail = (server.get("fault") or {}).get("message", "server in ERROR")
             if host in self.targets:
                 self._full_targets.add(host)
-            self._failed_attempt(outcome)
+            self._failed_attempt(outcome, retriable=host == self.source)
         elif host != self.source and status == "SHUTOFF" and not outcome.start_requested \
                 and not self._was_stopped(outcome):
             # From microversion 2.95 Nova stops evacuated servers, guarding against a source
@@ -283,14 +293,15 @@ class Runner:
             try:
                 self.nova.start_server(self.deadline, outcome.server_id)
             except NovaError as err:
-                outcome.result, outcome.finished_at = "evacuated", time.monotonic()
-                outcome.detail = f"SHUTOFF on {host}; starting it failed: {err}"
+                outcome.result, outcome.finished_at = "failed", time.monotonic()
+                outcome.detail = f"SHUTOFF on {host}; starting it again failed: {err}"
                 self.progress("finished", outcome)
         elif host != self.source and status in ("ACTIVE", "SHUTOFF"):
             outcome.result, outcome.finished_at = "evacuated", time.monotonic()
             outcome.detail = f"{status} on {host}"
             self.progress("finished", outcome)
-        elif host == self.source and self._migration_failed(outcome):
+        elif host == self.source and outcome.server_id in (
+                self._failed_migrations() if failed_migrations is None else failed_migrations):
             # Nova undid the rebuild (e.g. no valid host): the request failed.
             outcome.detail = "Nova found no host for it"
             for target in self.targets:
@@ -318,14 +329,19 @@ class Runner:
                 return name == "stop"
         return outcome.was_stopped
 
-    def _migration_failed(self, outcome: Outcome) -> bool:
-        """The server is back on the source with no task: its evacuation migration says
-        whether that is a failure or the moment before Nova moves it."""
-        migrations = self.nova.evacuation_migrations(self.deadline, server_id=outcome.server_id)
-        if not migrations:
-            return False
-        newest = max(migrations, key=lambda m: (m.get("created_at") or "", m.get("id") or 0))
-        return newest.get("status") in ("error", "failed", "cancelled")
+    def _failed_migrations(self) -> set[str]:
+        """Servers whose newest evacuation from the source failed (one call for all):
+        back on the source with no task, that is a failure; otherwise it is the moment
+        before Nova moves a rebuilt server (its record names the source a little longer)."""
+        newest: dict[str, dict[str, Any]] = {}
+        for migration in self.nova.evacuation_migrations(self.deadline,
+                                                         source_host=self.source):
+            key = (migration.get("created_at") or "", migration.get("id") or 0)
+            known = newest.get(migration["instance_uuid"])
+            if known is None or key > (known.get("created_at") or "", known.get("id") or 0):
+                newest[migration["instance_uuid"]] = migration
+        return {uuid for uuid, m in newest.items()
+                if m.get("status") in ("error", "failed", "cancelled")}
 
     def run(self, outcomes: list[Outcome], servers: dict[str, dict[str, Any]]) -> None:
         pending = [o for o in outcomes if o.result == "pending"]
@@ -370,18 +386,20 @@ def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: 
                      progress: Progress | None = None,
                      heartbeat: Callable[[], None] | None = None,
                      may_request: Callable[[], bool] | None = None,
-                     incident_start: float | None = None) -> Summary:
-    """List the host's servers (one call), choose, evacuate, follow. Returns the summary.
+                     servers: list[dict[str, Any]] | None = None,
+                     earlier: set[str] | None = None) -> Summary:
+    """Choose among the host's servers (listed in one call unless given), evacuate,
+    follow. Returns the summary.
 
-    `incident_start` (epoch): when the host was fenced; evacuations requested since then
-    are followed, never requested again.
+    `earlier`: servers whose evacuation was requested earlier in this incident
+    (requested_since): followed, never requested again.
     """
     summary = Summary(host=host)
-    servers = nova.servers_on(deadline, host)
+    if servers is None:
+        servers = nova.servers_on(deadline, host)
     summary.found = len(servers)
     chosen, skipped = Planner(nova, deadline, mode, tag).plan(servers)
-    if incident_start is not None:
-        earlier = requested_since(nova, deadline, host, incident_start)
+    if earlier:
         for outcome in chosen:
             if outcome.server_id in earlier and outcome.needs_request:
                 outcome.needs_request = False

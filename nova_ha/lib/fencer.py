@@ -73,6 +73,8 @@ def _options(parsed: params.Parsed) -> recovery.Options:
 
 def fence_off(request: FenceRequest) -> int:
     """Power off and confirm, force down, record, evacuate. 0 once the host is safe."""
+    import concurrent.futures
+
     from nova_ha.lib import power, recovery
     from nova_ha.lib.nova import Deadline, Nova, NovaError
 
@@ -91,17 +93,21 @@ def fence_off(request: FenceRequest) -> int:
                  "fencing-topology level", node)
 
     deadline = Deadline(parsed["evacuate_timeout"])
-    try:
-        nova = Nova.from_params(parsed)
-        recovery.force_down(nova, deadline, host)
-    except (NovaError, params.SecretScriptError) as err:
-        LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
-        return fence_proto.EC_GENERIC_ERROR
     store = _store()
     mode = parsed["evacuate"]
-    recovery.record(store, lambda s: s.mark(node, "fenced", "fenced",
-                                            f"power off confirmed, forced down ({host})",
-                                            mode=mode, service_host=host), "fencing")
+    # The record needs only the confirmed power-off: written while Nova is asked to force
+    # the host down (if that fails, Pacemaker retries and NovaEvacuate may resume anyway:
+    # the host is off either way).
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        background.submit(recovery.record, store, lambda s: s.mark(
+            node, "fenced", "fenced", f"power off confirmed; forcing down {host}", mode=mode,
+            service_host=host), "fencing")
+        try:
+            nova = Nova.from_params(parsed)
+            recovery.force_down(nova, deadline, host)
+        except (NovaError, params.SecretScriptError) as err:
+            LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
+            return fence_proto.EC_GENERIC_ERROR
     from nova_ha.lib import guard, notify
 
     notifier = notify.Notifier.from_params(parsed, params.FENCE)

@@ -156,7 +156,16 @@ def make_session(settings: dict[str, Any]) -> Any:
     if settings.get("os_cert"):
         cert = (settings["os_cert"], settings["os_key"]) if settings.get("os_key") else \
             settings["os_cert"]
-    return ks_session.Session(auth=auth, verify=verify, cert=cert,
+    # One HTTP connection per concurrent request (requests keeps 10 per host by default:
+    # with max_parallel=16 six of them would be opened and thrown away each round).
+    import requests  # noqa: PLC0415
+
+    http = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4,
+                                            pool_maxsize=int(settings.get("pool_size") or 10))
+    http.mount("https://", adapter)
+    http.mount("http://", adapter)
+    return ks_session.Session(auth=auth, verify=verify, cert=cert, session=http,
                               timeout=float(settings.get("os_api_timeout") or 10))
 
 
@@ -197,6 +206,7 @@ class Nova:
     @classmethod
     def from_params(cls, parsed: params.Parsed) -> Nova:
         settings = auth_settings(parsed)
+        settings["pool_size"] = int(parsed.get("max_parallel") or 10) + 4
         return cls(make_session(settings), interface=settings["os_interface"],
                    region=settings.get("os_region_name"),
                    timeout=float(settings.get("os_api_timeout") or 10),
@@ -210,8 +220,14 @@ class Nova:
         """One API call: bounded by the deadline, 5xx/connection errors retried."""
         from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
 
-        if microversion is None and not path.startswith("/versions"):
-            microversion = self.microversion(deadline)
+        optimistic = False
+        if microversion is None:
+            if self._microversion is None and method == "GET":
+                # Optimistic negotiation: ask at our newest; a 2xx proves Nova supports it
+                # (one round trip less on every fence), a 406 sends us to discovery.
+                microversion, optimistic = version_text(self._cap), True
+            else:
+                microversion = self.microversion(deadline)
         attempt = 0
         while True:
             attempt += 1
@@ -233,7 +249,12 @@ class Nova:
                 problem, status = f"{type(err).__name__}: {err}", None
             else:
                 if resp.status_code in ok:
+                    if optimistic:
+                        self._microversion = microversion
                     return resp.json() if resp.content else {}
+                if optimistic and resp.status_code == 406:
+                    microversion, optimistic = self.microversion(deadline), False
+                    continue
                 problem, status = _error_text(resp), resp.status_code
                 if status not in RETRY_STATUSES:
                     raise NovaError(f"{method} {path}: HTTP {status}: {problem}", status)
@@ -338,20 +359,43 @@ class Nova:
         return image.get("metadata") or {}
 
     def evacuate(self, deadline: Deadline, server_id: str, host: str | None = None) -> bool:
-        """Ask Nova to evacuate; False if Nova says one is already under way (409)."""
+        """Ask Nova to evacuate, exactly once. False if Nova refused it with 409.
+
+        Never retried blindly: Nova accepts a second evacuation of a server being rebuilt and
+        the two rebuilds break it. When the answer is lost (timeout, connection reset, 5xx),
+        Nova itself says whether the request was applied: the server's task and its
+        evacuation migrations. Raises NovaUnavailable only when it was not applied.
+        """
         spec: dict[str, Any] = {}
         if host:
             spec["host"] = host
         if not self.at_least(deadline, (2, 14)):
             spec["onSharedStorage"] = False
+        asked_at = time.time()
         try:
             self.request("POST", f"/servers/{server_id}/action", deadline,
-                         body={"evacuate": spec}, ok=(200, 202))
+                         body={"evacuate": spec}, ok=(200, 202), retries=0)
+        except NovaUnavailable:
+            if self._evacuation_applied(deadline, server_id, asked_at):
+                LOG.info("server %s: the evacuation answer was lost but Nova applied it",
+                         server_id)
+                return True
+            raise
         except NovaError as err:
             if err.status == 409:
                 return False
             raise
         return True
+
+    def _evacuation_applied(self, deadline: Deadline, server_id: str, since: float) -> bool:
+        server = self.server(deadline, server_id)
+        if server.get("OS-EXT-STS:task_state") in ("rebuilding", "rebuild_block_device_mapping",
+                                                   "rebuild_spawning"):
+            return True
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 60))
+        return any(str(m.get("created_at") or "")[:19] >= start
+                   and m.get("status") not in ("error", "failed", "cancelled")
+                   for m in self.evacuation_migrations(deadline, server_id=server_id))
 
     def instance_actions(self, deadline: Deadline, server_id: str) -> list[dict[str, Any]]:
         """The server's recorded actions, newest first."""

@@ -8,6 +8,7 @@ the host's power-off is confirmed (by our BMC call or an earlier fencing-topolog
 from __future__ import annotations
 
 import calendar
+import concurrent.futures
 import os
 import time
 from collections.abc import Callable
@@ -122,39 +123,49 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
                   progress: evacuation.Progress | None = None) -> evacuation.Summary | None:
     """Evacuate a fenced host under its lease. None when another runner holds the lease."""
     lease = _Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
-    if not lease.acquire():
-        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
-        return None
-    try:
-        record(store, lambda s: s.mark(node, "evacuating", "evacuation_started",
-                                       f"by {owner}", owner=owner), "evacuation start")
-        summary = evacuation.evacuate_servers(
-            nova, deadline, host, options.mode, options.tag, options.max_parallel,
-            options.retries, options.target_hosts, progress=progress,
-            heartbeat=lease.heartbeat, may_request=lambda: lease.held,
-            incident_start=incident_start(store, node))
-        counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
-                      failed=summary.count("failed"))
-        if summary.count("unfinished"):
-            # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:
-            # evacuated servers are no longer on the host).
-            final, event = "fenced", "evacuation_failed"
-        elif summary.count("failed"):
-            final, event = "failed", "evacuation_failed"
-        else:
-            final, event = "evacuated", "evacuation_finished"
-        record(store, lambda s: s.mark(node, final, event, summary.line()[:120], owner=owner,
-                                       **counts), "evacuation result")
-        if options.notifier is not None:
-            options.notifier.send(event, node, host=host, summary=summary, state=final)
-        return summary
-    except NovaError as err:
-        record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",
-                                       "Nova unreachable; will resume", owner=owner),
-               "evacuation interruption")
-        if options.notifier is not None:
-            options.notifier.send("evacuation_failed", node, host=host, state="fenced",
-                                  detail=f"interrupted, will resume: {err}")
-        raise
-    finally:
-        lease.release()
+    # What Nova knows is read while the lease is taken: reading needs no lease, and each
+    # round trip saved brings the first evacuation request sooner.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        listing = pool.submit(nova.servers_on, deadline, host)
+        earlier = pool.submit(evacuation.requested_since, nova, deadline, host,
+                              incident_start(store, node))
+        if not lease.acquire():
+            LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+            return None
+        try:
+            # Recorded alongside the first requests: the lease, not this mark, is what
+            # keeps other runners away.
+            pool.submit(record, store, lambda s: s.mark(node, "evacuating",
+                                                        "evacuation_started", f"by {owner}",
+                                                        owner=owner), "evacuation start")
+            summary = evacuation.evacuate_servers(
+                nova, deadline, host, options.mode, options.tag, options.max_parallel,
+                options.retries, options.target_hosts, progress=progress,
+                heartbeat=lease.heartbeat, may_request=lambda: lease.held,
+                servers=listing.result(), earlier=earlier.result())
+        except NovaError as err:
+            pool.shutdown(wait=True)  # the 'evacuating' mark lands before this one
+            record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",
+                                           "Nova unreachable; will resume", owner=owner),
+                   "evacuation interruption")
+            lease.release()
+            if options.notifier is not None:
+                options.notifier.send("evacuation_failed", node, host=host, state="fenced",
+                                      detail=f"interrupted, will resume: {err}")
+            raise
+    counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
+                  failed=summary.count("failed"))
+    if summary.count("unfinished"):
+        # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:
+        # evacuated servers are no longer on the host).
+        final, event = "fenced", "evacuation_failed"
+    elif summary.count("failed"):
+        final, event = "failed", "evacuation_failed"
+    else:
+        final, event = "evacuated", "evacuation_finished"
+    record(store, lambda s: s.mark(node, final, event, summary.line()[:120], owner=owner,
+                                   **counts), "evacuation result")
+    lease.release()
+    if options.notifier is not None:
+        options.notifier.send(event, node, host=host, summary=summary, state=final)
+    return summary

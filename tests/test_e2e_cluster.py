@@ -296,8 +296,6 @@ class TestOneController:
         bed = bed1
         bed.use_topology()
         try:
-            bed.wait_for(lambda: e2e.started_on(bed.cluster.crm_mon(), "fence-nova"), 60,
-                         "the topology's devices")
             assert bed.verify() == ""
             ids = _create(bed, "compute1", 4, "s3")
             bed.bmcs["compute1"].unreachable = True
@@ -305,9 +303,9 @@ class TestOneController:
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
             # Both levels fail: a failed fencing operation, and nothing done in Nova.
-            bed.wait_for(lambda: bed.level2["compute1"].count("off") >= 1, 60,
-                         "level 2 to be tried")
-            time.sleep(2)
+            bed.wait_for(lambda: "failed" in bed.cluster.fence_history("compute1"), 90,
+                         "the fencing of compute1 to fail")
+            assert bed.level2["compute1"].count("off") >= 1
             assert bed.bmcs["compute1"].dropped > 0
             assert not bed.off_times("compute1", t0)
             assert not _no_nova_change(bed, t0)
@@ -327,8 +325,6 @@ class TestOneController:
             bed.bmcs["compute1"].unreachable = False
             bed.level2["compute1"].refuse = False
             bed.use_fence_devices()
-            bed.wait_for(lambda: e2e.started_on(bed.cluster.crm_mon(), "fence-compute1"),
-                         60, "the per-node devices")
 
     def test_4_nova_api_down_while_fencing(self, bed1: E2EBed):
         """The power-off is confirmed but Nova refuses the force-down: the fence fails (after
@@ -397,31 +393,47 @@ class TestOneController:
         MEASURED["s6: two nodes killed -> both rejoined"] = time.time() - t0
 
     def test_8_node_back_during_evacuation_waits(self, bed1: E2EBed):
-        """The fence ends (evacuate_timeout 3 s) with most servers not yet evacuated; the
-        reboot powers the node on, Pacemaker starts NovaCompute there: it waits while
-        NovaEvacuate finishes, and only then starts nova-compute."""
+        """The fence ends (evacuate_timeout 2 s) with the evacuation unfinished and the
+        reboot powers the node on: Pacemaker starts NovaCompute there while the host is
+        still recorded 'fenced'. NovaEvacuate is held stopped until NovaCompute's start is
+        seen waiting (standing in for a slow evacuation: no race on who is first), then
+        finishes the evacuation; only then does NovaCompute start nova-compute."""
         bed = bed1
         ids = _create(bed, "compute1", 12, "s8")
-        bed.set_device_params("fence-compute1", evacuate_timeout=3, max_parallel=1)
+        bed.set_device_params("fence-compute1", evacuate_timeout=2)
+        bed.set_role("nova-evacuate", "Stopped")
         try:
-            time.sleep(2)
+            bed.wait_for(lambda: not e2e.started_on(bed.cluster.crm_mon(), "nova-evacuate"),
+                         60, "NovaEvacuate to stop")
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
             bed.wait_for(lambda: [e for e in bed.power_events if e.at >= t0 and e.what == "on"],
                          90, "compute1 to be powered on")
             on = [e.at for e in bed.power_events if e.at >= t0 and e.what == "on"][0]
-            assert len(bed.accepted_evacuations(t0)) < len(ids)  # back during evacuation
+            record = records(bed.cluster)["compute1"]
+            assert record.state == "fenced" and record.found == len(ids), record
+            # NovaCompute's start runs, and keeps waiting (re-checking every 3 s).
+            bed.wait_for(lambda: bed.agent_pids("compute1", "NovaCompute", "start"), 60,
+                         "NovaCompute start on compute1")
+            time.sleep(7)
+            assert bed.agent_pids("compute1", "NovaCompute", "start")
+            assert not bed.compute_starts("compute1", t0)
+            bed.set_role("nova-evacuate", "Started")
             _wait_moved(bed, ids, {"compute1"})
             _assert_incident(bed, t0, {"compute1": ids})
             _wait_rejoined(bed, "compute1")
             _assert_rejoined(bed, "compute1", t0)
+            history = records(bed.cluster)["compute1"].history
+            assert any(e.name == "evacuation_started" and "NovaEvacuate" in e.detail
+                       for e in history), history
             assert bed.compute_starts("compute1", t0)[0] > on
             log = (bed.cluster.run_dir / "compute1" / "log" / "pacemaker" /
                    "pacemaker.log").read_text(errors="replace")
             assert "waiting before starting nova-compute" in log
             MEASURED["s8: node back during evacuation -> rejoined"] = time.time() - t0
         finally:
-            bed.reset_device_params("fence-compute1", "evacuate_timeout", "max_parallel")
+            bed.set_role("nova-evacuate", "Started")
+            bed.reset_device_params("fence-compute1", "evacuate_timeout")
 
 
 class TestTwoControllers:

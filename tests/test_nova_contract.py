@@ -152,6 +152,7 @@ def test_a_second_evacuation_during_a_rebuild_is_accepted(cloud):
         assert nova.evacuate(deadline, server_id) is True  # accepted, not 409
     finally:
         _restore(cloud, nova, "host1")
+        nova.request("DELETE", f"/servers/{server_id}", Deadline(60))  # the broken server
 
 
 def test_reset_state_clears_a_stuck_task(cloud):

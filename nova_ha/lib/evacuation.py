@@ -381,6 +381,27 @@ def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> 
             and m.get("status") not in ("error", "failed", "cancelled")}
 
 
+class Prefetch:
+    """The reads an evacuation starts with (the host's servers, the evacuations already
+    requested in this incident), started early in the background: they need neither the
+    force-down nor the lease, only the power-off, and each round trip saved brings the
+    first evacuation request sooner."""
+
+    def __init__(self, nova: Nova, deadline: Deadline, host: str,
+                 incident_start: Callable[[], float]) -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        self._servers = pool.submit(nova.servers_on, deadline, host)
+        self._earlier = pool.submit(
+            lambda: requested_since(nova, deadline, host, incident_start()))
+        pool.shutdown(wait=False)
+
+    def servers(self) -> list[dict[str, Any]]:
+        return self._servers.result()
+
+    def earlier(self) -> set[str]:
+        return self._earlier.result()
+
+
 def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: str,
                      max_parallel: int, retries: int, target_hosts: list[str] | None = None,
                      progress: Progress | None = None,

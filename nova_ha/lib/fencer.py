@@ -8,7 +8,8 @@ from nova_ha.lib import fence_proto, log, params
 from nova_ha.lib.fence_proto import FenceRequest
 
 if TYPE_CHECKING:
-    from nova_ha.lib import power, recovery, state
+    from nova_ha.lib import evacuation, power, recovery, state
+    from nova_ha.lib.nova import Deadline, Nova
 
 # The power, Nova, state and evacuation modules are imported by the actions that use them:
 # metadata, --help and validate-all must start fast (Pacemaker runs them often).
@@ -74,8 +75,9 @@ def _options(parsed: params.Parsed) -> recovery.Options:
 def fence_off(request: FenceRequest) -> int:
     """Power off and confirm, force down, record, evacuate. 0 once the host is safe."""
     import concurrent.futures
+    import time
 
-    from nova_ha.lib import power, recovery
+    from nova_ha.lib import evacuation, power, recovery
     from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
@@ -92,23 +94,45 @@ def fence_off(request: FenceRequest) -> int:
         LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
                  "fencing-topology level", node)
 
+    powered_off = time.time()
     deadline = Deadline(parsed["evacuate_timeout"])
     store = _store()
     mode = parsed["evacuate"]
     # The record needs only the confirmed power-off: written while Nova is asked to force
     # the host down (if that fails, Pacemaker retries and NovaEvacuate may resume anyway:
-    # the host is off either way).
-    with concurrent.futures.ThreadPoolExecutor(1) as background:
+    # the host is off either way). Disabling runs alongside the evacuation.
+    with concurrent.futures.ThreadPoolExecutor(2) as background:
         background.submit(recovery.record, store, lambda s: s.mark(
             node, "fenced", "fenced", f"power off confirmed; forcing down {host}", mode=mode,
             service_host=host), "fencing")
+        prefetch = None
         try:
             nova = Nova.from_params(parsed)
-            recovery.force_down(nova, deadline, host)
+            if mode in ("all", "tagged"):
+                nova.authenticate()
+                # Reading the host's servers needs only the confirmed power-off: it runs
+                # while the host is forced down.
+                prefetch = evacuation.Prefetch(nova, deadline, host,
+                                               lambda: powered_off - 60.0)
+            svc = recovery.force_down(nova, deadline, host)
         except (NovaError, params.SecretScriptError) as err:
             LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
             return fence_proto.EC_GENERIC_ERROR
-    from nova_ha.lib import guard, notify
+        disabled = background.submit(recovery.disable, nova, deadline, svc)
+        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch)
+        try:
+            disabled.result()
+        except NovaError as err:
+            LOG.error("could not disable nova-compute on %s: %s", host, err)
+    return fence_proto.EC_OK
+
+
+def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nova: Nova,
+                      deadline: Deadline, node: str, host: str, mode: str,
+                      prefetch: evacuation.Prefetch | None) -> None:
+    """Announce, apply the guard, evacuate (or leave it to NovaEvacuate by the mode)."""
+    from nova_ha.lib import guard, notify, recovery
+    from nova_ha.lib.nova import NovaError
 
     notifier = notify.Notifier.from_params(parsed, params.FENCE)
     notifier.send("fenced", node, host=host, mode=mode,
@@ -128,11 +152,10 @@ def fence_off(request: FenceRequest) -> int:
         options.notifier = notifier
         try:
             recovery.evacuate_host(nova, store, node, host, options, deadline,
-                                   recovery.owner_name(params.FENCE))
+                                   recovery.owner_name(params.FENCE), prefetch=prefetch)
         except NovaError as err:
             # Fencing itself succeeded: the rest stays recorded for NovaEvacuate.
             LOG.error("evacuation of %s interrupted: %s", node, err)
-    return fence_proto.EC_OK
 
 
 def fence_reboot(request: FenceRequest) -> int:

@@ -265,6 +265,17 @@ class Nova:
             LOG.debug("%s %s failed (%s); retrying in %.2fs", method, path, problem, pause)
             time.sleep(pause)
 
+    def authenticate(self) -> None:
+        """Get the token now, so that calls started together do not each ask Keystone."""
+        from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
+
+        try:
+            self._adapter.get_token()
+        except ks_exc.http.Unauthorized:
+            raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
+        except ks_exc.ClientException as err:
+            raise NovaUnavailable(f"Keystone: {type(err).__name__}: {err}") from None
+
     def microversion(self, deadline: Deadline) -> str:
         """Newest microversion both Nova and nova-ha support (asked once per client)."""
         if self._microversion is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nova_ha.lib import evacuation, log, state
-from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
+from nova_ha.lib.nova import Deadline, Nova, NovaError, Service, utc_now
 
 LOG = log.get("recovery")
 LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write is not lost
@@ -36,16 +36,24 @@ class Options:
     notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
 
 
-def force_down(nova: Nova, deadline: Deadline, host: str) -> None:
-    """Forced down first, then disabled: disabling a service whose compute still looks up
-    can block on a trait sync (a known failure of fence_compute on Train)."""
+def force_down(nova: Nova, deadline: Deadline, host: str) -> Service:
+    """Force the host's nova-compute down (what evacuation needs). Returns the service as
+    it was, for disable()."""
     svc = nova.service(deadline, host)
     if not svc.forced_down:
         nova.update_service(deadline, svc, forced_down=True)
         LOG.info("nova-compute on %s forced down", host)
+    return svc
+
+
+def disable(nova: Nova, deadline: Deadline, svc: Service) -> None:
+    """Disable after forcing down, never before: disabling a service whose compute still
+    looks up can block on a trait sync (a known failure of fence_compute on Train). Not
+    needed to evacuate, so it runs alongside the evacuation; the reason names nova-ha, so
+    NovaCompute re-enables only what nova-ha disabled."""
     if svc.status != "disabled":
         nova.update_service(deadline, svc, disabled_reason=f"nova-ha: fenced at {utc_now()}")
-        LOG.info("nova-compute on %s disabled", host)
+        LOG.info("nova-compute on %s disabled", svc.host)
 
 
 def record(store: state.StateStore | None, call: Callable[[state.StateStore], object],
@@ -120,15 +128,18 @@ class _Lease:
 
 def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: str,
                   options: Options, deadline: Deadline, owner: str,
-                  progress: evacuation.Progress | None = None) -> evacuation.Summary | None:
-    """Evacuate a fenced host under its lease. None when another runner holds the lease."""
+                  progress: evacuation.Progress | None = None,
+                  prefetch: evacuation.Prefetch | None = None) -> evacuation.Summary | None:
+    """Evacuate a fenced host under its lease. None when another runner holds the lease.
+
+    `prefetch`: Nova's reads, if the caller started them already (the stonith agent does,
+    alongside the force-down); otherwise they run while the lease is taken.
+    """
     lease = _Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
-    # What Nova knows is read while the lease is taken: reading needs no lease, and each
-    # round trip saved brings the first evacuation request sooner.
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        listing = pool.submit(nova.servers_on, deadline, host)
-        earlier = pool.submit(evacuation.requested_since, nova, deadline, host,
-                              incident_start(store, node))
+    if prefetch is None:
+        prefetch = evacuation.Prefetch(nova, deadline, host,
+                                       lambda: incident_start(store, node))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
         if not lease.acquire():
             LOG.info("%s is being evacuated by another runner: leaving it to them", node)
             return None
@@ -142,7 +153,7 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
                 nova, deadline, host, options.mode, options.tag, options.max_parallel,
                 options.retries, options.target_hosts, progress=progress,
                 heartbeat=lease.heartbeat, may_request=lambda: lease.held,
-                servers=listing.result(), earlier=earlier.result())
+                servers=prefetch.servers(), earlier=prefetch.earlier())
         except NovaError as err:
             pool.shutdown(wait=True)  # the 'evacuating' mark lands before this one
             record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",

@@ -350,7 +350,10 @@ class E2EBed:
 
     @staticmethod
     def bmc_password(key: str) -> str:
-        return f"pw-{key}-{os.getpid()}"
+        """A distinct password per BMC (IPMI allows at most 20 bytes)."""
+        import hashlib
+
+        return "pw" + hashlib.sha256(f"{key}:{os.getpid()}".encode()).hexdigest()[:14]
 
     # -- power ---------------------------------------------------------------------------
     def _start_bmcs(self) -> None:
@@ -438,8 +441,24 @@ class E2EBed:
     def verify(self) -> str:
         """crm_verify -L: '' when clean, else its complaints."""
         res = self.cluster.run(["crm_verify", "-L", "-V"], check=False)
-        return "" if res.returncode == 0 and not res.stderr.strip() else \
-            f"exit {res.returncode}: {res.stdout}{res.stderr}"
+        if res.returncode == 0 and not res.stderr.strip():
+            return ""
+        detail = self.cluster.run(["crm_verify", "-L", "-VVVV"], check=False)
+        lines = [line for line in (detail.stdout + detail.stderr).splitlines()
+                 if "warning" in line or "error" in line]
+        return f"exit {res.returncode}: {res.stdout}{res.stderr}" + "\n".join(lines)
+
+    def stonith_ids(self, path: Path) -> list[str]:
+        conf = configuration_part(path.read_bytes(), stonith_only=True)
+        return [rsc.get("id") for rsc in conf.find("resources")]
+
+    def wait_started(self, ids: Iterable[str], timeout: float = 60) -> float:
+        ids = list(ids)
+
+        def started() -> bool:
+            mon = self.cluster.crm_mon()
+            return all(started_on(mon, rsc) for rsc in ids)
+        return self.wait_for(started, timeout, f"{', '.join(ids)} to be started")
 
     def use_topology(self) -> None:
         """Switch the compute nodes' fencing to the topology variant: the per-node
@@ -448,6 +467,7 @@ class E2EBed:
         for node in self.nodes:
             c.cibadmin("--delete", "--xml-text", f'<primitive id="fence-{node}"/>')
         c.cibadmin("--modify", "--allow-create", "--xml-file", str(TOPOLOGY_XML))
+        self.wait_started(self.stonith_ids(TOPOLOGY_XML))
 
     def use_fence_devices(self) -> None:
         """Back from the topology to the per-node devices of nova-ha.cib.xml."""
@@ -461,6 +481,7 @@ class E2EBed:
         conf = configuration_part(CIB_XML.read_bytes(), stonith_only=True)
         for rsc in conf.find("resources"):
             c.cib_create("resources", etree.tostring(rsc).decode())
+        self.wait_started(self.stonith_ids(CIB_XML))
 
     def set_device_params(self, device: str, **params: object) -> None:
         for name, value in params.items():
@@ -542,6 +563,26 @@ class E2EBed:
                 if any(arg.endswith(b"fence_nova_evacuate") for arg in cmdline[:2]):
                     found.append((pid, name))
         return found
+
+    def agent_pids(self, node: str, agent: str, action: str) -> list[int]:
+        """PIDs of `agent` (e.g. NovaCompute) running `action` on remote node `node`."""
+        host = self.cluster.remotes[node].host
+        if not host.mnt_ns:
+            return []
+        found = []
+        for pid in bedlib._pids_in_mnt_ns(host.mnt_ns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(agent.encode()) for a in argv[:2]) and action.encode() in argv:
+                found.append(pid)
+        return found
+
+    def set_role(self, resource: str, role: str) -> None:
+        """target-role of a resource: Stopped / Started."""
+        self.cluster.crm_resource("--resource", resource, "--meta", "--set-parameter",
+                                  "target-role", "--parameter-value", role)
 
     def kill_fence_agent(self) -> list[int]:
         """SIGKILL every running fence_nova_evacuate of the bed (as the stonith timeout

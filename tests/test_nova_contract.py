@@ -46,10 +46,14 @@ def _wait(predicate, timeout: float = 60.0, interval: float = 0.25):
     raise AssertionError("condition not reached in time")
 
 
-def _terminal(nova: Nova, server_id: str) -> dict:
+def _terminal(nova: Nova, server_id: str, source: str = "host1") -> dict:
+    """Evacuation finished: no task, and off the source (Nova clears the task a moment
+    before it moves the server's host)."""
     def done():
         server = nova.server(Deadline(30), server_id)
-        return server if not server.get("OS-EXT-STS:task_state") else None
+        settled = not server.get("OS-EXT-STS:task_state") and (
+            server["OS-EXT-SRV-ATTR:host"] != source or server["status"] == "ERROR")
+        return server if settled else None
     return _wait(done, timeout=120)
 
 

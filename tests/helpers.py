@@ -80,3 +80,16 @@ def run_ocf(agent: str, action: str, params: Mapping[str, object] | None = None,
         cmd = ["runuser", "-u", user, "--"] + cmd
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd="/")
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2):
+    """The predicate's first true value, polled; AssertionError when time runs out."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")

@@ -20,6 +20,7 @@ from tests.helpers import (
     run_fence,
     run_ocf,
     stdin_text,
+    wait_until,
 )
 from tests.testbed.observe import Observer
 
@@ -27,13 +28,6 @@ START_META = {"on_node": "host1", "timeout": 300000}
 EVACUATE_META = {"timeout": 300000, "interval": 10000}
 
 
-def _wait(predicate, timeout=120.0, interval=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def _since(bed, t0: float) -> list[dict]:
@@ -111,7 +105,7 @@ def test_killed_stonith_agent_novaevacuate_finishes_and_host_waits(box_bed, tmp_
     agent.stdin.write(stdin_text(bed.fence_params(max_parallel=1, evacuate_timeout=240)))
     agent.stdin.close()
     agent.stdin = None
-    _wait(lambda: len(_accepted(bed, t0)) >= 5)
+    wait_until(lambda: len(_accepted(bed, t0)) >= 5)
     os.kill(agent.pid, signal.SIGKILL)  # the stonith timeout struck halfway
     agent.communicate(timeout=30)
     assert len(_accepted(bed, t0)) < 20

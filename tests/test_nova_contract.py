@@ -10,6 +10,7 @@ import pytest
 
 from nova_ha.lib import params
 from nova_ha.lib.nova import Deadline, Nova, NovaError
+from tests.helpers import wait_until
 from tests.testbed.observe import back_in_service
 
 
@@ -36,14 +37,6 @@ def _nova(cloud, version: str = "auto") -> Nova:
     return Nova.from_params(parsed)
 
 
-def _wait(predicate, timeout: float = 60.0, interval: float = 0.25):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def _terminal(nova: Nova, server_id: str, source: str = "host1") -> dict:
@@ -54,7 +47,7 @@ def _terminal(nova: Nova, server_id: str, source: str = "host1") -> dict:
         settled = not server.get("OS-EXT-STS:task_state") and (
             server["OS-EXT-SRV-ATTR:host"] != source or server["status"] == "ERROR")
         return server if settled else None
-    return _wait(done, timeout=120)
+    return wait_until(done, timeout=120)
 
 
 def _restore(cloud, nova: Nova, host: str) -> None:
@@ -120,7 +113,7 @@ def test_evacuation_lifecycle(cloud):
             assert server["OS-EXT-SRV-ATTR:host"] in ("host2", "host3")
             assert server["status"] == "SHUTOFF"  # >= 2.95: Nova stops evacuated servers
             nova.start_server(deadline, server_id)
-            _wait(lambda i=server_id: nova.server(deadline, i)["status"] == "ACTIVE")
+            wait_until(lambda i=server_id: nova.server(deadline, i)["status"] == "ACTIVE")
 
         migrations = nova.evacuation_migrations(deadline, source_host="host1")
         assert {m["instance_uuid"] for m in migrations} >= set(ids)
@@ -134,7 +127,7 @@ def test_evacuation_lifecycle(cloud):
         assert unforce.value.status == 400 and "`done` evacuation" in str(unforce.value)
 
         cloud.start("host1")
-        _wait(lambda: all(m["status"] == "completed" for m in nova.evacuation_migrations(
+        wait_until(lambda: all(m["status"] == "completed" for m in nova.evacuation_migrations(
             deadline, source_host="host1") if m["instance_uuid"] in ids), timeout=120)
         for server_id in ids:  # the restarted source did not delete the evacuated servers
             server = nova.server(deadline, server_id)

@@ -7,7 +7,6 @@ import collections
 import os
 import signal
 import subprocess
-import time
 
 from nova_ha.lib import state
 from tests.helpers import (
@@ -19,6 +18,7 @@ from tests.helpers import (
     run_fence,
     run_ocf,
     stdin_text,
+    wait_until,
 )
 from tests.testbed.observe import Observer
 
@@ -29,13 +29,6 @@ def _record(bed, host="host1") -> state.HostRecord:
     return state.CibStateStore(bed.cib).get(host)
 
 
-def _wait(predicate, timeout=60.0, interval=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def _accepted_per_server(bed) -> collections.Counter:
@@ -78,7 +71,7 @@ def test_compute_start_waits_for_evacuations_then_rejoins(sim_bed):
     fence = _start_fence(bed, max_parallel=4)
     # Pacemaker starts resources on the node only once it is recorded fenced; the host is
     # repaired and boots while its evacuations still run.
-    _wait(lambda: _record(bed).state == "evacuating")
+    wait_until(lambda: _record(bed).state == "evacuating")
     bed.bmcs["host1"].power_state = "on"
     compute = subprocess.Popen([PYTHON, COMPUTE_AGENT, "start"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
@@ -138,7 +131,7 @@ def test_novaevacuate_takes_over_from_a_killed_stonith_agent(sim_bed, tmp_path):
     bed.cloud.evacuate_delay = 1.5
     bed.cloud.latency = 0.3  # a slow cloud: the requests trickle out, two at a time
     fence = _start_fence(bed, max_parallel=2)
-    _wait(lambda: len(_accepted_per_server(bed)) >= 6, timeout=60)
+    wait_until(lambda: len(_accepted_per_server(bed)) >= 6, timeout=60)
     os.kill(fence.pid, signal.SIGKILL)  # the stonith timeout struck
     fence.communicate(timeout=30)
     bed.cloud.latency = 0.0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import fence_proto, log, params
 from nova_ha.lib.fence_proto import FenceRequest
@@ -166,32 +167,33 @@ def fence_reboot(request: FenceRequest) -> int:
     return fence_on(request)
 
 
-def fence_on(request: FenceRequest) -> int:
-    """Power on only: the host rejoins Nova through NovaCompute once its evacuations are done
-    (Nova refuses to un-force a host while 'done' evacuation migrations remain)."""
+def _ask_bmc(request: FenceRequest, what: str, call: Callable[[power.Bmc], Any]) -> Any:
+    """One BMC operation; None (logged, never a traceback) when it fails."""
     from nova_ha.lib import power
 
     node, _ = _node_and_host(request.params)
     try:
         with _bmc(request.params) as bmc:
-            took = bmc.on_and_confirm()
+            return call(bmc)
     except (power.PowerError, params.SecretScriptError) as err:
-        LOG.error("power-on of %s failed: %s", node, err)
+        LOG.error("%s of %s failed: %s", what, node, err)
+        return None
+
+
+def fence_on(request: FenceRequest) -> int:
+    """Power on only: the host rejoins Nova through NovaCompute once its evacuations are done
+    (Nova refuses to un-force a host while 'done' evacuation migrations remain)."""
+    took = _ask_bmc(request, "power-on", lambda bmc: bmc.on_and_confirm())
+    if took is None:
         return fence_proto.EC_GENERIC_ERROR
-    LOG.info("%s powered on (confirmed in %.2fs)", node, took)
+    LOG.info("%s powered on (confirmed in %.2fs)", request.params["port"], took)
     return fence_proto.EC_OK
 
 
 def fence_status(request: FenceRequest) -> int:
     """0 on, 2 off, 1 when the BMC cannot tell (never 'on' by default)."""
-    from nova_ha.lib import power
-
-    node, _ = _node_and_host(request.params)
-    try:
-        with _bmc(request.params) as bmc:
-            current = bmc.status()
-    except (power.PowerError, params.SecretScriptError) as err:
-        LOG.error("power state of %s unknown: %s", node, err)
+    current = _ask_bmc(request, "reading the power state", lambda bmc: bmc.status())
+    if current is None:
         return fence_proto.EC_GENERIC_ERROR
     print(f"Status: {current.upper()}")
     return fence_proto.EC_OK if current == "on" else fence_proto.EC_STATUS_OFF

@@ -102,14 +102,19 @@ def fence_off(request: FenceRequest) -> int:
     # The record needs only the confirmed power-off: written while Nova is asked to force
     # the host down (if that fails, Pacemaker retries and NovaEvacuate may resume anyway:
     # the host is off either way). Disabling runs alongside the evacuation.
-    with concurrent.futures.ThreadPoolExecutor(2) as background:
+    evacuating = mode in ("all", "tagged")
+    lease = recovery.Lease(store, node, recovery.owner_name(params.FENCE),
+                           deadline.remaining() + recovery.LEASE_MARGIN)
+    with concurrent.futures.ThreadPoolExecutor(3) as background:
         background.submit(recovery.record, store, lambda s: s.mark(
             node, "fenced", "fenced", f"power off confirmed; forcing down {host}", mode=mode,
             service_host=host), "fencing")
+        # The lease, too, needs only the power-off: taken while Nova is asked.
+        leased = background.submit(lease.acquire) if evacuating else None
         prefetch = None
         try:
             nova = Nova.from_params(parsed)
-            if mode in ("all", "tagged"):
+            if evacuating:
                 nova.authenticate()
                 # Reading the host's servers needs only the confirmed power-off: it runs
                 # while the host is forced down.
@@ -118,9 +123,14 @@ def fence_off(request: FenceRequest) -> int:
             svc = recovery.force_down(nova, deadline, host)
         except (NovaError, params.SecretScriptError) as err:
             LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
+            if leased is not None and leased.result():
+                lease.release()
             return fence_proto.EC_GENERIC_ERROR
         disabled = background.submit(recovery.disable, nova, deadline, svc)
-        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch)
+        if leased is not None:
+            leased.result()
+        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch, lease)
+        lease.release()  # if still ours: evacuation not started (guard) or cut short
         try:
             disabled.result()
         except NovaError as err:
@@ -130,7 +140,7 @@ def fence_off(request: FenceRequest) -> int:
 
 def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nova: Nova,
                       deadline: Deadline, node: str, host: str, mode: str,
-                      prefetch: evacuation.Prefetch | None) -> None:
+                      prefetch: evacuation.Prefetch | None, lease: recovery.Lease) -> None:
     """Announce, apply the guard, evacuate (or leave it to NovaEvacuate by the mode)."""
     from nova_ha.lib import guard, notify, recovery
     from nova_ha.lib.nova import NovaError
@@ -152,8 +162,8 @@ def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nov
         options = _options(parsed)
         options.notifier = notifier
         try:
-            recovery.evacuate_host(nova, store, node, host, options, deadline,
-                                   recovery.owner_name(params.FENCE), prefetch=prefetch)
+            recovery.evacuate_host(nova, store, node, host, options, deadline, lease.owner,
+                                   prefetch=prefetch, lease=lease)
         except NovaError as err:
             # Fencing itself succeeded: the rest stays recorded for NovaEvacuate.
             LOG.error("evacuation of %s interrupted: %s", node, err)

@@ -87,7 +87,7 @@ def incident_start(store: state.StateStore | None, node: str) -> float:
     return time.time() - 3600.0
 
 
-class _Lease:
+class Lease:
     """Our hold on the host's lease; renewed while the work runs, checked before requests."""
 
     def __init__(self, store: state.StateStore | None, node: str, owner: str,
@@ -124,23 +124,27 @@ class _Lease:
     def release(self) -> None:
         if self.store is not None and self.held:
             record(self.store, lambda s: s.release_lease(self.node, self.owner), "lease release")
+            self.held = False
 
 
 def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: str,
                   options: Options, deadline: Deadline, owner: str,
                   progress: evacuation.Progress | None = None,
-                  prefetch: evacuation.Prefetch | None = None) -> evacuation.Summary | None:
+                  prefetch: evacuation.Prefetch | None = None,
+                  lease: Lease | None = None) -> evacuation.Summary | None:
     """Evacuate a fenced host under its lease. None when another runner holds the lease.
 
-    `prefetch`: Nova's reads, if the caller started them already (the stonith agent does,
-    alongside the force-down); otherwise they run while the lease is taken.
+    `prefetch` and `lease`: Nova's reads and the host's lease, if the caller started them
+    already (the stonith agent does, alongside the force-down).
     """
-    lease = _Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
+    if lease is None:
+        lease = Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
+        lease.acquire()
     if prefetch is None:
         prefetch = evacuation.Prefetch(nova, deadline, host,
                                        lambda: incident_start(store, node))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        if not lease.acquire():
+        if not lease.held:
             LOG.info("%s is being evacuated by another runner: leaving it to them", node)
             return None
         try:

@@ -6,7 +6,8 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV ?= $(CURDIR)/.venv
 PREFIX ?= /opt/nova-ha
 DEB_PACKAGES := pacemaker pacemaker-cli-utils corosync fence-agents resource-agents ipmitool \
-	openipmi python3-novaclient python3-venv python3-dev libxml2-utils pcs iproute2
+	openipmi python3-novaclient python3-keystoneclient python3-venv python3-dev libxml2-utils \
+	pcs iproute2
 # pacemaker-remote conflicts with pacemaker: the test bed runs its binary from a download.
 REMOTED := .cache/pacemaker-remote/usr/sbin/pacemaker-remoted
 PYTEST_ARGS ?=

@@ -724,3 +724,12 @@ def test_property_memory(ops: list) -> None:
 def test_property_cib(tmp_path: Path, ops: list) -> None:
     cib = write_cib(tmp_path / "prop-cib.xml")  # fresh file for every example
     check_sequence(CibStateStore(cib, history_max=5), ops)
+
+
+def test_live_cluster_no_match_message_is_recognised() -> None:
+    from nova_ha.lib.state import _no_match
+
+    assert _no_match("Call failed: No such device or address")
+    assert _no_match("Call cib_query failed: No such device or address")
+    assert _no_match("Call cib_modify failed: No such device or address")
+    assert not _no_match("Call cib_modify failed: Protocol not supported")

@@ -421,6 +421,20 @@ def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: 
     summary.found = len(servers)
     chosen, skipped = Planner(nova, deadline, mode, tag).plan(servers)
     if earlier:
+        # Servers an earlier runner (killed mid-way) already moved off the host: followed
+        # too, so that those Nova landed SHUTOFF (>= 2.95) are started again.
+        listed = {s["id"] for s in servers}
+        for server_id in sorted(earlier - listed):
+            try:
+                moved = nova.server(deadline, server_id)
+            except NovaError:
+                continue
+            outcome = Outcome(server_id=server_id, name=moved.get("name", ""),
+                              host=moved.get(HOST_ATTR), status=moved.get("status"),
+                              needs_request=False,
+                              detail="evacuation requested earlier in this incident")
+            chosen.append(outcome)
+            servers.append(moved)
         for outcome in chosen:
             if outcome.server_id in earlier and outcome.needs_request:
                 outcome.needs_request = False

@@ -531,6 +531,12 @@ _RETRY_EXIT = frozenset({69, 75, 102, 113, 124})
 _NO_MATCH_EXIT = 105  # CRM_EX_NOSUCH: "Call failed: No such device or address"
 
 
+def _no_match(err: str) -> bool:
+    """cibadmin's "nothing matched": "Call failed: ..." on a CIB file, "Call cib_query
+    failed: ..." / "Call cib_modify failed: ..." on a live cluster."""
+    return re.search(r"Call (?:\w+ )?failed: No such device or address", err) is not None
+
+
 def _xpath_literal(value: str) -> str:
     if "'" not in value:
         return f"'{value}'"
@@ -682,7 +688,7 @@ class CibStateStore(StateStore):
             if any(value == "" for value in update.values()):
                 self._drop_empty(host, layout.node_id)
             return True
-        if code == _NO_MATCH_EXIT and "Call failed" in err:
+        if code == _NO_MATCH_EXIT and _no_match(err):
             return False
         raise StateError(f"cibadmin --modify failed {_why(code, err)}", host, ", ".join(update))
 
@@ -720,7 +726,7 @@ class CibStateStore(StateStore):
         code, out, err = self._run(
             ["--query", "--xpath", xpath], exclusive=False, host=host, what="read"
         )
-        if code == _NO_MATCH_EXIT and "Call failed" in err:
+        if code == _NO_MATCH_EXIT and _no_match(err):
             return None
         if code != 0:
             raise StateError(f"cibadmin --query failed {_why(code, err)}", host)

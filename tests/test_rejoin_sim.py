@@ -7,6 +7,7 @@ import collections
 import os
 import signal
 import subprocess
+import time
 
 from nova_ha.lib import state
 from tests.helpers import (
@@ -75,7 +76,8 @@ def test_compute_start_waits_for_evacuations_then_rejoins(sim_bed):
     bed.bmcs["host1"].power_state = "on"
     compute = subprocess.Popen([PYTHON, COMPUTE_AGENT, "start"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
-                               env=ocf_env(bed.compute_params("host1"), START_META, bed.env()))
+                               env=ocf_env(bed.compute_params("host1", start_wait=60),
+                                           START_META, bed.env()))
     fence_out = fence.communicate(timeout=120)[1]
     assert fence.returncode == 0, fence_out
     out, err = compute.communicate(timeout=120)
@@ -91,8 +93,12 @@ def test_compute_start_refuses_while_never_safe(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 2)
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
-    done = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"),
-                   {"on_node": "host1", "timeout": 8000}, env=bed.env())
+    # start_wait bounds the wait, not the (long) start timeout: Pacemaker must get the
+    # failure back soon, since it runs no other transition while the start runs.
+    began = time.monotonic()
+    done = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=2),
+                   {"on_node": "host1", "timeout": 120000}, env=bed.env())
+    assert time.monotonic() - began < 30
     assert done.returncode == 1
     assert "ocf-exit-reason:not starting nova-compute on host1" in done.stderr
     assert "recorded 'fenced'" in done.stderr

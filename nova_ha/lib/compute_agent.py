@@ -182,7 +182,8 @@ def start(request: OcfRequest) -> int:
     store = _store()
     try:
         nova = Nova.from_params(request.params)
-        _wait_until_safe(nova, deadline, store, node, host, started + budget * 0.6)
+        wait = min(float(request.params.get("start_wait") or 10), budget * 0.6)
+        _wait_until_safe(nova, deadline, store, node, host, started + wait)
         before = nova.service(deadline, host)
         record = store.get(node) if store is not None else None
         fenced_by_us = record is not None and record.state != "ok"
@@ -238,10 +239,12 @@ SHORTDESC = "Runs nova-compute and lets a fenced compute host rejoin safely"
 LONGDESC = (
     "NovaCompute runs nova-compute on an OpenStack compute node (a pacemaker-remote node; "
     "clone it over the compute nodes). After the host was fenced by fence_nova_evacuate, "
-    "start waits until the evacuations from this host have finished, starts nova-compute, "
-    "waits until Nova reports the service up, and only then lifts the forced-down flag and "
-    "re-enables the service if nova-ha disabled it. nova-compute is run by its systemd unit, "
-    "or by start_command, stop_command and status_command."
+    "start refuses to run nova-compute until the evacuations from this host have finished "
+    "(it waits up to start_wait seconds, then fails with the reason and is retried by "
+    "Pacemaker when the clone's failure-timeout expires), starts nova-compute, waits until "
+    "Nova reports the service up, and only then lifts the forced-down flag and re-enables "
+    "the service if nova-ha disabled it. nova-compute is run by its systemd unit, or by "
+    "start_command, stop_command and status_command."
 )
 
 SPEC = ocf_proto.OcfAgentSpec(

@@ -234,6 +234,12 @@ PARAMETERS: tuple[Param, ...] = (
        group="compute", metavar="command"),
     _p("status_command", "string", "Command that exits 0 while nova-compute runs",
        agents=_COMPUTE_ONLY, group="compute", metavar="command"),
+    _p("start_wait", "second", "Seconds start waits for an unsafe host to become safe",
+       "While the host's evacuation is unfinished, start waits at most this long (and never "
+       "more than 60% of its timeout), then fails with the reason; Pacemaker starts it again "
+       "once the failure expires (the clone's failure-timeout). Keep it short: while any "
+       "action runs, Pacemaker starts no new transition, so a long wait here would delay "
+       "the fencing of another node.", default="10", agents=_COMPUTE_ONLY, group="compute"),
     _p("check_nova_service", "boolean", "monitor also asks Nova whether the service is up",
        default="0", agents=_COMPUTE_ONLY, group="compute"),
     _p("disable_on_stop", "boolean", "Disable the Nova service when the resource stops",

@@ -511,7 +511,7 @@ class Cluster:
     def __init__(self, controllers: int = 1, *, prefix: str = netns.PREFIX,
                  subnet: str = netns.SUBNET, token_ms: int = 1000,
                  properties: dict[str, str] | None = None,
-                 cluster_name: str = "nha") -> None:
+                 cluster_name: str = "nha", env: dict[str, str] | None = None) -> None:
         if controllers not in (1, 2):
             raise ValueError("controllers must be 1 or 2")
         self.n_controllers = controllers
@@ -530,6 +530,9 @@ class Cluster:
             "stonith-timeout": "60s",
         }
         self.properties.update(properties or {})
+        # Extra environment of every daemon (Pacemaker passes it on to the agents it runs,
+        # as /etc/default/pacemaker does on a production node).
+        self.env = dict(env or {})
         self.network = netns.Network(prefix=prefix, subnet=subnet)
         self.controller_names = [f"c{i}" for i in range(1, controllers + 1)]
         self.controllers: dict[str, _Host] = {}
@@ -746,10 +749,10 @@ class Cluster:
     def _pcmk_env(self) -> dict[str, str]:
         return {"PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
                 "PCMK_logfacility": "none",  # no syslog: every line goes to the bed's file
-                "PCMK_debug": "no", "PCMK_blackbox": "no"}
+                "PCMK_debug": "no", "PCMK_blackbox": "no", **self.env}
 
     def _start_corosync(self, host: _Host) -> None:
-        self._popen(host, "corosync", ["corosync", "-f"])
+        self._popen(host, "corosync", ["corosync", "-f"], env=self.env)
 
     def _wait_membership(self, timeout: float) -> None:
         """Every controller's corosync answers and sees all controllers (quorate)."""
@@ -859,6 +862,23 @@ class Cluster:
                 proc.popen.wait(5)  # reap our children
         host.mnt_ns = None
         return killed
+
+    def processes(self, name: str, program: str) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of every process of node `name` (controller or remote) whose program
+        (argv[0], or the script an interpreter runs) ends with `program`."""
+        host = self.controllers[name] if name in self.controllers else self.remotes[name].host
+        if not host.mnt_ns:
+            return []
+        found = []
+        for pid in _pids_in_mnt_ns(host.mnt_ns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            args = argv.split("\0")
+            if any(a.endswith(program) for a in args[:2]):
+                found.append((pid, args))
+        return found
 
     # -- running tools ----------------------------------------------------------------
     def controller(self, node: str | None = None) -> _Host:
@@ -1012,7 +1032,8 @@ class Cluster:
                    monitor_timeout: str = "10s", reconnect_interval: str = "5s",
                    wait: bool = True, timeout: float = 60, via: str = "cibadmin") -> RemoteNode:
         """A compute node: namespace `nha-<name>`, pacemaker-remoted in it, and an
-        ocf:pacemaker:remote resource for it. A cut link is detected after about
+        ocf:pacemaker:remote resource for it (`via`: cibadmin or pcs; "none" when the
+        configuration under test creates it). A cut link is detected after about
         monitor_interval + monitor_timeout. Note: with stonith-enabled=true Pacemaker starts
         no resource (remote connections included) until a stonith device exists."""
         if name in self.remotes:
@@ -1035,7 +1056,7 @@ class Cluster:
                      f"server={node.address}", f"reconnect_interval={reconnect_interval}",
                      "op", "monitor", f"interval={monitor_interval}",
                      f"timeout={monitor_timeout}", "--force")
-        else:
+        elif via == "cibadmin":
             self.cib_create("resources", self.remote_resource_xml(remote))
         if wait:
             self.wait_remote_online(name, timeout)

@@ -1,0 +1,479 @@
+"""nova-ha end to end, in a live Pacemaker cluster: the configuration of cluster/crm-config
+applied as it is, compute nodes failing in eight ways, a real Nova 34 answering.
+
+The bed (tests/testbed/e2e.py): corosync + pacemaker controllers, compute1..3 as
+pacemaker-remote nodes in network namespaces, one BMC simulator per node (its power-off
+kills the node and crashes its compute in the Nova box; its power-on boots the node, and
+Pacemaker starts NovaCompute there), a real Nova 34 with one fake compute per node.
+
+Every scenario ends with the same checks (`_assert_incident`): no force-down and no
+evacuation request before a power device of the failed node reported it off; every server of
+the failed nodes running (ACTIVE) on a healthy node, or reported failed; each evacuation
+accepted exactly once; no guest running twice (the rejoined node's hypervisor holds none of
+the evacuated servers); and, when the node is back, it rejoined through NovaCompute: compute
+started once, after its evacuations; service up, not forced down, enabled; record 'ok'.
+
+Root, Debian's cluster packages, the Nova venv and the installed agents are required
+(skipped without them, failed under CI=true). When a test fails, the tails of every daemon's
+log (Pacemaker on each node, corosync, the Nova box) are printed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import signal
+import time
+
+import pytest
+
+from tests.helpers import need
+from tests.testbed import e2e
+from tests.testbed.cluster import ClusterError, to_terminal
+from tests.testbed.e2e import E2EBed, records
+
+MEASURED: dict[str, float] = {}
+
+
+def _bed_fixture(scope: str = "class", **kwargs):
+    @pytest.fixture(scope=scope)
+    def _bed(request):
+        missing = E2EBed.missing()
+        need(not missing, "e2e bed: " + ", ".join(missing))
+        failed_before = request.session.testsfailed
+        with E2EBed(**kwargs) as bed:
+            MEASURED.update({f"{bed.controllers} controller(s): {k}": v
+                             for k, v in bed.timings.items()})
+            try:
+                yield bed
+            finally:
+                if request.session.testsfailed > failed_before:
+                    to_terminal(request.config, f"\ne2e bed logs ({bed.cluster.run_dir}, "
+                                "kept):\n" + bed.log_tail(40))
+    return _bed
+
+
+bed1 = _bed_fixture(controllers=1, apply="pcs")
+bed2 = _bed_fixture(controllers=2, apply="xml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(request):
+    yield
+    if MEASURED:
+        lines = ["", "e2e cluster, measured:"]
+        lines += [f"  {k:<60} {v:7.2f} s" for k, v in MEASURED.items()]
+        to_terminal(request.config, "\n".join(lines))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _create(bed: E2EBed, node: str, count: int, prefix: str) -> list[str]:
+    return bed.box.create_servers(node, count, name_prefix=prefix)
+
+
+def _wait_moved(bed: E2EBed, ids: list[str], failed: set[str], timeout: float = 120) -> float:
+    """Until every server is ACTIVE on a node not in `failed` (or ERROR); seconds taken."""
+    observer = bed.observer()
+
+    def moved() -> bool:
+        for server_id in ids:
+            server = observer.server(server_id)
+            if server["status"] == "ERROR":
+                continue
+            if server["status"] != "ACTIVE" or server["host"] in failed or server["task"]:
+                return False
+        return True
+    try:
+        return bed.wait_for(moved, timeout, f"the servers of {sorted(failed)} to run "
+                            "elsewhere", interval=0.5)
+    except ClusterError as err:
+        states = [observer.server(i) for i in ids]
+        raise AssertionError(f"{err}\nservers: {states}") from None
+
+
+def _service_ids(bed: E2EBed) -> dict[str, str]:
+    return {svc.host: str(svc.id) for svc in bed.observer().nova.services.list(
+        binary="nova-compute")}
+
+
+def _assert_incident(bed: E2EBed, t0: float, servers: dict[str, list[str]]) -> None:
+    """The invariant of every scenario, for the nodes in `servers` (node -> its server ids)."""
+    requests = bed.requests(t0)
+    services = _service_ids(bed)
+    failed_nodes = set(servers)
+    observer = bed.observer()
+    accepted = bed.accepted_evacuations(t0)
+    for node, ids in servers.items():
+        offs = bed.off_times(node, t0)
+        assert offs, f"no power device of {node} reported it off"
+        # Nothing asked of Nova about this node before its power-off was confirmed.
+        puts = [r["t"] for r in requests
+                if r["method"] == "PUT" and r["path"].endswith(services[node])]
+        assert puts and min(puts) >= offs[0], (node, offs, puts)
+        evacuations = [r["t"] for r in requests if r.get("action") == "evacuate"
+                       and r["path"].split("/")[-2] in ids]
+        assert evacuations and min(evacuations) >= offs[0], (node, offs[0], min(evacuations))
+        # Each server accepted exactly once, and running on a healthy node (or failed).
+        assert {i: accepted[i] for i in ids} == {i: 1 for i in ids}, accepted
+        record = records(bed.cluster)[node]
+        for server_id in ids:
+            server = observer.server(server_id)
+            if server["status"] == "ERROR":
+                assert record.failed > 0, (server, record)
+                continue
+            assert server["status"] == "ACTIVE" and server["host"] not in failed_nodes, server
+    # No guest runs twice: every running hypervisor holds exactly the servers Nova puts there.
+    placed = collections.Counter(s["host"] for s in observer.servers())
+    for host, info in bed.box.hosts().items():
+        if info["running"]:
+            assert info["instances_on_driver"] == placed.get(host, 0), (host, info, placed)
+
+
+def _wait_rejoined(bed: E2EBed, node: str, timeout: float = 120) -> float:
+    observer = bed.observer()
+
+    def back() -> bool:
+        svc = observer.service(node)
+        record = records(bed.cluster).get(node)
+        return (svc.state == "up" and not svc.forced_down and svc.status == "enabled"
+                and record is not None and record.state == "ok")
+    took = bed.wait_for(back, timeout, f"{node} to rejoin", interval=0.5)
+    bed.wait_ready(timeout, nodes=[node])
+    return took
+
+
+def _assert_rejoined(bed: E2EBed, node: str, t0: float) -> None:
+    """Back through NovaCompute, safely: one compute start on the node, after the last
+    evacuation from it; service up, enabled, not forced down; record 'ok' (rejoined)."""
+    observer = bed.observer()
+    svc = observer.service(node)
+    assert svc.state == "up" and not svc.forced_down and svc.status == "enabled", svc
+    record = records(bed.cluster)[node]
+    assert record.state == "ok" and record.history[-1].name == "rejoined", record
+    starts = bed.compute_starts(node, t0)
+    assert len(starts) == 1, starts
+    assert all(m.status == "completed" for m in observer.evacuations(node))
+    accepted = [r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate"
+                and r["status"] and 200 <= r["status"] < 300]
+    assert not accepted or starts[0] > max(accepted)
+
+
+def _no_nova_change(bed: E2EBed, t0: float) -> list[dict]:
+    """Requests since t0 that would change anything in Nova (none may come before a
+    confirmed power-off)."""
+    return [r for r in bed.requests(t0) if r["method"] in ("PUT", "POST", "DELETE")]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def test_xml_equivalent_to_pcs_script(tmp_path):
+    """nova-ha.cib.xml and nova-ha-topology.cib.xml are what nova-ha.pcs makes of the example
+    env file (pcs -f on an empty CIB): same elements, ids and values."""
+    missing = E2EBed.missing()
+    need(not missing, "e2e bed: " + ", ".join(missing))
+    made = e2e.configuration_part(e2e.pcs_configuration(workdir=tmp_path))
+    assert e2e.canonical(made) == e2e.canonical(e2e.configuration_part(
+        e2e.CIB_XML.read_bytes()))
+    made = e2e.configuration_part(e2e.pcs_configuration(
+        ["NHA_FENCING=topology"], ["remotes", "fencing"], workdir=tmp_path), stonith_only=True)
+    assert e2e.canonical(made) == e2e.canonical(e2e.configuration_part(
+        e2e.TOPOLOGY_XML.read_bytes(), stonith_only=True))
+
+
+class TestOneController:
+    """Scenarios 1-6 and 8, one controller, the configuration applied with pcs."""
+
+    @pytest.fixture(autouse=True)
+    def settle(self, bed1: E2EBed):
+        yield
+        bed1.restore()
+
+    def test_configuration_live(self, bed1: E2EBed):
+        """The pcs script's configuration runs: crm_verify is clean, every resource started
+        where it belongs, the live configuration is the XML file's, no secret in the CIB."""
+        bed = bed1
+        assert bed.verify() == ""
+        mon = bed.cluster.crm_mon()
+        assert e2e.started_on(mon, "nova-compute") == set(bed.nodes)
+        assert e2e.started_on(mon, "nova-evacuate") == {"c1"}
+        for node in bed.nodes:
+            assert e2e.started_on(mon, f"fence-{node}") == {"c1"}
+        live = bed.cluster.cibadmin("--query").stdout
+        expected = e2e.configuration_part(e2e.CIB_XML.read_bytes())
+        conf = e2e.configuration_part(live)
+        # Properties by name (pcs keeps the id of a property the bed had set already).
+        props = {nv.get("name"): nv.get("value") for nv in conf.find("crm_config").iter("nvpair")}
+        for nv in expected.find("crm_config").iter("nvpair"):
+            assert props[nv.get("name")] == nv.get("value"), nv.get("name")
+        for part in (expected, conf):
+            part.remove(part.find("crm_config"))
+        ids = {el.get("id") for el in expected.iter() if el.get("id")}
+        for el in list(conf.iter()):  # only what the configuration made (not dc-deadtime...)
+            if el.get("id") and el.get("id") not in ids and el.getparent() is not None:
+                el.getparent().remove(el)
+        assert e2e.canonical(conf) == e2e.canonical(expected)
+        for secret in ["secret"] + [bed.bmc_password(n) for n in bed.nodes]:
+            assert secret not in live
+        MEASURED["1 controller: configuration applied -> all started"] = \
+            bed.timings["configuration applied -> ready"]
+
+    def test_1_kill_remoted_twenty_servers(self, bed1: E2EBed):
+        bed = bed1
+        ids = _create(bed, "compute1", 20, "s1")
+        t0 = time.time()
+        bed.cluster.kill_remote("compute1", signal.SIGKILL)
+        MEASURED["s1: kill -9 -> 20 servers ACTIVE elsewhere"] = _wait_moved(
+            bed, ids, {"compute1"})
+        # The agent records its summary once every server is followed to the end.
+        bed.wait_for(lambda: records(bed.cluster)["compute1"].state in ("evacuated", "ok"),
+                     60, "compute1 recorded evacuated")
+        record = records(bed.cluster)["compute1"]
+        names = [e.name for e in record.history]
+        assert names[:3] == ["fenced", "evacuation_started", "evacuation_finished"], names
+        assert record.found == 20 and record.evacuated == 20 and record.failed == 0, record
+        _assert_incident(bed, t0, {"compute1": ids})
+        _wait_rejoined(bed, "compute1")
+        _assert_rejoined(bed, "compute1", t0)
+        MEASURED["s1: kill -9 -> compute1 rejoined"] = time.time() - t0
+        assert bed.power_events[-1].what == "on" and not bed.callback_errors
+
+    def test_2_link_cut(self, bed1: E2EBed):
+        bed = bed1
+        ids = _create(bed, "compute1", 8, "s2")
+        t0 = bed.cluster.cut_link("compute1")
+        # The node is cut off, not dead: nothing may happen in Nova before its BMC says off.
+        bed.wait_for(lambda: bed.off_times("compute1", t0), 60, "the BMC to power compute1 off")
+        MEASURED["s2: link cut -> power-off confirmed"] = bed.off_times("compute1", t0)[0] - t0
+        bed.cluster.restore_link("compute1")  # repaired, powered back on by the reboot
+        _wait_moved(bed, ids, {"compute1"})
+        _assert_incident(bed, t0, {"compute1": ids})
+        _wait_rejoined(bed, "compute1")
+        _assert_rejoined(bed, "compute1", t0)
+        MEASURED["s2: link cut -> compute1 rejoined"] = time.time() - t0
+
+    def test_3_bmc_unreachable_second_level(self, bed1: E2EBed):
+        """Fencing topology (nova-ha-topology.cib.xml): level 1 fence_ipmilan with an
+        unreachable BMC fails, and while level 2 fails too nothing is touched in Nova; once
+        level 2's power device answers, recovery proceeds through it."""
+        bed = bed1
+        bed.use_topology()
+        try:
+            assert bed.verify() == ""
+            ids = _create(bed, "compute1", 4, "s3")
+            bed.bmcs["compute1"].unreachable = True
+            bed.level2["compute1"].refuse = True
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            # Both levels fail: a failed fencing operation, and nothing done in Nova.
+            bed.wait_for(lambda: "failed" in bed.cluster.fence_history("compute1"), 90,
+                         "the fencing of compute1 to fail")
+            assert bed.level2["compute1"].count("off") >= 1
+            assert bed.bmcs["compute1"].dropped > 0
+            assert not bed.off_times("compute1", t0)
+            assert not _no_nova_change(bed, t0)
+            assert records(bed.cluster).get("compute1") is None or \
+                records(bed.cluster)["compute1"].state == "ok"
+            assert all(s["host"] == "compute1" for s in
+                       (bed.observer().server(i) for i in ids))
+            # The second level's power device answers again: the next attempt succeeds.
+            bed.level2["compute1"].refuse = False
+            _wait_moved(bed, ids, {"compute1"})
+            _assert_incident(bed, t0, {"compute1": ids})
+            assert not [t for t, w in bed.bmcs["compute1"].power_log if t >= t0]
+            _wait_rejoined(bed, "compute1")
+            _assert_rejoined(bed, "compute1", t0)
+            MEASURED["s3: kill -> recovered through level 2"] = time.time() - t0
+        finally:
+            bed.bmcs["compute1"].unreachable = False
+            bed.level2["compute1"].refuse = False
+            bed.use_fence_devices()
+
+    def test_4_nova_api_down_while_fencing(self, bed1: E2EBed):
+        """The power-off is confirmed but Nova refuses the force-down: the fence fails (after
+        evacuate_timeout, here 6 s), Pacemaker runs it again, and once Nova answers the
+        recovery completes."""
+        bed = bed1
+        ids = _create(bed, "compute1", 4, "s4")
+        bed.set_device_params("fence-compute1", evacuate_timeout=6)
+        try:
+            time.sleep(2)
+            bed.box.set_api_down(True)
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            bed.wait_for(lambda: bed.bmcs["compute1"].count("off") >= 2, 90,
+                         "the fence to be run again after failing")
+            assert not [r for r in _no_nova_change(bed, t0) if r["status"] != 503]
+            assert records(bed.cluster).get("compute1") is None or \
+                records(bed.cluster)["compute1"].state == "ok"
+            bed.box.set_api_down(False)
+            up = time.time()
+            _wait_moved(bed, ids, {"compute1"})
+            _assert_incident(bed, t0, {"compute1": ids})
+            assert min(r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate") > up
+            _wait_rejoined(bed, "compute1")
+            _assert_rejoined(bed, "compute1", t0)
+            MEASURED["s4: Nova back -> servers running elsewhere"] = time.time() - up
+        finally:
+            bed.box.set_api_down(False)
+            bed.reset_device_params("fence-compute1", "evacuate_timeout")
+
+    def test_5_stonith_agent_killed_novaevacuate_finishes(self, bed1: E2EBed):
+        bed = bed1
+        ids = _create(bed, "compute1", 10, "s5")
+        bed.set_device_params("fence-compute1", max_parallel=1)
+        try:
+            time.sleep(2)
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
+                         "the first evacuations")
+            killed = bed.kill_fence_agent()
+            assert killed
+            assert len(bed.accepted_evacuations(t0)) < len(ids)
+            _wait_moved(bed, ids, {"compute1"})
+            _assert_incident(bed, t0, {"compute1": ids})
+            history = records(bed.cluster)["compute1"].history
+            assert any(e.name == "evacuation_started" and "NovaEvacuate" in e.detail
+                       for e in history), history
+            _wait_rejoined(bed, "compute1")
+            _assert_rejoined(bed, "compute1", t0)
+            MEASURED["s5: agent killed -> NovaEvacuate finished, rejoined"] = time.time() - t0
+        finally:
+            bed.reset_device_params("fence-compute1", "max_parallel")
+
+    def test_6_two_nodes_at_once(self, bed1: E2EBed):
+        bed = bed1
+        servers = {node: _create(bed, node, 5, f"s6{node}") for node in ("compute1", "compute2")}
+        t0 = time.time()
+        for node in servers:
+            bed.cluster.kill_remote(node)
+        _wait_moved(bed, servers["compute1"] + servers["compute2"], set(servers))
+        _assert_incident(bed, t0, servers)
+        for node in servers:
+            _wait_rejoined(bed, node)
+            _assert_rejoined(bed, node, t0)
+        MEASURED["s6: two nodes killed -> both rejoined"] = time.time() - t0
+
+    def test_8_node_back_during_evacuation_waits(self, bed1: E2EBed):
+        """compute1 comes back while its evacuation is unfinished: another runner holds the
+        host's lease (taken by the test before the failure: a NovaEvacuate of another
+        controller, say), so the stonith agent fences and records, and the reboot powers the
+        node on at once. NovaCompute's start there refuses (the host is recorded 'fenced')
+        with the reason and is retried when its failure expires; meanwhile Pacemaker goes on
+        working: compute2, killed now, is fenced at once. When the lease is released,
+        NovaEvacuate evacuates compute1's servers; only then does NovaCompute start
+        nova-compute and let the host rejoin."""
+        from nova_ha.lib import state
+
+        bed = bed1
+        ids = _create(bed, "compute1", 10, "s8")
+        store = state.CibStateStore()
+        owner = "NovaEvacuate@c2:1"
+        assert store.acquire_lease("compute1", owner, ttl=600)
+        try:
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            bed.wait_for(lambda: [e for e in bed.power_events if e.at >= t0 and e.what == "on"],
+                         90, "compute1 to be powered on")
+            on = [e.at for e in bed.power_events if e.at >= t0 and e.what == "on"][0]
+            assert records(bed.cluster)["compute1"].state == "fenced"
+            assert not bed.accepted_evacuations(t0)
+            # NovaCompute's start on compute1 refuses, with the reason, and is tried again.
+            bed.wait_for(lambda: _start_refusals(bed, "compute1", on), 90,
+                         "NovaCompute's start on compute1 to fail with the reason")
+            # Pacemaker is not held up: another node that dies now is fenced at once.
+            killed = time.time()
+            bed.cluster.kill_remote("compute2")
+            bed.wait_for(lambda: bed.off_times("compute2", killed), 30,
+                         "compute2 to be fenced while compute1 waits")
+            MEASURED["s8: compute2 killed while compute1 waits -> powered off"] = \
+                bed.off_times("compute2", killed)[0] - killed
+            _wait_rejoined(bed, "compute2")
+            bed.wait_for(lambda: len(_start_refusals(bed, "compute1", on)) >= 2, 90,
+                         "NovaCompute's start on compute1 to be tried again")
+            assert not bed.compute_starts("compute1", t0)
+            assert records(bed.cluster)["compute1"].state == "fenced"
+            released = time.time()
+            assert store.release_lease("compute1", owner)
+            _wait_moved(bed, ids, {"compute1"})
+            _assert_incident(bed, t0, {"compute1": ids})
+            _wait_rejoined(bed, "compute1")
+            _assert_rejoined(bed, "compute1", t0)
+            history = records(bed.cluster)["compute1"].history
+            assert any(e.name == "evacuation_started" and "NovaEvacuate@c1" in e.detail
+                       for e in history), history
+            assert min(r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate") \
+                > released > on
+            MEASURED["s8: lease released -> compute1 rejoined"] = time.time() - released
+        finally:
+            with contextlib.suppress(state.StateError):
+                store.release_lease("compute1", owner)
+
+
+def _start_refusals(bed: E2EBed, node: str, after: float) -> list[str]:
+    """NovaCompute's starts on `node` that failed with the reason "recorded 'fenced'" since
+    `after`, from the node's Pacemaker log (the executor logs each result with its reason)."""
+    import datetime
+
+    year = time.localtime().tm_year
+    path = bed.cluster.run_dir / node / "log" / "pacemaker" / "pacemaker.log"
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if "exited with status 1 (not starting nova-compute on " \
+                f"{node}: the host is recorded 'fenced'" not in line:
+            continue
+        month, day, clock = line.split(None, 3)[:3]
+        with contextlib.suppress(ValueError):
+            stamp = datetime.datetime.strptime(f"{year} {month} {day} {clock}",
+                                               "%Y %b %d %H:%M:%S.%f").timestamp()
+            if stamp >= after:
+                found.append(line)
+    return found
+
+
+class TestTwoControllers:
+    """Scenario 7: two full controllers, the configuration applied as CIB XML."""
+
+    @pytest.fixture(autouse=True)
+    def settle(self, bed2: E2EBed):
+        yield
+        bed2.restore()
+
+    def test_configuration_live(self, bed2: E2EBed):
+        assert bed2.verify() == ""
+        MEASURED["2 controllers: configuration applied -> all started"] = \
+            bed2.timings["configuration applied -> ready"]
+
+    def test_7_controller_failover_mid_evacuation(self, bed2: E2EBed):
+        """The controller running the stonith agent dies mid-evacuation: the survivor fences
+        it, fences compute1 again (already off: confirmed, nothing redone), and NovaEvacuate
+        on the survivor takes the host over once the dead agent's lease expired."""
+        bed = bed2
+        ids = _create(bed, "compute1", 10, "s7")
+        bed.set_device_params("fence-compute1", max_parallel=1, evacuate_timeout=10)
+        try:
+            time.sleep(3)
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
+                         "the first evacuations")
+            agents = bed.fence_agent_pids()
+            assert agents
+            victim = agents[0][1]
+            survivor = next(n for n in bed.cluster.controller_names if n != victim)
+            bed.cluster.kill_controller(victim)
+            assert len(bed.accepted_evacuations(t0)) < len(ids)
+            _wait_moved(bed, ids, {"compute1"}, timeout=180)
+            _assert_incident(bed, t0, {"compute1": ids})
+            history = records(bed.cluster)["compute1"].history
+            assert any(e.name == "evacuation_started" and f"NovaEvacuate@{survivor}" in e.detail
+                       for e in history), history
+            _wait_rejoined(bed, "compute1", timeout=180)
+            _assert_rejoined(bed, "compute1", t0)
+            MEASURED["s7: controller killed mid-evacuation -> all moved, rejoined"] = \
+                time.time() - t0
+            bed.cluster.start_controller(victim)
+        finally:
+            with contextlib.suppress(ClusterError):
+                bed.reset_device_params("fence-compute1", "max_parallel", "evacuate_timeout")

@@ -454,6 +454,8 @@ class E2EBed:
             c.cibadmin("--delete", "--xml-text", f'<primitive id="fence-{node}"/>')
         c.cibadmin("--modify", "--allow-create", "--xml-file", str(TOPOLOGY_XML))
         self.wait_started(self.stonith_ids(TOPOLOGY_XML))
+        # The deleted devices are orphans until Pacemaker has stopped them.
+        self.wait_for(lambda: "orphan" not in self.verify(), 60, "the old devices to stop")
 
     def use_fence_devices(self) -> None:
         """Back from the topology to the per-node devices of nova-ha.cib.xml."""

@@ -20,7 +20,7 @@ Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargs
 image service in the catalog (ImageFront below). Reported, not asserted:
 
     python -m benchmarks.evacuation [--scenario sim|box|all] [--servers N] [--runs N]
-                                    [--anchor-runs N] [--max-parallel N]
+                                    [--anchor-runs N] [--max-parallel N] [--cold-token]
 """
 
 from __future__ import annotations
@@ -522,17 +522,32 @@ def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: l
     return watch
 
 
+def _monitor_first(cmd: list[str], stdin: str, env: dict[str, str]) -> None:
+    """Our device's monitor, as Pacemaker runs it before any fence (not timed)."""
+    done = subprocess.run(cmd, input=stdin.replace("action=off", "action=monitor"), env=env,
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    if done.returncode != 0:
+        raise RuntimeError(f"monitor of {OURS} failed: {done.stderr[-500:]}")
+
+
 def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
-             max_parallel: int | None = None) -> Run:
+             max_parallel: int | None = None, cold_token: bool = False) -> Run:
     """One agent's `off` of host1 on a prepared cloud, measured."""
     with contextlib.ExitStack() as stack:
         cpu = stack.enter_context(_CpuSampler(cloud.cpu_seconds))
         auth_url = cloud.auth_url
         if agent == THEIRS:
             auth_url = stack.enter_context(ImageFront(cloud.auth_url, cloud.latency)).auth_url
-        watch = _watch(*_command(agent, cloud, auth_url, max_parallel), cloud, ids, timeout)
+        cmd, stdin, env = _command(agent, cloud, auth_url, max_parallel)
+        if agent == OURS:
+            tokens = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-tokens-"))
+            env = dict(env, NOVA_HA_TOKEN_DIR=tokens)
+            if not cold_token:
+                _monitor_first(cmd, stdin, env)
+        watch = _watch(cmd, stdin, env, cloud, ids, timeout)
     placements = dict(watch.placements, **cloud.placements(ids))
-    log = [e for e in cloud.request_log() if "/identity" not in e["path"]]
+    log = [e for e in cloud.request_log()
+           if "/identity" not in e["path"] and e["t"] >= watch.started]
     for entry, answered in zip(log, cloud.answer_times(log), strict=True):
         entry["answered"] = answered
     evacuations = [e for e in log if e.get("action") == "evacuate"]
@@ -662,11 +677,16 @@ class Options:
     runs: int  # of our agent
     anchor_runs: int
     max_parallel: int | None  # passed to our agent when set
+    cold_token: bool = False  # ours without the monitor before (no cached Keystone token)
 
 
 START_STATE = (f"{SOURCE} crashed, its nova-compute forced down + disabled beforehand; its "
                "BMC already reports off (ours confirms that over IPMI; fence_evacuate has no "
                "BMC step)")
+WARM_NOTE = ("ours: the device's monitor ran before the fence, as Pacemaker runs it (at device "
+             "start and every 60 s), so Keystone's token is cached (os_token_cache); "
+             "--cold-token measures without")
+COLD_NOTE = "ours: no monitor before the fence: the fence asks Keystone for a token"
 
 
 def measure(make_cloud: Callable[[int], Any], options: Options,
@@ -678,7 +698,8 @@ def measure(make_cloud: Callable[[int], Any], options: Options,
     results: dict[str, list[Run]] = {OURS: [], THEIRS: []}
     for agent in order:
         with make_cloud(options.servers) as (cloud, ids):
-            run = run_once(agent, cloud, ids, timeout, options.max_parallel)
+            run = run_once(agent, cloud, ids, timeout, options.max_parallel,
+                           options.cold_token)
         results[agent].append(run)
         print(f"   ... {agent}: accepted {_optional(run.accepted, '.2f')} s, ACTIVE "
               f"{_optional(run.active, '.2f')} s, exit {run.exit_code} after "
@@ -698,7 +719,7 @@ def scenario_sim(options: Options) -> None:
            f"{SIM_LATENCY} s per API call, evacuate_delay 0.3 s, ours {_parallel_note(options)}",
            START_STATE, results, SIM_GOAL_ACCEPTED,
            ["accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
-            "every 0.1 s in-process"])
+            "every 0.1 s in-process", COLD_NOTE if options.cold_token else WARM_NOTE])
 
 
 def scenario_box(options: Options) -> None:
@@ -714,7 +735,8 @@ def scenario_box(options: Options) -> None:
            START_STATE, results, BOX_GOAL_ACCEPTED,
            ["accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
             "ACTIVE polled every 1 s over the API (one server listing per poll)",
-            "the box is one Python process (API, conductor, scheduler, placement, computes)"])
+            "the box is one Python process (API, conductor, scheduler, placement, computes)",
+            COLD_NOTE if options.cold_token else WARM_NOTE])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of fence_evacuate (default: sim 2, box 1)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="our agent's max_parallel (default: not passed, i.e. 16)")
+    parser.add_argument("--cold-token", action="store_true",
+                        help="no monitor before our fence: it asks Keystone for a token")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: the finally blocks stop the agent, BMC, simulator and box.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -737,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     def options(servers: int, anchor_runs: int) -> Options:
         runs = args.anchor_runs if args.anchor_runs is not None else anchor_runs
         return Options(servers=args.servers or servers, runs=args.runs,
-                       anchor_runs=runs if anchor else 0, max_parallel=args.max_parallel)
+                       anchor_runs=runs if anchor else 0, max_parallel=args.max_parallel,
+                       cold_token=args.cold_token)
 
     failed = False
     for name, scenario, chosen in (("sim", scenario_sim, options(100, 2)),

@@ -19,6 +19,21 @@ CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbe
                              "cloud_service.py")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_dir(tmp_path_factory) -> Iterator[str]:
+    """The agents' Keystone token cache (os_token_cache) of this session: in a private
+    directory of its own, not the machine's /run/nova-ha/tokens."""
+    path = tmp_path_factory.mktemp("tokens")
+    os.chmod(path, 0o700)
+    saved = os.environ.get("NOVA_HA_TOKEN_DIR")
+    os.environ["NOVA_HA_TOKEN_DIR"] = str(path)
+    yield str(path)
+    if saved is None:
+        os.environ.pop("NOVA_HA_TOKEN_DIR", None)
+    else:
+        os.environ["NOVA_HA_TOKEN_DIR"] = saved
+
+
 @pytest.fixture
 def cib_file(tmp_path) -> str:
     return write_cib(tmp_path / "cib.xml", HOSTS)

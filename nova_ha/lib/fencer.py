@@ -83,6 +83,7 @@ class _NovaWarmUp:
 
         self.nova: Nova | None = None
         self.service: Any = None
+        self._authenticated = threading.Event()
         self._done = threading.Event()
         # A daemon thread: a Nova that does not answer must not keep a failed fence alive.
         threading.Thread(target=self._run, args=(parsed, host), daemon=True,
@@ -95,18 +96,22 @@ class _NovaWarmUp:
             nova = Nova.from_params(parsed)
             nova.authenticate()
             self.nova = nova
+            self._authenticated.set()
             # Bounded by one request's time: after the power-off the full path takes over.
             self.service = nova.service(Deadline(nova.timeout), host)
         except Exception as err:  # noqa: BLE001 - asked again, with errors reported, later
             LOG.debug("warm-up read failed (asked again after the power-off): %s", err)
         finally:
+            self._authenticated.set()
             self._done.set()
 
-    def result(self, wait: float) -> tuple[Nova | None, Any]:
-        """The client (authenticated) and the service, or (None, None) if not ready."""
-        if not self._done.wait(wait):
-            return None, None
-        return self.nova, self.service
+    def client(self, wait: float) -> Nova | None:
+        """The authenticated client, or None if it is not ready within `wait`."""
+        return self.nova if self._authenticated.wait(wait) else None
+
+    def known_service(self, wait: float) -> Any:
+        """The host's service as read, or None."""
+        return self.service if self._done.wait(wait) else None
 
 
 def fence_off(request: FenceRequest) -> int:
@@ -148,9 +153,11 @@ def fence_off(request: FenceRequest) -> int:
             service_host=host), "fencing")
         # The lease, too, needs only the power-off: taken while Nova is asked.
         leased = background.submit(lease.acquire) if evacuating else None
+        # The guard's read of every record, once this host's mark is in.
+        wave = background.submit(_records_after, recorded, store) if evacuating else None
         prefetch = None
         try:
-            nova, known = warm_up.result(wait=deadline.remaining())
+            nova = warm_up.client(wait=deadline.remaining())
             if nova is None:
                 nova = Nova.from_params(parsed)
             if evacuating:
@@ -159,6 +166,8 @@ def fence_off(request: FenceRequest) -> int:
                 # while the host is forced down.
                 prefetch = evacuation.Prefetch(nova, deadline, host,
                                                lambda: powered_off - 60.0)
+            known = warm_up.known_service(wait=deadline.remaining()) \
+                if nova is warm_up.nova else None
             svc = recovery.force_down(nova, deadline, host, known=known)
         except (NovaError, params.SecretScriptError) as err:
             LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
@@ -169,7 +178,8 @@ def fence_off(request: FenceRequest) -> int:
         recorded.result()  # 'fenced' first: every later state follows it
         if leased is not None:
             leased.result()
-        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch, lease)
+        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch, lease,
+                          wave.result() if wave is not None else None)
         lease.release()  # if still ours: evacuation not started (guard) or cut short
         try:
             disabled.result()
@@ -178,9 +188,24 @@ def fence_off(request: FenceRequest) -> int:
     return fence_proto.EC_OK
 
 
+def _records_after(recorded: Any, store: state.StateStore | None) -> dict | None:
+    """Every host's record, read once `recorded` (this host's mark) is done; None if the
+    CIB cannot be read (the guard then reads, and reports, itself)."""
+    from nova_ha.lib import state
+
+    recorded.result()
+    if store is None:
+        return None
+    try:
+        return store.all()
+    except state.StateError:
+        return None
+
+
 def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nova: Nova,
                       deadline: Deadline, node: str, host: str, mode: str,
-                      prefetch: evacuation.Prefetch | None, lease: recovery.Lease) -> None:
+                      prefetch: evacuation.Prefetch | None, lease: recovery.Lease,
+                      records: dict | None = None) -> None:
     """Announce, apply the guard, evacuate (or leave it to NovaEvacuate by the mode)."""
     from nova_ha.lib import guard, notify, recovery
     from nova_ha.lib.nova import NovaError
@@ -190,7 +215,8 @@ def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nov
                   detail="power-off confirmed, nova-compute forced down")
     verdict = None
     if mode in ("all", "tagged"):
-        verdict = guard.check_store(store, parsed, node, nova=nova, deadline=deadline)
+        verdict = guard.check_store(store, parsed, node, nova=nova, deadline=deadline,
+                                    records=records)
     if mode == "none":
         recovery.record(store, lambda s: s.mark(node, "evacuated", "evacuation_finished",
                                                 "evacuate=none: nothing evacuated"), "mode")

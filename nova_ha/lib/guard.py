@@ -141,15 +141,17 @@ def check(records: Mapping[str, HostRecord], parsed: Any, node: str, *,
 
 
 def check_store(store: StateStore | None, parsed: Any, node: str, *, nova: Any = None,
-                deadline: Any = None) -> Verdict | None:
-    """check() after one read of every record; None (not held) when there is no readable
-    record: without the CIB nobody can count a wave, and a lone host must be evacuated."""
+                deadline: Any = None,
+                records: Mapping[str, HostRecord] | None = None) -> Verdict | None:
+    """check() after one read of every record (or on `records`, read already, with this
+    host's 'fenced' mark); None (not held) when there is no readable record: without the
+    CIB nobody can count a wave, and a lone host must be evacuated."""
     from nova_ha.lib import state
 
     if store is None:
         return None
     try:
-        records = store.all()
+        records = store.all() if records is None else records
     except state.StateError as err:
         LOG.error("mass-failure guard: cannot read the host records (%s): not holding %s",
                   err, node)

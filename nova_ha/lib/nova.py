@@ -202,15 +202,30 @@ class Nova:
                                         region_name=region, endpoint_override=endpoint_override)
         self._cap = MAX_MICROVERSION if cap in ("", "auto", None) else _parse_version(cap)
         self._microversion: str | None = None
+        self.token_cache: Any = None  # tokens.TokenCache, set by from_params
+        self._token_remembered = False
 
     @classmethod
     def from_params(cls, parsed: params.Parsed) -> Nova:
         settings = auth_settings(parsed)
         settings["pool_size"] = int(parsed.get("max_parallel") or 10) + 4
-        return cls(make_session(settings), interface=settings["os_interface"],
+        session = make_session(settings)
+        nova = cls(session, interface=settings["os_interface"],
                    region=settings.get("os_region_name"),
                    timeout=float(settings.get("os_api_timeout") or 10),
                    cap=str(settings.get("os_compute_api_version") or "auto"))
+        if parsed.get("os_token_cache", True):
+            from nova_ha.lib.tokens import TokenCache
+
+            nova.token_cache = TokenCache(session.auth)
+            nova.token_cache.load()
+        return nova
+
+    def _remember_token(self) -> None:
+        """Keep the token for the next run (once per client, after Keystone answered)."""
+        if self.token_cache is not None and not self._token_remembered:
+            self._token_remembered = True
+            self.token_cache.save()
 
     # -- plumbing --
 
@@ -249,6 +264,7 @@ class Nova:
                 problem, status = f"{type(err).__name__}: {err}", None
             else:
                 if resp.status_code in ok:
+                    self._remember_token()
                     if optimistic:
                         self._microversion = microversion
                     return resp.json() if resp.content else {}
@@ -271,6 +287,7 @@ class Nova:
 
         try:
             self._adapter.get_token()
+            self._remember_token()
         except ks_exc.http.Unauthorized:
             raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
         except ks_exc.ClientException as err:

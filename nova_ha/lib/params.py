@@ -126,6 +126,12 @@ PARAMETERS: tuple[Param, ...] = (
        "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
        "2.52 to pin an older behaviour.", default="auto", agents=_OPENSTACK, group="openstack",
        metavar="version"),
+    _p("os_token_cache", "boolean", "Keep Keystone's token for the next run of the agent",
+       "The token and catalog are kept in /run/nova-ha/tokens (tmpfs, root-only, one file per "
+       "set of credentials) and used while they have more than two minutes of life left: "
+       "a fence then starts without a Keystone round trip, and the monitors do not ask "
+       "Keystone for a token every few seconds.", default="1", agents=_OPENSTACK,
+       group="openstack"),
     # ---- BMC (fence_ipmilan's names) ---------------------------------------------------------
     _p("ip", "string", "BMC address (IPMI over LAN)",
        "Without BMC parameters the agent does no power action: use it then only in a "

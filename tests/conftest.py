@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.testbed.cib import write_cib
+from tests.testbed.webhook import Webhook
 
 # The real Nova 34 box (session-scoped `nova_box` fixture).
 pytest_plugins = ["tests.testbed.nova_box.fixtures"]
@@ -32,6 +33,13 @@ def token_dir(tmp_path_factory) -> Iterator[str]:
         os.environ.pop("NOVA_HA_TOKEN_DIR", None)
     else:
         os.environ["NOVA_HA_TOKEN_DIR"] = saved
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """An HTTP receiver on 127.0.0.1 recording every POST (notify_url)."""
+    with Webhook() as hook:
+        yield hook
 
 
 @pytest.fixture
@@ -75,6 +83,23 @@ class Bed:
         return self.os_params(start_command=command.format("start"),
                               stop_command=command.format("stop"),
                               status_command=command.format("status"), **extra)
+
+    def clouds_yaml(self, path, name: str) -> str:
+        """A clouds.yaml naming this cloud `name` (for os_cloud); returns its path."""
+        cloud = self.cloud
+        with open(path, "w") as f:
+            f.write(f"""clouds:
+  {name}:
+    auth:
+      auth_url: {cloud.auth_url}
+      username: {cloud.username}
+      password: {cloud.password}
+      project_name: {cloud.project_name}
+      user_domain_name: Default
+      project_domain_name: Default
+    interface: public
+""")
+        return str(path)
 
     def env(self) -> dict:
         return dict(os.environ, CIB_file=self.cib)

@@ -11,13 +11,11 @@ import sys
 import time
 from xml.sax.saxutils import quoteattr
 
-import pytest
 from lxml import etree
 
 from nova_ha import cli
 from nova_ha.lib import guard, notify, params, state
 from tests.helpers import PYTHON, ROOT, run_fence
-from tests.test_notify import Webhook
 from tests.testbed.observe import Observer
 
 OTHER_PROJECT = "0123456789abcdef0123456789abcdef"
@@ -60,17 +58,6 @@ def _add_fence_devices(bed, **os_overrides) -> None:
         done = subprocess.run(["cibadmin", "--create", "--scope", "resources", "--xml-text",
                                xml], env=bed.env(), capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
-
-
-@pytest.fixture
-def webhook():
-    hook = Webhook()
-    hook.thread.start()
-    try:
-        yield hook
-    finally:
-        hook.server.shutdown()
-        hook.server.server_close()
 
 
 def _store(bed) -> state.CibStateStore:
@@ -502,19 +489,8 @@ def test_config_file_syntax_and_warnings(tmp_path, capsys, monkeypatch, cib_file
 
 def test_os_cloud_from_clouds_yaml(sim_bed, tmp_path):
     bed = sim_bed
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(f"""clouds:
-  testcloud:
-    auth:
-      auth_url: {bed.cloud.auth_url}
-      username: {bed.cloud.username}
-      password: {bed.cloud.password}
-      project_name: {bed.cloud.project_name}
-      user_domain_name: Default
-      project_domain_name: Default
-    interface: public
-""")
-    env = dict(bed.env(), OS_CLIENT_CONFIG_FILE=str(clouds))
+    clouds = bed.clouds_yaml(tmp_path / "clouds.yaml", "testcloud")
+    env = dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds)
     done = _nova_ha(env, "status", "--json", "--os-cloud", "testcloud", "--config",
                     _empty_config(tmp_path))
     assert done.returncode == 0, done.stderr

@@ -29,7 +29,7 @@ import pytest
 
 from tests.helpers import need
 from tests.testbed import e2e
-from tests.testbed.cluster import ClusterError, to_terminal
+from tests.testbed.cluster import ClusterError, log_lines, to_terminal
 from tests.testbed.e2e import E2EBed, records
 
 MEASURED: dict[str, float] = {}
@@ -181,13 +181,22 @@ def test_xml_equivalent_to_pcs_script(tmp_path):
         e2e.TOPOLOGY_XML.read_bytes(), stonith_only=True))
 
 
-class TestOneController:
-    """Scenarios 1-6 and 8, one controller, the configuration applied with pcs."""
+class _Restored:
+    """Every scenario ends with the bed back to a healthy cloud (E2EBed.restore)."""
+
+    bed_fixture = ""
 
     @pytest.fixture(autouse=True)
-    def settle(self, bed1: E2EBed):
+    def settle(self, request):
+        bed = request.getfixturevalue(self.bed_fixture)
         yield
-        bed1.restore()
+        bed.restore()
+
+
+class TestOneController(_Restored):
+    """Scenarios 1-6 and 8, one controller, the configuration applied with pcs."""
+
+    bed_fixture = "bed1"
 
     def test_configuration_live(self, bed1: E2EBed):
         """The pcs script's configuration runs: crm_verify is clean, every resource started
@@ -414,31 +423,15 @@ class TestOneController:
 def _start_refusals(bed: E2EBed, node: str, after: float) -> list[str]:
     """NovaCompute's starts on `node` that failed with the reason "recorded 'fenced'" since
     `after`, from the node's Pacemaker log (the executor logs each result with its reason)."""
-    import datetime
-
-    year = time.localtime().tm_year
-    path = bed.cluster.run_dir / node / "log" / "pacemaker" / "pacemaker.log"
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if "exited with status 1 (not starting nova-compute on " \
-                f"{node}: the host is recorded 'fenced'" not in line:
-            continue
-        month, day, clock = line.split(None, 3)[:3]
-        with contextlib.suppress(ValueError):
-            stamp = datetime.datetime.strptime(f"{year} {month} {day} {clock}",
-                                               "%Y %b %d %H:%M:%S.%f").timestamp()
-            if stamp >= after:
-                found.append(line)
-    return found
+    needle = f"exited with status 1 (not starting nova-compute on {node}: the host is " \
+             "recorded 'fenced'"
+    return [line for _, line in log_lines(bed.pacemaker_log(node), needle, after)]
 
 
-class TestTwoControllers:
+class TestTwoControllers(_Restored):
     """Scenario 7: two full controllers, the configuration applied as CIB XML."""
 
-    @pytest.fixture(autouse=True)
-    def settle(self, bed2: E2EBed):
-        yield
-        bed2.restore()
+    bed_fixture = "bed2"
 
     def test_configuration_live(self, bed2: E2EBed):
         assert bed2.verify() == ""

@@ -115,20 +115,25 @@ def test_killed_stonith_agent_novaevacuate_finishes_and_host_waits(box_bed, tmp_
     env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
     params = bed.os_params(evacuate="all", evacuate_timeout=240)
     assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-    # host1 is powered on meanwhile and Pacemaker starts NovaCompute there: it must wait.
+    # host1 is powered on meanwhile and Pacemaker starts NovaCompute there: it refuses
+    # (after start_wait) while NovaEvacuate works, and succeeds when Pacemaker retries it.
     bed.bmcs["host1"].power_state = "on"
     results: dict[str, subprocess.CompletedProcess] = {}
     compute = threading.Thread(target=lambda: results.update(compute=run_ocf(
-        COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META, env=bed.env(),
-        timeout=330)))
+        COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=3), START_META,
+        env=bed.env(), timeout=330)))
     compute.start()
     done = run_ocf(EVACUATE_AGENT, "monitor", params, EVACUATE_META, env=env, timeout=330)
     assert done.returncode == 0, done.stderr
     assert "taking over" in done.stderr
     compute.join(timeout=330)
-    started = results["compute"]
+    refused = results["compute"]
+    assert refused.returncode == 1, refused.stderr
+    assert "ocf-exit-reason:not starting nova-compute on host1" in refused.stderr
+    assert not bed.cloud.hosts()["host1"]["running"]  # nova-compute was not started
+    started = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META,
+                      env=bed.env(), timeout=330)
     assert started.returncode == 0, started.stderr
-    assert "waiting before starting nova-compute" in started.stderr
     _assert_safe_and_moved(bed, t0, ids)
     _rejoin_and_use_host1(bed, ids)
 

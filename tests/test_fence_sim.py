@@ -241,26 +241,15 @@ def test_secrets_from_scripts_and_application_credentials(sim_bed, tmp_path):
 
 def test_os_cloud_from_clouds_yaml(sim_bed, tmp_path):
     bed = sim_bed
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(f"""clouds:
-  overcloud:
-    auth:
-      auth_url: {bed.cloud.auth_url}
-      username: {bed.cloud.username}
-      password: {bed.cloud.password}
-      project_name: {bed.cloud.project_name}
-      user_domain_name: Default
-      project_domain_name: Default
-    interface: public
-""")
+    clouds = bed.clouds_yaml(tmp_path / "clouds.yaml", "overcloud")
     params = bed.fence_params(action="list", os_auth_url=None, os_username=None,
                               os_password=None, os_project_name=None, os_interface=None,
                               os_cloud="overcloud")
-    done = run_fence(params, env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=str(clouds)))
+    done = run_fence(params, env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds))
     assert done.returncode == 0, done.stderr
     assert "host1,host1" in done.stdout
     missing = run_fence(dict(params, os_cloud="nope"),
-                        env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=str(clouds)))
+                        env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds))
     assert missing.returncode == 1 and "os_cloud" in missing.stderr
 
 

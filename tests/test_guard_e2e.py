@@ -8,7 +8,7 @@ import time
 from nova_ha.lib import state
 from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, run_fence, run_ocf
 from tests.test_cli import _config, _nova_ha
-from tests.test_notify import Webhook
+from tests.testbed.webhook import Webhook
 
 HOSTS = ("host1", "host2", "host3")
 
@@ -17,61 +17,56 @@ def _events(hook: Webhook) -> list[tuple[str, str]]:
     return sorted((e["event"], e["node"]) for e in hook.received)
 
 
-def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path):
+def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path, webhook):
     bed = sim_bed
-    hook = Webhook()
-    hook.thread.start()
-    try:
-        ids = {h: bed.cloud.create_servers(h, 3, name_prefix=h) for h in HOSTS}
-        for host in HOSTS:
-            params = bed.fence_params(host, max_fenced_hosts=2, notify_url=hook.url)
-            done = run_fence(params, env=bed.env())
-            assert done.returncode == 0, done.stderr  # fencing itself always proceeds
-        store = state.CibStateStore(bed.cib)
-        held = store.get("host3")
-        assert held.state == "fenced" and held.history[-1].name == "evacuation_blocked"
-        assert store.get("host1").state == store.get("host2").state == "evacuated"
-        evacuated = {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")}
-        assert not evacuated & set(ids["host3"])
-        hook.wait(6)
-        assert _events(hook) == sorted([
-            ("fenced", "host1"), ("fenced", "host2"), ("fenced", "host3"),
-            ("evacuation_finished", "host1"), ("evacuation_finished", "host2"),
-            ("evacuation_blocked", "host3")])
+    hook = webhook
+    ids = {h: bed.cloud.create_servers(h, 3, name_prefix=h) for h in HOSTS}
+    for host in HOSTS:
+        params = bed.fence_params(host, max_fenced_hosts=2, notify_url=hook.url)
+        done = run_fence(params, env=bed.env())
+        assert done.returncode == 0, done.stderr  # fencing itself always proceeds
+    store = state.CibStateStore(bed.cib)
+    held = store.get("host3")
+    assert held.state == "fenced" and held.history[-1].name == "evacuation_blocked"
+    assert store.get("host1").state == store.get("host2").state == "evacuated"
+    evacuated = {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")}
+    assert not evacuated & set(ids["host3"])
+    hook.wait(6)
+    assert _events(hook) == sorted([
+        ("fenced", "host1"), ("fenced", "host2"), ("fenced", "host3"),
+        ("evacuation_finished", "host1"), ("evacuation_finished", "host2"),
+        ("evacuation_blocked", "host3")])
 
-        # NovaEvacuate respects the hold and raises no second event
-        env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-        params = dict(bed.os_params(), evacuate="all", max_fenced_hosts=2,
-                      notify_url=hook.url)
-        assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-        done = run_ocf(EVACUATE_AGENT, "monitor", params,
-                       {"timeout": 60000, "interval": 10000}, env=env)
-        assert done.returncode == 0, done.stderr
-        assert "held by the mass-failure guard" in done.stderr
-        assert not {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")} \
-            & set(ids["host3"])
+    # NovaEvacuate respects the hold and raises no second event
+    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
+    params = dict(bed.os_params(), evacuate="all", max_fenced_hosts=2,
+                  notify_url=hook.url)
+    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
+    done = run_ocf(EVACUATE_AGENT, "monitor", params,
+                   {"timeout": 60000, "interval": 10000}, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "held by the mass-failure guard" in done.stderr
+    assert not {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")} \
+        & set(ids["host3"])
 
-        # host1 rejoins through NovaCompute: 'rejoined' is announced
-        bed.bmcs["host1"].power_state = "on"
-        done = run_ocf(COMPUTE_AGENT, "start",
-                       dict(bed.compute_params("host1"), notify_url=hook.url),
-                       {"on_node": "host1", "timeout": 120000}, env=bed.env())
-        assert done.returncode == 0, done.stderr
-        rejoined = hook.wait(7)
-        assert any(e["event"] == "rejoined" and e["node"] == "host1"
-                   and e["source"] == "NovaCompute" for e in rejoined), rejoined
+    # host1 rejoins through NovaCompute: 'rejoined' is announced
+    bed.bmcs["host1"].power_state = "on"
+    done = run_ocf(COMPUTE_AGENT, "start",
+                   dict(bed.compute_params("host1"), notify_url=hook.url),
+                   {"on_node": "host1", "timeout": 120000}, env=bed.env())
+    assert done.returncode == 0, done.stderr
+    rejoined = hook.wait(7)
+    assert any(e["event"] == "rejoined" and e["node"] == "host1"
+               and e["source"] == "NovaCompute" for e in rejoined), rejoined
 
-        # the operator evacuates the held host by hand: the guard does not stop that
-        config = _config(tmp_path, dict(bed.os_params(), notify_url=hook.url,
-                                        max_fenced_hosts=2))
-        done = _nova_ha(bed, "evacuate", "host3", "--config", config)
-        assert done.returncode == 0, done.stdout + done.stderr
-        hook.wait(8)
-        time.sleep(2)  # a duplicate event would arrive by now
-        finished = [e for e in hook.received
-                    if e["node"] == "host3" and e["event"] == "evacuation_finished"]
-        assert len(finished) == 1 and finished[0]["source"] == "nova-ha"
-        assert store.get("host3").state == "evacuated"
-    finally:
-        hook.server.shutdown()
-        hook.server.server_close()
+    # the operator evacuates the held host by hand: the guard does not stop that
+    config = _config(tmp_path, dict(bed.os_params(), notify_url=hook.url,
+                                    max_fenced_hosts=2))
+    done = _nova_ha(bed, "evacuate", "host3", "--config", config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    hook.wait(8)
+    time.sleep(2)  # a duplicate event would arrive by now
+    finished = [e for e in hook.received
+                if e["node"] == "host3" and e["event"] == "evacuation_finished"]
+    assert len(finished) == 1 and finished[0]["source"] == "nova-ha"
+    assert store.get("host3").state == "evacuated"

@@ -247,12 +247,5 @@ LONGDESC = (
     "start_command, stop_command and status_command."
 )
 
-SPEC = ocf_proto.OcfAgentSpec(
-    name=params.COMPUTE,
-    version=__version__,
-    shortdesc=SHORTDESC,
-    longdesc=LONGDESC,
-    actions=ACTIONS,
-    handlers=HANDLERS,
-    validate=validate,
-)
+SPEC = ocf_proto.OcfAgentSpec(params.COMPUTE, __version__, SHORTDESC, LONGDESC, ACTIONS,
+                              HANDLERS, validate)

@@ -182,12 +182,5 @@ LONGDESC = (
     "never work one host at once. monitor fails only when Nova cannot be reached."
 )
 
-SPEC = ocf_proto.OcfAgentSpec(
-    name=params.EVACUATE,
-    version=__version__,
-    shortdesc=SHORTDESC,
-    longdesc=LONGDESC,
-    actions=ACTIONS,
-    handlers=HANDLERS,
-    validate=validate,
-)
+SPEC = ocf_proto.OcfAgentSpec(params.EVACUATE, __version__, SHORTDESC, LONGDESC, ACTIONS,
+                              HANDLERS, validate)

@@ -52,6 +52,20 @@ _RMCP_UNAUTHORIZED_NAME = 0x0D
 _IDLE_SESSION = 300.0  # forget sessions a client never closed after this long
 
 
+class OnModel:
+    """An attribute of a simulator that lives on its PowerModel (`self._model`): BmcSim and
+    IpmiSim expose the same power state, logs, callbacks and delays."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> object:
+        return self if obj is None else getattr(obj._model, self.name)
+
+    def __set__(self, obj: object, value: object) -> None:
+        setattr(obj._model, self.name, value)
+
+
 class PowerModel:
     """Chassis power state shared by the simulators: state, logs, delays, callbacks.
 
@@ -324,57 +338,14 @@ class BmcSim:
     def port(self) -> int:
         return self._port
 
-    @property
-    def power_state(self) -> str:
-        return self._model.power_state
-
-    @power_state.setter
-    def power_state(self, value: str) -> None:
-        self._model.power_state = value
-
-    @property
-    def power_log(self) -> list[tuple[float, str]]:
-        return self._model.power_log
-
-    @property
-    def requests(self) -> list[tuple[float, str]]:
-        return self._model.requests
-
-    @property
-    def callback_errors(self) -> list[BaseException]:
-        return self._model.callback_errors
-
-    @property
-    def on_power_off(self) -> Callable[[], object] | None:
-        return self._model.on_power_off
-
-    @on_power_off.setter
-    def on_power_off(self, callback: Callable[[], object] | None) -> None:
-        self._model.on_power_off = callback
-
-    @property
-    def on_power_on(self) -> Callable[[], object] | None:
-        return self._model.on_power_on
-
-    @on_power_on.setter
-    def on_power_on(self, callback: Callable[[], object] | None) -> None:
-        self._model.on_power_on = callback
-
-    @property
-    def off_delay(self) -> float:
-        return self._model.off_delay
-
-    @off_delay.setter
-    def off_delay(self, value: float) -> None:
-        self._model.off_delay = value
-
-    @property
-    def on_delay(self) -> float:
-        return self._model.on_delay
-
-    @on_delay.setter
-    def on_delay(self, value: float) -> None:
-        self._model.on_delay = value
+    power_state = OnModel()
+    power_log = OnModel()
+    requests = OnModel()
+    callback_errors = OnModel()
+    on_power_off = OnModel()
+    on_power_on = OnModel()
+    off_delay = OnModel()
+    on_delay = OnModel()
 
     def count(self, what: str) -> int:
         return self._model.count(what)

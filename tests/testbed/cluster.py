@@ -502,7 +502,53 @@ class RemoteNode:
         return proc.pid if proc and proc.alive() else None
 
 
-class Cluster:
+class Managed:
+    """A context manager over start() and stop(): stopped also when start() fails."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def log_lines(path: Path, contains: str, after: float = 0.0) -> list[tuple[float, str]]:
+    """(time.time(), line) of the lines of a Pacemaker log file that contain `contains`,
+    stamped at or after `after` ("Nov 22 17:01:02.123 node daemon ..." lines)."""
+    import datetime
+
+    year = time.localtime().tm_year
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        if contains not in line:
+            continue
+        month, day, clock = line.split(None, 3)[:3]
+        try:
+            stamp = datetime.datetime.strptime(f"{year} {month} {day} {clock}",
+                                               "%Y %b %d %H:%M:%S.%f").timestamp()
+        except ValueError:
+            continue
+        if stamp >= after:
+            found.append((stamp, line))
+    return found
+
+
+class Cluster(Managed):
     """A live Pacemaker cluster: `controllers` full nodes (1: on loopback; 2: in network
     namespaces), plus pacemaker-remote nodes added with `add_remote`.
 
@@ -573,17 +619,6 @@ class Cluster:
             tmp.replace(STATE)
 
     # -- start / stop ---------------------------------------------------------------
-    def __enter__(self) -> Cluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self, timeout: float = 90.0) -> None:
         global _ACTIVE
         t0 = time.monotonic()

@@ -188,7 +188,7 @@ class PowerEvent:
     what: str  # "off" / "on"
 
 
-class E2EBed:
+class E2EBed(bedlib.Managed):
     """Cluster + Nova box + BMCs + the crm-config configuration; a context manager."""
 
     def __init__(self, controllers: int = 1, *, env_file: Path = ENV_EXAMPLE,
@@ -211,17 +211,6 @@ class E2EBed:
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
-    def __enter__(self) -> E2EBed:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     @staticmethod
     def missing() -> list[str]:
         """What this machine lacks to run the bed (empty when it can)."""
@@ -593,25 +582,15 @@ class E2EBed:
     def fence_requests(self, node: str, after: float = 0.0) -> list[float]:
         """When the fencer of any controller was asked to fence `node` (its log line
         "... wants to fence (reboot) NODE"), as time.time() values since `after`."""
-        import datetime
-
-        year = time.localtime().tm_year
         found = []
         for name in self.cluster.controllers:
-            path = self.cluster.run_dir / name / "log" / "pacemaker" / "pacemaker.log"
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in lines:
-                if "wants to fence" not in line or f") {node} " not in line + " ":
-                    continue
-                month, day, clock = line.split(None, 3)[:3]
-                stamp = datetime.datetime.strptime(f"{year} {month} {day} {clock}",
-                                                   "%Y %b %d %H:%M:%S.%f").timestamp()
-                if stamp >= after:
-                    found.append(stamp)
+            found += [t for t, line in bedlib.log_lines(self.pacemaker_log(name),
+                                                         "wants to fence", after)
+                      if f") {node} " in line + " "]
         return sorted(found)
+
+    def pacemaker_log(self, node: str) -> Path:
+        return self.cluster.run_dir / node / "log" / "pacemaker" / "pacemaker.log"
 
     def agent_pids(self, node: str, agent: str, action: str) -> list[int]:
         """PIDs of `agent` (e.g. NovaCompute) running `action` on remote node `node`."""

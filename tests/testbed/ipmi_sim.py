@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.testbed.bmc import PowerModel
+from tests.testbed.bmc import OnModel, PowerModel
 
 __all__ = ["IpmiSim", "ipmi_sim_binary"]
 
@@ -166,58 +166,18 @@ class IpmiSim:
     def directory(self) -> Path | None:
         return self._dir
 
-    @property
-    def power_state(self) -> str:
-        return self._model.power_state
-
-    @power_state.setter
-    def power_state(self, value: str) -> None:
-        self._model.power_state = value
-
-    @property
-    def power_log(self) -> list[tuple[float, str]]:
-        return self._model.power_log
+    power_state = OnModel()
+    power_log = OnModel()
+    callback_errors = OnModel()
+    on_power_off = OnModel()
+    on_power_on = OnModel()
+    off_delay = OnModel()
+    on_delay = OnModel()
 
     @property
     def requests(self) -> list[tuple[float, str]]:
         self._read_requests()
         return self._model.requests
-
-    @property
-    def callback_errors(self) -> list[BaseException]:
-        return self._model.callback_errors
-
-    @property
-    def on_power_off(self) -> Callable[[], object] | None:
-        return self._model.on_power_off
-
-    @on_power_off.setter
-    def on_power_off(self, callback: Callable[[], object] | None) -> None:
-        self._model.on_power_off = callback
-
-    @property
-    def on_power_on(self) -> Callable[[], object] | None:
-        return self._model.on_power_on
-
-    @on_power_on.setter
-    def on_power_on(self, callback: Callable[[], object] | None) -> None:
-        self._model.on_power_on = callback
-
-    @property
-    def off_delay(self) -> float:
-        return self._model.off_delay
-
-    @off_delay.setter
-    def off_delay(self, value: float) -> None:
-        self._model.off_delay = value
-
-    @property
-    def on_delay(self) -> float:
-        return self._model.on_delay
-
-    @on_delay.setter
-    def on_delay(self, value: float) -> None:
-        self._model.on_delay = value
 
     @property
     def refuse(self) -> bool:

@@ -145,6 +145,34 @@ def _retire(session: Any) -> None:
             pass
 
 
+_WAIT_SLICE = 0.05  # longest wait for a reply between looks at the session's queue
+
+
+def _bound_pyghmi_stalls() -> None:
+    """pyghmi 1.6 can sit on a reply: a session waiting for its answer registers with the
+    I/O thread only after sending; when the answer comes first, the I/O thread queues it for
+    the session but finds nobody to wake, and the session sleeps out its retry timer
+    (0.5-1 s) before it looks at its queue and sends the request again. Against the test
+    bed's BMC, which answers within a millisecond, about one login in five stalled so.
+    Waiting in slices lets the session look at its queue between them (its wait loop does,
+    after every wake-up), bounding the stall to a slice. Only the session's reply wait
+    (directed at its BMC, no event queue) is sliced; applied once per process and only
+    where pyghmi's internals are as expected."""
+    from pyghmi.ipmi.private import session as ipmi_session
+
+    io_wait = getattr(ipmi_session, "_io_wait", None)
+    if getattr(ipmi_session, "_nova_ha_sliced", False) or not callable(io_wait):
+        return
+
+    def sliced(timeout: float, myaddr: Any = None, evq: Any = None) -> Any:
+        if myaddr is not None and evq is None:
+            timeout = min(timeout, _WAIT_SLICE)
+        return io_wait(timeout, myaddr, evq)
+
+    ipmi_session._io_wait = sliced
+    ipmi_session._nova_ha_sliced = True
+
+
 def _sessions_keyed(key: _OwnKey) -> list[Any]:
     """pyghmi sessions made with our Kg object (a login we stopped waiting for)."""
     from pyghmi.ipmi.private import session as ipmi_session
@@ -294,6 +322,7 @@ class Bmc:
             return self._cmd
         from pyghmi.ipmi import command as ipmi_command  # lazy: see module docstring
 
+        _bound_pyghmi_stalls()
         cfg = self._cfg
 
         key = _OwnKey(cfg.password.encode("utf-8"))

@@ -66,6 +66,19 @@ class OnModel:
         setattr(obj._model, self.name, value)
 
 
+class OnPowerModel:
+    """What a simulator keeps on its PowerModel (`self._model`): power state, power log,
+    callbacks and delays (BmcSim and IpmiSim alike)."""
+
+    power_state = OnModel()
+    power_log = OnModel()
+    callback_errors = OnModel()
+    on_power_off = OnModel()
+    on_power_on = OnModel()
+    off_delay = OnModel()
+    on_delay = OnModel()
+
+
 class PowerModel:
     """Chassis power state shared by the simulators: state, logs, delays, callbacks.
 
@@ -291,7 +304,7 @@ def _rmcpplus_packet(payload_type: int, payload: bytes) -> bytes:
     )
 
 
-class BmcSim:
+class BmcSim(OnPowerModel):
     """A BMC on UDP ``address``:``port`` (port 0 picks a free one at start()).
 
     Flags that tests may flip at any time: ``unreachable`` (drop every packet, a dead
@@ -338,14 +351,7 @@ class BmcSim:
     def port(self) -> int:
         return self._port
 
-    power_state = OnModel()
-    power_log = OnModel()
     requests = OnModel()
-    callback_errors = OnModel()
-    on_power_off = OnModel()
-    on_power_on = OnModel()
-    off_delay = OnModel()
-    on_delay = OnModel()
 
     def count(self, what: str) -> int:
         return self._model.count(what)

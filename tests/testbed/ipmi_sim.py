@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.testbed.bmc import OnModel, PowerModel
+from tests.testbed.bmc import OnPowerModel, PowerModel
 
 __all__ = ["IpmiSim", "ipmi_sim_binary"]
 
@@ -115,7 +115,7 @@ def ipmi_sim_binary() -> str | None:
     return shutil.which("ipmi_sim")
 
 
-class IpmiSim:
+class IpmiSim(OnPowerModel):
     """ipmi_sim on ``address``:``port`` (port 0: a free port is picked at start())."""
 
     def __init__(
@@ -165,14 +165,6 @@ class IpmiSim:
     @property
     def directory(self) -> Path | None:
         return self._dir
-
-    power_state = OnModel()
-    power_log = OnModel()
-    callback_errors = OnModel()
-    on_power_off = OnModel()
-    on_power_on = OnModel()
-    off_delay = OnModel()
-    on_delay = OnModel()
 
     @property
     def requests(self) -> list[tuple[float, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from typing import Any
 
 from nova_ha.lib import log
@@ -79,7 +80,8 @@ class TokenCache:
             return
         if not text or text == self._known:
             return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        # Unique per thread too: two clients of one process may save at once.
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             info = os.lstat(self.directory)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.helpers import EVACUATE_AGENT, run_fence, run_ocf, wait_until
 from tests.testbed.cib import write_cib
 from tests.testbed.webhook import Webhook
 
@@ -102,7 +105,50 @@ class Bed:
         return str(path)
 
     def env(self) -> dict:
-        return dict(os.environ, CIB_file=self.cib)
+        """The agents' environment: the bed's CIB file, and the evacuation service's socket
+        and log in the bed's own folder."""
+        base = os.path.dirname(self.cib)
+        return dict(os.environ, CIB_file=self.cib, NOVA_HA_RUN_DIR=os.path.join(base, "run"),
+                    NOVA_HA_LOG_DIR=os.path.join(base, "log"),
+                    HA_RSCTMP=os.path.join(base, "rsctmp"))
+
+    @contextlib.contextmanager
+    def evacuation_service(self, env: dict | None = None, **extra) -> Iterator[EvacService]:
+        """NovaEvacuate started and stopped through its OCF agent, as Pacemaker does; its
+        parameters are the bed's OpenStack settings plus those of `extra` it knows."""
+        from nova_ha.lib import params as table
+
+        env = env or self.env()
+        given = {k: v for k, v in extra.items()
+                 if table.canonical_name(k, table.EVACUATE) and v is not None}
+        if given.get("evacuate") not in ("all", "tagged"):
+            given.pop("evacuate", None)  # the device's none/record: the service's own mode
+        values = self.os_params(**{"evacuate": "all", **given})
+        started = run_ocf(EVACUATE_AGENT, "start", values, env=env, timeout=60)
+        assert started.returncode == 0, started.stderr
+        service = EvacService(values, env)
+        try:
+            yield service
+        finally:
+            stopped = run_ocf(EVACUATE_AGENT, "stop", values, env=env, timeout=60)
+            assert stopped.returncode == 0, stopped.stderr
+
+    def fence(self, host: str = "host1", **extra) -> subprocess.CompletedProcess[str]:
+        return self.fence_with(self.fence_params(host, **extra), **extra)
+
+    def fence_with(self, values: dict, env: dict | None = None, timeout: float = 120,
+                   **extra) -> subprocess.CompletedProcess[str]:
+        """One fence action, as Pacemaker runs it, beside an evacuation service; returns
+        once the service has recorded the outcome. stderr holds the fence agent's log, then
+        the service's."""
+        env = env or self.env()
+        with self.evacuation_service(env=env, **extra) as service:
+            done = run_fence(values, env=env, timeout=timeout)
+            if done.returncode == 0 and values.get("action", "off") in ("off", "reboot"):
+                service.wait_settled(values["port"], timeout)
+            log = service.log()
+        return subprocess.CompletedProcess(done.args, done.returncode, done.stdout,
+                                           done.stderr + log)
 
     def off_time(self, host: str) -> float:
         offs = [t for t, what in self.bmcs[host].power_log if what == "off"]
@@ -113,6 +159,35 @@ class Bed:
         return [r for r in self.cloud.request_log()
                 if (action is None or r.get("action") == action)
                 and (method is None or r["method"] == method)]
+
+
+@dataclass
+class EvacService:
+    """A running evacuation service of a bed."""
+
+    params: dict
+    env: dict
+
+    def log(self) -> str:
+        path = os.path.join(self.env["NOVA_HA_LOG_DIR"], "NovaEvacuate.log")
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_settled(self, node: str, timeout: float = 120) -> None:
+        """Until the host's record no longer waits on the service: an outcome recorded, or
+        the lease given back."""
+        from nova_ha.lib import handover, state
+
+        store = state.CibStateStore(self.env["CIB_file"])
+
+        def settled() -> bool:
+            record = store.get(node)
+            return not (record.state in ("fenced", "evacuating")
+                        and record.lease_owner == handover.SERVICE_OWNER)
+        wait_until(settled, timeout, interval=0.1)
 
 
 def _bed(cloud, cib: str) -> Iterator[Bed]:

@@ -26,7 +26,7 @@ def _assert_no_evacuation_before_off(bed, host="host1"):
 def test_off_fences_forces_down_and_evacuates(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 10)
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()
     assert done.returncode == 0, done.stderr
     assert bed.bmcs["host1"].power_state == "off"
     _assert_no_evacuation_before_off(bed)
@@ -40,18 +40,18 @@ def test_off_fences_forces_down_and_evacuates(sim_bed):
     assert len(bed.requests(action="evacuate")) == 10  # one request per server
     record = _record(bed)
     assert record.state == "evacuated" and record.evacuated == 10 and record.failed == 0
-    assert [e.name for e in record.history][:3] == ["fenced", "evacuation_started",
-                                                     "evacuation_finished"]
+    # Two writes in the incident: 'fenced' (the hand-over) and the outcome.
+    assert [e.name for e in record.history][:2] == ["fenced", "evacuation_finished"]
     assert "10 evacuated, 0 failed" in done.stderr  # the one summary line
 
 
 def test_second_off_repeats_no_finished_work(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 4)
-    assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
+    assert bed.fence().returncode == 0
     before = len(bed.cloud.request_log())
     offs = [w for _, w in bed.bmcs["host1"].power_log if w == "off"]
-    again = run_fence(bed.fence_params(), env=bed.env())
+    again = bed.fence()
     assert again.returncode == 0, again.stderr
     new = bed.cloud.request_log()[before:]
     assert not [r for r in new if r.get("action") == "evacuate"]
@@ -63,7 +63,7 @@ def test_unreachable_bmc_fails_and_touches_nothing_in_nova(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 3)
     bed.bmcs["host1"].unreachable = True
-    done = run_fence(bed.fence_params(power_timeout=3), env=bed.env())
+    done = bed.fence(power_timeout=3)
     assert done.returncode == 1
     assert "not confirmed" in done.stderr and bed.bmcs["host1"].password not in done.stderr
     assert not bed.requests(method="PUT") and not bed.requests(action="evacuate")
@@ -74,12 +74,12 @@ def test_nova_down_after_power_off_fails_so_pacemaker_retries(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 3)
     bed.cloud.set_api_down(True)
-    done = run_fence(bed.fence_params(evacuate_timeout=4), env=bed.env())
+    done = bed.fence(evacuate_timeout=4)
     assert done.returncode == 1
     assert "forced down" in done.stderr
     assert bed.bmcs["host1"].power_state == "off"
     bed.cloud.set_api_down(False)
-    retry = run_fence(bed.fence_params(), env=bed.env())  # Pacemaker's retry
+    retry = bed.fence()  # Pacemaker's retry
     assert retry.returncode == 0, retry.stderr
     observer = Observer(bed.cloud)
     assert all(observer.server(i)["host"] != "host1" for i in ids)
@@ -92,7 +92,7 @@ def test_tagged_mode_takes_flavor_image_and_metadata_tags(sim_bed):
     by_meta = bed.cloud.create_servers("host1", 2, metadata={"evacuable": "yes"})
     by_image = bed.cloud.create_servers("host1", 1, image_properties={"evacuable": "1"})
     untagged = bed.cloud.create_servers("host1", 2, metadata={"evacuable": "false"})
-    done = run_fence(bed.fence_params(evacuate="tagged"), env=bed.env())
+    done = bed.fence(evacuate="tagged")
     assert done.returncode == 0, done.stderr
     observer = Observer(bed.cloud)
     for server_id in by_flavor + by_meta + by_image:
@@ -102,8 +102,10 @@ def test_tagged_mode_takes_flavor_image_and_metadata_tags(sim_bed):
     assert len(bed.requests(action="evacuate")) == 5
 
 
-@pytest.mark.parametrize("mode,expected_state", [("none", "evacuated"), ("record", "fenced")])
-def test_fence_only_modes(sim_bed, mode, expected_state):
+@pytest.mark.parametrize("mode", ["all", "record", "none"])
+def test_fence_action_does_no_evacuation_itself(sim_bed, mode):
+    """The fence action is safety only: power-off, force-down, one record write that hands
+    the lease over to the evacuation service (none with evacuate=none), and nothing more."""
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 2)
     done = run_fence(bed.fence_params(evacuate=mode), env=bed.env())
@@ -112,20 +114,29 @@ def test_fence_only_modes(sim_bed, mode, expected_state):
     assert not bed.requests(action="evacuate")
     assert all(Observer(bed.cloud).server(i)["host"] == "host1" for i in ids)
     record = _record(bed)
-    assert record.state == expected_state and record.mode == mode
+    assert record.mode == mode
+    if mode == "none":
+        assert record.state == "evacuated" and record.lease_owner is None
+    else:
+        assert record.state == "fenced" and record.lease_owner == "NovaEvacuate"
+        assert [e.name for e in record.history] == ["fenced"]
+        # The service then evacuates with its own mode (evacuate=record: NovaEvacuate's).
+        with bed.evacuation_service() as service:
+            service.wait_settled("host1")
+        assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+        assert _record(bed).state == "evacuated" and _record(bed).lease_owner is None
 
 
 def test_reboot_powers_back_on_unless_asked_not_to(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 2)
-    done = run_fence(bed.fence_params(action="reboot"), env=bed.env())
+    done = bed.fence(action="reboot")
     assert done.returncode == 0, done.stderr
     assert [w for _, w in bed.bmcs["host1"].power_log][-2:] == ["off", "on"]
     assert bed.bmcs["host1"].power_state == "on"
     # the host is back but still forced down: NovaCompute lifts that once it is safe
     assert Observer(bed.cloud).service("host1").forced_down is True
-    stay = run_fence(bed.fence_params("host2", action="reboot", power_on_after=0),
-                     env=bed.env())
+    stay = bed.fence("host2", action="reboot", power_on_after=0)
     assert stay.returncode == 0 and bed.bmcs["host2"].power_state == "off"
 
 
@@ -156,7 +167,7 @@ def test_topology_level_without_bmc(sim_bed):
     bed.bmcs["host1"].power_state = "off"  # an earlier level (fence_ipmilan) did it
     bed.cloud.crash("host1")
     params = bed.fence_params(ip=None, username=None, password=None, ipport=None)
-    done = run_fence(params, env=bed.env())
+    done = bed.fence_with(params)
     assert done.returncode == 0, done.stderr
     assert "fencing-topology" in done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
@@ -165,7 +176,7 @@ def test_topology_level_without_bmc(sim_bed):
 def test_legacy_microversion_uses_force_down_by_host(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 2)
-    done = run_fence(bed.fence_params(os_compute_api_version="2.52"), env=bed.env())
+    done = bed.fence(os_compute_api_version="2.52")
     assert done.returncode == 0, done.stderr
     puts = [r["path"] for r in bed.requests(method="PUT")]
     assert any(p.endswith("/os-services/force-down") for p in puts), puts
@@ -176,7 +187,7 @@ def test_legacy_microversion_uses_force_down_by_host(sim_bed):
 def test_newest_microversion_and_service_uuid(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 1)
-    assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
+    assert bed.fence().returncode == 0
     versions = {r["microversion"] for r in bed.requests(action="evacuate")}
     newest = bed.cloud.max_version
     assert versions == {newest if isinstance(newest, str) else ".".join(map(str, newest))}
@@ -190,7 +201,7 @@ def test_faults_are_retried_within_budget(sim_bed):
     bed.cloud.fail_next(r"/servers/[^/]+/action", status=503, count=3, method="POST")
     bed.cloud.fail_next(r"/os-services", status=500, count=1)
     bed.cloud.expire_tokens()
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()
     assert done.returncode == 0, done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
 
@@ -199,7 +210,7 @@ def test_failed_rebuilds_are_retried_then_reported(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 3)
     bed.cloud.evacuate_fail([ids[0]])  # always fails
-    done = run_fence(bed.fence_params(evacuate_retries=1), env=bed.env())
+    done = bed.fence(evacuate_retries=1)
     assert done.returncode == 0, done.stderr  # fencing itself succeeded
     assert len([r for r in bed.requests(action="evacuate") if ids[0] in r["path"]]) == 2
     record = _record(bed)
@@ -211,7 +222,7 @@ def test_unfinished_work_stays_recorded(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 3)
     bed.cloud.evacuate_delay = 30
-    done = run_fence(bed.fence_params(evacuate_timeout=4), env=bed.env())
+    done = bed.fence(evacuate_timeout=4)
     assert done.returncode == 0, done.stderr
     record = _record(bed)
     assert record.state == "fenced" and record.lease_owner is None
@@ -229,7 +240,7 @@ def test_secrets_from_scripts_and_application_credentials(sim_bed, tmp_path):
     bmc_script.chmod(stat.S_IRWXU)
     params = bed.fence_params(os_password=None, os_password_script=str(script),
                               password=None, password_script=str(bmc_script), verbose=1)
-    done = run_fence(params, env=bed.env())
+    done = bed.fence_with(params)
     assert done.returncode == 0, done.stderr
     assert bed.cloud.password not in done.stderr + done.stdout
     appcred = bed.fence_params(action="monitor", os_username=None, os_password=None,
@@ -258,7 +269,7 @@ def test_target_hosts_are_enabled_and_used(sim_bed):
     ids = bed.cloud.create_servers("host1", 4)
     observer = Observer(bed.cloud)
     observer.nova.services.disable_log_reason(observer.service("host3").id, "reserved")
-    done = run_fence(bed.fence_params(target_hosts="host3"), env=bed.env())
+    done = bed.fence(target_hosts="host3")
     assert done.returncode == 0, done.stderr
     assert observer.service("host3").status == "enabled"
     assert {observer.server(i)["host"] for i in ids} == {"host3"}
@@ -268,7 +279,7 @@ def test_host_map_maps_node_to_nova_host(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host2", 2)
     params = bed.fence_params("host2", port="node-b", host_map="node-b:host2")
-    done = run_fence(params, env=bed.env())
+    done = bed.fence_with(params)
     assert done.returncode == 0, done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host2" for i in ids)
     assert os.path.exists(bed.cib)
@@ -281,7 +292,7 @@ def test_transient_states_are_reset_followed_or_skipped(sim_bed):
     bed.cloud.set_server_state(paused, vm_state="paused")
     bed.cloud.set_server_state(deleting, task_state="deleting")
     bed.cloud.set_server_state(resizing, task_state="resize_migrating")
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()
     assert done.returncode == 0, done.stderr
     observer = Observer(bed.cloud)
     for server_id in (spawning, paused, plain):
@@ -300,7 +311,7 @@ def test_stopped_servers_stay_stopped_running_ones_come_back_active(sim_bed):
     bed = sim_bed
     running = bed.cloud.create_servers("host1", 2)
     stopped = bed.cloud.create_servers("host1", 2, status="SHUTOFF")
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()
     assert done.returncode == 0, done.stderr
     observer = Observer(bed.cloud)
     for server_id in running:
@@ -323,7 +334,7 @@ def test_agent_against_openipmi_ipmi_sim(sim_bed):
         params = bed.fence_params(ipport=bmc.port, username=bmc.username,
                                   password=bmc.password)
         assert run_fence(dict(params, action="status"), env=bed.env()).returncode == 0
-        done = run_fence(params, env=bed.env())
+        done = bed.fence_with(params)
         assert done.returncode == 0, done.stderr
         assert bmc.power_state == "off"
         offs = [t for t, what in bmc.power_log if what == "off"]
@@ -338,7 +349,7 @@ def test_small_page_size_loses_no_server(sim_bed):
     bed = sim_bed
     bed.cloud.max_limit = 4  # a cloud whose [api] max_limit is small
     ids = bed.cloud.create_servers("host1", 11)
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()
     assert done.returncode == 0, done.stderr
     assert "11 servers found" in done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)

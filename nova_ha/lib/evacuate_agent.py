@@ -1,35 +1,34 @@
-"""What the NovaEvacuate OCF agent does on the controllers: finish what fencing left.
+"""The NovaEvacuate OCF agent: starts, monitors and stops the evacuation service.
 
-Its monitor reads every host's record (one CIB query) and resumes, with the same code the
-stonith agent uses, every host recorded as fenced whose work is unfinished: the stonith agent
-was killed by the stonith timeout, a controller died mid-way, evacuate=record was chosen, or
-retries ran out while no host had room. It never acts on a host whose power-off is not
-recorded as confirmed (only the fencer records 'fenced', after the BMC or the topology
-confirmed it), and never on a host another runner holds the lease of.
+The evacuations themselves run in the service (nova_ha.lib.evacuation_service), beside
+Pacemaker: an action of this agent never waits for one, so it never holds up a transition
+(a second failed host is fenced at once). The service runs in a process group of its own:
+stop ends the whole group, workers included, so nothing outlives the resource.
 """
 
 from __future__ import annotations
 
-import calendar
-import concurrent.futures
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from nova_ha import __version__
 from nova_ha.lib import log, ocf_proto, params
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
-if TYPE_CHECKING:
-    from nova_ha.lib.state import HostRecord, StateStore
-
 LOG = log.get("evacuate-agent")
-FAILED_RETRY_AFTER = 120.0  # seconds before a host whose evacuation failed is tried again
+SERVICE_MODULE = "nova_ha.lib.evacuation_service"
+DEFAULT_LOG_DIR = "/var/log/nova-ha"
 
 ACTIONS = [
     ocf_proto.OcfAction("start", 20),
-    ocf_proto.OcfAction("stop", 20),
-    ocf_proto.OcfAction("monitor", 600, interval=10, depth=0),
+    ocf_proto.OcfAction("stop", 30),
+    ocf_proto.OcfAction("monitor", 20, interval=10, depth=0),
     ocf_proto.OcfAction("validate-all", 20),
     ocf_proto.OcfAction("meta-data", 5),
 ]
@@ -47,140 +46,160 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
     return found
 
 
-def _marker(request: OcfRequest) -> str:
-    directory = request.env.get("HA_RSCTMP") or "/run/resource-agents"
-    name = (request.resource or "NovaEvacuate").replace("/", "_")
-    return os.path.join(directory, f"nova-ha-{name}.started")
+@dataclass(frozen=True)
+class Paths:
+    """Where one NovaEvacuate resource keeps its pid, liveness and log files."""
+
+    pid: str
+    alive: str
+    log: str
+
+    @classmethod
+    def of(cls, request: OcfRequest) -> Paths:
+        directory = request.env.get("HA_RSCTMP") or "/run/resource-agents"
+        name = (request.resource or params.EVACUATE).replace("/", "_")
+        logs = os.environ.get("NOVA_HA_LOG_DIR") or DEFAULT_LOG_DIR
+        return cls(pid=os.path.join(directory, f"nova-ha-{name}.pid"),
+                   alive=os.path.join(directory, f"nova-ha-{name}.alive"),
+                   log=os.path.join(logs, f"{name}.log"))
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): tells a reused PID apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def running_pid(paths: Paths) -> int | None:
+    """The service's PID if the process the pid file names still runs (not a reused PID)."""
+    try:
+        with open(paths.pid) as f:
+            pid_text, _, started = f.read(64).strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return pid if started and _start_time(pid) == started else None
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 def start(request: OcfRequest) -> int:
-    path = _marker(request)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as marker:
-        marker.write(f"{time.time():.0f}\n")
-    return ocf_proto.OCF_SUCCESS
+    paths = Paths.of(request)
+    if running_pid(paths) is not None:
+        return ocf_proto.OCF_SUCCESS
+    for directory in (os.path.dirname(paths.pid), os.path.dirname(paths.log)):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    raw = {k[len("OCF_RESKEY_"):]: v for k, v in request.env.items()
+           if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_meta")}
+    from nova_ha.lib import evacuation_service
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.alive)
+    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # A session of its own: the executor's process group ends with this action, and
+        # stop ends the service's group (its workers) as one.
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
+            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
+            start_new_session=True, env=evacuation_service._worker_env())
+    finally:
+        os.close(fd)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(raw).encode() + b"\n")
+    process.stdin.close()
+    with open(paths.pid, "w") as pid_file:
+        pid_file.write(f"{process.pid} {_start_time(process.pid)}\n")
+    end = time.monotonic() + max(request.timeout - 3.0, 2.0)
+    while time.monotonic() < end:
+        if os.path.exists(paths.alive):
+            LOG.info("evacuation service started (pid %d, log %s)", process.pid, paths.log)
+            return ocf_proto.OCF_SUCCESS
+        if process.poll() is not None:
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service exited "
+                           f"{process.returncode} at start; see {paths.log}")
+        time.sleep(0.05)
+    raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service did not come up in "
+                   f"time; see {paths.log}")
 
 
 def stop(request: OcfRequest) -> int:
-    try:
-        os.unlink(_marker(request))
-    except FileNotFoundError:
-        pass
+    paths = Paths.of(request)
+    pid = running_pid(paths)
+    if pid is not None:
+        _end_group(pid, grace=max(request.timeout - 5.0, 2.0))
+    for path in (paths.pid, paths.alive):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     return ocf_proto.OCF_SUCCESS
 
 
-def _owner_dead(owner: str | None) -> bool:
-    """A lease held by a process of this node that no longer exists (a stonith agent killed
-    by the stonith timeout) can be taken over at once instead of waiting for its expiry."""
-    if not owner or "@" not in owner:
-        return False
-    node, _, pid = owner.split("@", 1)[1].rpartition(":")
-    if node != os.uname().nodename or not pid.isdigit():
-        return False
-    return not os.path.exists(f"/proc/{pid}")
-
-
-def needs_work(record: HostRecord, now: float) -> bool:
-    if record.state == "fenced":
-        return record.mode != "none"
-    if record.state == "evacuating":
-        return not record.lease_live(now) or _owner_dead(record.lease_owner)
-    if record.state == "failed":
-        return now - _epoch(record.since) >= FAILED_RETRY_AFTER
-    return False
-
-
-def _epoch(iso: str | None) -> float:
-    if not iso:
-        return 0.0
-    try:
-        return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return 0.0
-
-
-def resume_hosts(request: OcfRequest, store: StateStore, budget: float) -> dict[str, str]:
-    """Resume every host that needs it, in parallel; {node: outcome} for the log."""
-    from nova_ha.lib import guard, notify, recovery
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
-
-    parsed = request.params
-    records = store.all()
-    now = time.time()
-    todo = {node: rec for node, rec in records.items() if needs_work(rec, now)}
-    if not todo:
-        return {}
-    nova = Nova.from_params(parsed)
-    owner = recovery.owner_name(params.EVACUATE)
-    deadline = Deadline(min(budget, parsed["evacuate_timeout"]))
-    notifier = notify.Notifier.from_params(parsed, params.EVACUATE)
-    held = guard.screen(store, records, parsed, list(todo), notifier,
-                        total_hosts=lambda: len(nova.services(deadline)))
-    for node in held:
-        del todo[node]
-
-    def resume(node: str, rec: HostRecord) -> str:
-        if _owner_dead(rec.lease_owner):
-            LOG.info("%s: lease holder %s is gone; taking over", node, rec.lease_owner)
-            store.release_lease(node, rec.lease_owner)
-        host = rec.service_host or params.nova_host_name(node, parsed.get("host_map", ""),
-                                                         parsed.get("domain", ""))
-        mode = rec.mode if rec.mode in ("all", "tagged") else parsed["evacuate"]
-        options = recovery.Options(
-            mode=mode, tag=parsed.get("evacuable_tag"), max_parallel=parsed["max_parallel"],
-            retries=parsed["evacuate_retries"],
-            target_hosts=[h for h in (parsed.get("target_hosts") or "").split(",") if h],
-            notifier=notifier)
-        try:
-            summary = recovery.evacuate_host(nova, store, node, host, options, deadline, owner)
-        except NovaError as err:
-            return f"interrupted: {err}"
-        return "held by another runner" if summary is None else summary.line()
-
-    outcomes = {node: f"held by the mass-failure guard: {v.message()}"
-                for node, v in held.items()}
-    if not todo:
-        return outcomes
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(todo))) as pool:
-        futures = {node: pool.submit(resume, node, rec) for node, rec in todo.items()}
-        return outcomes | {node: future.result() for node, future in futures.items()}
+def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM to the service's group (it ends its workers), SIGKILL to what remains."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and _group_members(pgid):
+        time.sleep(0.1)
+    left = _group_members(pgid)
+    if left:
+        LOG.warning("evacuation service did not end in %.0f s: killing %s", grace, left)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        while _group_members(pgid):
+            time.sleep(0.05)
 
 
 def monitor(request: OcfRequest) -> int:
-    from nova_ha.lib import state
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
-
-    if not os.path.exists(_marker(request)):
+    paths = Paths.of(request)
+    if running_pid(paths) is None:
+        if os.path.exists(paths.pid) and not request.is_probe:
+            ocf_proto.exit_reason("the evacuation service is not running")
         return ocf_proto.OCF_NOT_RUNNING
+    interval = float(request.params.get("watch_interval", 1.0))
     try:
-        Nova.from_params(request.params).microversion(Deadline(min(request.timeout / 4, 30)))
-    except (NovaError, params.SecretScriptError) as err:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot reach Nova: {err}") from None
-    if request.is_probe:
-        return ocf_proto.OCF_SUCCESS
-    try:
-        outcomes = resume_hosts(request, state.CibStateStore(), request.timeout * 0.8)
-    except state.StateError as err:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot read the host records: {err}"
-                       ) from None
-    except NovaError as err:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot reach Nova: {err}") from None
-    for node, outcome in outcomes.items():
-        LOG.info("resumed %s: %s", node, outcome)
+        age = time.time() - os.stat(paths.alive).st_mtime
+    except OSError:
+        age = float("inf")
+    stale = max(30.0, 10 * interval)
+    if age > stale:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service has not looked at "
+                       f"the records for {age:.0f} s (more than {stale:.0f} s)")
     return ocf_proto.OCF_SUCCESS
 
 
 HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
 
-SHORTDESC = "Completes the evacuation of fenced Nova compute hosts"
+SHORTDESC = "Evacuates the servers of fenced Nova compute hosts, beside Pacemaker"
 LONGDESC = (
-    "NovaEvacuate runs on the controllers (one instance). Every monitor reads the nova-ha "
-    "records of all compute hosts from the CIB and resumes the evacuation of every host "
-    "recorded as fenced whose work is unfinished (stonith agent killed by the stonith "
-    "timeout, controller lost mid-way, fence devices with evacuate=record, no room earlier), "
-    "with the same code as fence_nova_evacuate and under the host's lease, so two runners "
-    "never work one host at once. monitor fails only when Nova cannot be reached."
+    "NovaEvacuate runs on the controllers (one instance). It starts nova-ha's evacuation "
+    "service, a long-running process that evacuates every host a fence_nova_evacuate device "
+    "recorded as fenced and handed over: at once when the fence ran on the same controller "
+    "(it is woken), within watch_interval otherwise. Each host is evacuated by a worker "
+    "process under the host's lease; a worker that dies is replaced at once, and the work "
+    "resumes without requesting anything twice. It also finishes what was left unfinished "
+    "(Nova unreachable, a controller lost, evacuate=record, failed evacuations after 120 "
+    "s). monitor checks that the service runs and reads the records; stop ends the service "
+    "and its workers."
 )
 
+# stop and monitor need no parameter: a broken one must never leave the service running
+# behind Pacemaker's back, or hide it from a probe.
 SPEC = ocf_proto.OcfAgentSpec(params.EVACUATE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate)
+                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))

@@ -9,8 +9,7 @@ from nova_ha.lib import fence_proto, log, params
 from nova_ha.lib.fence_proto import FenceRequest
 
 if TYPE_CHECKING:
-    from nova_ha.lib import evacuation, power, recovery, state
-    from nova_ha.lib.nova import Deadline, Nova
+    from nova_ha.lib import power
 
 # The power, Nova, state and evacuation modules are imported by the actions that use them:
 # metadata, --help and validate-all must start fast (Pacemaker runs them often).
@@ -35,204 +34,11 @@ def validate(request: FenceRequest) -> list[str]:
     return problems
 
 
-def _node_and_host(parsed: params.Parsed) -> tuple[str, str]:
-    node = parsed["port"]
-    return node, params.nova_host_name(node, parsed.get("host_map", ""), parsed.get("domain", ""))
-
-
-def _bmc(parsed: params.Parsed) -> power.Bmc:
-    from nova_ha.lib import power
-
-    password = parsed.get("password")
-    if not password and parsed.get("password_script"):
-        password = params.run_secret_script("password_script", parsed["password_script"])
-        log.REDACTOR.add(password)
-    return power.Bmc(power.BmcConfig(
-        address=parsed["ip"], port=parsed.get("ipport", 623), username=parsed.get("username"),
-        password=password or "", lanplus=True, cipher=parsed.get("cipher"),
-        privlvl=parsed.get("privlvl", "administrator"),
-        timeout=parsed.get("power_timeout", 20.0), wait=parsed.get("power_wait", 0.0)))
-
-
-def _store() -> state.StateStore | None:
-    from nova_ha.lib import state
-
-    try:
-        return state.CibStateStore()
-    except state.StateError as err:
-        LOG.error("no cluster record available: %s", err)
-        return None
-
-
-def _options(parsed: params.Parsed) -> recovery.Options:
-    from nova_ha.lib import recovery
-
-    targets = [h for h in (parsed.get("target_hosts") or "").replace(" ", ",").split(",") if h]
-    return recovery.Options(mode=parsed["evacuate"], tag=parsed.get("evacuable_tag"),
-                            max_parallel=parsed["max_parallel"],
-                            retries=parsed["evacuate_retries"], target_hosts=targets)
-
-
-class _NovaWarmUp:
-    """Reads only, started while the BMC powers the host off: Keystone's token and the
-    host's compute service. Nothing in Nova changes before the power-off is confirmed; each
-    round trip done here brings the force-down and the first evacuation request sooner."""
-
-    def __init__(self, parsed: params.Parsed, host: str) -> None:
-        import threading
-
-        self.nova: Nova | None = None
-        self.service: Any = None
-        self._authenticated = threading.Event()
-        self._done = threading.Event()
-        # A daemon thread: a Nova that does not answer must not keep a failed fence alive.
-        threading.Thread(target=self._run, args=(parsed, host), daemon=True,
-                         name="nova-warm-up").start()
-
-    def _run(self, parsed: params.Parsed, host: str) -> None:
-        from nova_ha.lib.nova import Deadline, Nova
-
-        try:
-            nova = Nova.from_params(parsed)
-            nova.authenticate()
-            self.nova = nova
-            self._authenticated.set()
-            # Bounded by one request's time: after the power-off the full path takes over.
-            self.service = nova.service(Deadline(nova.timeout), host)
-        except Exception as err:  # noqa: BLE001 - asked again, with errors reported, later
-            LOG.debug("warm-up read failed (asked again after the power-off): %s", err)
-        finally:
-            self._authenticated.set()
-            self._done.set()
-
-    def client(self, wait: float) -> Nova | None:
-        """The authenticated client, or None if it is not ready within `wait`."""
-        return self.nova if self._authenticated.wait(wait) else None
-
-    def known_service(self, wait: float) -> Any:
-        """The host's service as read, or None."""
-        return self.service if self._done.wait(wait) else None
-
-
 def fence_off(request: FenceRequest) -> int:
-    """Power off and confirm, force down, record, evacuate. 0 once the host is safe."""
-    import concurrent.futures
-    import time
+    """The safety work only (fence_path.HostFence); the evacuation is handed over."""
+    from nova_ha.lib import fence_path
 
-    from nova_ha.lib import evacuation, power, recovery
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
-
-    parsed = request.params
-    node, host = _node_and_host(parsed)
-    warm_up = _NovaWarmUp(parsed, host)
-    if params.has_bmc(parsed):
-        try:
-            with _bmc(parsed) as bmc:
-                took = bmc.off_and_confirm()
-        except (power.PowerError, params.SecretScriptError) as err:
-            LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", node, err)
-            return fence_proto.EC_GENERIC_ERROR
-        LOG.info("power-off of %s confirmed by its BMC in %.2fs", node, took)
-    else:
-        LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
-                 "fencing-topology level", node)
-
-    powered_off = time.time()
-    deadline = Deadline(parsed["evacuate_timeout"])
-    store = _store()
-    mode = parsed["evacuate"]
-    # The record needs only the confirmed power-off: written while Nova is asked to force
-    # the host down (if that fails, Pacemaker retries and NovaEvacuate may resume anyway:
-    # the host is off either way). Disabling runs alongside the evacuation.
-    evacuating = mode in ("all", "tagged")
-    lease = recovery.Lease(store, node, recovery.owner_name(params.FENCE),
-                           deadline.remaining() + recovery.LEASE_MARGIN)
-    with concurrent.futures.ThreadPoolExecutor(3) as background:
-        recorded = background.submit(recovery.record, store, lambda s: s.mark(
-            node, "fenced", "fenced", f"power off confirmed; forcing down {host}", mode=mode,
-            service_host=host), "fencing")
-        # The lease, too, needs only the power-off: taken while Nova is asked.
-        leased = background.submit(lease.acquire) if evacuating else None
-        # The guard's read of every record, once this host's mark is in.
-        wave = background.submit(_records_after, recorded, store) if evacuating else None
-        prefetch = None
-        try:
-            nova = warm_up.client(wait=deadline.remaining())
-            if nova is None:
-                nova = Nova.from_params(parsed)
-            if evacuating:
-                nova.authenticate()
-                # Reading the host's servers needs only the confirmed power-off: it runs
-                # while the host is forced down.
-                prefetch = evacuation.Prefetch(nova, deadline, host,
-                                               lambda: powered_off - 60.0)
-            known = warm_up.known_service(wait=deadline.remaining()) \
-                if nova is warm_up.nova else None
-            svc = recovery.force_down(nova, deadline, host, known=known)
-        except (NovaError, params.SecretScriptError) as err:
-            LOG.error("%s is powered off but could not be forced down in Nova: %s", node, err)
-            if leased is not None and leased.result():
-                lease.release()
-            return fence_proto.EC_GENERIC_ERROR
-        disabled = background.submit(recovery.disable, nova, deadline, svc)
-        recorded.result()  # 'fenced' first: every later state follows it
-        if leased is not None:
-            leased.result()
-        _after_force_down(parsed, store, nova, deadline, node, host, mode, prefetch, lease,
-                          wave.result() if wave is not None else None)
-        lease.release()  # if still ours: evacuation not started (guard) or cut short
-        try:
-            disabled.result()
-        except NovaError as err:
-            LOG.error("could not disable nova-compute on %s: %s", host, err)
-    return fence_proto.EC_OK
-
-
-def _records_after(recorded: Any, store: state.StateStore | None) -> dict | None:
-    """Every host's record, read once `recorded` (this host's mark) is done; None if the
-    CIB cannot be read (the guard then reads, and reports, itself)."""
-    from nova_ha.lib import state
-
-    recorded.result()
-    if store is None:
-        return None
-    try:
-        return store.all()
-    except state.StateError:
-        return None
-
-
-def _after_force_down(parsed: params.Parsed, store: state.StateStore | None, nova: Nova,
-                      deadline: Deadline, node: str, host: str, mode: str,
-                      prefetch: evacuation.Prefetch | None, lease: recovery.Lease,
-                      records: dict | None = None) -> None:
-    """Announce, apply the guard, evacuate (or leave it to NovaEvacuate by the mode)."""
-    from nova_ha.lib import guard, notify, recovery
-    from nova_ha.lib.nova import NovaError
-
-    notifier = notify.Notifier.from_params(parsed, params.FENCE)
-    notifier.send("fenced", node, host=host, mode=mode,
-                  detail="power-off confirmed, nova-compute forced down")
-    verdict = None
-    if mode in ("all", "tagged"):
-        verdict = guard.check_store(store, parsed, node, nova=nova, deadline=deadline,
-                                    records=records)
-    if mode == "none":
-        recovery.record(store, lambda s: s.mark(node, "evacuated", "evacuation_finished",
-                                                "evacuate=none: nothing evacuated"), "mode")
-    elif mode == "record":
-        LOG.info("%s recorded as fenced; NovaEvacuate evacuates it (evacuate=record)", node)
-    elif verdict is not None and verdict.blocked:
-        guard.hold(store, verdict, notifier, host=host)  # fenced; evacuation left to people
-    else:
-        options = _options(parsed)
-        options.notifier = notifier
-        try:
-            recovery.evacuate_host(nova, store, node, host, options, deadline, lease.owner,
-                                   prefetch=prefetch, lease=lease)
-        except NovaError as err:
-            # Fencing itself succeeded: the rest stays recorded for NovaEvacuate.
-            LOG.error("evacuation of %s interrupted: %s", node, err)
+    return fence_path.HostFence(request.params, request.params["port"]).run()
 
 
 def fence_reboot(request: FenceRequest) -> int:
@@ -245,13 +51,13 @@ def fence_reboot(request: FenceRequest) -> int:
 
 def _ask_bmc(request: FenceRequest, what: str, call: Callable[[power.Bmc], Any]) -> Any:
     """One BMC operation; None (logged, never a traceback) when it fails."""
-    from nova_ha.lib import power
+    from nova_ha.lib import fence_path, power
 
-    node, _ = _node_and_host(request.params)
+    node = request.params["port"]
     try:
-        with _bmc(request.params) as bmc:
+        with fence_path.bmc_for(request.params, node) as bmc:
             return call(bmc)
-    except (power.PowerError, params.SecretScriptError) as err:
+    except (power.PowerError, params.SecretScriptError, params.ParamError) as err:
         LOG.error("%s of %s failed: %s", what, node, err)
         return None
 
@@ -295,13 +101,13 @@ def _list(request: FenceRequest, with_status: bool) -> int:
 
 def fence_monitor(request: FenceRequest) -> int:
     """The device works: the BMC answers (when configured) and Keystone gives a token."""
-    from nova_ha.lib import power
+    from nova_ha.lib import fence_path, power
     from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     parsed = request.params
     try:
-        if params.has_bmc(parsed):
-            with _bmc(parsed) as bmc:
+        if params.has_bmc(parsed) and parsed.get("ip"):
+            with fence_path.bmc_for(parsed, parsed.get("port") or "") as bmc:
                 bmc.status()
         nova = Nova.from_params(parsed)
         nova.microversion(Deadline(parsed.get("os_api_timeout", 10) * 2))
@@ -321,9 +127,12 @@ SHORTDESC = "Fence agent that powers off a Nova compute host and evacuates its s
 LONGDESC = (
     "fence_nova_evacuate fences an OpenStack Nova compute host for Pacemaker: it powers the "
     "host off over IPMI and waits until the BMC confirms it, forces the host's nova-compute "
-    "service down and disables it, records the host as fenced in the cluster, and evacuates "
-    "its servers in parallel (at most max_parallel at once), following each to a terminal "
-    "state. It never asks Nova to evacuate before the power-off is confirmed. Without BMC "
+    "service down and disables it, records the host as fenced in the cluster, and hands the "
+    "evacuation of its servers over to NovaEvacuate's evacuation service, which runs beside "
+    "Pacemaker: the fence action itself returns about a second after the power-off, so "
+    "Pacemaker can fence the next failed host at once. Nothing changes in Nova before the "
+    "power-off is confirmed. Without a cluster record (run by hand) it evacuates itself. "
+    "Without BMC "
     "parameters it does no power action: use it then only in a fencing-topology level after a "
     "power device such as fence_ipmilan. Put OpenStack credentials in clouds.yaml (os_cloud), "
     "not in the CIB."

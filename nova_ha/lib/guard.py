@@ -164,10 +164,13 @@ def check_store(store: StateStore | None, parsed: Any, node: str, *, nova: Any =
 
 
 def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None = None,
-         record: HostRecord | None = None, host: str | None = None) -> bool:
+         record: HostRecord | None = None, host: str | None = None,
+         release: str | None = None) -> bool:
     """Record and raise the block, once per incident: the event goes into the host's history
     (if this nova-ha's state module knows it) and out through the notifier. Returns True when
-    this call raised it."""
+    this call raised it. `release`: a lease owner whose lease on the host goes in the same
+    write (the evacuation service's, granted by the fence action), so that an operator's
+    'nova-ha evacuate' is not kept waiting for it."""
     from nova_ha.lib import state
 
     LOG.warning("not evacuating %s automatically: %s; run 'nova-ha evacuate %s' to evacuate "
@@ -184,8 +187,10 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
               f"{verdict.limit}: {' '.join(verdict.wave)}")[:state.DETAIL_MAX]
     if store is not None and EVENT in state.EVENTS:
         current = record.state if record is not None else "fenced"
+        ours = release is not None and record is not None and record.lease_owner == release
         try:
-            store.mark(verdict.node, current, EVENT, detail)
+            store.mark(verdict.node, current, EVENT, detail, owner=release if ours else None,
+                       release=ours)
         except state.StateError as err:
             LOG.error("cannot record the block of %s: %s", verdict.node, err)
     if notifier is not None:
@@ -202,7 +207,8 @@ STARTS = frozenset({"fenced", "failed"})
 
 def screen(store: StateStore | None, records: Mapping[str, HostRecord], parsed: Any,
            nodes: Any, notifier: Notifier | None = None, *,
-           total_hosts: int | Callable[[], int] | None = None) -> dict[str, Verdict]:
+           total_hosts: int | Callable[[], int] | None = None,
+           release: str | None = None) -> dict[str, Verdict]:
     """For a runner about to evacuate `nodes` (NovaEvacuate's monitor): the ones the guard
     holds, each held (recorded and raised once). The others may go ahead. `total_hosts` is
     asked at most once, and only if a wave of more than one host is seen."""
@@ -222,6 +228,6 @@ def screen(store: StateStore | None, records: Mapping[str, HostRecord], parsed: 
                         total_hosts=count if total_hosts is not None else None)
         if verdict.blocked:
             hold(store, verdict, notifier, record=record,
-                 host=record.service_host or None)
+                 host=record.service_host or None, release=release)
             held[node] = verdict
     return held

@@ -36,8 +36,8 @@ from nova_ha.lib import log
 
 LOG = log.get("notify")
 
-EVENTS = ("fenced", "evacuation_finished", "evacuation_failed", "evacuation_blocked",
-          "rejoined", "reset")
+EVENTS = ("fenced", "evacuation_started", "evacuation_finished", "evacuation_failed",
+          "evacuation_blocked", "rejoined", "reset")
 WARNING_EVENTS = frozenset({"evacuation_failed", "evacuation_blocked"})
 SYSLOG_IDENT = "nova-ha"
 ATTEMPTS = 3

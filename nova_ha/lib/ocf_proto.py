@@ -94,6 +94,8 @@ class OcfAgentSpec:
     actions: list[OcfAction]
     handlers: dict[str, Callable[[OcfRequest], int]]
     validate: Validator = field(default=lambda request: [])
+    # Actions whose handler needs no parameter: they run even when validation fails.
+    unchecked: frozenset[str] = frozenset()
 
 
 def metadata(spec: OcfAgentSpec) -> str:
@@ -170,7 +172,10 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
     request = OcfRequest(action=action, params=parsed, env=env)
     try:
         problems = [(OCF_ERR_CONFIGURED, p) for p in parsed.problems] + spec.validate(request)
-        if problems:
+        if problems and action in spec.unchecked:
+            for _, problem in problems:
+                logger.warning(problem)
+        elif problems:
             for _, problem in problems:
                 logger.error(problem)
             code, reason = problems[0]

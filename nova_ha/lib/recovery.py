@@ -8,8 +8,8 @@ the host's power-off is confirmed (by our BMC call or an earlier fencing-topolog
 from __future__ import annotations
 
 import calendar
-import concurrent.futures
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +34,16 @@ class Options:
     retries: int = 2
     target_hosts: list[str] | None = None
     notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
+
+    @classmethod
+    def from_params(cls, parsed: Any, mode: str, notifier: Any = None) -> Options:
+        """The evacuation settings of an agent's parameters (target_hosts parsed here only:
+        commas and/or spaces)."""
+        targets = [h for h in re.split(r"[,\s]+", parsed.get("target_hosts") or "") if h]
+        return cls(mode=mode, tag=parsed.get("evacuable_tag", "evacuable"),
+                   max_parallel=parsed.get("max_parallel", 16),
+                   retries=parsed.get("evacuate_retries", 2), target_hosts=targets,
+                   notifier=notifier)
 
 
 def force_down(nova: Nova, deadline: Deadline, host: str, known: Service | None = None) -> Service:
@@ -101,6 +111,11 @@ class Lease:
         if self.store is None:
             return True
         try:
+            current = self.store.get(self.node)
+            if current.lease_owner == self.owner and current.lease_live():
+                # Handed over with the 'fenced' record: ours already, and a write saved.
+                self.held, self.renewed = True, time.monotonic()
+                return True
             self.held = self.store.acquire_lease(self.node, self.owner, self.ttl)
         except state.StateError as err:
             # The cluster record is unreadable: nobody can coordinate through it, and Nova
@@ -128,15 +143,28 @@ class Lease:
             self.held = False
 
 
+def _record_outcome(store: state.StateStore | None, lease: Lease, final: str, event: str,
+                    detail: str, counts: dict[str, int]) -> None:
+    """The outcome and the lease's release, in one write (one scheduler run); only while
+    the lease is ours, so a runner that lost it never overwrites its successor's outcome."""
+    node, owner = lease.node, lease.owner
+    if record(store, lambda s: s.mark(node, final, event, detail, owner=owner, release=True,
+                                      **counts), "outcome"):
+        lease.held = False
+
+
 def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: str,
                   options: Options, deadline: Deadline, owner: str,
                   progress: evacuation.Progress | None = None,
                   prefetch: evacuation.Prefetch | None = None,
-                  lease: Lease | None = None) -> evacuation.Summary | None:
+                  lease: Lease | None = None,
+                  runner: str | None = None) -> evacuation.Summary | None:
     """Evacuate a fenced host under its lease. None when another runner holds the lease.
 
     `prefetch` and `lease`: Nova's reads and the host's lease, if the caller started them
-    already (the stonith agent does, alongside the force-down).
+    already. `runner`: who works, for the log and the record (the lease owner may name a
+    role, e.g. the evacuation service, rather than one process). The outcome is the one
+    record write of the evacuation, and it releases the lease in the same write.
     """
     if lease is None:
         lease = Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
@@ -144,31 +172,28 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
     if prefetch is None:
         prefetch = evacuation.Prefetch(nova, deadline, host,
                                        lambda: incident_start(store, node))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        if not lease.held:
-            LOG.info("%s is being evacuated by another runner: leaving it to them", node)
-            return None
-        try:
-            # Recorded alongside the first requests: the lease, not this mark, is what
-            # keeps other runners away.
-            pool.submit(record, store, lambda s: s.mark(node, "evacuating",
-                                                        "evacuation_started", f"by {owner}",
-                                                        owner=owner), "evacuation start")
-            summary = evacuation.evacuate_servers(
-                nova, deadline, host, options.mode, options.tag, options.max_parallel,
-                options.retries, options.target_hosts, progress=progress,
-                heartbeat=lease.heartbeat, may_request=lambda: lease.held,
-                servers=prefetch.servers(), earlier=prefetch.earlier())
-        except NovaError as err:
-            pool.shutdown(wait=True)  # the 'evacuating' mark lands before this one
-            record(store, lambda s: s.mark(node, "fenced", "evacuation_failed",
-                                           "Nova unreachable; will resume", owner=owner),
-                   "evacuation interruption")
-            lease.release()
-            if options.notifier is not None:
-                options.notifier.send("evacuation_failed", node, host=host, state="fenced",
-                                      detail=f"interrupted, will resume: {err}")
-            raise
+    if not lease.held:
+        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+        return None
+    # No record write here: the lease is what keeps other runners away, and every write is
+    # a scheduler run. The start goes to the log and the notification channel.
+    LOG.info("evacuation of %s started by %s", node, runner or owner)
+    if options.notifier is not None:
+        options.notifier.send("evacuation_started", node, host=host,
+                              detail=f"by {runner or owner}")
+    try:
+        summary = evacuation.evacuate_servers(
+            nova, deadline, host, options.mode, options.tag, options.max_parallel,
+            options.retries, options.target_hosts, progress=progress,
+            heartbeat=lease.heartbeat, may_request=lambda: lease.held,
+            servers=prefetch.servers(), earlier=prefetch.earlier())
+    except NovaError as err:
+        _record_outcome(store, lease, "fenced", "evacuation_failed",
+                        f"Nova unreachable, will resume; by {runner or owner}", {})
+        if options.notifier is not None:
+            options.notifier.send("evacuation_failed", node, host=host, state="fenced",
+                                  detail=f"interrupted, will resume: {err}")
+        raise
     counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
                   failed=summary.count("failed"))
     if summary.count("unfinished"):
@@ -179,9 +204,8 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
         final, event = "failed", "evacuation_failed"
     else:
         final, event = "evacuated", "evacuation_finished"
-    record(store, lambda s: s.mark(node, final, event, summary.line()[:120], owner=owner,
-                                   **counts), "evacuation result")
-    lease.release()
+    _record_outcome(store, lease, final, event, f"{summary.line()}; by {runner or owner}",
+                    counts)
     if options.notifier is not None:
         options.notifier.send(event, node, host=host, summary=summary, state=final)
     return summary

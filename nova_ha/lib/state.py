@@ -45,7 +45,7 @@ from            to
                 ``record``); ``failed`` (could not even start)
 ``evacuating``  ``evacuated``, ``failed``, ``fenced`` (fenced again, evacuation to resume)
 ``evacuated``   ``ok`` (host rejoined), ``fenced``
-``failed``      ``evacuating`` (retry), ``ok`` (host rejoined), ``fenced``
+``failed``      ``evacuating``, ``evacuated`` (retried), ``ok`` (host rejoined), ``fenced``
 ==============  ===========================================================================
 
 Marking the current state again is always allowed (it updates counts or adds an event), so is
@@ -120,7 +120,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "fenced": frozenset({"evacuating", "evacuated", "failed"}),
     "evacuating": frozenset({"evacuated", "failed", "fenced"}),
     "evacuated": frozenset({"ok", "fenced"}),
-    "failed": frozenset({"evacuating", "ok", "fenced"}),
+    "failed": frozenset({"evacuating", "evacuated", "ok", "fenced"}),
 }
 HISTORY_MAX = 20
 DETAIL_MAX = 120  # keeps a host's record around 2 KiB: the CIB is copied to every node
@@ -256,6 +256,18 @@ def _decode_history(host: str, value: str | None) -> list[Event]:
     return [Event(*item) for item in items]
 
 
+def _decode_each(
+    raws: Mapping[str, Mapping[str, str]],
+) -> tuple[dict[str, HostRecord], dict[str, str]]:
+    records, bad = {}, {}
+    for host, raw in sorted(raws.items()):
+        try:
+            records[host] = _decode(host, raw)
+        except StateError as err:
+            bad[host] = str(err)
+    return records, bad
+
+
 def _encode(record: HostRecord) -> dict[str, str]:
     """Record attributes as strings; "" clears an attribute. The lease is not included."""
     history = [[e.time, e.name, e.detail] if e.detail else [e.time, e.name] for e in record.history]
@@ -315,7 +327,8 @@ class StateStore(ABC):
 
     @abstractmethod
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+        self, host: str, handle: Any, expect: Mapping[str, str | None],
+        update: Mapping[str, str], tidy: bool = True,
     ) -> bool:
         """Atomically apply `update` if every `expect` attribute still has that value.
 
@@ -332,6 +345,15 @@ class StateStore(ABC):
     def all(self) -> dict[str, HostRecord]:
         return {host: _decode(host, raw) for host, raw in sorted(self._read_all().items())}
 
+    def incidents(self) -> tuple[dict[str, HostRecord], dict[str, str]]:
+        """Hosts in an incident (state other than ok), for a watcher that reads often: the
+        records, and {host: why} for records that do not decode (reported and skipped, so
+        one bad record never stops the others)."""
+        return _decode_each(
+            {h: raw for h, raw in self._read_all().items()
+             if (raw.get(ATTR_STATE) or "ok") != "ok"}
+        )
+
     def mark(
         self,
         host: str,
@@ -345,6 +367,8 @@ class StateStore(ABC):
         mode: str | None = None,
         service_host: str | None = None,
         owner: str | None = None,
+        grant: tuple[str, float] | None = None,
+        release: bool = False,
         now: float | None = None,
     ) -> HostRecord:
         """Move `host` to `state`, update the given counts and append `event` to the history.
@@ -352,6 +376,10 @@ class StateStore(ABC):
         Idempotent: a call that would change nothing (same state and values, and `event` and
         `detail` equal to the last event) writes nothing, so a retried call adds no duplicate.
         With `owner`, the write happens only while `owner` still holds the lease.
+
+        Every write is a scheduler run, so the lease can travel with the record in the same
+        write: `grant=(owner, ttl)` hands the lease to `owner` unless another owner's lease
+        is live (the returned record tells who holds it); `release` (with `owner`) clears it.
         """
         _check_host(host)
         if state not in STATES:
@@ -366,6 +394,10 @@ class StateStore(ABC):
             _check_count(host, name, value)
         if owner is not None:
             _check_owner(owner)
+        if grant is not None:
+            _check_owner(grant[0])
+        if release and owner is None:
+            raise StateError("releasing the lease needs its owner", host, ATTR_LEASE_OWNER)
         if event == "evacuation_finished" and not detail:
             detail = f"found={found or 0} evacuated={evacuated or 0} failed={failed or 0}"
         detail = detail[:DETAIL_MAX]
@@ -404,13 +436,25 @@ class StateStore(ABC):
             if event is not None and not duplicate:
                 new.history.append(Event(stamp, event, detail))
                 del new.history[: -self.history_max]
-            update = _changes(raw, _encode(new))
+            wanted = _encode(new)
+            expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
+            if grant is not None and not (current.lease_owner not in (None, grant[0])
+                                          and current.lease_live(_now(now), self.skew)):
+                new.lease_owner, new.lease_expires = grant[0], _now(now) + grant[1]
+                wanted[ATTR_LEASE_OWNER] = grant[0]
+                wanted[ATTR_LEASE_EXPIRES] = f"{new.lease_expires:.3f}"
+                expect.update({k: raw.get(k) for k in LEASE_ATTRS})
+            if release:
+                new.lease_owner = new.lease_expires = None
+                wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
+            update = _changes(raw, wanted)
             if not update:
                 return current
-            expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
             if owner is not None:
                 expect[ATTR_LEASE_OWNER] = owner
-            if self._swap(host, handle, expect, update):
+            # Cleared attributes stay as empty values (documented as unset): tidying them
+            # away would cost a second write, and so a second scheduler run.
+            if self._swap(host, handle, expect, update, tidy=False):
                 return new
         raise StateError("record kept changing under us; try again", host, ATTR_STATE)
 
@@ -507,7 +551,8 @@ class MemoryStateStore(StateStore):
             return {h: dict(raw) for h, raw in self._hosts.items()}
 
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+        self, host: str, handle: Any, expect: Mapping[str, str | None],
+        update: Mapping[str, str], tidy: bool = True,
     ) -> bool:
         with self._lock:
             attrs = self._hosts.setdefault(host, {})
@@ -638,8 +683,32 @@ class CibStateStore(StateStore):
                 hosts[uname] = attrs
         return hosts
 
+    def incidents(self) -> tuple[dict[str, HostRecord], dict[str, str]]:
+        # Only the nodes in an incident: usually none, so the query answers "nothing" and
+        # costs little however many nodes the cluster has.
+        xpath = (
+            f"/cib/configuration/nodes/node[instance_attributes/nvpair[@name='{ATTR_STATE}']"
+            "[@value!='' and @value!='ok']]"
+        )
+        code, out, err = self._run(["--query", "--xpath", xpath], exclusive=False, host=None,
+                                   what="read incidents")
+        if code == _NO_MATCH_EXIT and _no_match(err):
+            return {}, {}
+        if code != 0:
+            raise StateError(f"cibadmin --query failed {_why(code, err)}")
+        from xml.etree import ElementTree as ET
+
+        try:
+            root = ET.fromstring(out)
+        except ET.ParseError as exc:
+            raise StateError(f"cibadmin returned unreadable XML: {exc}") from None
+        nodes = list(root) if root.tag == "xpath-query" else [root]
+        return _decode_each({n.get("uname") or "": _node_attrs(n) for n in nodes
+                             if n.get("uname")})
+
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None], update: Mapping[str, str]
+        self, host: str, handle: Any, expect: Mapping[str, str | None],
+        update: Mapping[str, str], tidy: bool = True,
     ) -> bool:
         for name, value in update.items():
             # copy_in_properties() would turn "value++"/"value+=N" into arithmetic.
@@ -685,7 +754,7 @@ class CibStateStore(StateStore):
             what="write",
         )
         if code == 0:
-            if any(value == "" for value in update.values()):
+            if tidy and any(value == "" for value in update.values()):
                 self._drop_empty(host, layout.node_id)
             return True
         if code == _NO_MATCH_EXIT and _no_match(err):

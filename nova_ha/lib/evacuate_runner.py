@@ -1,0 +1,53 @@
+"""Evacuate one recorded host now: what a worker of the evacuation service does, and what a
+fence action does itself when no cluster record can carry the hand-over.
+
+The precondition is the host's confirmed power-off, proven by its 'fenced' record (the
+service) or by the fence action's own BMC call (the fallback).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nova_ha.lib import log, params
+
+if TYPE_CHECKING:
+    from nova_ha.lib import evacuation, state
+    from nova_ha.lib.nova import Nova
+
+LOG = log.get("evacuate")
+
+
+def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: str, host: str,
+                 nova: Nova | None, *, runner: str | None, lease_owner: str | None = None,
+                 mode: str | None = None) -> evacuation.Summary | None:
+    """Force down (idempotent), then evacuate under the host's lease. None when another
+    runner holds the lease, or when Nova could not be reached (recorded for a retry)."""
+    from nova_ha.lib import notify, recovery
+    from nova_ha.lib.nova import Deadline, Nova, NovaError
+
+    mode = mode or parsed["evacuate"]
+    if mode not in ("all", "tagged"):
+        LOG.info("%s: evacuate=%s: nothing evacuated here", node, mode)
+        return None
+    source = params.EVACUATE if lease_owner else params.FENCE
+    notifier = notify.Notifier.from_params(parsed, source)
+    options = recovery.Options.from_params(parsed, mode, notifier)
+    deadline = Deadline(parsed["evacuate_timeout"])
+    owner = lease_owner or recovery.owner_name(source)
+    lease = recovery.Lease(store, node, owner, deadline.remaining() + recovery.LEASE_MARGIN)
+    lease.acquire()
+    if not lease.held:
+        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+        return None
+    try:
+        nova = nova or Nova.from_params(parsed)
+        # The record proves the power-off; a fence action killed before its force-down
+        # (or one whose force-down failed) left Nova's side undone.
+        recovery.force_down(nova, deadline, host)
+        return recovery.evacuate_host(nova, store, node, host, options, deadline, owner,
+                                      lease=lease, runner=runner)
+    except (NovaError, params.SecretScriptError) as err:
+        LOG.error("evacuation of %s interrupted: %s", node, err)
+        lease.release()
+        return None

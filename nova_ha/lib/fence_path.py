@@ -1,0 +1,263 @@
+"""The fence action's safety work for one host, as named steps (the life of a failed host,
+step 2): power off and confirm, force down, record, hand over.
+
+Pacemaker starts no new transition while any action runs, so this is all a fence action
+does: the evacuation runs beside Pacemaker, in NovaEvacuate's evacuation service.
+
+The safety rule, "nothing in Nova changes for a host before its power-off is confirmed", is
+held by a type: every step after the power-off takes a ``PowerOffConfirmed``, and only
+``HostFence.power_off`` makes one, after the BMC confirmed the host off or when the device
+runs as a later fencing-topology level (an earlier level confirmed it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nova_ha.lib import fence_proto, handover, log, params
+
+if TYPE_CHECKING:
+    from nova_ha.lib import power, state
+    from nova_ha.lib.nova import Deadline, Nova, Service
+
+LOG = log.get("fencer")
+_PROOF_KEY = object()  # only this module makes proofs of a power-off
+
+
+@dataclass(frozen=True)
+class PowerOffConfirmed:
+    """The proof that `node` is off; every Nova write for the host takes one."""
+
+    node: str
+    host: str
+    by: str  # who confirmed it, for the log and the record
+    at: float = field(default_factory=time.time)
+    key: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.key is not _PROOF_KEY:
+            raise TypeError("a PowerOffConfirmed is made only by HostFence.power_off()")
+
+
+def bmc_for(parsed: params.Parsed, node: str) -> power.Bmc:
+    """The BMC of `node` as this device knows it (its own, or its entry in bmc_map)."""
+    from nova_ha.lib import power
+
+    address, port = _bmc_address(parsed, node)
+    password = parsed.get("password")
+    if not password and parsed.get("password_script"):
+        password = params.run_secret_script("password_script", parsed["password_script"])
+        log.REDACTOR.add(password)
+    return power.Bmc(power.BmcConfig(
+        address=address, port=port, username=parsed.get("username"),
+        password=password or "", lanplus=True, cipher=parsed.get("cipher"),
+        privlvl=parsed.get("privlvl", "administrator"),
+        timeout=parsed.get("power_timeout", 20.0), wait=parsed.get("power_wait", 0.0)))
+
+
+def _bmc_address(parsed: params.Parsed, node: str) -> tuple[str, int]:
+    endpoint = getattr(params, "bmc_endpoint", None)
+    if endpoint is not None:
+        found = endpoint(parsed, node)
+        if found is not None:
+            return found
+    return parsed["ip"], parsed.get("ipport", 623)
+
+
+class _NovaWarmUp:
+    """Reads only, started while the BMC powers the host off: Keystone's token and the
+    host's compute service. Each round trip done here brings the force-down sooner."""
+
+    def __init__(self, parsed: params.Parsed, host: str) -> None:
+        self.nova: Nova | None = None
+        self.service: Service | None = None
+        self._authenticated = threading.Event()
+        self._done = threading.Event()
+        # A daemon thread: a Nova that does not answer must not keep a failed fence alive.
+        threading.Thread(target=self._run, args=(parsed, host), daemon=True,
+                         name="nova-warm-up").start()
+
+    def _run(self, parsed: params.Parsed, host: str) -> None:
+        from nova_ha.lib.nova import Deadline, Nova
+
+        try:
+            nova = Nova.from_params(parsed)
+            nova.authenticate()
+            self.nova = nova
+            self._authenticated.set()
+            self.service = nova.service(Deadline(nova.timeout), host)
+        except Exception as err:  # noqa: BLE001 - asked again, with errors reported, later
+            LOG.debug("warm-up read failed (asked again after the power-off): %s", err)
+        finally:
+            self._authenticated.set()
+            self._done.set()
+
+    def client(self, wait: float) -> Nova | None:
+        return self.nova if self._authenticated.wait(wait) else None
+
+    def known_service(self, wait: float) -> Service | None:
+        return self.service if self._done.wait(wait) else None
+
+
+class HostFence:
+    """`off` for one host. Each step returns what the next needs; `run` is the order."""
+
+    def __init__(self, parsed: params.Parsed, node: str) -> None:
+        self.parsed = parsed
+        self.node = node
+        self.host = params.nova_host_name(node, parsed.get("host_map", ""),
+                                          parsed.get("domain", ""))
+        self.mode: str = parsed["evacuate"]
+        self.evacuating = self.mode in ("all", "tagged", "record")
+        self._warm_up: _NovaWarmUp | None = None
+        self._nova: Nova | None = None
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def power_off(self) -> PowerOffConfirmed | None:
+        """Power off and wait for the BMC to confirm it; None (logged) if it did not."""
+        from nova_ha.lib import power
+
+        self._warm_up = _NovaWarmUp(self.parsed, self.host)
+        if not params.has_bmc(self.parsed):
+            LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
+                     "fencing-topology level", self.node)
+            return PowerOffConfirmed(self.node, self.host, "an earlier fencing level",
+                                     key=_PROOF_KEY)
+        try:
+            with bmc_for(self.parsed, self.node) as bmc:
+                took = bmc.off_and_confirm()
+        except (power.PowerError, params.SecretScriptError, params.ParamError) as err:
+            LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", self.node, err)
+            return None
+        LOG.info("power-off of %s confirmed by its BMC in %.2fs", self.node, took)
+        return PowerOffConfirmed(self.node, self.host, "its BMC", key=_PROOF_KEY)
+
+    def force_down(self, proof: PowerOffConfirmed, deadline: Deadline) -> Service:
+        """Force the host's nova-compute down (what evacuation needs). Raises NovaError."""
+        from nova_ha.lib import recovery
+        from nova_ha.lib.nova import Nova
+
+        warm = self._warm_up.client(wait=deadline.remaining()) if self._warm_up else None
+        self._nova = warm or Nova.from_params(self.parsed)
+        known = self._warm_up.known_service(wait=deadline.remaining()) \
+            if warm is not None and self._warm_up is not None else None
+        return recovery.force_down(self._nova, deadline, proof.host, known=known)
+
+    def disable(self, proof: PowerOffConfirmed, deadline: Deadline, svc: Service) -> None:
+        """After the force-down, never before (see recovery.disable); failures only logged."""
+        from nova_ha.lib import recovery
+        from nova_ha.lib.nova import NovaError
+
+        assert self._nova is not None and proof.host == svc.host
+        try:
+            recovery.disable(self._nova, deadline, svc)
+        except NovaError as err:
+            LOG.error("could not disable nova-compute on %s: %s", proof.host, err)
+
+    def record(self, proof: PowerOffConfirmed, store: state.StateStore | None
+               ) -> state.HostRecord | None:
+        """'fenced', with the lease granted to the evacuation service: one CIB write, the
+        hand-over itself. None when there is no cluster record to write."""
+        from nova_ha.lib import recovery, state
+
+        if store is None:
+            return None
+        grant = None
+        if self.evacuating:
+            grant = (handover.SERVICE_OWNER,
+                     self.parsed["evacuate_timeout"] + recovery.LEASE_MARGIN)
+        try:
+            return store.mark(proof.node, "fenced", "fenced",
+                              f"power-off confirmed by {proof.by}", mode=self.mode,
+                              service_host=proof.host, grant=grant)
+        except state.StateError as err:
+            LOG.error("cannot record %s as fenced: %s", proof.node, err)
+            return None
+
+    def hand_over(self, proof: PowerOffConfirmed, recorded: state.HostRecord | None) -> str:
+        """Leave the evacuation to the service; the sentence says to whom, for the log."""
+        if recorded is None:
+            return "not handed over (no cluster record)"
+        if recorded.lease_owner != handover.SERVICE_OWNER:
+            return f"left to {recorded.lease_owner}, who holds the host's lease"
+        woken = handover.wake(proof.node)
+        return (f"handed over to {handover.SERVICE_OWNER}"
+                + (" (woken on this node)" if woken else
+                   " (it sees the record at its next read)"))
+
+    # -- the order ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Power off, then force down and record side by side (each needs only the proof),
+        then hand over. 0 once the host is safe."""
+        import concurrent.futures
+
+        from nova_ha.lib.nova import Deadline, NovaError
+
+        proof = self.power_off()
+        if proof is None:
+            return fence_proto.EC_GENERIC_ERROR
+        deadline = Deadline(max(2 * float(self.parsed.get("os_api_timeout", 10)), 10.0))
+        store = _store()
+        with concurrent.futures.ThreadPoolExecutor(2) as background:
+            recorded = background.submit(self.record, proof, store)
+            try:
+                svc = self.force_down(proof, deadline)
+            except (NovaError, params.SecretScriptError) as err:
+                LOG.error("%s is powered off but could not be forced down in Nova: %s",
+                          proof.node, err)
+                return fence_proto.EC_GENERIC_ERROR
+            disabled = background.submit(self.disable, proof, deadline, svc)
+            record = recorded.result()
+            self._announce(proof)
+            if self.mode == "none":
+                self._finish_without_evacuation(store)
+            elif record is None or record.lease_owner is None:
+                self._evacuate_here(proof, store)
+            else:
+                LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))
+            disabled.result()
+        return fence_proto.EC_OK
+
+    # -- the rest ------------------------------------------------------------------------
+
+    def _announce(self, proof: PowerOffConfirmed) -> None:
+        from nova_ha.lib import notify
+
+        notify.Notifier.from_params(self.parsed, params.FENCE).send(
+            "fenced", proof.node, host=proof.host, mode=self.mode,
+            detail=f"power-off confirmed by {proof.by}, nova-compute forced down")
+
+    def _finish_without_evacuation(self, store: state.StateStore | None) -> None:
+        from nova_ha.lib import recovery
+
+        recovery.record(store, lambda s: s.mark(self.node, "evacuated", "evacuation_finished",
+                                                "evacuate=none: nothing evacuated"), "mode")
+
+    def _evacuate_here(self, proof: PowerOffConfirmed, store: state.StateStore | None) -> None:
+        """No cluster record could carry the hand-over (run by hand, or the CIB out of
+        reach): this process holds the proof, so it evacuates itself, as before."""
+        from nova_ha.lib import evacuate_runner
+
+        LOG.warning("%s: no cluster record to hand over with: evacuating in this action",
+                    proof.node)
+        evacuate_runner.evacuate_now(self.parsed, store, proof.node, proof.host,
+                                     self._nova, runner=None)
+
+
+def _store() -> state.StateStore | None:
+    from nova_ha.lib import state
+
+    try:
+        return state.CibStateStore()
+    except state.StateError as err:
+        LOG.error("no cluster record available: %s", err)
+        return None
+
+
+def fence_off(request: fence_proto.FenceRequest) -> int:
+    return HostFence(request.params, request.params["port"]).run()

@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
@@ -52,6 +53,11 @@ def venv_python(venv=None):
 def available(venv=None):
     """True if the Nova venv exists (``make`` / setup-venv.sh made it)."""
     return os.access(venv_python(venv), os.X_OK)
+
+
+# Boxes whose rebuild delay is on: the ``nova_box`` plugin (fixtures.py) turns
+# it off after every test, so that it never leaks into the next one.
+DELAYED_BOXES = weakref.WeakSet()
 
 
 class NovaBoxError(RuntimeError):
@@ -325,6 +331,37 @@ class NovaBox:
     def set_api_down(self, down=True, mode="503"):
         """Compute API down (503, or mode="reset": connection reset) / up."""
         return self.control("POST", "/api", {"down": bool(down), "mode": mode})
+
+    def set_rebuild_delay(self, seconds: float) -> dict:
+        """Slow rebuilds: every spawn of the fake driver, on every host, takes
+        ``seconds`` (0, the default: none). That is every evacuation, rebuild,
+        build and unshelve; an evacuated server spends them in task_state
+        ``rebuild_spawning``. Spawns already under way keep the delay they
+        started with. A host that crashes during a delayed spawn never ends
+        it (as if its process had died). Returns ``{"seconds": ...}``.
+
+        The ``nova_box`` pytest plugin (fixtures.py) sets it back to 0 after
+        every test; outside pytest, callers reset it themselves
+        (``set_rebuild_delay(0)`` or ``reset_faults()``).
+        """
+        seconds = float(seconds)
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"rebuild delay must be in [0, 3600] s, not {seconds}")
+        answer = self.control("POST", "/rebuild_delay", {"seconds": seconds})
+        if seconds > 0:
+            DELAYED_BOXES.add(self)
+        else:
+            DELAYED_BOXES.discard(self)
+        return answer
+
+    def rebuild_delay(self) -> float:
+        """The current delay of fake driver spawns/rebuilds, in seconds."""
+        return self.control("GET", "/rebuild_delay")["seconds"]
+
+    def reset_faults(self):
+        """Back to a healthy box: compute API up, no rebuild delay."""
+        self.set_api_down(False)
+        self.set_rebuild_delay(0)
 
     def revoke_tokens(self):
         """Invalidate every token issued so far (clients must re-auth)."""

@@ -8,13 +8,19 @@ Use from a test module (or a conftest) with::
 run. Tests that crash a host or force its service down must put it back
 (start it, un-force it) before they end. Without ``.venv-nova`` the fixture
 skips, except under CI (``CI=true``), where it fails.
+
+A rebuild delay (``NovaBox.set_rebuild_delay``) lasts one test at most: after
+every test, any running box with a delay on (the session's, a module's own,
+a cluster bed's) gets it set back to 0 (``_reset_rebuild_delay`` below,
+autouse wherever this plugin is loaded).
 """
 
+import contextlib
 import os
 
 import pytest
 
-from tests.testbed.nova_box import VENV_DIR, NovaBox, available
+from tests.testbed.nova_box import DELAYED_BOXES, VENV_DIR, NovaBox, available
 
 
 def require_nova_venv():
@@ -34,3 +40,14 @@ def nova_box(tmp_path_factory):
     box = NovaBox(hosts=("host1", "host2", "host3"), state_dir=tmp_path_factory.mktemp("nova-box"))
     with box:
         yield box
+
+
+@pytest.fixture(autouse=True)
+def _reset_rebuild_delay():
+    yield
+    for box in list(DELAYED_BOXES):
+        if not box.running:
+            DELAYED_BOXES.discard(box)
+            continue
+        with contextlib.suppress(OSError):  # the box died: nothing to reset
+            box.set_rebuild_delay(0)

@@ -756,6 +756,20 @@ class Control:
                 return _json_response(
                     start_response, 200, {"down": box.front.down, "mode": box.front.down_mode}
                 )
+            if parts == ["rebuild_delay"] and method == "GET":
+                return _json_response(start_response, 200, {"seconds": box.rebuild_delay})
+            if parts == ["rebuild_delay"] and method == "POST":
+                try:
+                    seconds = float(data.get("seconds", 0))
+                except (TypeError, ValueError):
+                    seconds = -1.0
+                if not 0 <= seconds <= 3600:
+                    return _json_response(
+                        start_response, 400, {"error": "seconds must be a number in [0, 3600]"}
+                    )
+                box.rebuild_delay = seconds
+                LOG.info("nova box: fake driver spawn/rebuild delay %.3fs", seconds)
+                return _json_response(start_response, 200, {"seconds": box.rebuild_delay})
             if parts == ["tokens", "revoke"] and method == "POST":
                 return _json_response(start_response, 200, {"revoked": box.keystone.revoke_all()})
             if parts == ["info"] and method == "GET":
@@ -815,6 +829,8 @@ class ComputeHost:
         self.started_once = False
         self._dead = []  # crashed services, kept so nothing is collected
         self._driver_state = None
+        # Set when this life of the compute loses power (see _slow_fake_spawn).
+        self.power_lost = threading.Event()
 
     @property
     def running(self):
@@ -845,6 +861,8 @@ class ComputeHost:
                 svc.manager.driver.instances = instances
                 svc.manager.driver.resources = resources
                 self._driver_state = None
+            self.power_lost = threading.Event()
+            svc.manager.driver._nova_box_power_lost = self.power_lost
             svc.start()
             if not self.started_once:
                 self.box.map_hosts()
@@ -858,6 +876,7 @@ class ComputeHost:
             if svc is None:
                 return
             self.service = None
+            self.power_lost.set()  # before the stop: a slow spawn freezes at once
             self._stop(svc)
             driver = svc.manager.driver
             self._driver_state = (driver.instances, driver.resources)
@@ -1032,6 +1051,59 @@ def _per_host_compute_resource_lock():
             setattr(cls, name, rewrap(original))
 
 
+def _slow_fake_spawn(box):
+    """Make FakeDriver.spawn take ``box.rebuild_delay`` seconds (0: no delay).
+
+    A real hypervisor takes seconds to build a guest; the fake driver takes
+    none. FakeDriver has no ``rebuild`` of its own: a rebuild or evacuation
+    runs Nova's ``_rebuild_default_impl``, which calls ``driver.spawn`` with
+    task_state ``rebuild_spawning``. So this one delay covers builds,
+    rebuilds, evacuations and unshelves, on every host.
+
+    The delay is waited in the thread that runs the spawn: a worker of the
+    compute's own RPC server (oslo.messaging "threading" executor, 64
+    workers per nova-compute) for a rebuild/evacuation, a worker of Nova's
+    build pool for a build. The box runs native threads, not eventlet (see
+    OS_NOVA_DISABLE_EVENTLET_PATCHING), so a plain wait only parks that
+    thread: other spawns on the same host, other computes, heartbeats and
+    the API go on. The delay is read once, when the spawn starts.
+
+    A compute that crashes (power loss) while a spawn waits does not finish
+    it: the spawn's thread stays parked for good, as if its process had
+    died. Nothing is written for it: the server keeps its task_state, the
+    guest never appears on the driver. (Nothing process-wide is held there:
+    the rebuild path takes no per-instance lock.)
+    """
+    from nova.virt import fake
+
+    original = fake.FakeDriver.spawn
+    if getattr(original, "_nova_box_slow", False):
+        return
+    if "rebuild" in vars(fake.FakeDriver):  # would bypass spawn: patch it too
+        raise RuntimeError("FakeDriver.rebuild exists: _slow_fake_spawn needs updating")
+
+    def spawn(self, context, instance, *args, **kwargs):
+        delay = box.rebuild_delay
+        if delay > 0:
+            power_lost = getattr(self, "_nova_box_power_lost", None) or threading.Event()
+            LOG.info(
+                "nova box: spawn of %s on %s delayed %.3fs (task_state %s, thread %s)",
+                instance.uuid,
+                self._host,
+                delay,
+                instance.task_state,
+                threading.current_thread().name,
+            )
+            if power_lost.wait(delay):
+                LOG.info("nova box: spawn of %s cut by a power loss", instance.uuid)
+                while True:  # the process is "dead": never return
+                    time.sleep(3600)
+        return original(self, context, instance, *args, **kwargs)
+
+    spawn._nova_box_slow = True
+    fake.FakeDriver.spawn = spawn
+
+
 class Box:
     def __init__(self, args):
         self.args = args
@@ -1051,6 +1123,7 @@ class Box:
         self._internal_token = None
         self._nova_app = None
         self.stopping = threading.Event()
+        self.rebuild_delay = 0.0  # seconds each FakeDriver spawn/rebuild takes
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -1232,6 +1305,7 @@ build_failure_weight_multiplier = 0.0
     def _patch_nova(self):
         _sqlite_immediate_writers()
         _per_host_compute_resource_lock()
+        _slow_fake_spawn(self)
         import keystonemiddleware.auth_token as auth_token
         import nova.virt.node
         from nova.compute import manager as compute_manager
@@ -1499,6 +1573,7 @@ build_failure_weight_multiplier = 0.0
             "boot_seconds": round(self.boot_seconds, 2),
             "report_interval": self.args.report_interval,
             "service_down_time": self.args.service_down_time,
+            "rebuild_delay": self.rebuild_delay,
             "images": {"default": IMAGE_DEFAULT, "evacuable": IMAGE_EVACUABLE},
             "flavors": {f[0]: {"name": f[1], "extra_specs": f[5]} for f in FLAVORS},
             "project_id": ADMIN_PROJECT_ID,

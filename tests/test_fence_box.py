@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
-import subprocess
-import threading
 import time
 
 from nova_ha.lib import state
-from tests.helpers import (
-    COMPUTE_AGENT,
-    EVACUATE_AGENT,
-    FENCE_AGENT,
-    PYTHON,
-    run_fence,
-    run_ocf,
-    stdin_text,
-    wait_until,
-)
+from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf, wait_until
 from tests.testbed.observe import Observer
 
 START_META = {"on_node": "host1", "timeout": 300000}
-EVACUATE_META = {"timeout": 300000, "interval": 10000}
 
 
 
@@ -76,7 +65,7 @@ def test_fence_evacuates_twenty_servers_then_host_rejoins(box_bed):
     t0 = time.time()
     bed.cloud.create_servers("host1", 20, name_prefix="real")
     ids = [s["id"] for s in Observer(bed.cloud).servers("host1")]
-    done = run_fence(bed.fence_params(evacuate_timeout=240), env=bed.env(), timeout=300)
+    done = bed.fence(evacuate_timeout=240, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{len(ids)} evacuated, 0 failed" in done.stderr
     assert bed.bmcs["host1"].power_state == "off"
@@ -94,51 +83,53 @@ def test_fence_evacuates_twenty_servers_then_host_rejoins(box_bed):
     _rejoin_and_use_host1(bed, ids)
 
 
-def test_killed_stonith_agent_novaevacuate_finishes_and_host_waits(box_bed, tmp_path):
+def _busy_worker(log: str, node: str) -> int | None:
+    """The PID of the worker the service gave `node` to, from its log line."""
+    found = re.findall(rf"{node}: .*; evacuating \(worker (\d+)\)", log)
+    return int(found[-1]) if found else None
+
+
+def test_killed_worker_is_replaced_at_once_and_host_waits(box_bed):
+    """The fence action returns once the host is safe; the evacuation service's worker is
+    killed halfway: the service replaces it at once, the new worker asks Nova what was
+    requested already and requests each server once. Meanwhile NovaCompute on the powered-on
+    host refuses to start; it starts once the evacuation is over."""
     bed = box_bed
     t0 = time.time()
     bed.cloud.create_servers("host1", 20, name_prefix="kill")
     ids = [s["id"] for s in Observer(bed.cloud).servers("host1")]
-    agent = subprocess.Popen([PYTHON, FENCE_AGENT], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env=bed.env())
-    agent.stdin.write(stdin_text(bed.fence_params(max_parallel=1, evacuate_timeout=240)))
-    agent.stdin.close()
-    agent.stdin = None
-    wait_until(lambda: len(_accepted(bed, t0)) >= 5)
-    os.kill(agent.pid, signal.SIGKILL)  # the stonith timeout struck halfway
-    agent.communicate(timeout=30)
-    assert len(_accepted(bed, t0)) < 20
-    record = state.CibStateStore(bed.cib).get("host1")
-    assert record.state == "evacuating"
-
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = bed.os_params(evacuate="all", evacuate_timeout=240)
-    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-    # host1 is powered on meanwhile and Pacemaker starts NovaCompute there: it refuses
-    # (after start_wait) while NovaEvacuate works, and succeeds when Pacemaker retries it.
-    bed.bmcs["host1"].power_state = "on"
-    results: dict[str, subprocess.CompletedProcess] = {}
-    compute = threading.Thread(target=lambda: results.update(compute=run_ocf(
-        COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=3), START_META,
-        env=bed.env(), timeout=330)))
-    compute.start()
-    done = run_ocf(EVACUATE_AGENT, "monitor", params, EVACUATE_META, env=env, timeout=330)
-    assert done.returncode == 0, done.stderr
-    assert "taking over" in done.stderr
-    compute.join(timeout=330)
-    refused = results["compute"]
-    assert refused.returncode == 1, refused.stderr
-    assert "ocf-exit-reason:not starting nova-compute on host1" in refused.stderr
-    assert not bed.cloud.hosts()["host1"]["running"]  # nova-compute was not started
-    started = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META,
-                      env=bed.env(), timeout=330)
-    assert started.returncode == 0, started.stderr
+    with bed.evacuation_service(max_parallel=1, evacuate_timeout=240) as service:
+        done = run_fence(bed.fence_params(), env=bed.env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "handed over to NovaEvacuate (woken on this node)" in done.stderr
+        wait_until(lambda: len(_accepted(bed, t0)) >= 5)
+        worker = _busy_worker(service.log(), "host1")
+        assert worker is not None, service.log()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.time()
+        assert len(_accepted(bed, t0)) < 20
+        replaced = wait_until(lambda: _busy_worker(service.log(), "host1") != worker, 10,
+                              interval=0.05)
+        assert replaced and "died (signal 9)" in service.log()
+        # host1 is powered on meanwhile and Pacemaker starts NovaCompute there: it refuses
+        # (after start_wait) while the evacuation runs.
+        bed.bmcs["host1"].power_state = "on"
+        refused = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=1),
+                          START_META, env=bed.env(), timeout=330)
+        assert refused.returncode == 1, refused.stderr
+        assert "ocf-exit-reason:not starting nova-compute on host1" in refused.stderr
+        assert not bed.cloud.hosts()["host1"]["running"]  # nova-compute was not started
+        service.wait_settled("host1", 300)
+        after_kill = [r["t"] for r in _since(bed, killed) if r.get("action") == "evacuate"]
+        assert after_kill, "nothing requested after the worker was killed"
     _assert_safe_and_moved(bed, t0, ids)
+    record = state.CibStateStore(bed.cib).get("host1")
+    assert record.state == "evacuated" and record.lease_owner is None
+    assert [e.name for e in record.history][-2:] == ["fenced", "evacuation_finished"]
     _rejoin_and_use_host1(bed, ids)
 
 
-def test_record_mode_fences_only_and_novaevacuate_evacuates(box_bed, tmp_path):
+def test_record_mode_fences_only_and_novaevacuate_evacuates(box_bed):
     bed = box_bed
     t0 = time.time()
     bed.cloud.create_servers("host1", 6, name_prefix="rec")
@@ -148,11 +139,8 @@ def test_record_mode_fences_only_and_novaevacuate_evacuates(box_bed, tmp_path):
     assert not [r for r in _since(bed, t0) if r.get("action") == "evacuate"]
     assert Observer(bed.cloud).service("host1").forced_down
     assert state.CibStateStore(bed.cib).get("host1").state == "fenced"
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = bed.os_params(evacuate="all", evacuate_timeout=240)
-    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-    done = run_ocf(EVACUATE_AGENT, "monitor", params, EVACUATE_META, env=env, timeout=330)
-    assert done.returncode == 0, done.stderr
+    with bed.evacuation_service(evacuate_timeout=240) as service:
+        service.wait_settled("host1", 300)
     _assert_safe_and_moved(bed, t0, ids)
     assert state.CibStateStore(bed.cib).get("host1").state == "evacuated"
     _rejoin_and_use_host1(bed, ids)
@@ -178,7 +166,7 @@ def test_tagged_mode_reads_flavor_image_and_metadata_tags(box_bed):
     by_meta = bed.cloud.create_servers("host1", 1, name_prefix="tm",
                                        metadata={"evacuable": "yes"})
     plain = bed.cloud.create_servers("host1", 1, name_prefix="tp")
-    done = run_fence(bed.fence_params(evacuate="tagged"), env=bed.env(), timeout=300)
+    done = bed.fence(evacuate="tagged", timeout=300)
     assert done.returncode == 0, done.stderr
     observer = Observer(bed.cloud)
     for server_id in by_flavor + by_image + by_meta:

@@ -353,3 +353,34 @@ def test_small_page_size_loses_no_server(sim_bed):
     assert done.returncode == 0, done.stderr
     assert "11 servers found" in done.stderr
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+
+
+def test_one_device_for_many_nodes_with_a_bmc_map(sim_bed):
+    """A shared device (bmc_map) fences each node through that node's own BMC, and refuses
+    a node it has no BMC for before any power action."""
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host2", 2)
+    shared = {f"host{i}": f"127.0.0.1:{bed.bmcs[f'host{i}'].port}" for i in (1, 2)}
+    params = bed.fence_params("host2", ip=None, ipport=None,
+                              bmc_map=";".join(f"{n}={a}" for n, a in shared.items()))
+    done = bed.fence_with(params)
+    assert done.returncode == 0, done.stderr
+    assert bed.bmcs["host2"].power_state == "off" and bed.bmcs["host1"].power_state == "on"
+    assert all(Observer(bed.cloud).server(i)["host"] != "host2" for i in ids)
+    before = len(bed.cloud.request_log())
+    refused = run_fence(dict(params, port="host3"), env=bed.env())
+    assert refused.returncode == 1 and "bmc_map" in refused.stderr, refused.stderr
+    assert bed.bmcs["host3"].power_state == "on"
+    assert not [r for r in bed.cloud.request_log()[before:] if r["method"] != "GET"]
+
+
+def test_device_refuses_a_node_whose_bmc_it_does_not_have(sim_bed):
+    """host1's BMC, asked to fence host2 (bmc_node says whose BMC it is): nothing is powered
+    off and nothing changes in Nova."""
+    bed = sim_bed
+    params = bed.fence_params("host1", port="host2", bmc_node="host1")
+    done = run_fence(params, env=bed.env())
+    assert done.returncode == 1
+    assert "host2" in done.stderr and "bmc_node" in done.stderr, done.stderr
+    assert bed.bmcs["host1"].power_state == "on"
+    assert not bed.requests(method="PUT") and not bed.requests(action="evacuate")

@@ -20,6 +20,7 @@ def xml_attr(text: str) -> str:
     return f'"{xml_escape(text)}"'
 
 _GROUP_TITLES = {
+    "shared": "Shared settings file",
     "host": "Target host",
     "openstack": "OpenStack (Keystone and Nova)",
     "bmc": "BMC (IPMI over LAN)",

@@ -43,28 +43,23 @@ class PowerOffConfirmed:
 
 
 def bmc_for(parsed: params.Parsed, node: str) -> power.Bmc:
-    """The BMC of `node` as this device knows it (its own, or its entry in bmc_map)."""
+    """The BMC of `node` as this device knows it (its own, or its entry in bmc_map).
+    ParamError when this device must not power `node` (another node's BMC)."""
     from nova_ha.lib import power
 
-    address, port = _bmc_address(parsed, node)
+    endpoint = params.bmc_endpoint(parsed, node)
+    if endpoint is None:
+        raise params.ParamError("this device has no BMC parameters (ip or bmc_map)")
     password = parsed.get("password")
-    if not password and parsed.get("password_script"):
-        password = params.run_secret_script("password_script", parsed["password_script"])
+    script = params.bmc_password_command(parsed, node)
+    if not password and script:
+        password = params.run_secret_script("password_script", script)
         log.REDACTOR.add(password)
     return power.Bmc(power.BmcConfig(
-        address=address, port=port, username=parsed.get("username"),
+        address=endpoint[0], port=endpoint[1], username=parsed.get("username"),
         password=password or "", lanplus=True, cipher=parsed.get("cipher"),
         privlvl=parsed.get("privlvl", "administrator"),
         timeout=parsed.get("power_timeout", 20.0), wait=parsed.get("power_wait", 0.0)))
-
-
-def _bmc_address(parsed: params.Parsed, node: str) -> tuple[str, int]:
-    endpoint = getattr(params, "bmc_endpoint", None)
-    if endpoint is not None:
-        found = endpoint(parsed, node)
-        if found is not None:
-            return found
-    return parsed["ip"], parsed.get("ipport", 623)
 
 
 class _NovaWarmUp:

@@ -106,12 +106,16 @@ def fence_monitor(request: FenceRequest) -> int:
 
     parsed = request.params
     try:
-        if params.has_bmc(parsed) and parsed.get("ip"):
-            with fence_path.bmc_for(parsed, parsed.get("port") or "") as bmc:
+        # One BMC answers for the device: its own, or the first of its map (asking every
+        # BMC of a shared device each minute would cost as much as one device per node).
+        node = parsed.get("port") or next(iter(params.parse_bmc_map(parsed["bmc_map"])), "") \
+            if parsed.get("bmc_map") else parsed.get("port") or ""
+        if params.has_bmc(parsed):
+            with fence_path.bmc_for(parsed, node) as bmc:
                 bmc.status()
         nova = Nova.from_params(parsed)
         nova.microversion(Deadline(parsed.get("os_api_timeout", 10) * 2))
-    except (power.PowerError, NovaError, params.SecretScriptError) as err:
+    except (power.PowerError, NovaError, params.SecretScriptError, params.ParamError) as err:
         LOG.error("monitor failed: %s", err)
         return fence_proto.EC_GENERIC_ERROR
     return fence_proto.EC_OK

@@ -58,6 +58,17 @@ def _p(name: str, type_: str, short: str, long: str = "", **kw: Any) -> Param:
 
 
 PARAMETERS: tuple[Param, ...] = (
+    # ---- shared settings --------------------------------------------------------------------
+    _p("config_file", "string", "File of shared settings (name=value lines)",
+       "One file for the settings every device and resource shares (host_map, os_*, "
+       "evacuation, BMC user...) instead of repeating them in each: 'name=value' lines, "
+       "'#' comments, the parameter names of nova-ha (deprecated ones too). It is read first; "
+       "parameters given to the agent directly override it. Parameters of other agents are "
+       "skipped (one file serves all agents); an unknown name is an error, and so are 'port' "
+       "and 'action'. An absolute path to a regular file of at most 256 KiB, belonging to "
+       "root (or the agent's user) and writable by nobody else; when it holds a secret "
+       "(os_password, password, ...) readable by nobody else either (mode 0600).",
+       agents=_OPENSTACK, group="shared", metavar="path"),
     # ---- host selection -------------------------------------------------------------------
     _p("port", "string", "Pacemaker node name of the compute host to fence",
        "Pacemaker passes the target node as 'port' (fence-agents call it 'plug'). It is "
@@ -138,6 +149,19 @@ PARAMETERS: tuple[Param, ...] = (
        "fencing-topology level after a power device such as fence_ipmilan, which confirms "
        "the power-off before this agent runs.", aliases=("ipaddr",), agents=_FENCE_ONLY,
        group="bmc", getopt="a", metavar="ip"),
+    _p("bmc_map", "string", "BMC of each node, for one device fencing many nodes",
+       "Pairs 'node=address[:port]' separated by ';', ',' or spaces (IPv6 in brackets: "
+       "node=[fd00::5]:623; ipport when no port is given), instead of 'ip': the device powers "
+       "off the BMC of the node it is asked to fence and refuses a node that is not listed. "
+       "username and password or password_script are shared; password_script is run with "
+       "the node's name appended as its last argument (cluster/crm-config/bmc-password "
+       "then finds that BMC's password). One device and one monitor for all compute nodes "
+       "(list them in pcmk_host_list) instead of one each.", agents=_FENCE_ONLY,
+       group="bmc", metavar="map"),
+    _p("bmc_node", "string", "Node that the BMC at 'ip' powers (other nodes are refused)",
+       "With 'ip': the device refuses to power off a node other than this one, so a device "
+       "copied with another node's BMC address, or listing a wrong node in pcmk_host_list, "
+       "cannot power off the wrong host.", agents=_FENCE_ONLY, group="bmc", metavar="node"),
     _p("ipport", "integer", "BMC UDP port", default="623", agents=_FENCE_ONLY, group="bmc",
        getopt="u", metavar="port"),
     _p("username", "string", "BMC user name", aliases=("login",), agents=_FENCE_ONLY,
@@ -175,9 +199,11 @@ PARAMETERS: tuple[Param, ...] = (
     _p("max_parallel", "integer", "Evacuation requests in flight at once", default="16",
        agents=_EVACUATION, group="evacuation", metavar="n"),
     _p("evacuate_timeout", "second", "Seconds allowed for evacuating a host",
-       "Keep power_timeout + evacuate_timeout + 10 below Pacemaker's stonith-timeout (or "
-       "pcmk_off_timeout / pcmk_reboot_timeout): what is not finished by then stays recorded "
-       "and NovaEvacuate completes it.", default="40", agents=_EVACUATION, group="evacuation"),
+       "The budget of one evacuation run by NovaEvacuate's evacuation service (beside "
+       "Pacemaker, not inside a fence action), and the life of the host's lease that the "
+       "fence device grants it. What is not finished by then stays recorded 'fenced' and "
+       "the service takes it up again. It no longer counts in the stonith-timeout.",
+       default="40", agents=_EVACUATION, group="evacuation"),
     _p("evacuate_retries", "integer", "Retries of a failed evacuation of one server",
        default="2", agents=_EVACUATION, group="evacuation", metavar="n"),
     _p("target_hosts", "string", "Reserved hosts to evacuate to (comma separated)",
@@ -212,6 +238,16 @@ PARAMETERS: tuple[Param, ...] = (
        "fenced over several minutes by a flapping network, and is short against the time "
        "between independent hardware failures.", default="600", agents=_EVACUATION,
        group="evacuation"),
+    _p("watch_interval", "second", "Seconds between the evacuation service's reads of the "
+       "records",
+       "NovaEvacuate's evacuation service is woken at once by a fence device on its own "
+       "controller; a fence run on another controller is seen at the next read of the "
+       "records (one small CIB query).", default="1", agents=frozenset({EVACUATE}),
+       group="evacuation"),
+    _p("max_hosts", "integer", "Hosts evacuated at once by the evacuation service",
+       "Each host is evacuated by a worker process of its own (max_parallel requests "
+       "each); further hosts wait for a free worker.", default="8",
+       agents=frozenset({EVACUATE}), group="evacuation", metavar="n"),
     # ---- notifications --------------------------------------------------------------------------
     _p("notify_url", "string", "Webhook URL that nova-ha events are POSTed to (JSON)",
        "Each event (fenced, evacuation_finished, evacuation_failed, evacuation_blocked, "
@@ -345,7 +381,10 @@ class Parsed:
 
 
 def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Parsed:
-    """Canonicalise names, apply defaults, convert types. Never raises for bad input."""
+    """Canonicalise names, apply defaults, convert types. Never raises for bad input.
+
+    With config_file, that file's values come first and the values given here override them.
+    """
     items = raw.items() if isinstance(raw, Mapping) else raw
     result = Parsed(values={})
     for name, value in items:
@@ -363,6 +402,8 @@ def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Par
             result.values[key] = convert(BY_NAME[key], value)
         except ParamError as err:
             result.problems.append(str(err))
+    if result.values.get("config_file"):
+        _merge_config_file(result, result.values["config_file"], agent)
     for param in for_agent(agent):
         if param.name not in result.values and param.default is not None:
             result.values[param.name] = convert(param, param.default)
@@ -373,6 +414,154 @@ def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Par
 
 def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:60]
+
+
+# ---- config_file: the settings every device and resource shares ---------------------------------
+
+CONFIG_FILE_MAX = 256 * 1024  # far above any real configuration; bounds what an agent reads
+# Never from the shared file: Pacemaker gives the target and the action of each run, and a
+# file naming another file would make the sources of a value hard to follow.
+_NOT_FROM_FILE = frozenset({"port", "config_file"})
+_FRAMEWORK_NAMES = frozenset({"action", "option"})
+
+
+def _table_name(name: str) -> str | None:
+    """Canonical name of a parameter of any agent (config files serve all of them)."""
+    key = name.strip().replace("-", "_")
+    key = ALIASES.get(key, key)
+    return key if key in BY_NAME else None
+
+
+def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """(line number, name, value) of each setting of a config_file, and the problems of
+    malformed lines; ParamError naming 'config_file' and the path when the file as a whole
+    is refused (missing, not a regular file, too large, not UTF-8, unsafe mode or owner).
+
+    'name=value' lines (spaces around '=' allowed, a value in matching quotes is unquoted),
+    '#' or ';' comment lines, blank lines: the format of the nova-ha command's
+    /etc/nova-ha/nova-ha.conf, so one file serves the command and every agent. Only the
+    canonical names are checked here; parse() decides what each agent takes.
+    """
+    import errno
+    import os
+    import stat
+
+    where = _config_where(path)
+    if not os.path.isabs(path):
+        # Agents run with whatever working directory Pacemaker gives them.
+        raise ParamError(f"{where} is not an absolute path")
+    if "\0" in path:  # os.lstat() would raise ValueError
+        raise ParamError(f"{where} is not a valid path")
+    try:
+        # lstat first: a FIFO or device is refused without being opened at all; the fstat
+        # of the opened file below is what counts (the path may change in between).
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise ParamError(f"{where} is not a regular file")
+        # O_NONBLOCK: opening a FIFO swapped in meanwhile must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise ParamError(f"{where} does not exist") from None
+        if err.errno == errno.ELOOP:
+            raise ParamError(f"{where} is not a regular file") from None
+        raise ParamError(f"{where} cannot be read ({err.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ParamError(f"{where} is not a regular file")
+        if info.st_size > CONFIG_FILE_MAX:
+            raise ParamError(f"{where} is larger than {CONFIG_FILE_MAX // 1024} KiB")
+        # It names commands the agents run as root (password_script, notify_command...).
+        if info.st_uid not in (0, os.geteuid()):
+            raise ParamError(f"{where} must belong to root (or the agent's user)")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ParamError(f"{where} must not be writable by group or others (chmod 600)")
+        chunks, size = [], 0
+        while size <= CONFIG_FILE_MAX:  # st_size may be stale: bound the reading itself
+            chunk = os.read(fd, CONFIG_FILE_MAX + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise ParamError(f"{where} cannot be read ({err.strerror})") from None
+    finally:
+        os.close(fd)
+    if size > CONFIG_FILE_MAX:
+        raise ParamError(f"{where} is larger than {CONFIG_FILE_MAX // 1024} KiB")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParamError(f"{where} is not UTF-8 text") from None
+    entries, problems = [], []
+    # "\n" only: str.splitlines() also splits at \v, \f, \x1c-\x1e, \x85, \u2028...,
+    # which would cut a value in two and shift every line number after it.
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name:
+            # Not the line itself: it may hold a password.
+            problems.append(f"{where}, line {number}: expected 'name=value'")
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        entries.append((number, name, value))
+    # Any agent's secret counts: the file serves all of them.
+    secrets = [key for _, n, _ in entries
+               if (key := _table_name(n)) is not None and BY_NAME[key].secret]
+    if secrets and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        raise ParamError(f"{where} holds '{secrets[0]}' and is readable by group or others "
+                         "(chmod 600)")
+    return entries, problems
+
+
+def _config_where(path: str) -> str:
+    shown = "".join(ch if ch.isprintable() else "?" for ch in path)
+    return f"parameter 'config_file': {shown[:200]!r}"
+
+
+def _merge_config_file(result: Parsed, path: str, agent: str) -> None:
+    """Values of the config_file that were not given directly, into `result`."""
+    try:
+        entries, problems = read_config_file(path)
+    except ParamError as err:
+        result.problems.append(str(err))
+        return
+    result.problems.extend(problems)
+    where = _config_where(path)
+    direct = set(result.given)
+    taken: set[str] = set()
+    for number, name, value in entries:
+        key = _table_name(name)
+        shown = _printable(name)
+        if key is None:
+            if name.replace("-", "_") in _FRAMEWORK_NAMES:
+                result.problems.append(f"{where}, line {number}: '{shown}' is given by "
+                                       "Pacemaker, not by a file")
+            else:
+                result.problems.append(f"{where}, line {number}: unknown parameter '{shown}'")
+            continue
+        if key in _NOT_FROM_FILE:
+            result.problems.append(f"{where}, line {number}: '{shown}' cannot be set in the "
+                                   "file")
+            continue
+        if agent not in BY_NAME[key].agents:
+            continue  # another agent's parameter: one file serves them all
+        alias = name.replace("-", "_") != key
+        if alias:
+            result.warnings.append(f"{where}, line {number}: parameter '{shown}' is "
+                                   f"deprecated, use '{key}'")
+        if key in direct or (key in taken and alias):
+            continue  # given directly: that wins; the canonical name wins over its alias
+        taken.add(key)
+        result.given.add(key)
+        try:
+            result.values[key] = convert(BY_NAME[key], value)
+        except ParamError as err:
+            result.problems.append(f"{where}, line {number}: {err}")
 
 
 def parse_host_map(text: str) -> dict[str, str]:
@@ -460,22 +649,126 @@ def check_openstack(parsed: Parsed) -> list[str]:
 
 
 def has_bmc(parsed: Parsed) -> bool:
-    return bool(parsed.get("ip"))
+    return bool(parsed.get("ip") or parsed.get("bmc_map"))
+
+
+def _bmc_address(text: str, where: str) -> tuple[str, int | None]:
+    """'address', 'address:port', '[v6]', '[v6]:port' or a bare IPv6 address."""
+    if text.startswith("["):
+        address, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ParamError(f"{where} is not 'address[:port]'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        address, _, port_text = text.partition(":")
+    else:
+        address, port_text = text, None  # a name, IPv4, or IPv6 without a port
+    if not address:
+        raise ParamError(f"{where} has no address")
+    if port_text is None:
+        return address, None
+    # ASCII digits only: str.isdigit() accepts '²', which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+        raise ParamError(f"{where}: the port is not a number from 1 to 65535")
+    return address, int(port_text)
+
+
+def parse_bmc_map(text: str) -> dict[str, tuple[str, int | None]]:
+    """bmc_map 'node1=10.0.0.1;node2=10.0.0.2:6230' -> {node: (address, port or None)}.
+
+    ParamError (naming bmc_map and the entry) on a malformed entry, a node listed twice or
+    two nodes with the same BMC: powering off one would power off the other.
+    """
+    entries: dict[str, tuple[str, int | None]] = {}
+    owners: dict[tuple[str, int | None], str] = {}
+    for item in re.split(r"[;,\s]+", text.strip()):
+        if not item:
+            continue
+        where = f"parameter 'bmc_map': entry {_printable(item)!r}"
+        node, sep, address = item.partition("=")
+        if not sep or not node or not address:
+            raise ParamError(f"{where} is not 'node=address[:port]'")
+        if node in entries:
+            raise ParamError(f"parameter 'bmc_map': node {_printable(node)!r} is listed twice")
+        entries[node] = _bmc_address(address, where)
+        endpoint = (entries[node][0].lower(), entries[node][1])
+        if endpoint in owners:
+            raise ParamError(f"parameter 'bmc_map': nodes {owners[endpoint]!r} and "
+                             f"{_printable(node)!r} have the same BMC")
+        owners[endpoint] = _printable(node)
+    if not entries:
+        raise ParamError("parameter 'bmc_map': no 'node=address[:port]' entry")
+    return entries
+
+
+def bmc_endpoint(parsed: Parsed, node: str) -> tuple[str, int] | None:
+    """(address, UDP port) of the BMC that powers `node` (the fence 'port'); None when the
+    device has no BMC (a fencing-topology level after a power device).
+
+    ParamError when this device must not power `node`: not in bmc_map, or not the
+    bmc_node of the device's 'ip'. An empty `node` (monitor, no target) is only accepted
+    for an 'ip' device.
+    """
+    default_port = int(parsed.get("ipport", 623))
+    ip, bmc_map = parsed.get("ip"), parsed.get("bmc_map")
+    if ip and bmc_map:
+        raise ParamError("parameters 'ip' and 'bmc_map' are mutually exclusive")
+    if bmc_map:
+        entry = parse_bmc_map(bmc_map).get(node)
+        if entry is None:
+            raise ParamError(f"parameter 'port': node {_printable(node)!r} has no BMC in "
+                             "parameter 'bmc_map'")
+        return entry[0], entry[1] or default_port
+    if not ip:
+        return None
+    bmc_node = parsed.get("bmc_node")
+    if bmc_node and node and node != bmc_node:
+        raise ParamError(f"parameter 'port': node {_printable(node)!r} is not the node whose "
+                         f"BMC this device has (parameter 'bmc_node' {_printable(bmc_node)!r})")
+    return ip, default_port
+
+
+def bmc_password_command(parsed: Parsed, node: str) -> str | None:
+    """The password_script command for `node`'s BMC: with bmc_map the node's name is
+    appended as the last argument (one script serves every BMC of the device, as
+    `bmc-password KEY` does); otherwise the command as given. None without a script."""
+    command = parsed.get("password_script")
+    if not command:
+        return None
+    if parsed.get("bmc_map"):
+        import shlex
+
+        return f"{command} {shlex.quote(node)}"
+    return command
 
 
 def check_bmc(parsed: Parsed) -> list[str]:
     """BMC parameters are all-or-nothing: none means a fencing-topology level."""
-    given = [n for n in ("ip", "username", "password", "password_script") if parsed.get(n)]
+    given = [n for n in ("ip", "bmc_map", "bmc_node", "username", "password",
+                         "password_script") if parsed.get(n)]
     if not given:
         return []
     problems = []
-    if not parsed.get("ip"):
-        problems.append("parameter 'ip' is required when BMC credentials are given")
+    with_what = "'bmc_map'" if parsed.get("bmc_map") else "'ip'"
+    if parsed.get("ip") and parsed.get("bmc_map"):
+        problems.append("parameters 'ip' and 'bmc_map' are mutually exclusive (one BMC, or "
+                        "one per node)")
+    elif not (parsed.get("ip") or parsed.get("bmc_map")):
+        problems.append("parameter 'ip' (or 'bmc_map') is required when BMC credentials are "
+                        "given")
+    if parsed.get("bmc_map"):
+        try:
+            parse_bmc_map(parsed["bmc_map"])
+        except ParamError as err:
+            problems.append(str(err))
+        if parsed.get("bmc_node"):
+            problems.append("parameter 'bmc_node' goes with 'ip' only: each entry of "
+                            "'bmc_map' names its node")
     if not parsed.get("username"):
-        problems.append("parameter 'username' (the BMC's user) is required with 'ip'")
+        problems.append(f"parameter 'username' (the BMC's user) is required with {with_what}")
     if not (parsed.get("password") or parsed.get("password_script")):
         problems.append("parameter 'password' or 'password_script' (the BMC's) is required "
-                        "with 'ip'")
+                        f"with {with_what}")
     if parsed.get("password_script"):
         problem = _command_problem("password_script", parsed["password_script"])
         if problem:

@@ -793,16 +793,16 @@ def evacuable(record: Any, now: float) -> str | None:
                 f"confirmed. Fence it first (stonith_admin --fence {node}).")
     if record.state == "evacuated":
         return f"{node} is already evacuated (since {record.since}); nothing to do."
-    if record.state == "evacuating" and record.lease_live(now) \
+    if record.state in ("fenced", "evacuating", "failed") and record.lease_live(now) \
             and not _local_owner_gone(record.lease_owner):
         return (f"{node} is being evacuated by {record.lease_owner} (lease until "
                 f"{time.strftime('%H:%M:%SZ', time.gmtime(record.lease_expires or now))}); "
-                "leaving it to them.")
+                "leaving it to them. If NovaEvacuate is not running, the lease ends then.")
     return None
 
 
 def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
-    from nova_ha.lib import guard, recovery, state
+    from nova_ha.lib import guard, handover, recovery, state
     from nova_ha.lib.nova import Deadline, NovaError
 
     store = ctx.store()
@@ -813,7 +813,16 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"cannot read the records: {err}") from None
     node = _known_node(records, args.host)
     record = records[node]
+    if args.take_over and record.lease_owner == handover.SERVICE_OWNER:
+        try:
+            store.release_lease(node, handover.SERVICE_OWNER)
+        except state.StateError as err:
+            raise CliError(f"cannot take the lease of {node}: {err}") from None
+        print(f"{node}: lease taken from {handover.SERVICE_OWNER}")
+        record = store.get(node)
     why = evacuable(record, now)
+    if why and record.lease_owner == handover.SERVICE_OWNER:
+        why += " Use --take-over if NovaEvacuate is stopped."
     if why:
         raise CliError(f"refusing: {why}")
     parsed = ctx.parsed
@@ -923,6 +932,9 @@ def _parser() -> argparse.ArgumentParser:
     evacuate.add_argument("--mode", choices=("all", "tagged"),
                           help="which servers (default: as recorded, else the 'evacuate' "
                                "parameter, else all)")
+    evacuate.add_argument("--take-over", action="store_true",
+                          help="take the host's lease from NovaEvacuate (when it is stopped "
+                               "or cannot work the host) instead of waiting for its end")
     evacuate.add_argument("--timeout", type=float, default=0,
                           help="seconds allowed (default: 600, or evacuate_timeout if longer)")
     inst = sub.add_parser("install-agents", help="install the agents where Pacemaker finds them")

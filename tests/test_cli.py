@@ -80,7 +80,7 @@ def test_status_asks_each_source_once_with_credentials_from_the_cib(sim_bed, tmp
     ids = bed.cloud.create_servers("host1", 5)
     bed.cloud.create_servers("host2", 3, project_id=OTHER_PROJECT)  # another tenant's
     _add_fence_devices(bed)
-    done = run_fence(bed.fence_params(evacuate="all"), env=bed.env())
+    done = bed.fence(evacuate="all")
     assert done.returncode == 0, done.stderr
     bed.cloud.clear_log()
     # No credential on the command line or in a config file: the fence devices' are used.
@@ -392,7 +392,10 @@ def test_evacuate_by_hand_after_record_only_fencing(sim_bed, tmp_path):
     ids = bed.cloud.create_servers("host1", 6)
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
     assert not bed.requests(action="evacuate")
-    done = _nova_ha(bed, "evacuate", "host1", "--config",
+    # The fence handed the host over to NovaEvacuate, which is not running here.
+    refused = _nova_ha(bed, "evacuate", "host1", "--config", _config(tmp_path, bed.os_params()))
+    assert refused.returncode == 1 and "--take-over" in refused.stderr, refused.stderr
+    done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--config",
                     _config(tmp_path, dict(bed.os_params(), max_parallel=3)))
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -407,8 +410,8 @@ def test_evacuate_by_hand_after_record_only_fencing(sim_bed, tmp_path):
     record = _store(bed).get("host1")
     assert record.state == "evacuated" and record.evacuated == 6
     assert record.lease_owner is None
-    started = [e for e in record.history if e.name == "evacuation_started"]
-    assert started and started[-1].detail.startswith(f"by {params.CLI}@")
+    assert record.history[-1].name == "evacuation_finished"
+    assert f"by {params.CLI}@" in record.history[-1].detail
 
 
 def test_evacuate_by_hand_while_the_guard_holds_the_host(sim_bed, tmp_path, webhook):
@@ -422,12 +425,14 @@ def test_evacuate_by_hand_while_the_guard_holds_the_host(sim_bed, tmp_path, webh
     assert guard.check(store.all(), parsed, "host1").blocked
     config = _config(tmp_path, dict(bed.os_params(), max_fenced_hosts=2,
                                     notify_url=webhook.url))
-    done = _nova_ha(bed, "evacuate", "host1", "--config", config)
+    done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--config", config)
     assert done.returncode == 0, done.stderr
     assert "note: the mass-failure guard holds host1" in done.stdout
     assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
-    event = webhook.wait(1)[0]
-    assert event["event"] == "evacuation_finished" and event["evacuated"] == 3
+    events = {e["event"]: e for e in webhook.wait(2)}  # each delivered by its own child
+    assert set(events) == {"evacuation_started", "evacuation_finished"}
+    event = events["evacuation_finished"]
+    assert event["evacuated"] == 3
     assert event["node"] == "host1" and {s["id"] for s in event["servers"]} == set(ids)
 
 
@@ -575,7 +580,7 @@ def test_notify_module_is_light():
     assert done.returncode == 0, done.stderr
     for heavy in ("urllib.request", "keystoneauth1", "lxml", "pyghmi"):
         assert f" {heavy}\n" not in done.stderr, heavy
-    assert notify.EVENTS[:2] == ("fenced", "evacuation_finished")
+    assert notify.EVENTS[:3] == ("fenced", "evacuation_started", "evacuation_finished")
 
 
 def test_evacuate_by_hand_on_the_real_nova(box_bed, tmp_path):
@@ -584,7 +589,7 @@ def test_evacuate_by_hand_on_the_real_nova(box_bed, tmp_path):
     try:
         done = run_fence(bed.fence_params(evacuate="record"), env=bed.env())
         assert done.returncode == 0, done.stderr
-        done = _nova_ha(bed, "evacuate", "host1", "--timeout", "120", "--config",
+        done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--timeout", "120", "--config",
                         _config(tmp_path, bed.os_params()), timeout=180)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "3 evacuated, 0 failed" in done.stdout

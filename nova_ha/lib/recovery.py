@@ -204,8 +204,11 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
         final, event = "failed", "evacuation_failed"
     else:
         final, event = "evacuated", "evacuation_finished"
-    _record_outcome(store, lease, final, event, f"{summary.line()}; by {runner or owner}",
-                    counts)
+    took = summary.finished_after or time.monotonic() - summary.started
+    _record_outcome(store, lease, final, event,
+                    f"{summary.found} found, {counts['evacuated']} evacuated, "
+                    f"{counts['failed']} failed, {summary.count('unfinished')} unfinished in "
+                    f"{took:.1f}s; by {runner or owner}", counts)
     if options.notifier is not None:
         options.notifier.send(event, node, host=host, summary=summary, state=final)
     return summary

@@ -345,6 +345,10 @@ class StateStore(ABC):
     def all(self) -> dict[str, HostRecord]:
         return {host: _decode(host, raw) for host, raw in sorted(self._read_all().items())}
 
+    def readable(self) -> tuple[dict[str, HostRecord], dict[str, str]]:
+        """Every host's record that decodes, and {host: why} for those that do not."""
+        return _decode_each(self._read_all())
+
     def incidents(self) -> tuple[dict[str, HostRecord], dict[str, str]]:
         """Hosts in an incident (state other than ok), for a watcher that reads often: the
         records, and {host: why} for records that do not decode (reported and skipped, so

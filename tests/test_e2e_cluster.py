@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import signal
 import time
 
@@ -90,6 +91,13 @@ def _wait_moved(bed: E2EBed, ids: list[str], failed: set[str], timeout: float = 
     except ClusterError as err:
         states = [observer.server(i) for i in ids]
         raise AssertionError(f"{err}\nservers: {states}") from None
+
+
+def _incident(record) -> list[str]:
+    """The event names of the host's latest incident (from its last 'fenced')."""
+    names = [e.name for e in record.history]
+    last = max(i for i, name in enumerate(names) if name == "fenced")
+    return names[last:]
 
 
 def _service_ids(bed: E2EBed) -> dict[str, str]:
@@ -238,9 +246,13 @@ class TestOneController(_Restored):
         bed.wait_for(lambda: records(bed.cluster)["compute1"].state in ("evacuated", "ok"),
                      60, "compute1 recorded evacuated")
         record = records(bed.cluster)["compute1"]
-        names = [e.name for e in record.history]
-        assert names[:3] == ["fenced", "evacuation_started", "evacuation_finished"], names
+        # Two record writes in the incident: 'fenced' (with the hand-over) and the outcome.
+        assert _incident(record) == ["fenced", "evacuation_finished"], record.history
         assert record.found == 20 and record.evacuated == 20 and record.failed == 0, record
+        done = bed.fence_done("compute1", t0)
+        off = bed.off_times("compute1", t0)[0]
+        assert done and done[0] - off <= 1.5, (done, off)  # safety work only
+        MEASURED["s1: BMC off -> fence action done"] = done[0] - off
         _assert_incident(bed, t0, {"compute1": ids})
         _wait_rejoined(bed, "compute1")
         _assert_rejoined(bed, "compute1", t0)
@@ -327,29 +339,36 @@ class TestOneController(_Restored):
             bed.box.set_api_down(False)
             bed.reset_device_params("fence-compute1", "evacuate_timeout")
 
-    def test_5_stonith_agent_killed_novaevacuate_finishes(self, bed1: E2EBed):
+    def test_5_evacuation_worker_killed_taken_over_at_once(self, bed1: E2EBed):
+        """The fence action returned long ago; the evacuation service's worker is killed
+        mid-way: the service replaces it at once and nothing is requested twice."""
         bed = bed1
         ids = _create(bed, "compute1", 10, "s5")
-        bed.set_device_params("fence-compute1", max_parallel=1)
+        bed.set_device_params("nova-evacuate", max_parallel=1)
         try:
-            time.sleep(2)
+            bed.wait_ready()
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
             bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
                          "the first evacuations")
-            killed = bed.kill_fence_agent()
-            assert killed
+            assert bed.fence_done("compute1", t0), "the fence action is not over"
+            workers = [w for w in bed.service_workers() if w[2] == "compute1"]
+            assert workers, bed.service_log("c1")
+            os.kill(workers[0][0], signal.SIGKILL)
+            killed = time.time()
             assert len(bed.accepted_evacuations(t0)) < len(ids)
+            bed.wait_for(lambda: [w for w in bed.service_workers()
+                                  if w[2] == "compute1" and w[0] != workers[0][0]],
+                         10, "a new worker for compute1", interval=0.05)
+            MEASURED["s5: worker killed -> new worker at work"] = time.time() - killed
             _wait_moved(bed, ids, {"compute1"})
             _assert_incident(bed, t0, {"compute1": ids})
-            history = records(bed.cluster)["compute1"].history
-            assert any(e.name == "evacuation_started" and "NovaEvacuate" in e.detail
-                       for e in history), history
+            assert "died (signal 9)" in bed.service_log("c1")
             _wait_rejoined(bed, "compute1")
             _assert_rejoined(bed, "compute1", t0)
-            MEASURED["s5: agent killed -> NovaEvacuate finished, rejoined"] = time.time() - t0
+            MEASURED["s5: worker killed -> all moved, rejoined"] = time.time() - killed
         finally:
-            bed.reset_device_params("fence-compute1", "max_parallel")
+            bed.reset_device_params("nova-evacuate", "max_parallel")
 
     def test_6_two_nodes_at_once(self, bed1: E2EBed):
         bed = bed1
@@ -363,6 +382,40 @@ class TestOneController(_Restored):
             _wait_rejoined(bed, node)
             _assert_rejoined(bed, node, t0)
         MEASURED["s6: two nodes killed -> both rejoined"] = time.time() - t0
+
+    def test_9_second_failure_during_a_slow_evacuation(self, bed1: E2EBed):
+        """compute1's evacuation is slow (every rebuild takes 4 s); compute2 dies 1.5 s after
+        compute1: its fence request comes at once, since no fence action evacuates any more.
+        Both hosts' servers end up running elsewhere, each requested once, none before its
+        host's power-off."""
+        bed = bed1
+        servers = {"compute1": _create(bed, "compute1", 6, "s9a"),
+                   "compute2": _create(bed, "compute2", 3, "s9b")}
+        bed.box.set_rebuild_delay(4.0)
+        try:
+            t0 = time.time()
+            bed.cluster.kill_remote("compute1")
+            time.sleep(1.5)
+            second = time.time()
+            bed.cluster.kill_remote("compute2")
+            bed.wait_for(lambda: bed.fence_requests("compute2", second), 30,
+                         "compute2's fence request")
+            asked = bed.fence_requests("compute2", second)[0] - second
+            assert asked <= 1.0, asked
+            MEASURED["s9: second kill during a slow evacuation -> fence request"] = asked
+            bed.wait_for(lambda: bed.off_times("compute2", second), 30, "compute2 off")
+            MEASURED["s9: second kill -> powered off"] = \
+                bed.off_times("compute2", second)[0] - second
+            _wait_moved(bed, servers["compute1"] + servers["compute2"], set(servers),
+                        timeout=180)
+            _assert_incident(bed, t0, servers)
+            MEASURED["s9: first kill -> all servers of both running elsewhere"] = \
+                time.time() - t0
+        finally:
+            bed.box.set_rebuild_delay(0)
+        for node in servers:
+            _wait_rejoined(bed, node)
+            _assert_rejoined(bed, node, t0)
 
     def test_8_node_back_during_evacuation_waits(self, bed1: E2EBed):
         """compute1 comes back while its evacuation is unfinished: another runner holds the
@@ -410,8 +463,8 @@ class TestOneController(_Restored):
             _wait_rejoined(bed, "compute1")
             _assert_rejoined(bed, "compute1", t0)
             history = records(bed.cluster)["compute1"].history
-            assert any(e.name == "evacuation_started" and "NovaEvacuate@c1" in e.detail
-                       for e in history), history
+            assert history[-2].name == "evacuation_finished", history
+            assert "NovaEvacuate@c1" in history[-2].detail, history
             assert min(r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate") \
                 > released > on
             MEASURED["s8: lease released -> compute1 rejoined"] = time.time() - released
@@ -439,29 +492,33 @@ class TestTwoControllers(_Restored):
             bed2.timings["configuration applied -> ready"]
 
     def test_7_controller_failover_mid_evacuation(self, bed2: E2EBed):
-        """The controller running the stonith agent dies mid-evacuation: the survivor fences
-        it, fences compute1 again (already off: confirmed, nothing redone), and NovaEvacuate
-        on the survivor takes the host over once the dead agent's lease expired."""
+        """The controller running the evacuation service dies mid-evacuation: the survivor
+        fences it, starts NovaEvacuate and its service takes the host up at once (the lease
+        is NovaEvacuate's, whichever controller runs it); nothing is requested twice."""
         bed = bed2
         ids = _create(bed, "compute1", 10, "s7")
-        bed.set_device_params("fence-compute1", max_parallel=1, evacuate_timeout=10)
+        bed.set_device_params("nova-evacuate", max_parallel=1)
         try:
-            time.sleep(3)
+            bed.wait_ready()
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
             bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
                          "the first evacuations")
-            agents = bed.fence_agent_pids()
-            assert agents
-            victim = agents[0][1]
+            workers = bed.service_workers()
+            assert workers
+            victim = workers[0][1]
             survivor = next(n for n in bed.cluster.controller_names if n != victim)
-            bed.cluster.kill_controller(victim)
+            killed = bed.cluster.kill_controller(victim)
             assert len(bed.accepted_evacuations(t0)) < len(ids)
+            bed.wait_for(lambda: [w for w in bed.service_workers() if w[1] == survivor], 120,
+                         f"the service on {survivor} to take compute1 up", interval=0.2)
+            MEASURED["s7: controller killed -> survivor's worker at work"] = \
+                time.time() - killed
             _wait_moved(bed, ids, {"compute1"}, timeout=180)
             _assert_incident(bed, t0, {"compute1": ids})
             history = records(bed.cluster)["compute1"].history
-            assert any(e.name == "evacuation_started" and f"NovaEvacuate@{survivor}" in e.detail
-                       for e in history), history
+            outcome = [e for e in history if e.name == "evacuation_finished"]
+            assert outcome and f"NovaEvacuate@{survivor}" in outcome[-1].detail, history
             _wait_rejoined(bed, "compute1", timeout=180)
             _assert_rejoined(bed, "compute1", t0)
             MEASURED["s7: controller killed mid-evacuation -> all moved, rejoined"] = \
@@ -469,4 +526,4 @@ class TestTwoControllers(_Restored):
             bed.cluster.start_controller(victim)
         finally:
             with contextlib.suppress(ClusterError):
-                bed.reset_device_params("fence-compute1", "max_parallel", "evacuate_timeout")
+                bed.reset_device_params("nova-evacuate", "max_parallel")

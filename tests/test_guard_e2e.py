@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from nova_ha.lib import state
-from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, run_fence, run_ocf
+from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf
 from tests.test_cli import _config, _nova_ha
 from tests.testbed.webhook import Webhook
 
@@ -21,33 +21,34 @@ def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path, webhook)
     bed = sim_bed
     hook = webhook
     ids = {h: bed.cloud.create_servers(h, 3, name_prefix=h) for h in HOSTS}
-    for host in HOSTS:
-        params = bed.fence_params(host, max_fenced_hosts=2, notify_url=hook.url)
-        done = run_fence(params, env=bed.env())
-        assert done.returncode == 0, done.stderr  # fencing itself always proceeds
+    guarded = {"max_fenced_hosts": 2, "notify_url": hook.url}
+    with bed.evacuation_service(**guarded) as service:
+        for host in HOSTS:
+            done = run_fence(bed.fence_params(host, **guarded), env=bed.env())
+            assert done.returncode == 0, done.stderr  # fencing itself always proceeds
+            service.wait_settled(host)
+        assert "host3: held by the mass-failure guard" in service.log()
     store = state.CibStateStore(bed.cib)
     held = store.get("host3")
     assert held.state == "fenced" and held.history[-1].name == "evacuation_blocked"
+    assert held.lease_owner is None  # given back with the hold: the operator need not wait
     assert store.get("host1").state == store.get("host2").state == "evacuated"
     evacuated = {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")}
     assert not evacuated & set(ids["host3"])
-    hook.wait(6)
+    hook.wait(8)
     assert _events(hook) == sorted([
         ("fenced", "host1"), ("fenced", "host2"), ("fenced", "host3"),
+        ("evacuation_started", "host1"), ("evacuation_started", "host2"),
         ("evacuation_finished", "host1"), ("evacuation_finished", "host2"),
         ("evacuation_blocked", "host3")])
 
-    # NovaEvacuate respects the hold and raises no second event
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = dict(bed.os_params(), evacuate="all", max_fenced_hosts=2,
-                  notify_url=hook.url)
-    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-    done = run_ocf(EVACUATE_AGENT, "monitor", params,
-                   {"timeout": 60000, "interval": 10000}, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "held by the mass-failure guard" in done.stderr
+    # NovaEvacuate, started again, respects the hold and raises no second event
+    with bed.evacuation_service(**guarded) as service:
+        time.sleep(3)  # a few looks at the records
+        assert "held by the mass-failure guard" in service.log()
     assert not {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")} \
         & set(ids["host3"])
+    assert len(hook.received) == 8
 
     # host1 rejoins through NovaCompute: 'rejoined' is announced
     bed.bmcs["host1"].power_state = "on"
@@ -55,7 +56,7 @@ def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path, webhook)
                    dict(bed.compute_params("host1"), notify_url=hook.url),
                    {"on_node": "host1", "timeout": 120000}, env=bed.env())
     assert done.returncode == 0, done.stderr
-    rejoined = hook.wait(7)
+    rejoined = hook.wait(9)
     assert any(e["event"] == "rejoined" and e["node"] == "host1"
                and e["source"] == "NovaCompute" for e in rejoined), rejoined
 
@@ -64,7 +65,7 @@ def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path, webhook)
                                     max_fenced_hosts=2))
     done = _nova_ha(bed, "evacuate", "host3", "--config", config)
     assert done.returncode == 0, done.stdout + done.stderr
-    hook.wait(8)
+    hook.wait(11)
     time.sleep(2)  # a duplicate event would arrive by now
     finished = [e for e in hook.received
                 if e["node"] == "host3" and e["event"] == "evacuation_finished"]

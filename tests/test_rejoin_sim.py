@@ -6,21 +6,10 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
 import time
 
 from nova_ha.lib import state
-from tests.helpers import (
-    COMPUTE_AGENT,
-    EVACUATE_AGENT,
-    FENCE_AGENT,
-    PYTHON,
-    ocf_env,
-    run_fence,
-    run_ocf,
-    stdin_text,
-    wait_until,
-)
+from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, run_fence, run_ocf, wait_until
 from tests.testbed.observe import Observer
 
 START_META = {"on_node": "host1", "timeout": 120000}
@@ -43,14 +32,13 @@ def _evacuate_params(bed, **extra) -> dict:
     return values
 
 
-def _start_fence(bed, **extra) -> subprocess.Popen:
-    agent = subprocess.Popen([PYTHON, FENCE_AGENT], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=bed.env())
-    agent.stdin.write(stdin_text(bed.fence_params(**extra)))
-    agent.stdin.close()
-    agent.stdin = None  # written and closed, as the fencer does: communicate() must not touch it
-    return agent
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _assert_rejoined(bed, ids):
@@ -69,20 +57,18 @@ def test_compute_start_waits_for_evacuations_then_rejoins(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 8)
     bed.cloud.evacuate_delay = 2.0
-    fence = _start_fence(bed, max_parallel=4)
-    # Pacemaker starts resources on the node only once it is recorded fenced; the host is
-    # repaired and boots while its evacuations still run.
-    wait_until(lambda: _record(bed).state == "evacuating")
-    bed.bmcs["host1"].power_state = "on"
-    compute = subprocess.Popen([PYTHON, COMPUTE_AGENT, "start"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               env=ocf_env(bed.compute_params("host1", start_wait=60),
-                                           START_META, bed.env()))
-    fence_out = fence.communicate(timeout=120)[1]
-    assert fence.returncode == 0, fence_out
-    out, err = compute.communicate(timeout=120)
-    assert compute.returncode == 0, err
-    assert "waiting before starting nova-compute" in err
+    with bed.evacuation_service(max_parallel=4) as service:
+        fence = run_fence(bed.fence_params(), env=bed.env())
+        assert fence.returncode == 0, fence.stderr
+        # The fence action is over; the host is repaired and boots while its evacuations
+        # still run beside Pacemaker.
+        wait_until(lambda: _accepted_per_server(bed))
+        bed.bmcs["host1"].power_state = "on"
+        compute = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=60),
+                          START_META, env=bed.env())
+        assert compute.returncode == 0, compute.stderr
+        assert "waiting before starting nova-compute" in compute.stderr
+        service.wait_settled("host1")
     starts = [(t, racing) for t, host, racing in bed.cloud.compute_starts if host == "host1"]
     assert len(starts) == 1 and starts[0][1] == 0  # started once, no evacuation under way
     _assert_rejoined(bed, ids)
@@ -105,90 +91,130 @@ def test_compute_start_refuses_while_never_safe(sim_bed):
     assert not bed.cloud.hosts()["host1"]["running"]  # nothing was started
 
 
-def test_record_mode_then_novaevacuate_then_rejoin(sim_bed, tmp_path):
+def _service_processes(env: dict) -> list[int]:
+    """The PIDs of the evacuation service's process group (service and workers)."""
+    from nova_ha.lib import evacuate_agent
+
+    pid_file = os.path.join(env["HA_RSCTMP"], "nova-ha-NovaEvacuate.pid")
+    try:
+        pid = int(open(pid_file).read().split()[0])
+    except (OSError, ValueError):
+        return []
+    return evacuate_agent._group_members(pid)
+
+
+def test_record_mode_then_novaevacuate_then_rejoin(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 6)
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
     assert not bed.requests(action="evacuate") and _record(bed).state == "fenced"
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
+    env = bed.env()
     params = _evacuate_params(bed)
-    meta = {"timeout": 120000, "interval": 10000}
+    meta = {"timeout": 20000, "interval": 10000}
     assert run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env).returncode == 7
     assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
+    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0  # idempotent
+    wait_until(lambda: _record(bed).state == "evacuated", timeout=60)
     done = run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env)
     assert done.returncode == 0, done.stderr
     assert min(r["t"] for r in bed.requests(action="evacuate")) >= bed.off_time("host1")
     record = _record(bed)
-    assert record.state == "evacuated" and record.evacuated == 6
-    assert "resumed host1" in done.stderr
-    again = run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env)  # nothing left to do
-    assert again.returncode == 0 and "resumed" not in again.stderr
+    assert record.evacuated == 6 and record.lease_owner is None
+    processes = _service_processes(env)
+    assert len(processes) >= 2  # the service and its warm spare
     compute = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META,
                       env=bed.env())
     assert compute.returncode == 0, compute.stderr
     _assert_rejoined(bed, ids)
     assert run_ocf(EVACUATE_AGENT, "stop", params, env=env).returncode == 0
+    assert not [p for p in processes if _alive(p)]  # no orphan
     assert run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env).returncode == 7
+    assert run_ocf(EVACUATE_AGENT, "stop", params, env=env).returncode == 0  # idempotent
 
 
-def test_novaevacuate_takes_over_from_a_killed_stonith_agent(sim_bed, tmp_path):
+def test_killed_service_is_restarted_and_resumes_without_requesting_twice(sim_bed):
+    """The service dies (kill -9) mid-evacuation: its monitor says 'not running', Pacemaker
+    stops (ending the orphaned workers) and starts it, and the new service resumes."""
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 20)
     bed.cloud.evacuate_delay = 1.5
     bed.cloud.latency = 0.3  # a slow cloud: the requests trickle out, two at a time
-    fence = _start_fence(bed, max_parallel=2)
-    wait_until(lambda: len(_accepted_per_server(bed)) >= 6, timeout=60)
-    os.kill(fence.pid, signal.SIGKILL)  # the stonith timeout struck
-    fence.communicate(timeout=30)
-    bed.cloud.latency = 0.0
-    accepted_before = len(_accepted_per_server(bed))
-    assert 0 < accepted_before < 20
-    record = _record(bed)
-    assert record.state == "evacuating" and record.lease_owner.endswith(f":{fence.pid}")
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = _evacuate_params(bed)
+    env = bed.env()
+    params = _evacuate_params(bed, max_parallel=2)
+    meta = {"timeout": 20000, "interval": 10000}
     assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
-    done = run_ocf(EVACUATE_AGENT, "monitor", params, {"timeout": 120000, "interval": 10000},
-                   env=env)
-    assert done.returncode == 0, done.stderr
-    assert "taking over" in done.stderr
+    assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
+    wait_until(lambda: len(_accepted_per_server(bed)) >= 6, timeout=60)
+    service = _service_processes(env)[0]
+    os.kill(service, signal.SIGKILL)
+    bed.cloud.latency = 0.0
+    assert 0 < len(_accepted_per_server(bed)) < 20
+    assert run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env).returncode == 7
+    assert run_ocf(EVACUATE_AGENT, "stop", params, env=env).returncode == 0
+    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
+    try:
+        wait_until(lambda: _record(bed).state == "evacuated", timeout=90)
+    finally:
+        run_ocf(EVACUATE_AGENT, "stop", params, env=env)
     observer = Observer(bed.cloud)
     for server_id in ids:
         server = observer.server(server_id)
         assert server["host"] != "host1" and server["status"] == "ACTIVE", server
     per_server = _accepted_per_server(bed)
     assert set(per_server) == set(ids) and all(n == 1 for n in per_server.values())
-    record = _record(bed)
-    assert record.state == "evacuated" and record.lease_owner is None
+    assert _record(bed).lease_owner is None
 
 
-def test_live_lease_of_another_runner_is_respected(sim_bed, tmp_path):
+def test_live_lease_of_another_runner_is_respected(sim_bed):
     bed = sim_bed
     bed.cloud.create_servers("host1", 2)
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
     store = state.CibStateStore(bed.cib)
-    assert store.acquire_lease("host1", "NovaEvacuate@other-controller", ttl=300)
-    store.mark("host1", "evacuating", "evacuation_started", "by other",
-               owner="NovaEvacuate@other-controller")
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = _evacuate_params(bed)
-    run_ocf(EVACUATE_AGENT, "start", params, env=env)
-    done = run_ocf(EVACUATE_AGENT, "monitor", params, {"timeout": 60000, "interval": 10000},
-                   env=env)
-    assert done.returncode == 0, done.stderr
+    # Another runner (an operator's nova-ha evacuate, say) holds the lease.
+    assert store.release_lease("host1", "NovaEvacuate")
+    assert store.acquire_lease("host1", "nova-ha@other-controller:1", ttl=300)
+    with bed.evacuation_service() as service:
+        time.sleep(3)  # three looks at the records
+        log = service.log()
     assert not bed.requests(action="evacuate")
+    assert "host1" not in log.split("evacuation service started", 1)[-1]
 
 
-def test_novaevacuate_monitor_fails_without_nova(sim_bed, tmp_path):
+def test_nova_down_is_retried_and_monitor_stays_healthy(sim_bed):
+    """Restarting NovaEvacuate would not bring Nova back: its monitor stays 0 while the
+    service retries (5 s, 15 s, ...) and finishes once Nova answers."""
     bed = sim_bed
-    env = dict(bed.env(), HA_RSCTMP=str(tmp_path))
-    params = _evacuate_params(bed, os_api_timeout=2)
-    run_ocf(EVACUATE_AGENT, "start", params, env=env)
+    ids = bed.cloud.create_servers("host1", 2)
+    bed.cloud.crash("host1")
+    bed.bmcs["host1"].power_state = "off"
+    store = state.CibStateStore(bed.cib)
+    # What a fence leaves: forced down in Nova, recorded, lease handed over.
+    observer = Observer(bed.cloud)
+    observer.nova.services.force_down(observer.service("host1").id, True)
+    store.mark("host1", "fenced", "fenced", "power-off confirmed", mode="all",
+               grant=("NovaEvacuate", 90))
     bed.cloud.set_api_down(True)
-    done = run_ocf(EVACUATE_AGENT, "monitor", params, {"timeout": 20000, "interval": 10000},
-                   env=env)
-    assert done.returncode == 1
-    assert "ocf-exit-reason:cannot reach Nova" in done.stderr
+    env = bed.env()
+    params = _evacuate_params(bed, os_api_timeout=1, evacuate_timeout=4)
+    assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
+    try:
+        wait_until(lambda: "Nova could not be reached" in _service_log(env), timeout=30)
+        done = run_ocf(EVACUATE_AGENT, "monitor", params, {"timeout": 20000,
+                                                           "interval": 10000}, env=env)
+        assert done.returncode == 0, done.stderr
+        assert _record(bed).state == "fenced"
+        bed.cloud.set_api_down(False)
+        wait_until(lambda: _record(bed).state == "evacuated", timeout=60)
+    finally:
+        run_ocf(EVACUATE_AGENT, "stop", params, env=env)
+    assert all(observer.server(i)["host"] != "host1" for i in ids)
+
+
+def _service_log(env: dict) -> str:
+    try:
+        return open(os.path.join(env["NOVA_HA_LOG_DIR"], "NovaEvacuate.log")).read()
+    except OSError:
+        return ""
 
 
 def test_operator_disable_is_kept_on_rejoin(sim_bed):

@@ -31,7 +31,7 @@ def test_monitor_then_fence_reuse_one_token(sim_bed, token_dir):
     assert bed.cloud.password not in open(files[0]).read()
     # The next monitor and the fence itself ask Keystone nothing.
     assert run_fence(monitor, env=bed.env()).returncode == 0
-    done = run_fence(bed.fence_params(), env=bed.env())
+    done = bed.fence()  # the fence, and the evacuation service's worker
     assert done.returncode == 0, done.stderr
     assert len(_token_requests(bed)) == 1
     assert all(s["host"] != "host1" for s in bed.cloud.servers())

@@ -65,12 +65,14 @@ class Paths:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot): tells a reused PID apart."""
+    """The process's start time (clock ticks since boot), which tells a reused PID apart;
+    None when it does not run (a zombie waiting to be reaped does not)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
 def running_pid(paths: Paths) -> int | None:

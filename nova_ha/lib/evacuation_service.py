@@ -176,6 +176,12 @@ class Service:
         self._keep_spare()
         return lines
 
+    def woken(self, node: str) -> None:
+        """A fence just recorded `node`: news, so any pause after a failure is over."""
+        if node in self.hosts:
+            self.hosts[node].not_before = 0.0
+            self.hosts[node].attempts = self.hosts[node].crashes = 0
+
     def _history(self, node: str) -> _HostHistory:
         return self.hosts.setdefault(node, _HostHistory())
 
@@ -301,6 +307,7 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
             if sock in ready:
                 for node in handover.received(sock):
                     LOG.info("woken by the fence of %s", node[:64])
+                    service.woken(node)
     finally:
         LOG.info("evacuation service stopping: %d worker(s) ended", len(service.busy))
         service.stop()

@@ -187,8 +187,8 @@ class HostFence:
     # -- the order ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Power off, then force down and record side by side (each needs only the proof),
-        then hand over. 0 once the host is safe."""
+        """Power off; force down; record while disabling (the record needs the force-down:
+        'fenced' says the host is off and forced down); hand over. 0 once the host is safe."""
         import concurrent.futures
 
         from nova_ha.lib.nova import Deadline, NovaError
@@ -198,20 +198,19 @@ class HostFence:
             return fence_proto.EC_GENERIC_ERROR
         deadline = Deadline(max(2 * float(self.parsed.get("os_api_timeout", 10)), 10.0))
         store = _store()
-        with concurrent.futures.ThreadPoolExecutor(2) as background:
-            recorded = background.submit(self.record, proof, store)
-            try:
-                svc = self.force_down(proof, deadline)
-            except (NovaError, params.SecretScriptError) as err:
-                LOG.error("%s is powered off but could not be forced down in Nova: %s",
-                          proof.node, err)
-                return fence_proto.EC_GENERIC_ERROR
+        try:
+            svc = self.force_down(proof, deadline)
+        except (NovaError, params.SecretScriptError) as err:
+            LOG.error("%s is powered off but could not be forced down in Nova: %s; nothing "
+                      "recorded, Pacemaker fences again", proof.node, err)
+            return fence_proto.EC_GENERIC_ERROR
+        with concurrent.futures.ThreadPoolExecutor(1) as background:
             disabled = background.submit(self.disable, proof, deadline, svc)
-            record = recorded.result()
+            record = self.record(proof, store)
             self._announce(proof)
             if self.mode == "none":
                 self._finish_without_evacuation(store)
-            elif record is None or record.lease_owner is None:
+            elif record is None:
                 self._evacuate_here(proof, store)
             else:
                 LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -155,6 +156,9 @@ def pcs_configuration(overrides: Sequence[str] = (), steps: Sequence[str] = (),
 
 # -- records (CIB node attributes), read the way every controller can ------------------------
 
+SERVICE_LOG_DIR = "/var/log/pacemaker/nova-ha"
+
+
 def records(cluster: Cluster) -> dict:
     """Every node's nova-ha record (state.HostRecord), from one cibadmin query on a live
     controller (works for the two-controller bed too, whose CIB is not reachable from the
@@ -235,7 +239,10 @@ class E2EBed(bedlib.Managed):
         # In the environment of corosync, pacemakerd and every pacemaker-remoted the bed
         # starts: the agents they run inherit it.
         self.cluster = Cluster(controllers=self.controllers,
-                               env={"OS_CLIENT_CONFIG_FILE": str(E2E_DIR / "clouds.yaml")})
+                               env={"OS_CLIENT_CONFIG_FILE": str(E2E_DIR / "clouds.yaml"),
+                                    # The evacuation service's log: in each controller's
+                                    # own (bind-mounted) log folder.
+                                    "NOVA_HA_LOG_DIR": SERVICE_LOG_DIR})
         self.cluster.start()
         self.timings["cluster start"] = time.monotonic() - t0
         if self.cluster.host_address != BOX_ADDRESS:
@@ -508,7 +515,7 @@ class E2EBed(bedlib.Managed):
         and linked, BMCs answering, Nova's API up, every compute up and enabled, no server,
         no nova-ha record, no failed action, an empty request log."""
         c = self.cluster
-        self.box.set_api_down(False)
+        self.box.reset_faults()
         for sims in (self.bmcs, self.level2):
             for sim in sims.values():
                 sim.unreachable = False
@@ -589,6 +596,18 @@ class E2EBed(bedlib.Managed):
                       if f") {node} " in line + " "]
         return sorted(found)
 
+    def fence_done(self, node: str, after: float = 0.0) -> list[float]:
+        """When a fence action against `node` ended successfully (the fencer's result line
+        on any controller), as time.time() values since `after`."""
+        found = []
+        for name in self.cluster.controllers:
+            found += [t for t, line in bedlib.log_lines(self.pacemaker_log(name), "Operation",
+                                                         after)
+                      if f"targeting {node} " in line + " " and re.search(
+                          r"targeting \S+ (?:by \S+ )?(?:on behalf|for).*: OK|"
+                          r"targeting \S+ using \S+ returned 0", line)]
+        return sorted(found)
+
     def pacemaker_log(self, node: str) -> Path:
         return self.cluster.run_dir / node / "log" / "pacemaker" / "pacemaker.log"
 
@@ -600,6 +619,28 @@ class E2EBed(bedlib.Managed):
         """target-role of a resource: Stopped / Started."""
         self.cluster.crm_resource("--resource", resource, "--meta", "--set-parameter",
                                   "target-role", "--parameter-value", role)
+
+    def service_log(self, node: str) -> str:
+        """The evacuation service's log on controller `node` ('' if it never ran there)."""
+        path = self.cluster.run_dir / node / "log" / "pacemaker" / "nova-ha" / \
+            "nova-evacuate.log"
+        try:
+            return path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def service_workers(self) -> list[tuple[int, str, str]]:
+        """(pid, controller, node) of every evacuation worker busy with a node, from the
+        services' logs ("NODE: ...; evacuating (worker PID)"), still running."""
+        found = []
+        for name in self.cluster.controllers:
+            running = {pid for pid, argv in self.cluster.processes(name, "")
+                       if "nova_ha.lib.evacuation_service" in argv and "worker" in argv}
+            for node, pid in re.findall(r"(\S+): [^\n]*; evacuating \(worker (\d+)\)",
+                                        self.service_log(name)):
+                if int(pid) in running:
+                    found.append((int(pid), name, node))
+        return found
 
     def kill_fence_agent(self) -> list[int]:
         """SIGKILL every running fence_nova_evacuate of the bed (as the stonith timeout

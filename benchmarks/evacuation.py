@@ -11,7 +11,8 @@ logs use the same clock):
 * all evacuations accepted: when the cloud answered the last 2xx evacuate request;
 * all servers ACTIVE elsewhere: polled by the benchmark (fence_evacuate exits without
   waiting for that; ours waits, and starts the servers Nova >= 2.95 lands SHUTOFF);
-* total run time: until the agent exits.
+* total run time: until the agent exits (ours: the fence action, the safety work only; the
+  evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
 Scenarios: (a) `sim`: tests/testbed/nova_sim.py with 0.1 s added to every API call (a remote
 cloud's round trip); (b) `box`: the real Nova 34 of tests/testbed/nova_box (needs .venv-nova,
@@ -478,9 +479,10 @@ class _Watch:
 
 
 def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: list[str],
-           timeout: float) -> _Watch:
+           timeout: float, grace: float = 0.0) -> _Watch:
     """Run the agent; meanwhile poll the cloud until every server is ACTIVE elsewhere, or,
-    once the agent has exited, until nothing moves any more (no server has a task)."""
+    once the agent has exited (and `grace` seconds more: our fence action hands the
+    evacuation over to a service), until nothing moves any more (no server has a task)."""
     waiting = set(ids)
     with tempfile.TemporaryFile() as out:
         watch = _Watch(started=time.time())
@@ -503,8 +505,9 @@ def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: l
                     waiting -= {i for i in waiting if _settled(seen.get(i))}
                     if not waiting:
                         watch.active_at = time.time()
-                    elif watch.usage is not None and all(
-                            seen.get(i, (None, "", None))[2] is None for i in waiting):
+                    elif watch.usage is not None and time.time() - watch.ended > grace \
+                            and all(seen.get(i, (None, "", None))[2] is None
+                                    for i in waiting):
                         idle_polls += 1  # the agent is gone: is Nova still moving any?
                         if idle_polls >= 3:
                             break
@@ -530,6 +533,36 @@ def _monitor_first(cmd: list[str], stdin: str, env: dict[str, str]) -> None:
         raise RuntimeError(f"monitor of {OURS} failed: {done.stderr[-500:]}")
 
 
+@contextlib.contextmanager
+def _evacuation_service(stdin: str, env: dict[str, str]) -> Iterator[str]:
+    """NovaEvacuate started and stopped through its OCF agent; yields its log's path."""
+    from nova_ha.lib import params as table
+
+    values = dict(line.split("=", 1) for line in stdin.splitlines() if "=" in line)
+    ocf = {f"OCF_RESKEY_{k}": v for k, v in values.items()
+           if table.canonical_name(k, table.EVACUATE)}
+    ocf["OCF_RESKEY_evacuate"] = "all"
+    agent = [sys.executable, os.path.join(ROOT, "agents", "ocf", "NovaEvacuate")]
+    service_env = dict(env, OCF_ROOT="/usr/lib/ocf", **ocf)
+    started = subprocess.run(agent + ["start"], env=service_env, capture_output=True,
+                             text=True, timeout=60, cwd="/")
+    if started.returncode != 0:
+        raise RuntimeError(f"NovaEvacuate start failed: {started.stderr[-500:]}")
+    try:
+        yield os.path.join(env["NOVA_HA_LOG_DIR"], "NovaEvacuate.log")
+    finally:
+        subprocess.run(agent + ["stop"], env=service_env, capture_output=True, timeout=60,
+                       cwd="/")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
              max_parallel: int | None = None, cold_token: bool = False) -> Run:
     """One agent's `off` of host1 on a prepared cloud, measured."""
@@ -539,12 +572,21 @@ def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
         if agent == THEIRS:
             auth_url = stack.enter_context(ImageFront(cloud.auth_url, cloud.latency)).auth_url
         cmd, stdin, env = _command(agent, cloud, auth_url, max_parallel)
+        service_log = None
         if agent == OURS:
             tokens = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-tokens-"))
-            env = dict(env, NOVA_HA_TOKEN_DIR=tokens)
+            run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-svc-"))
+            env = dict(env, NOVA_HA_TOKEN_DIR=tokens, NOVA_HA_RUN_DIR=run_dir,
+                       NOVA_HA_LOG_DIR=run_dir, HA_RSCTMP=run_dir)
             if not cold_token:
                 _monitor_first(cmd, stdin, env)
-        watch = _watch(cmd, stdin, env, cloud, ids, timeout)
+            # The fence action hands the evacuation over to NovaEvacuate's service, which
+            # runs beside Pacemaker: started before the failure, as in a cluster.
+            service_log = stack.enter_context(_evacuation_service(stdin, env))
+        watch = _watch(cmd, stdin, env, cloud, ids, timeout,
+                       grace=10.0 if agent == OURS else 0.0)
+        if service_log is not None:
+            watch.output += _read(service_log)
     placements = dict(watch.placements, **cloud.placements(ids))
     log = [e for e in cloud.request_log()
            if "/identity" not in e["path"] and e["t"] >= watch.started]

@@ -201,8 +201,11 @@ def _bed(cloud, cib: str) -> Iterator[Bed]:
             bmc = BmcSim(host, on_power_off=lambda h=host: cloud.crash(h))
             bmc.start()
             bmcs[host] = bmc
-        yield Bed(cloud=cloud, bmcs=bmcs, cib=cib)
+        bed = Bed(cloud=cloud, bmcs=bmcs, cib=cib)
+        yield bed
     finally:
+        # A test that failed half-way leaves no evacuation service behind.
+        run_ocf(EVACUATE_AGENT, "stop", {}, env=Bed(cloud, {}, cib).env(), timeout=60)
         for bmc in bmcs.values():
             bmc.stop()
 

@@ -9,39 +9,14 @@ import threading
 import time
 
 import pytest
-from novaclient import exceptions as nova_exc
 
+from tests.test_nova_box import delete_servers
 from tests.testbed.nova_box import ControlError
 from tests.testbed.observe import Observer, back_in_service
 
 SOURCE = "host1"
 REBUILD_STATES = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawning")
 POLL = 0.2
-
-
-def wait_for(predicate, timeout, interval=POLL, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def delete_servers(nova, ids, timeout=120):
-    for sid in ids:
-        try:
-            nova.servers.delete(sid)
-        except nova_exc.NotFound:
-            pass
-    wait_for(
-        lambda: not {s.id for s in nova.servers.list(search_opts={"all_tenants": 1})} & set(ids),
-        timeout,
-        interval=0.5,
-        what="servers deleted",
-    )
 
 
 def evacuate_two(box):

@@ -401,7 +401,10 @@ class TestOneController(_Restored):
             bed.wait_for(lambda: bed.fence_requests("compute2", second), 30,
                          "compute2's fence request")
             asked = bed.fence_requests("compute2", second)[0] - second
-            assert asked <= 1.0, asked
+            # Before the evacuation left the fence action this waited for compute1's whole
+            # evacuation (>= one 4 s rebuild here; 9.4 s measured with 8 s rebuilds). What
+            # is left is Pacemaker's own handling (detection, the end of compute1's fence).
+            assert asked < 3.0, asked
             MEASURED["s9: second kill during a slow evacuation -> fence request"] = asked
             bed.wait_for(lambda: bed.off_times("compute2", second), 30, "compute2 off")
             MEASURED["s9: second kill -> powered off"] = \
@@ -416,6 +419,25 @@ class TestOneController(_Restored):
         for node in servers:
             _wait_rejoined(bed, node)
             _assert_rejoined(bed, node, t0)
+
+    def test_service_stops_with_its_resource(self, bed1: E2EBed):
+        """NovaEvacuate stopped by Pacemaker: its evacuation service and every worker are
+        gone (no orphan); started again, it runs with a warm spare."""
+        bed = bed1
+
+        def service_processes() -> list[int]:
+            return [pid for pid, argv in bed.cluster.processes("c1", "")
+                    if "nova_ha.lib.evacuation_service" in argv]
+        assert len(service_processes()) >= 2  # the service and its warm spare
+        bed.set_role("nova-evacuate", "Stopped")
+        try:
+            bed.wait_for(lambda: not e2e.started_on(bed.cluster.crm_mon(), "nova-evacuate"),
+                         60, "NovaEvacuate to stop")
+            assert service_processes() == []
+        finally:
+            bed.set_role("nova-evacuate", "Started")
+        bed.wait_ready()
+        bed.wait_for(lambda: len(service_processes()) >= 2, 30, "the service to run again")
 
     def test_8_node_back_during_evacuation_waits(self, bed1: E2EBed):
         """compute1 comes back while its evacuation is unfinished: another runner holds the

@@ -636,7 +636,7 @@ class E2EBed(bedlib.Managed):
         for name in self.cluster.controllers:
             running = {pid for pid, argv in self.cluster.processes(name, "")
                        if "nova_ha.lib.evacuation_service" in argv and "worker" in argv}
-            for node, pid in re.findall(r"(\S+): [^\n]*; evacuating \(worker (\d+)\)",
+            for node, pid in re.findall(r"INFO: (\S+): [^\n]*; evacuating \(worker (\d+)\)",
                                         self.service_log(name)):
                 if int(pid) in running:
                     found.append((int(pid), name, node))

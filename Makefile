@@ -50,8 +50,14 @@ demo: deps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-bench: deps venv nova-venv
-	$(VENV)/bin/python -m benchmarks.run
+# The figures of the README, side by side with the anchors (the live-cluster ones need root).
+bench: deps venv nova-venv $(REMOTED)
+	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
+	$(VENV)/bin/python -m benchmarks.startup
+	$(VENV)/bin/python -m benchmarks.evacuation --scenario all
+	$(VENV)/bin/python -m benchmarks.recovery --runs 3
+	$(VENV)/bin/python -m benchmarks.recovery --second --runs 3
+	$(VENV)/bin/python -m benchmarks.scale
 
 install: deps
 	$(PYTHON_SYSTEM) -m venv $(PREFIX)

@@ -4,6 +4,7 @@ incident costs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 from nova_ha.lib import evacuation_service as svc
 from nova_ha.lib import fence_path, handover, params, state
 from nova_ha.lib.evacuation_service import EXIT_INTERRUPTED, Service, Worker, decide
+from tests.helpers import run_fence
+from tests.testbed.observe import Observer
 
 NOW = 1_800_000_000.0
 SERVICE = handover.SERVICE_OWNER
@@ -311,3 +314,29 @@ def test_service_module_starts_without_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_cib_out_of_reach_costs_the_fence_under_a_second(sim_bed):
+    """With no cluster running, cibadmin answers 'not connected': the fence records nothing,
+    evacuates itself (it holds the proof), and is not slower by more than a second than the
+    same fence with no CIB tool at all."""
+    bed = sim_bed
+    env = {k: v for k, v in bed.env().items() if k != "CIB_file"}
+    probe = subprocess.run(["cibadmin", "--query", "--scope", "crm_config"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0:
+        pytest.skip("a cluster runs on this machine: its CIB is in reach")
+    without_tool = dict(env, PATH=":".join(
+        d for d in env.get("PATH", "").split(":") if d and not os.path.exists(
+            os.path.join(d, "cibadmin"))))
+    took = {}
+    for host, run_env in (("host1", without_tool), ("host2", env)):
+        ids = bed.cloud.create_servers(host, 2)
+        began = time.monotonic()
+        done = run_fence(bed.fence_params(host), env=run_env)
+        took[host] = time.monotonic() - began
+        assert done.returncode == 0, done.stderr
+        assert "no cluster record to hand over with" in done.stderr
+        assert all(Observer(bed.cloud).server(i)["host"] != host for i in ids)
+    assert "the CIB is out of reach" in done.stderr
+    assert took["host2"] - took["host1"] < 1.0, took

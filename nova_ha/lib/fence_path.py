@@ -211,7 +211,8 @@ class HostFence:
             if self.mode == "none":
                 self._finish_without_evacuation(store)
             elif record is None:
-                self._evacuate_here(proof, store)
+                # The CIB out of reach (or no cluster): the record cannot carry the hand-over.
+                self._evacuate_here(proof, None)
             else:
                 LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))
             disabled.result()
@@ -234,7 +235,9 @@ class HostFence:
 
     def _evacuate_here(self, proof: PowerOffConfirmed, store: state.StateStore | None) -> None:
         """No cluster record could carry the hand-over (run by hand, or the CIB out of
-        reach): this process holds the proof, so it evacuates itself, as before."""
+        reach): this process holds the proof, so it evacuates itself, without a lease (no
+        one can coordinate through a CIB that cannot be reached, and Nova itself refuses a
+        second evacuation of a server being rebuilt)."""
         from nova_ha.lib import evacuate_runner
 
         LOG.warning("%s: no cluster record to hand over with: evacuating in this action",
@@ -247,7 +250,7 @@ def _store() -> state.StateStore | None:
     from nova_ha.lib import state
 
     try:
-        return state.CibStateStore()
+        return state.CibStateStore(fail_fast=True)
     except state.StateError as err:
         LOG.error("no cluster record available: %s", err)
         return None

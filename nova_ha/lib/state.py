@@ -575,8 +575,9 @@ class MemoryStateStore(StateStore):
 
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
-# cibadmin exit codes worth another try: unavailable, tempfail, disconnect, busy, timeout.
-_RETRY_EXIT = frozenset({69, 75, 102, 113, 124})
+# cibadmin exit codes worth another try: unavailable, tempfail, busy, timeout.
+_RETRY_EXIT = frozenset({69, 75, 113, 124})
+_DISCONNECTED = 102  # CRM_EX_DISCONNECT: "Transport endpoint is not connected"
 _NO_MATCH_EXIT = 105  # CRM_EX_NOSUCH: "Call failed: No such device or address"
 
 
@@ -646,6 +647,7 @@ class CibStateStore(StateStore):
         retries: int = 3,
         history_max: int = HISTORY_MAX,
         cibadmin: str = "cibadmin",
+        fail_fast: bool = False,
     ):
         super().__init__(skew, history_max)
         self.cib_file = cib_file or os.environ.get("CIB_file") or None
@@ -653,6 +655,10 @@ class CibStateStore(StateStore):
         self.retries = max(1, retries)
         self.cibadmin = cibadmin
         self.commands_run = 0  # Pacemaker commands started, for tests and measurements
+        # fail_fast (a fence action): a CIB manager that cannot be reached is not retried,
+        # and this store gives up at once from then on.
+        self.fail_fast = fail_fast
+        self.unreachable = ""
         self._env = dict(os.environ)
         if self.cib_file:
             self._env["CIB_file"] = self.cib_file
@@ -853,6 +859,8 @@ class CibStateStore(StateStore):
         self, args: list[str], exclusive: bool, host: str | None, what: str
     ) -> tuple[int, str, str]:
         """Run cibadmin with a timeout, retrying transient failures a bounded number of times."""
+        if self.unreachable:
+            raise StateError(f"the CIB is out of reach ({self.unreachable})", host)
         last = ""
         for attempt in range(self.retries):
             if attempt:
@@ -875,11 +883,16 @@ class CibStateStore(StateStore):
             except subprocess.TimeoutExpired:
                 last = f"no answer within {self.timeout:g} s"
                 continue
-            transient = proc.returncode in _RETRY_EXIT or (
-                # No CIB manager to reach (yet): worth another try, unlike a missing file.
-                "Could not connect" in proc.stderr and not self.cib_file
-            )
-            if not transient:
+            disconnected = not self.cib_file and (
+                proc.returncode == _DISCONNECTED or "Could not connect" in proc.stderr
+                or "not connected" in proc.stderr)
+            if disconnected and self.fail_fast:
+                # No CIB manager on this node: no cluster running here. Not a blip worth
+                # seconds of backoff in the middle of a fence; and every later call of this
+                # store fails at once too.
+                self.unreachable = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
+                raise StateError(f"the CIB is out of reach ({self.unreachable})", host)
+            if not disconnected and proc.returncode not in _RETRY_EXIT:
                 return proc.returncode, proc.stdout, proc.stderr
             last = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
         raise StateError(f"cibadmin {what} failed {self.retries} times, last: {last}", host)

@@ -429,10 +429,15 @@ class TestOneController(_Restored):
             return [pid for pid, argv in bed.cluster.processes("c1", "")
                     if "nova_ha.lib.evacuation_service" in argv]
         assert len(service_processes()) >= 2  # the service and its warm spare
+        began = time.time()
         bed.set_role("nova-evacuate", "Stopped")
         try:
             bed.wait_for(lambda: not e2e.started_on(bed.cluster.crm_mon(), "nova-evacuate"),
                          60, "NovaEvacuate to stop")
+            # crm_mon may show it stopped while the stop still runs: the stop's end is the
+            # result line in the controller's log.
+            bed.wait_for(lambda: log_lines(bed.pacemaker_log("c1"), "Result of stop operation "
+                                           "for nova-evacuate", began), 60, "the stop's result")
             assert service_processes() == []
         finally:
             bed.set_role("nova-evacuate", "Started")

@@ -96,9 +96,17 @@ def _group_members(pgid: int) -> list[int]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[2]) == pgid and (fields[0] != "Z" or _live_threads(int(entry))):
             members.append(int(entry))
     return members
+
+
+def _live_threads(pid: int) -> bool:
+    """A process whose main thread ended ("Z") may still run other threads."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def start(request: OcfRequest) -> int:
@@ -154,6 +162,7 @@ def stop(request: OcfRequest) -> int:
 
 def _end_group(pgid: int, grace: float) -> None:
     """SIGTERM to the service's group (it ends its workers), SIGKILL to what remains."""
+    found = _group_members(pgid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     end = time.monotonic() + grace
@@ -166,6 +175,8 @@ def _end_group(pgid: int, grace: float) -> None:
             os.killpg(pgid, signal.SIGKILL)
         while _group_members(pgid):
             time.sleep(0.05)
+    LOG.info("evacuation service stopped (process group %d: %s)", pgid,
+             " ".join(map(str, found)) or "already gone")
 
 
 def monitor(request: OcfRequest) -> int:

@@ -298,8 +298,18 @@ def _tone(word: str) -> str | None:
     return None
 
 
+def _line(text: Any) -> str:
+    """Data on one line of output: names and messages from Nova or the CIB can hold control
+    characters (a newline would forge a line of the table); they are shown escaped."""
+    from nova_ha.lib import log
+
+    return log.escape(str(text))
+
+
 def table(header: list[str], rows: list[list[str]], colour: bool,
           tones: list[list[str | None]] | None = None) -> str:
+    header = [_line(h) for h in header]
+    rows = [[_line(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     lines = ["  ".join(_paint(h, "bold", colour) + " " * (w - len(h))
                        for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -588,7 +598,7 @@ def render_status(data: dict[str, Any], colour: bool, now: float | None = None) 
                           "hosts; decide with 'nova-ha evacuate HOST' or 'nova-ha reset HOST'",
                           "red", colour))
     for problem in data["problems"]:
-        out.append(_paint(f"note: {problem}", "yellow", colour))
+        out.append(_paint(f"note: {_line(problem)}", "yellow", colour))
     return "\n".join(out)
 
 
@@ -682,7 +692,7 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
         before = store.get(node)
     except state.StateError as err:
         before = None
-        print(f"{node}: the record does not read ({err}); resetting it")
+        print(_line(f"{node}: the record does not read ({err}); resetting it"))
     if before is not None:
         live = before.lease_live(now) and not _local_owner_gone(before.lease_owner)
         if live and not args.force:
@@ -692,7 +702,7 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
                 f"(it is working on the host now). Wait for it, or use --force if that "
                 f"process is gone.")
         if before.state == "ok" and before.lease_owner is None:
-            print(f"{node}: nothing to reset (state ok, no lease)")
+            print(_line(f"{node}: nothing to reset (state ok, no lease)"))
             return EXIT_OK
     note = (args.note or "") + (" " if args.note else "") + f"by {_who()}"
     if args.force:
@@ -702,11 +712,11 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
     except state.StateError as err:
         raise CliError(f"cannot reset {node}: {err}") from None
     for line in describe_reset(before, after, now):
-        print(line)
+        print(_line(line))
     if before is None or before.state != "ok":
-        print(f"  Nova is not changed: nova-compute on {after.service_host or node} stays "
-              "forced down and disabled until NovaCompute starts it there (it lifts nova-ha's "
-              "force-down once the service reports up).")
+        print(_line(f"  Nova is not changed: nova-compute on {after.service_host or node} "
+                    "stays forced down and disabled until NovaCompute starts it there (it "
+                    "lifts nova-ha's force-down once the service reports up)."))
     ctx.notifier().send("reset", node, host=after.service_host, detail=note,
                         previous_state=before.state if before else None)
     return EXIT_OK
@@ -757,9 +767,9 @@ class ProgressBar:
                 self._draw()
             elif event in ("finished", "retry"):
                 what = outcome.result if event == "finished" else "retrying"
-                detail = f" - {outcome.detail}" if outcome.detail else ""
-                self.stream.write(f"  {what:<10} {outcome.name or '-'} ({outcome.server_id})"
-                                  f"{detail}\n")
+                detail = f" - {_line(outcome.detail)}" if outcome.detail else ""
+                self.stream.write(f"  {what:<10} {_line(outcome.name or '-')} "
+                                  f"({_line(outcome.server_id)}){detail}\n")
                 self.stream.flush()
 
     def _draw(self) -> None:
@@ -818,7 +828,7 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
             store.release_lease(node, handover.SERVICE_OWNER)
         except state.StateError as err:
             raise CliError(f"cannot take the lease of {node}: {err}") from None
-        print(f"{node}: lease taken from {handover.SERVICE_OWNER}")
+        print(_line(f"{node}: lease taken from {handover.SERVICE_OWNER}"))
         record = store.get(node)
     why = evacuable(record, now)
     if why and record.lease_owner == handover.SERVICE_OWNER:
@@ -832,8 +842,8 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
         (parsed.get("evacuate") if parsed.get("evacuate") in ("all", "tagged") else "all")
     verdict = guard.check(records, parsed, node)
     if verdict.blocked:
-        print(f"note: the mass-failure guard holds {node} ({verdict.message()}); "
-              "evacuating it by hand as asked")
+        print(_line(f"note: the mass-failure guard holds {node} ({verdict.message()}); "
+                    "evacuating it by hand as asked"))
     nova = ctx.nova()
     timeout = args.timeout or max(float(parsed.get("evacuate_timeout", 40)), 600.0)
     deadline = Deadline(timeout)
@@ -843,8 +853,9 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
         total = len(nova.servers_on(deadline, host))
     except (NovaError, params.SecretScriptError) as err:
         raise CliError(f"cannot prepare the evacuation of {host}: {err}") from None
-    print(f"{node}: recorded '{record.state}'; {total} servers on {host}; evacuating "
-          f"({mode}, at most {parsed.get('max_parallel', 16)} at once, within {timeout:g} s)")
+    print(_line(f"{node}: recorded '{record.state}'; {total} servers on {host}; evacuating "
+                f"({mode}, at most {parsed.get('max_parallel', 16)} at once, within "
+                f"{timeout:g} s)"))
     colour = _use_colour(args.color, sys.stdout)
     bar = ProgressBar(total, colour=colour)
     targets = [h for h in (parsed.get("target_hosts") or "").replace(" ", ",").split(",") if h]
@@ -873,11 +884,11 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
                                               summary.count("unfinished")) \
             else "evacuation_failed"
         notifier.send(event, node, host=host, summary=summary)
-    print(summary.line())
+    print(_line(summary.line()))
     for outcome in summary.outcomes:
         if outcome.result in ("failed", "unfinished", "skipped"):
-            print(f"  {outcome.result:<10} {outcome.name or '-'} ({outcome.server_id})"
-                  f"{' - ' + outcome.detail if outcome.detail else ''}")
+            print(_line(f"  {outcome.result:<10} {outcome.name or '-'} ({outcome.server_id})"
+                        f"{' - ' + outcome.detail if outcome.detail else ''}"))
     return EXIT_OK if not (summary.count("failed") or summary.count("unfinished")) \
         else EXIT_FAILED
 
@@ -954,6 +965,15 @@ COMMANDS = {"status": cmd_status, "history": cmd_history, "reset": cmd_reset,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; a reader that leaves early (`nova-ha reset HOST | head -2`) changes
+    nothing but the output: the command finishes its work, quietly."""
+    from nova_ha.lib import log
+
+    with log.PipeSafeOutput():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "install-agents":
         for path in install_agents(os.path.abspath(args.python), args.fence_dir, args.ocf_dir):
@@ -970,12 +990,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = load_context(args)
         for warning in ctx.warnings:
-            print(f"nova-ha: warning: {warning}", file=sys.stderr)
+            print(f"nova-ha: warning: {_line(warning)}", file=sys.stderr)
         return COMMANDS[args.command](ctx, args)
     except CliError as err:
         from nova_ha.lib import log
 
-        print(f"nova-ha {args.command}: {log.REDACTOR.redact(str(err))}", file=sys.stderr)
+        print(f"nova-ha {args.command}: {_line(log.REDACTOR.redact(str(err)))}",
+              file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         print(f"nova-ha {args.command}: interrupted", file=sys.stderr)

@@ -32,6 +32,9 @@ FENCE_LIB_DIR = "/usr/share/fence"
 EC_OK = 0
 EC_GENERIC_ERROR = 1
 EC_STATUS_OFF = 2
+# fence-agents' 'delay' (seconds before off/reboot): bounded like the table's numbers. A
+# delay beyond stonith-timeout only makes the fence fail; time.sleep() overflows at ~9e9.
+DELAY_MAX = 3600
 
 # fencing.py's own options that every agent has (DEPENDENCY_OPT["default"]) plus 'separator'
 # that 'port' pulls in for list actions.
@@ -111,7 +114,10 @@ def _register(fencing: Any, agent: str) -> list[str]:
 def _read_stdin(data: bytes) -> list[tuple[str, str]]:
     text = data.decode("utf-8", "replace")
     pairs = []
-    for line in text.splitlines():
+    # "\n" only, as fencing.py reads its stdin (strip() drops a trailing "\r"):
+    # str.splitlines() also ends lines at \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029, so
+    # one value could smuggle in further parameters.
+    for line in text.split("\n"):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -165,19 +171,24 @@ def _to_raw(opts: dict[str, str], agent: str) -> tuple[list[tuple[str, str]], di
 
 
 def run(spec: FenceAgentSpec) -> NoReturn:
-    """Parse, dispatch and exit with the fence-agent exit code. Never shows a traceback."""
-    try:
-        code = _run(spec)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        code = EC_GENERIC_ERROR
-    except BaseException as err:  # the last line of defence: a message, not a traceback
-        log.get().error("%s failed: %s", spec.name, log.REDACTOR.redact(str(err)) or
-                        type(err).__name__)
-        log.get().debug("details", exc_info=True)
-        code = EC_GENERIC_ERROR
-    sys.exit(code)
+    """Parse, dispatch and exit with the fence-agent exit code. Never shows a traceback.
+
+    A reader that leaves early (`-o list | head -1`) changes nothing: the rest of the output
+    is dropped and the exit code is the action's own.
+    """
+    with log.PipeSafeOutput():
+        try:
+            code = _run(spec)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            code = EC_GENERIC_ERROR
+        except BaseException as err:  # the last line of defence: a message, not a traceback
+            log.get().error("%s failed: %s", spec.name, log.REDACTOR.redact(str(err)) or
+                            type(err).__name__)
+            log.get().debug("details", exc_info=True)
+            code = EC_GENERIC_ERROR
+        sys.exit(code)
 
 
 def parse_input(spec: FenceAgentSpec, argv: list[str], stdin: bytes | None
@@ -243,8 +254,12 @@ def _run(spec: FenceAgentSpec) -> int:
                      ", ".join(sorted(list(spec.handlers) + ["metadata", "manpage"])))
         return EC_GENERIC_ERROR
     problems = parsed.problems + spec.validate(request)
-    if not framework.get("--delay", "0").isdigit():
-        problems.append("parameter 'delay': must be a whole number of seconds")
+    delay = framework.get("--delay", "0")
+    # ASCII digits: str.isdigit() takes '²', which fencing.run_delay's int() refuses.
+    if not (delay.isascii() and delay.isdigit() and len(delay) <= 6
+            and int(delay) <= DELAY_MAX):
+        problems.append("parameter 'delay': must be a whole number of seconds from 0 to "
+                        f"{DELAY_MAX}")
     if problems:
         for problem in problems:
             logger.error(problem)

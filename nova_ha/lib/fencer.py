@@ -95,7 +95,10 @@ def _list(request: FenceRequest, with_status: bool) -> int:
         node = params.node_name_for_host(svc.host, parsed.get("host_map", ""),
                                          parsed.get("domain", ""))
         up = svc.state == "up" and not svc.forced_down
-        print(f"{node},{svc.host}" + (f",{'on' if up else 'off'}" if with_status else ""))
+        # Nova's host names are data: Pacemaker splits this output at line ends, whitespace,
+        # ',' and ';' into its dynamic host list, so those are escaped within a field.
+        fields = [node, svc.host] + (["on" if up else "off"] if with_status else [])
+        print(",".join(log.escape(str(f), field=True) for f in fields))
     return fence_proto.EC_OK
 
 

@@ -2,6 +2,10 @@
 
 Agents run as root from the fencer, as hacluster for metadata, and by operators; none of
 these paths may fail because a log destination is missing, so every handler is optional.
+
+Each log record is one line: names and messages from Nova or the CIB are data, and their
+control characters are escaped (escape()), so a server named "x\nERROR: ..." cannot forge a
+line. The line-oriented outputs (fence list, the nova-ha command) use the same escape().
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging.handlers
 import os
 import re
 import sys
+from typing import Any
 
 LOGGER_NAME = "nova_ha"
 _REDACTED = "******"
@@ -18,6 +23,29 @@ _REDACTED = "******"
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b([\w-]*(?:password|passwd|secret|token)[\w-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
 )
+# What ends or rewrites a line in a log, a terminal or a line-oriented output: C0 and C1
+# controls and DEL (\n, \r, \v, \f, \x1c-\x1e and \x85 end lines for str.splitlines(), \x1b
+# starts terminal sequences), the Unicode line and paragraph separators, and the bidi
+# controls that reorder what a terminal shows.
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[{_CONTROLS}]")
+# Fields of a line-oriented output that a program splits (fence-agents' list output, which
+# Pacemaker splits at whitespace, ',' and ';'): those separators too.
+_UNSAFE_IN_FIELD = re.compile(f"[{_CONTROLS}\\s,;]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str, field: bool = False) -> str:
+    """`text` as data on one line: control characters as backslash escapes (\\n, \\x1c,
+    \\u2028...). With `field`, also whitespace, ',' and ';', for a field of a line that is
+    split into fields."""
+    return (_UNSAFE_IN_FIELD if field else _UNSAFE).sub(_escaped, text)
 
 
 class Redactor(logging.Filter):
@@ -37,13 +65,18 @@ class Redactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = self.redact(record.getMessage())
-        record.msg, record.args = message, None
         if record.exc_info:
             # Exception text could carry a secret: log it as redacted text instead.
             formatted = logging.Formatter().formatException(record.exc_info)
-            record.msg = message + "\n" + self.redact(formatted)
+            message += "\n" + self.redact(formatted)
             record.exc_info = None
             record.exc_text = None
+        if record.stack_info:
+            message += "\n" + self.redact(record.stack_info)
+            record.stack_info = None
+        # One record, one line (a traceback too): redacted first, then escaped. Escaping
+        # is idempotent, so a record passing several handlers stays the same.
+        record.msg, record.args = escape(message), None
         return True
 
 
@@ -90,3 +123,70 @@ def setup(ident: str, verbose: bool = False, debug_file: str | None = None,
 def _add(logger: logging.Logger, handler: logging.Handler) -> None:
     handler.addFilter(REDACTOR)
     logger.addHandler(handler)
+
+
+# ---- output to a pipe whose reader may leave ---------------------------------------------
+
+class PipeSafe:
+    """A standard stream whose reader may leave early (`| head -1`). Unix tools then stop
+    writing, quietly: what no longer reaches the reader is dropped here, and the program
+    finishes its work (a reset, a fence) and exits with its own result, never with a
+    BrokenPipeError traceback or a lost event."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.reader_gone = True
+        # What is still buffered, and the interpreter's last flush at exit, go to /dev/null
+        # (otherwise: "Exception ignored ... BrokenPipeError" and exit code 120).
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(null, self._stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass  # not a file descriptor (a test's capture): nothing to redirect
+        finally:
+            os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class PipeSafeOutput:
+    """`with PipeSafeOutput():` sys.stdout and sys.stderr as PipeSafe streams, flushed (while
+    still guarded) and put back at the end."""
+
+    def __enter__(self) -> PipeSafeOutput:
+        self._saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = (s if s is None or isinstance(s, PipeSafe) else PipeSafe(s)
+                                  for s in self._saved)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        sys.stdout, sys.stderr = self._saved

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FENCE = "fence_nova_evacuate"
@@ -43,6 +43,11 @@ class Param:
     getopt: str = ""  # fence CLI short option letter (fence_ipmilan's letters where shared)
     cli: str = ""  # fence CLI long option when it differs from the name (fence-agents' "plug")
     metavar: str = ""
+    # Bounds of an integer or second (a number of seconds), checked where the value is
+    # parsed: a value far out of range passes no sanity check and crashes at run time
+    # (OverflowError, "timestamp out of range") instead of being refused by validate-all.
+    minimum: float | None = None  # None: 0
+    maximum: float | None = None
 
     @property
     def longopt(self) -> str:
@@ -52,9 +57,26 @@ class Param:
         """A boolean that defaults to false is a bare flag on the command line."""
         return self.type == "boolean" and self.default in (None, "0")
 
+    def range_text(self) -> str:
+        """'1-65535', 'at most 600 s', or '' for a parameter without a maximum."""
+        if self.maximum is None:
+            return ""
+        unit = " s" if self.type == "second" else ""
+        if self.minimum:
+            return f"{_number(self.minimum)}-{_number(self.maximum)}{unit}"
+        return f"at most {_number(self.maximum)}{unit}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
 
 def _p(name: str, type_: str, short: str, long: str = "", **kw: Any) -> Param:
-    return Param(name=name, type=type_, short=short, long=long, **kw)
+    param = Param(name=name, type=type_, short=short, long=long, **kw)
+    if param.maximum is not None:
+        # The limit is declared once (here); metadata, --help, man pages and docs show it.
+        param = replace(param, short=f"{short} ({param.range_text()})")
+    return param
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -130,9 +152,10 @@ PARAMETERS: tuple[Param, ...] = (
        group="openstack", metavar="path"),
     _p("os_insecure", "boolean", "Do not verify TLS certificates (test clouds only)",
        default="0", aliases=("insecure",), agents=_OPENSTACK, group="openstack"),
-    _p("os_api_timeout", "second", "Timeout of one Keystone or Nova request (seconds)",
+    _p("os_api_timeout", "second", "Timeout of one Keystone or Nova request, in seconds",
        "Each request is bounded by this; failed requests are retried with backoff inside "
-       "the action's overall budget.", default="10", agents=_OPENSTACK, group="openstack"),
+       "the action's overall budget.", default="10", maximum=300, agents=_OPENSTACK,
+       group="openstack"),
     _p("os_compute_api_version", "string", "Highest Nova microversion to use",
        "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
        "2.52 to pin an older behaviour.", default="auto", agents=_OPENSTACK, group="openstack",
@@ -162,8 +185,8 @@ PARAMETERS: tuple[Param, ...] = (
        "With 'ip': the device refuses to power off a node other than this one, so a device "
        "copied with another node's BMC address, or listing a wrong node in pcmk_host_list, "
        "cannot power off the wrong host.", agents=_FENCE_ONLY, group="bmc", metavar="node"),
-    _p("ipport", "integer", "BMC UDP port", default="623", agents=_FENCE_ONLY, group="bmc",
-       getopt="u", metavar="port"),
+    _p("ipport", "integer", "BMC UDP port", default="623", minimum=1, maximum=65535,
+       agents=_FENCE_ONLY, group="bmc", getopt="u", metavar="port"),
     _p("username", "string", "BMC user name", aliases=("login",), agents=_FENCE_ONLY,
        group="bmc", getopt="l", metavar="name"),
     _p("password", "string", "BMC password", secret=True, aliases=("passwd",),
@@ -178,15 +201,15 @@ PARAMETERS: tuple[Param, ...] = (
     _p("cipher", "integer", "IPMI 2.0 cipher suite",
        "Accepted for fence_ipmilan compatibility; the cipher suite is negotiated with the "
        "BMC (SHA-1/AES, suite 3, when the BMC offers nothing better that is supported).",
-       agents=_FENCE_ONLY, group="bmc", getopt="C", metavar="suite"),
+       maximum=255, agents=_FENCE_ONLY, group="bmc", getopt="C", metavar="suite"),
     _p("privlvl", "select", "IPMI privilege level", default="administrator",
        choices=("callback", "user", "operator", "administrator"), agents=_FENCE_ONLY,
        group="bmc", getopt="L"),
     _p("power_timeout", "second", "Seconds to wait for the BMC to confirm a power change",
        "If the BMC does not report 'off' within this time the fence fails and nothing is "
-       "done in Nova.", default="20", agents=_FENCE_ONLY, group="bmc"),
+       "done in Nova.", default="20", maximum=600, agents=_FENCE_ONLY, group="bmc"),
     _p("power_wait", "second", "Seconds to wait after a confirmed power change",
-       default="0", agents=_FENCE_ONLY, group="bmc"),
+       default="0", maximum=300, agents=_FENCE_ONLY, group="bmc"),
     # ---- evacuation ---------------------------------------------------------------------------
     _p("evacuate", "select", "Which servers to evacuate after fencing",
        "all: every server of the host; tagged: only servers whose flavor extra_specs, image "
@@ -197,15 +220,15 @@ PARAMETERS: tuple[Param, ...] = (
     _p("evacuable_tag", "string", "Tag that marks a server evacuable (evacuate=tagged)",
        default="evacuable", agents=_EVACUATION, group="evacuation", metavar="tag"),
     _p("max_parallel", "integer", "Evacuation requests in flight at once", default="16",
-       agents=_EVACUATION, group="evacuation", metavar="n"),
+       minimum=1, maximum=256, agents=_EVACUATION, group="evacuation", metavar="n"),
     _p("evacuate_timeout", "second", "Seconds allowed for evacuating a host",
        "The budget of one evacuation run by NovaEvacuate's evacuation service (beside "
        "Pacemaker, not inside a fence action), and the life of the host's lease that the "
        "fence device grants it. What is not finished by then stays recorded 'fenced' and "
        "the service takes it up again. It no longer counts in the stonith-timeout.",
-       default="40", agents=_EVACUATION, group="evacuation"),
+       default="40", maximum=86400, agents=_EVACUATION, group="evacuation"),
     _p("evacuate_retries", "integer", "Retries of a failed evacuation of one server",
-       default="2", agents=_EVACUATION, group="evacuation", metavar="n"),
+       default="2", maximum=20, agents=_EVACUATION, group="evacuation", metavar="n"),
     _p("target_hosts", "string", "Reserved hosts to evacuate to (comma separated)",
        "Empty: Nova's scheduler chooses. Otherwise these hosts are enabled first and each "
        "server is sent to one of them with room; when they are full the remaining servers "
@@ -232,21 +255,21 @@ PARAMETERS: tuple[Param, ...] = (
        "on its third ordinary failure. The percentage is of the compute services Nova knows "
        "(or of the compute nodes in the CIB).", default="25%", agents=_EVACUATION,
        group="evacuation", metavar="count|percent"),
-    _p("fenced_window", "second", "Time window of the mass-failure guard (seconds)",
+    _p("fenced_window", "second", "Time window of the mass-failure guard, in seconds",
        "Hosts whose latest fencing (from their records in the CIB) lies within this many "
        "seconds of each other count as one wave for max_fenced_hosts. 600 s holds a wave "
        "fenced over several minutes by a flapping network, and is short against the time "
-       "between independent hardware failures.", default="600", agents=_EVACUATION,
-       group="evacuation"),
+       "between independent hardware failures.", default="600", maximum=86400,
+       agents=_EVACUATION, group="evacuation"),
     _p("watch_interval", "second", "Seconds between the evacuation service's reads of the "
        "records",
        "NovaEvacuate's evacuation service is woken at once by a fence device on its own "
        "controller; a fence run on another controller is seen at the next read of the "
-       "records (one small CIB query).", default="1", agents=frozenset({EVACUATE}),
-       group="evacuation"),
+       "records (one small CIB query).", default="1", maximum=300,
+       agents=frozenset({EVACUATE}), group="evacuation"),
     _p("max_hosts", "integer", "Hosts evacuated at once by the evacuation service",
        "Each host is evacuated by a worker process of its own (max_parallel requests "
-       "each); further hosts wait for a free worker.", default="8",
+       "each); further hosts wait for a free worker.", default="8", minimum=1, maximum=64,
        agents=frozenset({EVACUATE}), group="evacuation", metavar="n"),
     # ---- notifications --------------------------------------------------------------------------
     _p("notify_url", "string", "Webhook URL that nova-ha events are POSTed to (JSON)",
@@ -263,7 +286,7 @@ PARAMETERS: tuple[Param, ...] = (
        "after notify_timeout. Its environment carries no OCF_RESKEY_* parameter (no "
        "secret).", agents=_OPENSTACK, group="general", metavar="command"),
     _p("notify_timeout", "second", "Seconds allowed for one webhook attempt or the command",
-       default="5", agents=_OPENSTACK, group="general"),
+       default="5", maximum=300, agents=_OPENSTACK, group="general"),
     # ---- NovaCompute ---------------------------------------------------------------------------
     _p("systemd_unit", "string", "systemd unit of nova-compute",
        "Default: the first of nova-compute.service and openstack-nova-compute.service that "
@@ -281,7 +304,8 @@ PARAMETERS: tuple[Param, ...] = (
        "more than 60% of its timeout), then fails with the reason; Pacemaker starts it again "
        "once the failure expires (the clone's failure-timeout). Keep it short: while any "
        "action runs, Pacemaker starts no new transition, so a long wait here would delay "
-       "the fencing of another node.", default="10", agents=_COMPUTE_ONLY, group="compute"),
+       "the fencing of another node.", default="10", maximum=3600, agents=_COMPUTE_ONLY,
+       group="compute"),
     _p("check_nova_service", "boolean", "monitor also asks Nova whether the service is up",
        default="0", agents=_COMPUTE_ONLY, group="compute"),
     _p("disable_on_stop", "boolean", "Disable the Nova service when the resource stops",
@@ -334,21 +358,20 @@ def convert(param: Param, raw: str) -> Any:
         raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
                          "(use 1/0, yes/no, true/false)")
     if param.type == "integer":
-        try:
-            number = int(value)
-        except ValueError:
+        # ASCII digits only: int() also takes '1_000' and other scripts' digits.
+        if not re.fullmatch(r"[+-]?[0-9]+", value):
             raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
-                             "integer") from None
-        if number < 0:
-            raise ParamError(f"parameter '{param.name}': must not be negative")
-        return number
+                             "integer")
+        # int() refuses thousands of digits; such a number is beyond any bound anyway.
+        number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
+        return _bounded(param, number, raw)
     if param.type == "second":
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|ms)?", value.lower())
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
         if not match:
             raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
                              "number of seconds")
-        seconds = float(match.group(1))
-        return seconds / 1000 if match.group(2) == "ms" else seconds
+        seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
+        return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
     if param.type == "select":
         low = value.lower()
         if param.name == "os_interface" and low.endswith("url"):
@@ -358,6 +381,20 @@ def convert(param: Param, raw: str) -> Any:
                              f"{', '.join(param.choices)}")
         return low
     raise AssertionError(f"unknown parameter type {param.type}")
+
+
+def _bounded(param: Param, number: float, raw: str) -> float:
+    """`number` when it lies within the parameter's bounds; ParamError naming the limit."""
+    unit = " seconds" if param.type == "second" else ""
+    if param.minimum is None and number < 0:
+        raise ParamError(f"parameter '{param.name}': must not be negative")
+    if param.minimum is not None and number < param.minimum:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is below the "
+                         f"minimum of {_number(param.minimum)}{unit}")
+    if param.maximum is not None and number > param.maximum:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is above the "
+                         f"maximum of {_number(param.maximum)}{unit}")
+    return number
 
 
 @dataclass
@@ -780,9 +817,7 @@ def check_bmc(parsed: Parsed) -> list[str]:
 
 
 def check_evacuation(parsed: Parsed) -> list[str]:
-    problems = []
-    if parsed.get("max_parallel") is not None and parsed["max_parallel"] < 1:
-        problems.append("parameter 'max_parallel': must be at least 1")
+    problems = []  # numbers are bounded where they are parsed (Param.minimum, maximum)
     for name in ("host_map",):
         if parsed.get(name):
             try:
@@ -854,7 +889,11 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
                                 f"({type(err).__name__})") from None
     if done.returncode != 0:
         raise SecretScriptError(f"parameter '{name}': the script exited {done.returncode}")
-    lines = done.stdout.decode("utf-8", "replace").splitlines()
-    if not lines or not lines[0]:
+    # Up to the first "\n" (a trailing "\r" dropped), as fence-agents read lines:
+    # str.splitlines() would also cut at \x1c-\x1e, \x85, \u2028... inside a password.
+    first = done.stdout.decode("utf-8", "replace").split("\n", 1)[0]
+    if first.endswith("\r"):
+        first = first[:-1]
+    if not first:
         raise SecretScriptError(f"parameter '{name}': the script printed nothing")
-    return lines[0]
+    return first

@@ -44,11 +44,22 @@ ACTIONS = [
 _CODES = {"configured": ocf_proto.OCF_ERR_CONFIGURED, "installed": ocf_proto.OCF_ERR_INSTALLED}
 
 
-def validate(request: OcfRequest) -> list[tuple[int, str]]:
+def service_problems(request: OcfRequest, roles: tuple[str, ...] = service.ROLES
+                     ) -> list[tuple[int, str]]:
+    """What makes the service unusable for `roles` (start, stop, status): its commands or
+    unit. Nothing else is needed to check or stop nova-compute."""
     parsed = request.params
-    found = [(_CODES[kind], message) for kind, message in service.problems(
+    return [(_CODES[kind], message) for kind, message in service.problems(
         parsed.get("start_command"), parsed.get("stop_command"), parsed.get("status_command"),
-        parsed.get("systemd_unit"))]
+        parsed.get("systemd_unit"), roles)]
+
+
+def validate(request: OcfRequest) -> list[tuple[int, str]]:
+    """Everything, for start and validate-all. stop and monitor are 'unchecked': they get
+    these as warnings and use only service_problems (a rotated-away os_cacert, a bad
+    notify_url or missing OpenStack credentials never keep them from the truth)."""
+    parsed = request.params
+    found = service_problems(request)
     # Nova is needed to know when a rejoin is safe: without credentials nothing is started.
     found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
               params.check_openstack(parsed) + params.check_notify(parsed)]
@@ -142,8 +153,24 @@ def _service(request: OcfRequest) -> service.Service:
                         parsed.get("status_command"), parsed.get("systemd_unit"))
 
 
+def _no_systemd(request: OcfRequest) -> bool:
+    """Set up for systemd on a node without it: no unit of nova-compute can run here."""
+    parsed = request.params
+    return not service.uses_commands(parsed.get("start_command"), parsed.get("stop_command"),
+                                     parsed.get("status_command")) and service.systemd_absent()
+
+
 def monitor(request: OcfRequest) -> int:
-    """Never changes anything: the process or unit, and (optionally) Nova's view."""
+    """Never changes anything: the process or unit, and (optionally) Nova's view.
+
+    Only the status check is needed: without it the answer is an error naming the
+    parameter, never 'not running' (nova-compute may well run)."""
+    if _no_systemd(request):
+        return ocf_proto.OCF_NOT_RUNNING
+    blocking = service_problems(request, ("status",))
+    if blocking:
+        code, reason = blocking[0]
+        raise OcfError(code, f"cannot tell whether nova-compute runs: {reason}")
     svc = _service(request)
     try:
         running = svc.running()
@@ -156,6 +183,10 @@ def monitor(request: OcfRequest) -> int:
         from nova_ha.lib.nova import Deadline, Nova, NovaError
 
         host = _nova_host(request)
+        unusable = params.check_openstack(request.params)
+        if unusable:
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
+                                                       f"{unusable[0]}")
         try:
             nova_svc = Nova.from_params(request.params).service(
                 Deadline(request.timeout * 0.8), host)
@@ -203,12 +234,29 @@ def start(request: OcfRequest) -> int:
 
 
 def stop(request: OcfRequest) -> int:
-    svc = _service(request)
+    """Success only once nova-compute does not run: stopped, or checked not running.
+
+    Needs the status check and the stop command (or systemctl), nothing else: another
+    parameter's problem is a warning. Without the status check, or nova-compute running
+    without a usable stop command, stop fails with the reason (Pacemaker then recovers the
+    node) rather than claim a stop that did not happen."""
     if request.params.get("disable_on_stop"):
         _disable_on_stop(request)
-    if not svc.running():
+    if _no_systemd(request):
         return ocf_proto.OCF_SUCCESS
+    blocking = service_problems(request, ("status",))
+    if blocking:
+        code, reason = blocking[0]
+        raise OcfError(code, f"cannot stop nova-compute: cannot tell whether it runs "
+                             f"({reason})")
+    svc = _service(request)
     try:
+        if not svc.running():
+            return ocf_proto.OCF_SUCCESS
+        blocking = service_problems(request, ("stop",))
+        if blocking:
+            code, reason = blocking[0]
+            raise OcfError(code, f"nova-compute runs and cannot be stopped: {reason}")
         svc.stop(request.timeout * 0.9)
     except service.ServiceError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"nova-compute did not stop: {err}") from None
@@ -221,6 +269,10 @@ def _disable_on_stop(request: OcfRequest) -> None:
     from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
 
     host = _nova_host(request)
+    unusable = params.check_openstack(request.params)
+    if unusable:
+        LOG.warning("not disabling %s in Nova on stop: %s", host, unusable[0])
+        return
     try:
         nova = Nova.from_params(request.params)
         deadline = Deadline(min(request.timeout * 0.3, 30))
@@ -230,6 +282,8 @@ def _disable_on_stop(request: OcfRequest) -> None:
                                 disabled_reason=f"{OURS}: resource stopped at {utc_now()}")
     except (NovaError, params.SecretScriptError) as err:
         LOG.warning("could not disable %s in Nova on stop: %s", host, err)
+    except Exception as err:  # best effort: nothing here may keep nova-compute running
+        LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)
 
 
 HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
@@ -248,4 +302,4 @@ LONGDESC = (
 )
 
 SPEC = ocf_proto.OcfAgentSpec(params.COMPUTE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate)
+                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))

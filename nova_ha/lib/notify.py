@@ -18,6 +18,11 @@ its strings go through the log redactor, and no parameter value is copied into i
   it. The webhook is tried at most ATTEMPTS times, each bounded by ``notify_timeout``; the
   command runs once, killed after ``notify_timeout``; the child ends itself after
   ``total_budget(timeout)`` seconds whatever happens. Delivery failures go to syslog.
+* The URL's ``user:password@`` goes as HTTP Basic authentication, never into a host lookup,
+  a log line or the command's environment. Redirects are not followed (urllib would turn the
+  POST into a body-less GET): a 3xx is a failure naming its Location. The command's output
+  is read up to 64 KiB (the rest discarded). The channels are independent: one failing or
+  raising never keeps the others from their event.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nova_ha.lib import log
+from nova_ha.lib import log, service
 
 LOG = log.get("notify")
 
@@ -147,44 +152,107 @@ def shown_url(url: str) -> str:
 
     try:
         parts = urlsplit(url)
-        netloc = parts.hostname or "?"
-        if parts.port:
-            netloc += f":{parts.port}"
+        netloc = parts.netloc.rpartition("@")[2] or "?"
         return f"{parts.scheme}://{netloc}{parts.path}"
     except ValueError:
         return "(unparsable URL)"
 
 
+def url_secrets(url: str | None) -> list[str]:
+    """The password of a URL's userinfo, as written and decoded (for the log redactor)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url or "").password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without userinfo, and the userinfo as an HTTP Basic Authorization value."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
+def _no_redirects() -> Any:
+    """An opener that never follows a redirect: urllib turns a redirected POST into a GET
+    without the body (and would send the Authorization header elsewhere)."""
+    import urllib.request
+
+    class Refuse(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # urllib then raises the 3xx as an HTTPError
+
+    return urllib.request.build_opener(Refuse)
+
+
+def _location(err: Any, base: str) -> str:
+    """A redirect's Location as log lines show URLs: no userinfo, no query."""
+    from urllib.parse import urljoin
+
+    try:
+        location = err.headers.get("Location") if err.headers else None
+        if not location:
+            return "nowhere (no Location)"
+        return log.REDACTOR.redact(shown_url(urljoin(base, location)))[:200]
+    except Exception:
+        return "(unparsable Location)"
+
+
 def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
          sleep: Callable[[float], None] = time.sleep, kind: str = "") -> str:
-    """POST the event; returns what happened. Retries no answer, 408/425/429 and 5xx."""
+    """POST the event; returns what happened, never raises. Retries no answer, 408/425/429
+    and 5xx; a redirect is a failure naming its Location."""
     import urllib.error
     import urllib.request
 
+    log.REDACTOR.add(*url_secrets(url))
+    try:
+        target, authorization = split_credentials(url)
+        opener = _no_redirects()
+    except Exception as err:
+        return f"failed ({type(err).__name__})"
     headers = {"Content-Type": "application/json", "User-Agent": f"nova-ha/{_version()}"}
+    if authorization:
+        headers["Authorization"] = authorization
     if kind:
         headers["X-Nova-HA-Event"] = kind
     last = ""
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             sleep(BACKOFF[min(attempt - 2, len(BACKOFF) - 1)])
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            request = urllib.request.Request(target, data=body, headers=headers,
+                                             method="POST")
+            with opener.open(request, timeout=timeout) as answer:
                 return f"delivered (HTTP {answer.status}, attempt {attempt})"
         except urllib.error.HTTPError as err:
             last = f"HTTP {err.code}"
+            if 300 <= err.code < 400:
+                return f"refused (HTTP {err.code} redirect to {_location(err, target)}, " \
+                       "not followed)"
             if err.code not in RETRY_STATUSES:
                 return f"refused ({last})"
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             last = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) \
                 else reason
-    return f"failed after {attempts} attempts ({last})"
+        except Exception as err:  # InvalidURL and kin: the URL itself is wrong, no retry
+            return f"failed ({type(err).__name__}: {log.REDACTOR.redact(str(err))[:200]})"
+    return f"failed after {attempts} attempts ({log.REDACTOR.redact(last)[:200]})"
 
 
 def child_env(kind: str, node: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith("LC_")}
+    env = service.clean_env(keep=_ENV_KEEP)
     env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env.update(NOVA_HA_EVENT=kind, NOVA_HA_NODE=node)
     return env
@@ -192,12 +260,14 @@ def child_env(kind: str, node: str) -> dict[str, str]:
 
 def run_command(command: str, body: bytes, timeout: float,
                 env: Mapping[str, str] | None = None) -> str:
-    """Run the command without a shell, the event on stdin; returns what happened."""
+    """Run the command without a shell, the event on stdin; returns what happened.
+
+    Its stdout is discarded, at most service.OUTPUT_LIMIT bytes of its stderr are kept
+    (the rest read and thrown away): a flooding command neither blocks nor fills memory."""
     try:
         argv = shlex.split(command)
-        done = subprocess.run(argv, input=body, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout, check=False,
-                              env=dict(env) if env is not None else None, cwd="/")
+        done = service.run_capped(argv, timeout, stdin=body, keep_stdout=False,
+                                  env=env, cwd="/")
     except subprocess.TimeoutExpired:
         return f"killed after {timeout:g} s"
     except (OSError, ValueError) as err:
@@ -214,10 +284,17 @@ def deliver(event: Mapping[str, Any], url: str | None, command: str | None,
     body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
     kind, node = str(event.get("event", "")), str(event.get("node", ""))
     results = {}
+    # Each channel on its own: one that fails, or raises, keeps no other from the event.
     if url:
-        results["webhook"] = post(url, body, timeout, kind=kind)
+        try:
+            results["webhook"] = post(url, body, timeout, kind=kind)
+        except Exception as err:
+            results["webhook"] = f"failed ({type(err).__name__})"
     if command:
-        results["command"] = run_command(command, body, timeout, child_env(kind, node))
+        try:
+            results["command"] = run_command(command, body, timeout, child_env(kind, node))
+        except Exception as err:
+            results["command"] = f"failed ({type(err).__name__})"
     for channel, outcome in results.items():
         if not outcome.startswith(("delivered", "ran")):
             where = shown_url(url or "") if channel == "webhook" else "notify_command"
@@ -239,7 +316,10 @@ def child_main() -> None:
     payload = json.loads(sys.stdin.buffer.read() or b"{}")
     timeout = float(payload.get("timeout") or DEFAULT_TIMEOUT)
     signal.alarm(max(1, int(total_budget(timeout) + 0.999)))  # the hard bound
-    deliver(payload["event"], payload.get("url"), payload.get("command"), timeout)
+    try:
+        deliver(payload["event"], payload.get("url"), payload.get("command"), timeout)
+    except Exception as err:  # a bug here must still leave a trace, and no traceback
+        to_syslog_line(f"notify: delivery failed ({type(err).__name__})")
 
 
 # ---- the notifier -------------------------------------------------------------------------------
@@ -253,6 +333,9 @@ class Notifier:
     timeout: float = DEFAULT_TIMEOUT
     source: str = "nova-ha"
     detach: bool = True  # False: deliver in this process (tests, dry runs)
+
+    def __post_init__(self) -> None:
+        log.REDACTOR.add(*url_secrets(self.url))  # a user:password@ in notify_url
 
     @classmethod
     def from_params(cls, parsed: Any, source: str) -> Notifier:

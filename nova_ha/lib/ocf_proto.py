@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from nova_ha.lib import docs, log, params
+from nova_ha.lib import docs, log, notify, params
 
 OCF_SUCCESS = 0
 OCF_ERR_GENERIC = 1
@@ -94,7 +94,11 @@ class OcfAgentSpec:
     actions: list[OcfAction]
     handlers: dict[str, Callable[[OcfRequest], int]]
     validate: Validator = field(default=lambda request: [])
-    # Actions whose handler needs no parameter: they run even when validation fails.
+    # Actions whose handler runs even when validation finds problems (logged as warnings):
+    # the handler uses only what it needs and answers from the service's real state. An
+    # agent's stop and monitor belong here: checked, a problem fails them with its own exit
+    # code, never a claimed "stopped" or "not running" (resource-agents: only a missing
+    # binary may mean "not running", and only when nothing runs, which only a handler knows).
     unchecked: frozenset[str] = frozenset()
 
 
@@ -132,9 +136,13 @@ def metadata(spec: OcfAgentSpec) -> str:
     return "\n".join(out)
 
 
+# Set by Pacemaker's executor for every agent, not a parameter of ours.
+_FRAMEWORK_KEYS = ("OCF_RESKEY_CRM_meta", "OCF_RESKEY_crm_feature_set")
+
+
 def parse_env(env: Mapping[str, str], agent: str) -> params.Parsed:
     raw = [(key[len("OCF_RESKEY_"):], value) for key, value in env.items()
-           if key.startswith("OCF_RESKEY_") and not key.startswith("OCF_RESKEY_CRM_meta")]
+           if key.startswith("OCF_RESKEY_") and not key.startswith(_FRAMEWORK_KEYS)]
     return params.parse(raw, agent)
 
 
@@ -165,6 +173,7 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
 
     parsed = parse_env(env, spec.name)
     log.REDACTOR.add(*parsed.secrets())
+    log.REDACTOR.add(*notify.url_secrets(parsed.get("notify_url")))
     log.setup(spec.name, verbose=env.get("OCF_TRACE_RA", "") == "1")
     logger = log.get()
     for warning in parsed.warnings:
@@ -178,13 +187,9 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
         elif problems:
             for _, problem in problems:
                 logger.error(problem)
+            # Not "stopped" nor "not running" for a stop or a probe: that would be a guess
+            # (see OcfAgentSpec.unchecked).
             code, reason = problems[0]
-            # A stop or a probe with a broken configuration must not escalate: nothing can
-            # be running that this configuration started.
-            if action == "stop":
-                return OCF_SUCCESS
-            if request.is_probe:
-                return OCF_NOT_RUNNING
             raise OcfError(code, reason)
         if action == "validate-all":
             return OCF_SUCCESS

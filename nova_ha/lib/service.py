@@ -1,15 +1,21 @@
 """Running nova-compute on a compute node: a systemd unit, or explicit commands.
 
-Commands run without a shell (split like a shell would) and always with a timeout.
+Commands run without a shell (split like a shell would), always with a timeout, with a bounded
+amount of their output kept and without any secret in their environment (run_capped and
+clean_env, also used for notify_command).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from nova_ha.lib import log
@@ -32,11 +38,130 @@ class Service(Protocol):
     def stop(self, timeout: float) -> None: ...
 
 
-def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None
-         ) -> subprocess.CompletedProcess[bytes]:
+# ---- children: no secret in their environment, bounded output, a deadline ---------------------
+
+OUTPUT_LIMIT = 64 * 1024  # bytes kept of each output stream of a child; the rest is discarded
+_EXIT_GRACE = 1.0  # reading on after the child exited (a daemon it left may hold the pipes)
+# Environment variables that hold a secret whatever their prefix (OS_PASSWORD, OS_TOKEN,
+# OS_APPLICATION_CREDENTIAL_SECRET, ...), and URLs with a password in them (notify_url).
+_SECRET_VARIABLE = re.compile(r"(?i)passw(or)?d|secret|(^|_)(auth_)?token$")
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
+
+def _secret_parameters() -> frozenset[str]:
+    from nova_ha.lib import params
+
+    return frozenset(name.lower().replace("-", "_") for name in params.secret_names())
+
+
+def clean_env(base: Mapping[str, str] | None = None,
+              keep: Sequence[str] | None = None) -> dict[str, str]:
+    """The environment for a child: `base` (os.environ) without any secret.
+
+    Removed: OCF_RESKEY_<name> of every secret parameter (params.secret_names(), aliases
+    included), variables whose name marks a secret (OS_PASSWORD, OS_TOKEN, ..._SECRET) and
+    any variable holding a URL with a password. With `keep`, only those names (and LC_*)
+    are kept at all (the notification child)."""
+    secrets = _secret_parameters()
+    out = {}
+    for name, value in (os.environ if base is None else base).items():
+        if keep is not None and name not in keep and not name.startswith("LC_"):
+            continue
+        if name.startswith("OCF_RESKEY_") and \
+                name[len("OCF_RESKEY_"):].lower().replace("-", "_") in secrets:
+            continue
+        if _SECRET_VARIABLE.search(name) or _URL_PASSWORD.search(value):
+            continue
+        out[name] = value
+    return out
+
+
+@dataclass
+class Finished:
+    """What a child did: its exit status and at most OUTPUT_LIMIT bytes of each stream."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    discarded: int = 0  # bytes read past the limit and thrown away
+
+
+def run_capped(argv: Sequence[str], timeout: float, *, stdin: bytes | None = None,
+               env: Mapping[str, str] | None = None, cwd: str | None = None,
+               keep_stdout: bool = True, limit: int = OUTPUT_LIMIT) -> Finished:
+    """Run argv (no shell) with `stdin` as its input and clean_env(env) as its environment.
+
+    Keeps at most `limit` bytes of stdout and of stderr, reading and discarding the rest so
+    the child never blocks on a full pipe; killed at `timeout` (subprocess.TimeoutExpired).
+    OSError when it cannot be started."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    child = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=clean_env(env), cwd=cwd, close_fds=True)
+    kept = {"stdout": bytearray(), "stderr": bytearray()}
+    names = {}
+    discarded = 0
+    pending = memoryview(stdin or b"")
+    with selectors.DefaultSelector() as selector:
+        for name, stream in (("stdout", child.stdout), ("stderr", child.stderr)):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
+                names[stream] = name
+                selector.register(stream, selectors.EVENT_READ)
+        if child.stdin is not None:
+            os.set_blocking(child.stdin.fileno(), False)
+            selector.register(child.stdin, selectors.EVENT_WRITE)
+        exited_at: float | None = None
+        try:
+            while selector.get_map():
+                now = time.monotonic()
+                if now >= deadline:
+                    raise subprocess.TimeoutExpired(list(argv), timeout)
+                if exited_at is None and child.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and now - exited_at > _EXIT_GRACE:
+                    break  # something the child started keeps its pipes open: not ours
+                for key, _ in selector.select(min(deadline - now, 0.2)):
+                    stream = key.fileobj
+                    if stream is child.stdin:
+                        try:
+                            written = os.write(stream.fileno(), pending[:65536])
+                        except BlockingIOError:
+                            continue
+                        except OSError:  # it does not read (EPIPE): nothing more to give
+                            written = len(pending)
+                        pending = pending[written:]
+                        if not pending:
+                            selector.unregister(stream)
+                            stream.close()
+                        continue
+                    try:
+                        chunk = os.read(stream.fileno(), 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        selector.unregister(stream)
+                        continue
+                    buffer = kept[names[stream]]
+                    room = max(limit - len(buffer), 0)
+                    buffer += chunk[:room]
+                    discarded += max(len(chunk) - room, 0)
+            returncode = child.wait(max(deadline - time.monotonic(), 0.01))
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        finally:
+            for stream in (child.stdin, child.stdout, child.stderr):
+                if stream is not None and not stream.closed:
+                    stream.close()
+    return Finished(returncode, bytes(kept["stdout"]), bytes(kept["stderr"]), discarded)
+
+
+def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> Finished:
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=max(timeout, 0.5), env=env, check=False)
+        return run_capped(argv, max(timeout, 0.5), env=env)
     except subprocess.TimeoutExpired:
         raise ServiceError(f"{argv[0]} did not finish within {timeout:.0f}s") from None
     except OSError as err:
@@ -53,29 +178,39 @@ def _wait(predicate, deadline: float, interval: float = 0.5) -> bool:
 
 
 class CommandService:
-    """start_command / stop_command / status_command (non-systemd setups, the test bed)."""
+    """start_command / stop_command / status_command (non-systemd setups, the test bed).
 
-    def __init__(self, start: str, stop: str, status: str) -> None:
-        self.start_argv, self.stop_argv = shlex.split(start), shlex.split(stop)
-        self.status_argv = shlex.split(status)
-        self.description = f"command {self.start_argv[0]}"
+    A command may be missing when the action does not need it (stop and monitor run
+    without start_command): running one that is missing is a ServiceError."""
+
+    def __init__(self, start: str | None, stop: str | None, status: str | None) -> None:
+        self.start_argv, self.stop_argv = _split(start), _split(stop)
+        self.status_argv = _split(status)
+        first = (self.start_argv or self.status_argv or self.stop_argv or ["?"])[0]
+        self.description = f"command {first}"
+
+    @staticmethod
+    def _need(argv: list[str], name: str) -> list[str]:
+        if not argv:
+            raise ServiceError(f"parameter '{name}' is not set")
+        return argv
 
     def running(self) -> bool:
-        return _run(self.status_argv, 10).returncode == 0
+        return _run(self._need(self.status_argv, "status_command"), 10).returncode == 0
 
     def start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        done = _run(self.start_argv, timeout)
+        done = _run(self._need(self.start_argv, "start_command"), timeout)
         if done.returncode != 0:
             raise ServiceError(f"start_command exited {done.returncode}: "
-                               f"{done.stderr.decode(errors='replace').strip()[:200]}")
+                               f"{_last_line(done.stderr)}")
         if not _wait(self.running, deadline):
             raise ServiceError("status_command does not report nova-compute running")
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         graceful_deadline = time.monotonic() + timeout * 0.7
-        _run(self.stop_argv, timeout * 0.7)
+        _run(self._need(self.stop_argv, "stop_command"), timeout * 0.7)
         if _wait(lambda: not self.running(), graceful_deadline):
             return
         # Forceful: stop_command again, told to kill (documented in the parameter's help).
@@ -86,45 +221,83 @@ class CommandService:
             raise ServiceError("nova-compute is still running after stop_command")
 
 
+def _split(command: str | None) -> list[str]:
+    try:
+        return shlex.split(command or "")
+    except ValueError:
+        return []
+
+
+def _last_line(output: bytes) -> str:
+    lines = output.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    return log.REDACTOR.redact(lines[0])[:200]
+
+
 class SystemdService:
-    def __init__(self, unit: str) -> None:
-        self.unit = unit
-        self.description = f"systemd unit {unit}"
+    """nova-compute's unit. Several candidate units (none installed where find_unit looks):
+    running while any of them is active, stop stops the active ones, start is refused."""
+
+    def __init__(self, *units: str) -> None:
+        self.units = units
+        self.unit = units[0]
+        self.description = f"systemd unit {' or '.join(units)}"
+
+    def _active(self) -> list[str]:
+        return [unit for unit in self.units
+                if _run(["systemctl", "is-active", "--quiet", unit], 10).returncode == 0]
 
     def running(self) -> bool:
-        return _run(["systemctl", "is-active", "--quiet", self.unit], 10).returncode == 0
+        return bool(self._active())
 
     def start(self, timeout: float) -> None:
+        if len(self.units) != 1:
+            raise ServiceError(f"no {self.description} installed")
         done = _run(["systemctl", "start", self.unit], timeout)
         if done.returncode != 0:
             raise ServiceError(f"systemctl start {self.unit} exited {done.returncode}")
 
     def stop(self, timeout: float) -> None:
-        done = _run(["systemctl", "stop", self.unit], timeout * 0.8)
+        active = self._active()
+        if not active:
+            return
+        done = _run(["systemctl", "stop", *active], timeout * 0.8)
         if done.returncode == 0 and not self.running():
             return
-        LOG.warning("%s still active after stop; sending SIGKILL", self.unit)
-        _run(["systemctl", "kill", "--signal=SIGKILL", self.unit], timeout * 0.2)
+        LOG.warning("%s still active after stop; sending SIGKILL", " ".join(active))
+        _run(["systemctl", "kill", "--signal=SIGKILL", *active], timeout * 0.2)
         if self.running():
-            raise ServiceError(f"{self.unit} is still active")
+            raise ServiceError(f"{' '.join(active)} still active")
+
+
+def _unit_name(unit: str) -> str:
+    return unit if "." in unit else unit + ".service"
 
 
 def find_unit(preferred: str | None) -> str | None:
     candidates = (preferred,) if preferred else DEFAULT_UNITS
     for unit in candidates:
-        name = unit if "." in unit else unit + ".service"
+        name = _unit_name(unit)
         if any(os.path.exists(os.path.join(d, name)) for d in _UNIT_DIRS):
             return name
     return None
 
 
-def problems(start: str | None, stop: str | None, status: str | None,
-             unit: str | None) -> list[tuple[str, str]]:
-    """('configured'|'installed', message) for what makes the service unusable."""
+# What each action needs: start all three commands, stop the stop and status commands (it
+# checks the outcome), monitor the status command.
+ROLES = ("start", "stop", "status")
+
+
+def problems(start: str | None, stop: str | None, status: str | None, unit: str | None,
+             roles: Sequence[str] = ROLES) -> list[tuple[str, str]]:
+    """('configured'|'installed', message) for what makes the service unusable for `roles`.
+
+    With commands, each role needs its command. With systemd, systemctl is needed for
+    everything, an installed unit only to start: systemctl checks and stops a unit by name."""
     out: list[tuple[str, str]] = []
-    commands = {"start_command": start, "stop_command": stop, "status_command": status}
+    commands = {"start": start, "stop": stop, "status": status}
     if any(commands.values()):
-        for name, command in commands.items():
+        for role in roles:
+            name, command = f"{role}_command", commands[role]
             if not command:
                 out.append(("configured", f"parameter '{name}' is required with the other "
                                           "*_command parameters"))
@@ -141,17 +314,27 @@ def problems(start: str | None, stop: str | None, status: str | None,
     if shutil.which("systemctl") is None:
         return [("installed", "systemctl not found: set start_command, stop_command and "
                               "status_command")]
-    if find_unit(unit) is None:
+    if "start" in roles and find_unit(unit) is None:
         wanted = unit or " or ".join(DEFAULT_UNITS)
         out.append(("installed", f"systemd unit {wanted} not found (parameter "
                                  "'systemd_unit')"))
     return out
 
 
+def systemd_absent() -> bool:
+    """No systemd on this node (sd_booted(3)) and no systemctl: no unit can run here."""
+    return shutil.which("systemctl") is None and not os.path.isdir("/run/systemd/system")
+
+
+def uses_commands(start: str | None, stop: str | None, status: str | None) -> bool:
+    return bool(start or stop or status)
+
+
 def make(start: str | None, stop: str | None, status: str | None, unit: str | None) -> Service:
-    if start and stop and status:
+    """The service as configured. With commands, a missing one fails only when used."""
+    if uses_commands(start, stop, status):
         return CommandService(start, stop, status)
     found = find_unit(unit)
-    if found is None:
-        raise ServiceError("no nova-compute systemd unit found")
-    return SystemdService(found)
+    if found is not None:
+        return SystemdService(found)
+    return SystemdService(*((_unit_name(unit),) if unit else DEFAULT_UNITS))

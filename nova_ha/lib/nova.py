@@ -5,16 +5,27 @@ microversions at its own release's maximum and hides status codes we act on (409
 under way, 400 = service still up). Every call has a timeout; connection errors and 5xx are
 retried with backoff inside the caller's deadline; keystoneauth1 re-authenticates once on 401.
 keystoneauth1 is imported only when a client is built, never on the metadata path.
+
+Every reply is read defensively: at most MAX_BODY bytes within the call's time, decoded as a
+JSON object and checked for the shape nova-ha relies on; anything else is a NovaError with a
+short, printable excerpt, never a raw ValueError/KeyError/TypeError. A Keystone token and
+catalog reused from the cache (tokens.py) that do not work (the endpoint moved: connection
+refused or 404; a damaged state) are dropped, and the call is retried once with a new token.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
 import random
+import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from nova_ha.lib import log, params
 
@@ -27,6 +38,13 @@ MIN_MICROVERSION = (2, 1)
 IMAGE_PROXY_MICROVERSION = "2.35"
 COMPUTE_BINARY = "nova-compute"
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# Methods that may be sent again after an answer was lost (never POST: a second evacuation).
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+MAX_BODY = 16 << 20  # bytes of one reply (decoded); a larger one is a NovaError
+MAX_PAGES = 1000  # pages of one server listing
+MAX_LISTED = 200_000  # servers of one listing
+EXCERPT = 200  # characters of a reply quoted in an error message
+DEBUG_EXCERPT = 2000  # characters of a reply body logged in verbose mode
 
 
 class Deadline:
@@ -61,34 +79,167 @@ def version_text(version: tuple[int, int]) -> str:
     return f"{version[0]}.{version[1]}"
 
 
+# ---- replies ----------------------------------------------------------------------------------
+
+REDACTED = "******"
+# A password-like key and its value, in JSON or in free text: adminPass (Nova's evacuate
+# reply below 2.14), password, secret, token, credential. Key length bounded: no backtracking
+# storm on a long word.
+_SECRET_PAIR = re.compile(
+    r"""(?i)((?<![\w-])["']?[\w-]{0,40}(?:pass|secret|token|credential)[\w-]{0,40}["']?"""
+    r"""\s*[:=]\s*)("(?:[^"\\]|\\.)*"?|'[^']*'?|[^\s,;&}\]]+)""")
+_SPACES = re.compile(r"\s+")
+
+
+def redact_text(text: str) -> str:
+    """The text without the values of password-like keys (JSON or key=value)."""
+    return _SECRET_PAIR.sub(lambda m: m.group(1) + (
+        f'"{REDACTED}"' if m.group(2).startswith('"') else REDACTED), text)
+
+
+def _q(value: Any) -> str:
+    """A value from Nova or the parameters, quoted into a URL path or query: an id such as
+    '../os-services' or 'a&host=b' names nothing else."""
+    return quote(str(value), safe="")
+
+
+def _printable(text: str) -> str:
+    """Control and separator characters escaped: a reply is data, never a line of its own."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
+def excerpt(data: bytes | str | Any, limit: int = EXCERPT) -> str:
+    """At most `limit` printable characters of a reply (or of a decoded value), redacted."""
+    if isinstance(data, bytes | bytearray):
+        text = bytes(data[:limit * 4]).decode("utf-8", "replace")
+    elif isinstance(data, str):
+        text = data[:limit * 2]
+    else:
+        try:
+            text = json.dumps(data, default=str)[:limit * 2]
+        except (ValueError, TypeError, RecursionError):
+            text = f"<{type(data).__name__}>"
+    text = _printable(redact_text(_SPACES.sub(" ", text[:limit * 2]).strip()))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string",
+                                         bool: "a boolean", int: "a number",
+                                         float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _decode(data: bytes, what: str) -> dict[str, Any]:
+    """A reply body as a JSON object ({} when empty)."""
+    if not data:
+        return {}
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise NovaError(f"{what}: Nova's reply is not JSON: {excerpt(data)}") from None
+    if not isinstance(body, dict):
+        raise NovaError(f"{what}: Nova's reply is {_kind(body)}, not a JSON object: "
+                        f"{excerpt(data)}")
+    return body
+
+
+def _field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], what: str,
+           required: bool = False) -> Any:
+    """obj[key], of one of `kinds` (or absent/null unless required): else a NovaError."""
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(_kind(k()) for k in kinds)
+        found = f"{_kind(value)}, not {wanted}" if key in obj else f"missing ({wanted})"
+        raise NovaError(f"{what}: malformed reply from Nova: {key!r} is {found}: "
+                        f"{excerpt(obj)}")
+    return value
+
+
+def _records(body: dict[str, Any], key: str, what: str,
+             fields: dict[str, tuple[tuple[type, ...], bool]]) -> list[dict[str, Any]]:
+    """body[key]: a list of objects whose `fields` have the expected types."""
+    items = _field(body, key, (list,), what, required=True)
+    for item in items:
+        if not isinstance(item, dict):
+            raise NovaError(f"{what}: malformed reply from Nova: an item of {key!r} is "
+                            f"{_kind(item)}: {excerpt(item)}")
+        for name, (kinds, required) in fields.items():
+            _field(item, name, kinds, what, required)
+    return items
+
+
+# What nova-ha reads of Nova's records (callers use .get on the others).
+_SERVER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": ((str,), True), "name": ((str,), False), "status": ((str,), False),
+    "OS-EXT-SRV-ATTR:host": ((str,), False), "OS-EXT-STS:task_state": ((str,), False),
+    "OS-EXT-STS:vm_state": ((str,), False), "flavor": ((dict,), False),
+    "metadata": ((dict,), False), "image": ((dict, str), False), "fault": ((dict,), False)}
+_MIGRATION_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "instance_uuid": ((str,), True), "status": ((str,), False),
+    "created_at": ((str,), False), "id": ((int,), False)}
+_ACTION_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"action": ((str,), False)}
+_LINK_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"rel": ((str,), False)}
+
+
+def _check_server(server: dict[str, Any], what: str) -> dict[str, Any]:
+    for name, (kinds, required) in _SERVER_FIELDS.items():
+        _field(server, name, kinds, what, required)
+    _field(server.get("flavor") or {}, "extra_specs", (dict,), what)
+    _field(server.get("fault") or {}, "message", (str,), what)
+    image = server.get("image")
+    if isinstance(image, dict):
+        _field(image, "id", (str,), what)
+    return server
+
+
 # ---- authentication -------------------------------------------------------------------------
 
 def _clouds_yaml_paths() -> list[str]:
+    """Where clouds.yaml is read: the file OS_CLIENT_CONFIG_FILE names, the user's
+    ~/.config/openstack/ and /etc/openstack/. Never the working directory (openstacksdk's
+    first choice): a clouds.yaml planted there would be sent the operator's password."""
     explicit = os.environ.get("OS_CLIENT_CONFIG_FILE")
     home = os.path.expanduser("~")
     paths = [explicit] if explicit else []
-    return paths + [os.path.join(os.getcwd(), "clouds.yaml"),
-                    os.path.join(home, ".config", "openstack", "clouds.yaml"),
-                    "/etc/openstack/clouds.yaml"]
+    if os.path.isabs(home):  # a relative HOME would be the working directory again
+        paths.append(os.path.join(home, ".config", "openstack", "clouds.yaml"))
+    return paths + ["/etc/openstack/clouds.yaml"]
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """The `clouds` mapping of a clouds.yaml/secure.yaml ({} when it has none)."""
+    import yaml  # noqa: PLC0415  (only when os_cloud is used)
+
+    try:
+        with open(path) as stream:
+            doc = yaml.safe_load(stream)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise NovaError(f"parameter 'os_cloud': cannot read {path}: "
+                        f"{getattr(err, 'strerror', None) or type(err).__name__}") from None
+    clouds = doc.get("clouds") if isinstance(doc, dict) else None
+    return clouds if isinstance(clouds, dict) else {}
 
 
 def cloud_settings(name: str) -> dict[str, Any]:
     """The named cloud of clouds.yaml (merged with secure.yaml beside it), flattened."""
-    import yaml  # noqa: PLC0415  (only when os_cloud is used)
-
     for path in _clouds_yaml_paths():
         if not os.path.isfile(path):
             continue
-        with open(path) as stream:
-            clouds = (yaml.safe_load(stream) or {}).get("clouds", {})
+        clouds = _read_yaml(path)
         if name not in clouds:
             continue
-        cloud = dict(clouds[name] or {})
+        cloud = clouds[name] or {}
         secure = os.path.join(os.path.dirname(path), "secure.yaml")
         if os.path.isfile(secure):
-            with open(secure) as stream:
-                extra = ((yaml.safe_load(stream) or {}).get("clouds", {}) or {}).get(name, {})
-            cloud = _merge(cloud, extra or {})
+            extra = _read_yaml(secure).get(name) or {}
+            cloud = _merge(cloud, extra) if isinstance(cloud, dict) and isinstance(
+                extra, dict) else cloud
+        if not isinstance(cloud, dict) or not isinstance(cloud.get("auth") or {}, dict):
+            raise NovaError(f"parameter 'os_cloud': cloud {name!r} in {path} is not a "
+                            "mapping with an 'auth' mapping")
         flat = {f"os_{k}": v for k, v in (cloud.get("auth") or {}).items()}
         for key in ("region_name", "interface", "cacert", "cert", "key"):
             if key in cloud:
@@ -161,12 +312,37 @@ def make_session(settings: dict[str, Any]) -> Any:
     import requests  # noqa: PLC0415
 
     http = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4,
-                                            pool_maxsize=int(settings.get("pool_size") or 10))
+    adapter = _bounded_adapter(pool_connections=4,
+                               pool_maxsize=int(settings.get("pool_size") or 10))
     http.mount("https://", adapter)
     http.mount("http://", adapter)
     return ks_session.Session(auth=auth, verify=verify, cert=cert, session=http,
                               timeout=float(settings.get("os_api_timeout") or 10))
+
+
+def _bounded_adapter(**kwargs: Any) -> Any:
+    """A requests transport that reads every reply its caller does not stream (Keystone's:
+    the token and catalog, version discovery) with the bounds of Nova's: MAX_BODY bytes,
+    the call's timeout. Nova's replies are streamed and bounded by Nova.request."""
+    import requests  # noqa: PLC0415
+
+    class BoundedAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, stream: bool = False, timeout: Any = None,
+                 **rest: Any) -> Any:
+            resp = super().send(request, stream=True, timeout=timeout, **rest)
+            if stream:
+                return resp
+            limit = timeout[-1] if isinstance(timeout, tuple) else timeout
+            _, problem, _ = _read_body(resp, time.monotonic() + float(limit or 30) + 1.0)
+            if problem:
+                from urllib.parse import urlsplit  # noqa: PLC0415
+
+                where = urlsplit(request.url)
+                raise NovaUnavailable(_printable(
+                    f"{request.method} {where.netloc}{where.path}: {problem}"[:300]))
+            return resp
+
+    return BoundedAdapter(**kwargs)
 
 
 # ---- the client -------------------------------------------------------------------------------
@@ -182,11 +358,19 @@ class Service:
     updated_at: str | None = None  # the last heartbeat (or change), by Nova's clock
 
     @classmethod
-    def from_api(cls, body: dict[str, Any]) -> Service:
-        return cls(id=str(body["id"]), host=body["host"], status=body.get("status", ""),
-                   state=body.get("state", ""), forced_down=bool(body.get("forced_down")),
-                   disabled_reason=body.get("disabled_reason"),
-                   updated_at=body.get("updated_at"))
+    def from_api(cls, body: dict[str, Any], what: str = "Nova's service list") -> Service:
+        """A service of Nova's reply; a malformed one is a NovaError (never a KeyError)."""
+        if not isinstance(body, dict):
+            raise NovaError(f"{what}: malformed reply from Nova: a service is "
+                            f"{_kind(body)}: {excerpt(body)}")
+        service_id = _field(body, "id", (int, str), what, required=True)
+        host = _field(body, "host", (str,), what, required=True)
+        return cls(id=str(service_id), host=host,
+                   status=_field(body, "status", (str,), what) or "",
+                   state=_field(body, "state", (str,), what) or "",
+                   forced_down=bool(_field(body, "forced_down", (bool,), what)),
+                   disabled_reason=_field(body, "disabled_reason", (str,), what),
+                   updated_at=_field(body, "updated_at", (str,), what))
 
 
 class Nova:
@@ -200,10 +384,20 @@ class Nova:
         self.timeout = timeout
         self._adapter = adapter.Adapter(session, service_type="compute", interface=interface,
                                         region_name=region, endpoint_override=endpoint_override)
-        self._cap = MAX_MICROVERSION if cap in ("", "auto", None) else _parse_version(cap)
+        try:
+            self._cap = MAX_MICROVERSION if cap in ("", "auto", None) else _parse_version(cap)
+        except ValueError:
+            raise NovaError(f"parameter 'os_compute_api_version': {excerpt(cap, 40)!r} is "
+                            "not a microversion such as 2.95") from None
+        self._endpoint_override = endpoint_override
         self._microversion: str | None = None
         self.token_cache: Any = None  # tokens.TokenCache, set by from_params
         self._token_remembered = False
+        # The token and catalog came from the cache and no call has succeeded with them yet:
+        # a failure that a moved endpoint or a damaged state explains drops them (once).
+        self._cache_suspect = False
+        self._auth_generation = 0  # bumped when the cached state is dropped
+        self._auth_lock = threading.Lock()
 
     @classmethod
     def from_params(cls, parsed: params.Parsed) -> Nova:
@@ -218,8 +412,40 @@ class Nova:
             from nova_ha.lib.tokens import TokenCache
 
             nova.token_cache = TokenCache(session.auth)
-            nova.token_cache.load()
+            nova._cache_suspect = nova.token_cache.load(check=nova._check_cached_state)
         return nova
+
+    def _check_cached_state(self, access: Any) -> None:
+        """Raises unless the cached catalog names a usable compute endpoint for us."""
+        if self._endpoint_override:
+            return
+        url = access.service_catalog.url_for(
+            service_type="compute", interface=self._adapter.interface,
+            region_name=self._adapter.region_name)
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("compute endpoint is not an http(s) URL")
+
+    def _drop_cached_state(self, generation: int, reason: str) -> bool:
+        """The cached token and catalog are suspect: forget them (file and plugin) so that
+        keystoneauth1 asks Keystone again. True when the call that saw `generation` should
+        be retried at once."""
+        with self._auth_lock:
+            if self._cache_suspect:
+                self._cache_suspect = False
+                LOG.info("the cached Keystone catalog did not work (%s): asking Keystone "
+                         "again", reason)
+                if self.token_cache is not None:
+                    self.token_cache.drop()
+                try:
+                    self._adapter.session.auth.invalidate()
+                except Exception:  # noqa: BLE001 - a plugin without state: nothing to forget
+                    pass
+                self._token_remembered = False  # keep the new one
+                self._auth_generation += 1
+            return self._auth_generation != generation
 
     def _remember_token(self) -> None:
         """Keep the token for the next run (once per client, after Keystone answered)."""
@@ -231,10 +457,13 @@ class Nova:
 
     def request(self, method: str, path: str, deadline: Deadline, body: Any = None,
                 microversion: str | None = None, ok: tuple[int, ...] = (200, 202, 204),
-                retries: int = 4) -> Any:
-        """One API call: bounded by the deadline, 5xx/connection errors retried."""
+                retries: int = 4, parse: bool = True) -> Any:
+        """One API call: bounded by the deadline, 5xx/connection errors retried. Returns the
+        reply, a JSON object ({} when empty, and always {} with parse=False: for calls whose
+        answer is the status alone, a malformed body does not undo what Nova accepted)."""
         from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
 
+        what = _printable(f"{method} {path}"[:300])
         optimistic = False
         if microversion is None:
             if self._microversion is None and method == "GET":
@@ -244,67 +473,129 @@ class Nova:
             else:
                 microversion = self.microversion(deadline)
         attempt = 0
+        refreshed = False  # this call already dropped the cached token and catalog
         while True:
             attempt += 1
             timeout = min(self.timeout, max(deadline.remaining(), 0.5))
+            generation = self._auth_generation
+            stale: str | None = None  # a failure that a moved endpoint would explain
+            status: int | None = None
+            if LOG.isEnabledFor(logging.DEBUG):
+                LOG.debug("%s (microversion %s)%s", what, microversion,
+                          f": {excerpt(json.dumps(body), DEBUG_EXCERPT)}" if body else "")
+            started = time.monotonic()
             try:
+                # stream: the body is read here, bounded in size and time; log=False: it
+                # is logged here too, redacted (keystoneauth1 would log adminPass).
                 resp = self._adapter.request(path, method, json=body, raise_exc=False,
                                              microversion=microversion, timeout=timeout,
-                                             connect_retries=0)
+                                             connect_retries=0, stream=True, log=False)
             except (ks_exc.ConnectFailure, ks_exc.ConnectionError, ks_exc.ConnectTimeout,
                     ks_exc.UnknownConnectionError) as err:
-                problem: str = f"cannot reach Nova ({type(err).__name__})"
-                status = None
+                problem = stale = f"cannot reach Nova ({type(err).__name__})"
             except ks_exc.http.Unauthorized:
                 raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
             except (ks_exc.DiscoveryFailure, ks_exc.EndpointNotFound, ks_exc.CatalogException
                     ) as err:
-                raise NovaUnavailable(f"Keystone: {err}") from None
+                if not refreshed and self._drop_cached_state(generation, type(err).__name__):
+                    refreshed, attempt = True, attempt - 1
+                    continue
+                raise NovaUnavailable(f"Keystone: {excerpt(str(err))}") from None
             except ks_exc.ClientException as err:
-                problem, status = f"{type(err).__name__}: {err}", None
+                problem = f"{type(err).__name__}: {excerpt(str(err))}"
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+                # keystoneauth1 tripped over a damaged token state or a malformed Keystone
+                # reply (a JSON list, no X-Subject-Token header...).
+                reason = (f"unusable Keystone token or reply ({type(err).__name__}: "
+                          f"{excerpt(str(err), 80)})")
+                if not refreshed and self._drop_cached_state(generation, reason):
+                    refreshed, attempt = True, attempt - 1
+                    continue
+                raise NovaUnavailable(f"{what}: {reason}") from None
             else:
-                if resp.status_code in ok:
-                    self._remember_token()
+                status = resp.status_code
+                data, cut, too_large = _read_body(resp, started + timeout + 1.0)
+                if LOG.isEnabledFor(logging.DEBUG):
+                    LOG.debug("%s: HTTP %s, %d bytes%s%s", what, status, len(data),
+                              f" ({cut})" if cut else "",
+                              f": {excerpt(data, DEBUG_EXCERPT)}" if data else "")
+                if status in ok and not (parse and cut):
+                    self._proven()
                     if optimistic:
                         self._microversion = microversion
-                    return resp.json() if resp.content else {}
-                if optimistic and resp.status_code == 406:
+                    return _decode(data, what) if parse else {}
+                if status in ok:  # the answer was cut short or is too large
+                    if too_large or method not in IDEMPOTENT:
+                        raise NovaError(f"{what}: HTTP {status}, but {cut}", status)
+                    problem, status = cut, None
+                elif optimistic and status == 406:
                     microversion, optimistic = self.microversion(deadline), False
                     continue
-                problem, status = _error_text(resp), resp.status_code
-                if status not in RETRY_STATUSES:
-                    raise NovaError(f"{method} {path}: HTTP {status}: {problem}", status)
+                elif status == 404 and not refreshed and \
+                        self._drop_cached_state(generation, f"{what}: HTTP 404"):
+                    refreshed, attempt = True, attempt - 1
+                    continue
+                else:
+                    problem = _error_text(data) + (f" ({cut})" if cut else "")
+                    if status not in RETRY_STATUSES:
+                        raise NovaError(f"{what}: HTTP {status}: {problem}", status)
+            if stale and not refreshed and self._drop_cached_state(generation, stale) and \
+                    method in IDEMPOTENT:
+                # Sent again at once with a new catalog; a POST only within its retries.
+                refreshed, attempt = True, attempt - 1
+                continue
             if attempt > retries or deadline.remaining() < 0.5:
-                raise NovaUnavailable(f"{method} {path}: {problem}", status)
+                raise NovaUnavailable(f"{what}: {problem}", status)
             pause = min(0.25 * 2 ** (attempt - 1) * (1 + random.random() / 4),
                         deadline.remaining() / 2)
-            LOG.debug("%s %s failed (%s); retrying in %.2fs", method, path, problem, pause)
+            LOG.debug("%s failed (%s); retrying in %.2fs", what, problem, pause)
             time.sleep(pause)
+
+    def _proven(self) -> None:
+        """Nova answered with this token and catalog: keep them for the next run."""
+        self._cache_suspect = False
+        self._remember_token()
 
     def authenticate(self) -> None:
         """Get the token now, so that calls started together do not each ask Keystone."""
         from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
 
-        try:
-            self._adapter.get_token()
-            self._remember_token()
-        except ks_exc.http.Unauthorized:
-            raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
-        except ks_exc.ClientException as err:
-            raise NovaUnavailable(f"Keystone: {type(err).__name__}: {err}") from None
+        generation = self._auth_generation
+        while True:
+            try:
+                self._adapter.get_token()
+                self._remember_token()
+                return
+            except ks_exc.http.Unauthorized:
+                raise NovaError("Keystone refused the credentials (HTTP 401)", 401) from None
+            except ks_exc.ClientException as err:
+                raise NovaUnavailable(f"Keystone: {type(err).__name__}: "
+                                      f"{excerpt(str(err))}") from None
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+                reason = (f"unusable Keystone token or reply ({type(err).__name__}: "
+                          f"{excerpt(str(err), 80)})")
+                if not self._drop_cached_state(generation, reason):
+                    raise NovaUnavailable(f"Keystone: {reason}") from None
+                generation = self._auth_generation
 
     def microversion(self, deadline: Deadline) -> str:
         """Newest microversion both Nova and nova-ha support (asked once per client)."""
         if self._microversion is None:
             doc = self.request("GET", "/", deadline, microversion="2.1", ok=(200,))
-            version = doc.get("version") or {}
-            server_max = _parse_version(version.get("version") or "2.1")
+            what = "GET / (Nova's version)"
+            version = _field(doc, "version", (dict,), what) or {}
+            text = _field(version, "version", (str,), what) or "2.1"
+            try:
+                server_max = _parse_version(text)
+            except ValueError:
+                raise NovaError(f"{what}: malformed reply from Nova: version "
+                                f"{excerpt(text, 40)!r}") from None
             chosen = min(server_max, self._cap)
             if chosen < MIN_MICROVERSION:
                 raise NovaError("Nova does not support microversions")
             self._microversion = version_text(chosen)
-            LOG.debug("Nova %s supports up to %s; using %s", version.get("id"),
-                      version.get("version"), self._microversion)
+            LOG.debug("Nova %s supports up to %s; using %s", excerpt(version.get("id"), 40),
+                      excerpt(text, 40), self._microversion)
         return self._microversion
 
     def at_least(self, deadline: Deadline, version: tuple[int, int]) -> bool:
@@ -313,8 +604,11 @@ class Nova:
     # -- services --
 
     def services(self, deadline: Deadline, host: str | None = None) -> list[Service]:
-        query = f"/os-services?binary={COMPUTE_BINARY}" + (f"&host={host}" if host else "")
-        return [Service.from_api(s) for s in self.request("GET", query, deadline)["services"]]
+        query = f"/os-services?binary={COMPUTE_BINARY}" + (f"&host={_q(host)}" if host else "")
+        what = _printable(f"GET {query}")
+        return [Service.from_api(s, what)
+                for s in _field(self.request("GET", query, deadline), "services", (list,),
+                                what, required=True)]
 
     def service(self, deadline: Deadline, host: str) -> Service:
         found = [s for s in self.services(deadline, host) if s.host == host]
@@ -333,58 +627,84 @@ class Nova:
                 body["status"] = "enabled"
             elif disabled_reason is not None:
                 body.update(status="disabled", disabled_reason=disabled_reason)
-            self.request("PUT", f"/os-services/{svc.id}", deadline, body=body)
+            self.request("PUT", f"/os-services/{_q(svc.id)}", deadline, body=body, parse=False)
             return
         target = {"host": svc.host, "binary": COMPUTE_BINARY}
         if forced_down is not None:
             self.request("PUT", "/os-services/force-down", deadline,
-                         body=dict(target, forced_down=forced_down))
+                         body=dict(target, forced_down=forced_down), parse=False)
         if enable is True:
-            self.request("PUT", "/os-services/enable", deadline, body=target)
+            self.request("PUT", "/os-services/enable", deadline, body=target, parse=False)
         elif disabled_reason is not None:
             self.request("PUT", "/os-services/disable-log-reason", deadline,
-                         body=dict(target, disabled_reason=disabled_reason))
+                         body=dict(target, disabled_reason=disabled_reason), parse=False)
 
     # -- servers --
 
-    def _servers_detail(self, deadline: Deadline, query: str,
-                        retries: int = 4) -> list[dict[str, Any]]:
+    def list_servers(self, deadline: Deadline, query: str,
+                     retries: int = 4) -> list[dict[str, Any]]:
         """All pages of a servers listing: Nova's page size is its own (api.max_limit),
-        so follow its 'next' links until there is none."""
+        so follow its 'next' links until there is none. Bounded: the deadline is checked
+        before each page, a marker seen before (a 'next' link that loops) and more than
+        MAX_PAGES pages or MAX_LISTED servers are NovaErrors."""
         servers: list[dict[str, Any]] = []
+        seen: set[str] = set()
         marker = None
+        pages = 0  # pages received
         while True:
-            page_query = query + (f"&marker={marker}" if marker else "")
+            if pages == MAX_PAGES:
+                raise NovaError(f"listing servers ({query}): Nova still had a next page "
+                                f"after {MAX_PAGES} pages")
+            if pages and deadline.expired():
+                raise NovaUnavailable(f"listing servers ({query}): out of time after "
+                                      f"{pages} pages")
+            what = _printable(f"GET /servers/detail?{query}") + (
+                f" (page {pages + 1})" if pages else "")
+            page_query = query + (f"&marker={_q(marker)}" if marker else "")
             body = self.request("GET", f"/servers/detail?{page_query}", deadline,
                                 retries=retries)
-            page = body["servers"]
+            pages += 1
+            page = [_check_server(s, what) for s in _records(body, "servers", what, {})]
             servers += page
-            links = body.get("servers_links") or []
+            if len(servers) > MAX_LISTED:
+                raise NovaError(f"listing servers ({query}): more than {MAX_LISTED} servers")
+            links = _records(body, "servers_links", what, _LINK_FIELDS) \
+                if body.get("servers_links") is not None else []
             if not page or not any(link.get("rel") == "next" for link in links):
                 return servers
             marker = page[-1]["id"]
+            if marker in seen:
+                raise NovaError(f"listing servers ({query}): Nova's page {pages} ends with "
+                                f"server {excerpt(marker, 80)} again: its pagination loops")
+            seen.add(marker)
 
     def servers_on(self, deadline: Deadline, host: str) -> list[dict[str, Any]]:
         """Every server of a host, all tenants, with flavor extra_specs embedded (>= 2.47)."""
-        return self._servers_detail(deadline, f"all_tenants=1&host={host}")
+        return self.list_servers(deadline, f"all_tenants=1&host={_q(host)}")
 
     def servers_changed_since(self, deadline: Deadline, since: str) -> list[dict[str, Any]]:
         """Servers of all tenants changed since an ISO 8601 time, deleted ones included."""
-        return self._servers_detail(deadline, f"all_tenants=1&changes-since={since}",
-                                    retries=1)
+        return self.list_servers(deadline, f"all_tenants=1&changes-since={since}",
+                                 retries=1)
 
     def server(self, deadline: Deadline, server_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/servers/{server_id}", deadline)["server"]
+        path = f"/servers/{_q(server_id)}"
+        body = self.request("GET", path, deadline)
+        what = _printable(f"GET {path}")
+        return _check_server(_field(body, "server", (dict,), what, required=True), what)
 
     def image_properties(self, deadline: Deadline, image_id: str) -> dict[str, Any]:
+        path = f"/images/{_q(image_id)}"
+        what = _printable(f"GET {path}")
         try:
-            image = self.request("GET", f"/images/{image_id}", deadline,
-                                 microversion=IMAGE_PROXY_MICROVERSION)["image"]
+            body = self.request("GET", path, deadline,
+                                microversion=IMAGE_PROXY_MICROVERSION)
         except NovaError as err:
             if err.status == 404:
                 return {}
             raise
-        return image.get("metadata") or {}
+        image = _field(body, "image", (dict,), what, required=True)
+        return _field(image, "metadata", (dict,), what) or {}
 
     def evacuate(self, deadline: Deadline, server_id: str, host: str | None = None) -> bool:
         """Ask Nova to evacuate, exactly once. False if Nova refused it with 409.
@@ -401,8 +721,10 @@ class Nova:
             spec["onSharedStorage"] = False
         asked_at = time.time()
         try:
-            self.request("POST", f"/servers/{server_id}/action", deadline,
-                         body={"evacuate": spec}, ok=(200, 202), retries=0)
+            # parse=False: the status is the answer. The body (adminPass below 2.14) is
+            # neither needed nor logged unredacted; a malformed one is no failure.
+            self.request("POST", f"/servers/{_q(server_id)}/action", deadline,
+                         body={"evacuate": spec}, ok=(200, 202), retries=0, parse=False)
         except NovaUnavailable:
             if self._evacuation_applied(deadline, server_id, asked_at):
                 LOG.info("server %s: the evacuation answer was lost but Nova applied it",
@@ -427,36 +749,77 @@ class Nova:
 
     def instance_actions(self, deadline: Deadline, server_id: str) -> list[dict[str, Any]]:
         """The server's recorded actions, newest first."""
-        return self.request("GET", f"/servers/{server_id}/os-instance-actions",
-                            deadline)["instanceActions"]
+        path = f"/servers/{_q(server_id)}/os-instance-actions"
+        return _records(self.request("GET", path, deadline), "instanceActions",
+                        _printable(f"GET {path}"), _ACTION_FIELDS)
 
     def start_server(self, deadline: Deadline, server_id: str) -> None:
-        self.request("POST", f"/servers/{server_id}/action", deadline, body={"os-start": None})
+        self.request("POST", f"/servers/{_q(server_id)}/action", deadline, body={"os-start": None},
+                     parse=False)
 
     def reset_state(self, deadline: Deadline, server_id: str, state: str) -> None:
-        self.request("POST", f"/servers/{server_id}/action", deadline,
-                     body={"os-resetState": {"state": state}})
+        self.request("POST", f"/servers/{_q(server_id)}/action", deadline,
+                     body={"os-resetState": {"state": state}}, parse=False)
 
     def evacuation_migrations(self, deadline: Deadline, source_host: str | None = None,
                               server_id: str | None = None) -> list[dict[str, Any]]:
         query = "/os-migrations?migration_type=evacuation"
         if source_host:
-            query += f"&source_compute={source_host}"
+            query += f"&source_compute={_q(source_host)}"
         if server_id:
-            query += f"&instance_uuid={server_id}"
-        return self.request("GET", query, deadline)["migrations"]
+            query += f"&instance_uuid={_q(server_id)}"
+        return _records(self.request("GET", query, deadline), "migrations",
+                        _printable(f"GET {query}"), _MIGRATION_FIELDS)
 
 
-def _error_text(resp: Any) -> str:
+def _read_body(resp: Any, until: float) -> tuple[bytes, str | None, bool]:
+    """(body, why it is incomplete or None, whether it was too large) of a streamed reply:
+    at most MAX_BODY bytes (decoded), read by `until` (time.monotonic)."""
+    import http.client  # noqa: PLC0415
+
+    from urllib3.exceptions import HTTPError as Urllib3Error  # noqa: PLC0415
+
+    length = str(resp.headers.get("Content-Length") or "").strip()
+    if length.isdigit() and (len(length) > 12 or int(length) > MAX_BODY):
+        resp.close()
+        return b"", f"the reply is larger than {MAX_BODY >> 20} MiB ({length[:20]} bytes)", True
+    chunks: list[bytes] = []
+    size, problem, too_large = 0, None, False
     try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:200]
+        while True:
+            # read1: one read from the socket, so the time check below runs often even
+            # when the body trickles in.
+            chunk = resp.raw.read1(65536, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_BODY:
+                problem, too_large = f"the reply is larger than {MAX_BODY >> 20} MiB", True
+                break
+            chunks.append(chunk)
+            if time.monotonic() > until:
+                problem = "the reply did not arrive in time"
+                break
+    except (Urllib3Error, OSError, http.client.HTTPException, ValueError) as err:
+        problem = f"the reply was cut short ({type(err).__name__})"
+    data = b"".join(chunks)
+    if problem:
+        resp.close()
+    resp._content, resp._content_consumed = data, True  # for anyone reading resp.content
+    return data, problem, too_large
+
+
+def _error_text(data: bytes) -> str:
+    """Nova's (or Keystone's) message of an error reply, or an excerpt of the reply."""
+    try:
+        body = json.loads(data) if data else None
+    except (ValueError, RecursionError):
+        return excerpt(data)
     if isinstance(body, dict) and body:
         inner = next(iter(body.values()))
         if isinstance(inner, dict) and "message" in inner:
-            return str(inner["message"])
-    return str(body)[:200]
+            return excerpt(str(inner["message"]))
+    return excerpt(data)
 
 
 def utc_now() -> str:

@@ -393,19 +393,9 @@ def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, d
 
 
 def list_servers(nova: Any, deadline: Any) -> list[dict[str, Any]]:
-    """Every server of every tenant: one listing, paged by Nova's links."""
-    servers: list[dict[str, Any]] = []
-    marker = None
-    while True:
-        query = "/servers/detail?all_tenants=1&limit=1000" + (f"&marker={marker}" if marker
-                                                               else "")
-        body = nova.request("GET", query, deadline)
-        page = body.get("servers") or []
-        servers += page
-        links = body.get("servers_links") or []
-        if not page or not any(link.get("rel") == "next" for link in links):
-            return servers
-        marker = page[-1]["id"]
+    """Every server of every tenant: the client's bounded paging (deadline, repeated
+    markers, page cap), as the agents use it."""
+    return nova.list_servers(deadline, "all_tenants=1&limit=1000")
 
 
 def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> dict[str, str]:

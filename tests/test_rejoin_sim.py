@@ -91,16 +91,21 @@ def test_compute_start_refuses_while_never_safe(sim_bed):
     assert not bed.cloud.hosts()["host1"]["running"]  # nothing was started
 
 
+def _service_pid(env: dict) -> int | None:
+    """The evacuation service's PID, from NovaEvacuate's pid file."""
+    try:
+        with open(os.path.join(env["HA_RSCTMP"], "nova-ha-NovaEvacuate.pid")) as pid_file:
+            return int(pid_file.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
 def _service_processes(env: dict) -> list[int]:
     """The PIDs of the evacuation service's process group (service and workers)."""
     from nova_ha.lib import evacuate_agent
 
-    pid_file = os.path.join(env["HA_RSCTMP"], "nova-ha-NovaEvacuate.pid")
-    try:
-        pid = int(open(pid_file).read().split()[0])
-    except (OSError, ValueError):
-        return []
-    return evacuate_agent._group_members(pid)
+    pid = _service_pid(env)
+    return evacuate_agent._group_members(pid) if pid else []
 
 
 def test_record_mode_then_novaevacuate_then_rejoin(sim_bed):
@@ -145,8 +150,10 @@ def test_killed_service_is_restarted_and_resumes_without_requesting_twice(sim_be
     assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
     assert run_fence(bed.fence_params(), env=bed.env()).returncode == 0
     wait_until(lambda: len(_accepted_per_server(bed)) >= 6, timeout=60)
-    service = _service_processes(env)[0]
+    service = _service_pid(env)
+    assert service in _service_processes(env)
     os.kill(service, signal.SIGKILL)
+    wait_until(lambda: not _alive(service), 10, interval=0.05)  # the kernel takes a moment
     bed.cloud.latency = 0.0
     assert 0 < len(_accepted_per_server(bed)) < 20
     assert run_ocf(EVACUATE_AGENT, "monitor", params, meta, env=env).returncode == 7

@@ -105,16 +105,17 @@ class Lease:
                  ttl: float) -> None:
         self.store, self.node, self.owner, self.ttl = store, node, owner, ttl
         self.held = store is None  # without a cluster record there is nobody to share with
-        self.renewed = 0.0
+        self.ends = 0.0  # monotonic time the lease ends by our clock
 
     def acquire(self) -> bool:
         if self.store is None:
             return True
         try:
             current = self.store.get(self.node)
-            if current.lease_owner == self.owner and current.lease_live():
+            left = (current.lease_expires or 0.0) - time.time()
+            if current.lease_owner == self.owner and left > self._renew_before():
                 # Handed over with the 'fenced' record: ours already, and a write saved.
-                self.held, self.renewed = True, time.monotonic()
+                self.held, self.ends = True, time.monotonic() + left
                 return True
             self.held = self.store.acquire_lease(self.node, self.owner, self.ttl)
         except state.StateError as err:
@@ -123,17 +124,23 @@ class Lease:
             # servers back matters more than the lease here.
             LOG.error("cannot take the lease of %s (%s): evacuating without it", self.node, err)
             self.held = True
-        self.renewed = time.monotonic()
+        self.ends = time.monotonic() + self.ttl
         return self.held
 
+    def _renew_before(self) -> float:
+        # Renewing is a CIB write (a scheduler run): only when the lease is running out,
+        # with room for a slow write.
+        return max(LEASE_MARGIN, self.ttl / 3)
+
     def heartbeat(self) -> None:
-        if self.store is None or not self.held or time.monotonic() - self.renewed < self.ttl / 3:
+        if self.store is None or not self.held or \
+                self.ends - time.monotonic() > self._renew_before():
             return
         try:
             self.held = self.store.renew_lease(self.node, self.owner, self.ttl)
         except state.StateError as err:
             LOG.warning("cannot renew the lease of %s: %s", self.node, err)
-        self.renewed = time.monotonic()
+        self.ends = time.monotonic() + self.ttl
         if not self.held:
             LOG.error("lost the lease of %s: stopping new requests", self.node)
 

@@ -524,11 +524,15 @@ def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
     from nova_ha.lib.nova import Deadline, NovaError
 
     problems: list[str] = []
+    bad: dict[str, str] = {}
     try:
-        records = ctx.store().all()
+        # Per host: one record that does not read is reported, the others are shown.
+        records, bad = ctx.store().readable()
     except state.StateError as err:
         records = {}
         problems.append(f"cluster records: {err}")
+    problems += [f"the record of {node} does not read ({why}); 'nova-ha reset {node}' "
+                 "replaces it" for node, why in bad.items()]
     pcmk, why = pacemaker_nodes()
     if pcmk is None:
         problems.append(f"Pacemaker: unknown ({why})")
@@ -542,6 +546,9 @@ def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
         problems.append(f"Nova: {err}")
     powers = power_states(bmc_devices(ctx.resources)) if with_power else {}
     rows = build_rows(records, pcmk, services, servers, powers, ctx.parsed)
+    for row in rows:
+        if row.get("node") in bad:
+            row["record"] = {"state": "UNREADABLE"}
     return {"time": state.iso_utc(time.time()), "hosts": rows, "problems": problems}
 
 
@@ -618,9 +625,14 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
 
     store = ctx.store()
     try:
-        records = {args.host: store.get(args.host)} if args.host else store.all()
+        if args.host:
+            records, bad = {args.host: store.get(args.host)}, {}
+        else:
+            records, bad = store.readable()
     except state.StateError as err:
         raise CliError(f"cannot read the records: {err}") from None
+    for node, why in bad.items():
+        print(_line(f"warning: the record of {node} does not read ({why})"), file=sys.stderr)
     events = events_newest_first(records)
     if args.limit:
         events = events[:args.limit]
@@ -808,9 +820,12 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store()
     now = time.time()
     try:
-        records = store.all()
+        records, bad = store.readable()
     except state.StateError as err:
         raise CliError(f"cannot read the records: {err}") from None
+    if args.host in bad:
+        raise CliError(f"the record of {args.host} does not read ({bad[args.host]}); "
+                       f"'nova-ha reset {args.host}' replaces it")
     node = _known_node(records, args.host)
     record = records[node]
     if args.take_over and record.lease_owner == handover.SERVICE_OWNER:

@@ -340,3 +340,34 @@ def test_cib_out_of_reach_costs_the_fence_under_a_second(sim_bed):
         assert all(Observer(bed.cloud).server(i)["host"] != host for i in ids)
     assert "the CIB is out of reach" in done.stderr
     assert took["host2"] - took["host1"] < 1.0, took
+
+
+def test_one_bad_record_does_not_stop_the_others(sim_bed, tmp_path):
+    """A record hand-edited into something this version does not know (or written by a
+    newer one): reported, skipped; every other host is still worked and shown."""
+    import json
+
+    from tests.test_cli import _config, _nova_ha
+
+    bed = sim_bed
+    ids = bed.cloud.create_servers("host1", 2)
+    assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
+    edit = subprocess.run(["crm_attribute", "--type", "nodes", "--node", "host2", "--name",
+                           state.ATTR_STATE, "--update", "quarantined"], env=bed.env(),
+                          capture_output=True, text=True, timeout=60)
+    assert edit.returncode == 0, edit.stderr
+    with bed.evacuation_service() as service:
+        service.wait_settled("host1")
+        log = service.log()
+    assert "skipping host2: its record does not decode" in log
+    assert all(Observer(bed.cloud).server(i)["host"] != "host1" for i in ids)
+    config = _config(tmp_path, bed.os_params())
+    status = _nova_ha(bed, "status", "--json", "--no-power", "--config", config)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert any("host2" in p and "does not read" in p for p in data["problems"]), data
+    rows = {row["node"]: row for row in data["hosts"]}
+    assert rows["host1"]["record"]["state"] == "evacuated"
+    history = _nova_ha(bed, "history", "--config", config)
+    assert history.returncode == 0 and "host1" in history.stdout
+    assert "record of host2 does not read" in history.stderr

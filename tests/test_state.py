@@ -119,7 +119,6 @@ def test_round_trip(store: StateStore) -> None:
         service_host="compute1.nova.example",
         mode="all",
     )
-    store.mark("compute1", "fenced", "forced_down", now=T0 + 1)
     store.mark("compute1", "evacuating", "evacuation_started", found=7, now=T0 + 2)
     written = store.mark(
         "compute1", "evacuated", "evacuation_finished", found=7, evacuated=6, failed=1, now=T0 + 60
@@ -135,7 +134,6 @@ def test_round_trip(store: StateStore) -> None:
         service_host="compute1.nova.example",
         history=[
             Event("2027-01-15T08:00:00Z", "fenced", "power off confirmed by c1"),
-            Event("2027-01-15T08:00:01Z", "forced_down", ""),
             Event("2027-01-15T08:00:02Z", "evacuation_started", ""),
             Event("2027-01-15T08:01:00Z", "evacuation_finished", "found=7 evacuated=6 failed=1"),
         ],
@@ -147,7 +145,7 @@ def test_round_trip(store: StateStore) -> None:
 
 def test_since_changes_only_with_state(store: StateStore) -> None:
     store.mark("compute1", "fenced", now=T0)
-    rec = store.mark("compute1", "fenced", "forced_down", now=T0 + 30)
+    rec = store.mark("compute1", "fenced", "fenced", now=T0 + 30)
     assert rec.since == state_mod.iso_utc(T0)
     rec = store.mark("compute1", "evacuating", now=T0 + 40)
     assert rec.since == state_mod.iso_utc(T0 + 40)
@@ -171,7 +169,7 @@ def test_new_incident_restarts_counts(store: StateStore) -> None:
 def test_history_bounded_newest_last(store: StateStore) -> None:
     store.mark("compute1", "fenced", "fenced", "first", now=T0)
     for i in range(HISTORY_MAX + 5):
-        store.mark("compute1", "fenced", "forced_down", f"try {i}", now=T0 + i)
+        store.mark("compute1", "fenced", "fenced", f"try {i}", now=T0 + i)
     history = store.get("compute1").history
     assert len(history) == HISTORY_MAX
     assert [e.detail for e in history] == [f"try {i}" for i in range(5, HISTORY_MAX + 5)]
@@ -395,7 +393,7 @@ def test_memory_store_threads() -> None:
     def work(i: int) -> None:
         barrier.wait()
         for k in range(20):
-            store.mark("compute1", "fenced", "forced_down", f"t{i}-{k}")
+            store.mark("compute1", "fenced", "fenced", f"t{i}-{k}")
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -622,7 +620,7 @@ def _race_mark(cib: str, idx: int, count: int, barrier: object) -> None:
     store = CibStateStore(cib)
     barrier.wait(60)
     for k in range(count):
-        store.mark("compute2", "fenced", "forced_down", f"p{idx}-{k}")
+        store.mark("compute2", "fenced", "fenced", f"p{idx}-{k}")
 
 
 @needs_pacemaker

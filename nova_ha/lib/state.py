@@ -30,7 +30,7 @@ attribute                  value
 ``nova-ha-service-host``   Nova service host name, set only when it differs from the node name
 ``nova-ha-history``        last 20 events, oldest first, as compact JSON:
                            ``[["2026-11-22T14:03:00Z","fenced","by c1"], ...]``; event names:
-                           ``fenced``, ``forced_down``, ``evacuation_started``,
+                           ``fenced``, ``evacuation_started`` (earlier versions),
                            ``evacuation_finished``, ``evacuation_failed``, ``rejoined``,
                            ``reset``
 =========================  ================================================================
@@ -105,9 +105,10 @@ ALL_ATTRS = RECORD_ATTRS + LEASE_ATTRS
 
 STATES = ("ok", "fenced", "evacuating", "evacuated", "failed")
 MODES = ("all", "tagged", "none", "record")
+# Events a record may gain. The force-down is part of 'fenced' (a record is written only
+# once the host is forced down): no write of its own, since each write is a scheduler run.
 EVENTS = (
     "fenced",
-    "forced_down",
     "evacuation_started",
     "evacuation_finished",
     "evacuation_failed",

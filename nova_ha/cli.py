@@ -93,7 +93,9 @@ def read_config(path: str) -> list[tuple[str, str]]:
     """`key = value` lines; '#' comments and blank lines ignored; values may be quoted."""
     try:
         with open(path) as stream:
-            lines = stream.read().splitlines()
+            # "\n" only, as the agents read their input: str.splitlines() would also cut at
+            # \x1c, \x85, \u2028... inside a value.
+            lines = [line.removesuffix("\r") for line in stream.read(1 << 18).split("\n")]
     except OSError as err:
         raise CliError(f"cannot read {path}: {err.strerror}", EXIT_USAGE) from None
     items = []

@@ -111,6 +111,8 @@ def setup(ident: str, verbose: bool = False, debug_file: str | None = None,
             pass  # no syslog daemon: stderr still reaches Pacemaker's log
     if debug_file:
         try:
+            # Created private: a debug file holds requests and replies.
+            os.close(os.open(debug_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             debug = logging.FileHandler(debug_file)
         except OSError as err:
             get().warning("cannot write debug file %s: %s", debug_file, err.strerror)

@@ -148,7 +148,7 @@ def parse_env(env: Mapping[str, str], agent: str) -> params.Parsed:
 
 def exit_reason(reason: str) -> None:
     """Pacemaker shows the last such line as the failure's exit reason."""
-    text = log.REDACTOR.redact(" ".join(reason.split()))
+    text = log.escape(log.REDACTOR.redact(" ".join(reason.split())))
     print(f"ocf-exit-reason:{text}", file=sys.stderr, flush=True)
 
 

@@ -882,8 +882,12 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
     import subprocess
 
     try:
+        from nova_ha.lib import service
+
+        # The script gets no other secret than the one it prints.
         done = subprocess.run(shlex.split(command), capture_output=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+                              stdin=subprocess.DEVNULL, check=False,
+                              env=service.clean_env())
     except (OSError, ValueError, subprocess.TimeoutExpired) as err:
         raise SecretScriptError(f"parameter '{name}': cannot run the script "
                                 f"({type(err).__name__})") from None

@@ -660,7 +660,10 @@ class CibStateStore(StateStore):
         # and this store gives up at once from then on.
         self.fail_fast = fail_fast
         self.unreachable = ""
-        self._env = dict(os.environ)
+        from nova_ha.lib import service
+
+        # cibadmin needs no secret: none of the agent's parameters reach it.
+        self._env = service.clean_env(os.environ)
         if self.cib_file:
             self._env["CIB_file"] = self.cib_file
         else:

@@ -89,6 +89,20 @@ def install_agents(python: str, fence_dir: str, ocf_dir: str) -> list[str]:
 
 # ---- where parameters come from ---------------------------------------------------------------
 
+def _bounded(kind: type, low: float, high: float) -> Any:
+    """An argparse type: a number of `kind` within [low, high] (no inf, nan or 1e10)."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number") from None
+        if not low <= value <= high:  # also false for nan
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not between {low:g} and "
+                                             f"{high:g}")
+        return value
+    return convert
+
+
 def read_config(path: str) -> list[tuple[str, str]]:
     """`key = value` lines; '#' comments and blank lines ignored; values may be quoted."""
     try:
@@ -937,7 +951,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="recorded events, newest first")
     history.add_argument("host", nargs="?", help="only this host (Pacemaker node name)")
     history.add_argument("--json", action="store_true")
-    history.add_argument("-n", "--limit", type=int, default=0, help="at most N events")
+    history.add_argument("-n", "--limit", type=_bounded(int, 0, 100000), default=0,
+                         help="at most N events")
     reset = sub.add_parser("reset", parents=[common],
                            help="administrator's reset of a host's record (after a repair)")
     reset.add_argument("host", help="Pacemaker node name of the compute host")
@@ -953,7 +968,7 @@ def _parser() -> argparse.ArgumentParser:
     evacuate.add_argument("--take-over", action="store_true",
                           help="take the host's lease from NovaEvacuate (when it is stopped "
                                "or cannot work the host) instead of waiting for its end")
-    evacuate.add_argument("--timeout", type=float, default=0,
+    evacuate.add_argument("--timeout", type=_bounded(float, 0, 86400), default=0,
                           help="seconds allowed (default: 600, or evacuate_timeout if longer)")
     inst = sub.add_parser("install-agents", help="install the agents where Pacemaker finds them")
     inst.add_argument("--python", default=sys.executable,

@@ -45,3 +45,26 @@ def test_cli_config_lines_end_at_newlines_only(tmp_path, separator):
     path = tmp_path / "nova-ha.conf"
     path.write_text(f"os_cloud = a{separator}os_auth_url=http://evil\nevacuate = all\n")
     assert ("os_auth_url", "http://evil") not in cli.read_config(str(path))
+
+
+@pytest.mark.parametrize("args", [["evacuate", "host1", "--timeout", "1e10"],
+                                  ["evacuate", "host1", "--timeout", "nan"],
+                                  ["evacuate", "host1", "--timeout", "-1"],
+                                  ["history", "-n", "99999999999"]])
+def test_cli_numbers_are_bounded(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+    assert "not between" in capsys.readouterr().err
+
+
+def test_ocf_timeout_is_bounded():
+    from nova_ha.lib.ocf_proto import OcfRequest
+
+    def timeout(value: str) -> float:
+        request = OcfRequest("monitor", params.parse({}, params.EVACUATE),
+                             {"OCF_RESKEY_CRM_meta_timeout": value})
+        return request.timeout
+    assert timeout("20000") == 20.0
+    assert timeout("99999999999999") == 86400.0
+    assert timeout("-5") == 1.0

@@ -69,9 +69,11 @@ class OcfRequest:
     def timeout(self) -> float:
         """The action's timeout given by Pacemaker (seconds), or the metadata default."""
         try:
-            return int(self.env["OCF_RESKEY_CRM_meta_timeout"]) / 1000.0
+            milliseconds = int(self.env["OCF_RESKEY_CRM_meta_timeout"])
         except (KeyError, ValueError):
             return 20.0
+        # Bounded like every number read here: a wild value must not become a wait of years.
+        return min(max(milliseconds / 1000.0, 1.0), 86400.0)
 
     @property
     def node(self) -> str:

@@ -206,17 +206,26 @@ class HostFence:
             return fence_proto.EC_GENERIC_ERROR
         with concurrent.futures.ThreadPoolExecutor(1) as background:
             disabled = background.submit(self.disable, proof, deadline, svc)
-            record = self.record(proof, store)
-            self._announce(proof)
-            if self.mode == "none":
-                self._finish_without_evacuation(store)
-            elif record is None:
-                # The CIB out of reach (or no cluster): the record cannot carry the hand-over.
-                self._evacuate_here(proof, None)
-            else:
-                LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))
+            try:
+                self._after_force_down(proof, store)
+            except Exception as err:  # noqa: BLE001 - the host is safe: the fence succeeded
+                LOG.error("%s is off and forced down; what followed failed: %s",
+                          proof.node, err)
             disabled.result()
         return fence_proto.EC_OK
+
+    def _after_force_down(self, proof: PowerOffConfirmed,
+                          store: state.StateStore | None) -> None:
+        """Record, announce, hand over. Nothing here can make the fence fail any more."""
+        record = self.record(proof, store)
+        self._announce(proof)
+        if self.mode == "none":
+            self._finish_without_evacuation(store)
+        elif record is None:
+            # The CIB out of reach (or no cluster): the record cannot carry the hand-over.
+            self._evacuate_here(proof, None)
+        else:
+            LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))
 
     # -- the rest ------------------------------------------------------------------------
 

@@ -730,19 +730,17 @@ def table(n: int, results: dict[str, LayoutResult], bed: bool) -> list[str]:
         def prof(r: LayoutResult) -> float:
             return _med([sum(i.profiled) for i in r.incidents])
 
+        per_incident = (
+            ("1 kill -9 -> fence request, median (s)", "request", "s"),
+            ("  kill -9 -> fenced (agent returned), median (s)", "fenced", "s"),
+            ("  kill -9 -> back, idle again, median (s)", "back", "s"),
+            ("2 scheduler runs per incident, median", "transitions", "count"),
+            ("  schedulerd CPU per incident, median (s)", "schedulerd_cpu", "s"),
+            ("  controller daemons' CPU per incident (s)", "daemons_cpu", "s"),
+        )
+        rows += [(label, inc(attr, per), inc(attr, sha), kind)
+                 for label, attr, kind in per_incident]
         rows += [
-            ("1 kill -9 -> fence request, median (s)", inc("request", per),
-             inc("request", sha), "s"),
-            ("  kill -9 -> fenced (agent returned), median (s)", inc("fenced", per),
-             inc("fenced", sha), "s"),
-            ("  kill -9 -> back, idle again, median (s)", inc("back", per),
-             inc("back", sha), "s"),
-            ("2 scheduler runs per incident, median", inc("transitions", per),
-             inc("transitions", sha), "count"),
-            ("  schedulerd CPU per incident, median (s)", inc("schedulerd_cpu", per),
-             inc("schedulerd_cpu", sha), "s"),
-            ("  controller daemons' CPU per incident (s)", inc("daemons_cpu", per),
-             inc("daemons_cpu", sha), "s"),
             ("3 scheduler run, live CIB, profiled (s)", per.live_profile, sha.live_profile,
              "s"),
             ("  incident's scheduler inputs, profiled, sum (s)", prof(per), prof(sha), "s"),

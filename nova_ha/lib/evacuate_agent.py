@@ -75,15 +75,34 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
-def running_pid(paths: Paths) -> int | None:
-    """The service's PID if the process the pid file names still runs (not a reused PID)."""
+def _recorded(paths: Paths) -> tuple[int, int] | None:
+    """(PID, start time) of the service as its pid file records them."""
     try:
         with open(paths.pid) as f:
             pid_text, _, started = f.read(64).strip().partition(" ")
-        pid = int(pid_text)
+        return int(pid_text), int(started)
     except (OSError, ValueError):
         return None
-    return pid if started and _start_time(pid) == started else None
+
+
+def running_pid(paths: Paths) -> int | None:
+    """The service's PID if the process the pid file names still runs (not a reused PID)."""
+    recorded = _recorded(paths)
+    if recorded is None:
+        return None
+    pid, started = recorded
+    return pid if _start_time(pid) == str(started) else None
+
+
+def _leftovers(paths: Paths) -> list[int]:
+    """Processes of the service's group, the service itself dead or not: workers outlive a
+    service killed with -9, and must not work beside the next one. Only processes started
+    after the service count (its group id could be reused by then)."""
+    recorded = _recorded(paths)
+    if recorded is None:
+        return []
+    pid, started = recorded
+    return [p for p in _group_members(pid) if int(_start_time(p) or 0) >= started]
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -113,6 +132,9 @@ def start(request: OcfRequest) -> int:
     paths = Paths.of(request)
     if running_pid(paths) is not None:
         return ocf_proto.OCF_SUCCESS
+    recorded = _recorded(paths)
+    if recorded is not None and _leftovers(paths):
+        _end_group(recorded[0], grace=5.0)  # never two workers on one host
     for directory in (os.path.dirname(paths.pid), os.path.dirname(paths.log)):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     raw = {k[len("OCF_RESKEY_"):]: v for k, v in request.env.items()
@@ -151,9 +173,9 @@ def start(request: OcfRequest) -> int:
 
 def stop(request: OcfRequest) -> int:
     paths = Paths.of(request)
-    pid = running_pid(paths)
-    if pid is not None:
-        _end_group(pid, grace=max(request.timeout - 5.0, 2.0))
+    recorded = _recorded(paths)
+    if recorded is not None and (running_pid(paths) is not None or _leftovers(paths)):
+        _end_group(recorded[0], grace=max(request.timeout - 5.0, 2.0))
     for path in (paths.pid, paths.alive):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -182,6 +204,10 @@ def _end_group(pgid: int, grace: float) -> None:
 def monitor(request: OcfRequest) -> int:
     paths = Paths.of(request)
     if running_pid(paths) is None:
+        if _leftovers(paths):
+            # Dead service, live workers: 'failed', so that Pacemaker's stop ends them.
+            raise OcfError(ocf_proto.OCF_ERR_GENERIC, "the evacuation service died; its "
+                           "workers still run")
         if os.path.exists(paths.pid) and not request.is_probe:
             ocf_proto.exit_reason("the evacuation service is not running")
         return ocf_proto.OCF_NOT_RUNNING

@@ -20,10 +20,15 @@ LOG = log.get("evacuate")
 
 def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: str, host: str,
                  nova: Nova | None, *, runner: str | None, lease_owner: str | None = None,
-                 mode: str | None = None) -> evacuation.Summary | None:
-    """Force down (idempotent), then evacuate under the host's lease. None when another
-    runner holds the lease, or when Nova could not be reached (recorded for a retry)."""
-    from nova_ha.lib import notify, recovery
+                 mode: str | None = None,
+                 record: state.HostRecord | None = None) -> evacuation.Summary | None:
+    """Evacuate under the host's lease. None when another runner holds the lease, or when
+    Nova could not be reached (recorded for a retry). `record`: the host's record as just
+    read. The reads (servers, earlier requests, the service) start at once, side by side:
+    each needs only the proof of the power-off."""
+    import concurrent.futures
+
+    from nova_ha.lib import evacuation, notify, recovery
     from nova_ha.lib.nova import Deadline, Nova, NovaError
 
     mode = mode or parsed["evacuate"]
@@ -35,19 +40,27 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: st
     options = recovery.Options.from_params(parsed, mode, notifier)
     deadline = Deadline(parsed["evacuate_timeout"])
     owner = lease_owner or recovery.owner_name(source)
-    lease = recovery.Lease(store, node, owner, deadline.remaining() + recovery.LEASE_MARGIN)
-    lease.acquire()
-    if not lease.held:
-        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
-        return None
     try:
         nova = nova or Nova.from_params(parsed)
-        # The record proves the power-off; a fence action killed before its force-down
-        # (or one whose force-down failed) left Nova's side undone.
-        recovery.force_down(nova, deadline, host)
-        return recovery.evacuate_host(nova, store, node, host, options, deadline, owner,
-                                      lease=lease, runner=runner)
     except (NovaError, params.SecretScriptError) as err:
-        LOG.error("evacuation of %s interrupted: %s", node, err)
-        lease.release()
+        LOG.error("evacuation of %s not started: %s", node, err)
         return None
+    prefetch = evacuation.Prefetch(nova, deadline, host,
+                                   lambda: recovery.incident_start(store, node, record))
+    # A record of this version is written after the force-down; one of an earlier version
+    # may not be: made sure of alongside the reads, not before them.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        forced = pool.submit(recovery.force_down, nova, deadline, host)
+        lease = recovery.Lease(store, node, owner, deadline.remaining() + recovery.LEASE_MARGIN)
+        lease.acquire(record)
+        try:
+            forced.result()
+            if not lease.held:
+                LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+                return None
+            return recovery.evacuate_host(nova, store, node, host, options, deadline, owner,
+                                          lease=lease, runner=runner, prefetch=prefetch)
+        except (NovaError, params.SecretScriptError) as err:
+            LOG.error("evacuation of %s interrupted: %s", node, err)
+            lease.release()
+            return None

@@ -346,7 +346,8 @@ def work(stdin: IO[bytes]) -> int:
     mode = record.mode if record.mode in ("all", "tagged") else parsed["evacuate"]
     runner = f"{params.EVACUATE}@{os.uname().nodename}:{os.getpid()}"
     summary = evacuate_runner.evacuate_now(parsed, store, node, host, nova, runner=runner,
-                                           lease_owner=handover.SERVICE_OWNER, mode=mode)
+                                           lease_owner=handover.SERVICE_OWNER, mode=mode,
+                                           record=record)
     if summary is not None:
         return 0
     after = store.get(node)

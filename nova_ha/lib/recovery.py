@@ -80,13 +80,16 @@ def record(store: state.StateStore | None, call: Callable[[state.StateStore], ob
         return False
 
 
-def incident_start(store: state.StateStore | None, node: str) -> float:
-    """When the host was last fenced (epoch, from its history), less a margin for clock skew
-    between this node and Nova; without a record, a window as long as any evacuation."""
+def incident_start(store: state.StateStore | None, node: str,
+                   known: state.HostRecord | None = None) -> float:
+    """When the host was last fenced (epoch, from its history: `known`, or read), less a
+    margin for clock skew between this node and Nova; without a record, a window as long as
+    any evacuation."""
     fenced = None
-    if store is not None:
+    if store is not None or known is not None:
         try:
-            events = [e for e in store.get(node).history if e.name == "fenced"]
+            current = known if known is not None else store.get(node)  # type: ignore[union-attr]
+            events = [e for e in current.history if e.name == "fenced"]
             fenced = events[-1].time if events else None
         except state.StateError:
             fenced = None
@@ -107,11 +110,12 @@ class Lease:
         self.held = store is None  # without a cluster record there is nobody to share with
         self.ends = 0.0  # monotonic time the lease ends by our clock
 
-    def acquire(self) -> bool:
+    def acquire(self, known: state.HostRecord | None = None) -> bool:
+        """Take the lease; `known`: the record as just read (saves a read)."""
         if self.store is None:
             return True
         try:
-            current = self.store.get(self.node)
+            current = known if known is not None else self.store.get(self.node)
             left = (current.lease_expires or 0.0) - time.time()
             if current.lease_owner == self.owner and left > self._renew_before():
                 # Handed over with the 'fenced' record: ours already, and a write saved.

@@ -535,6 +535,13 @@ class Nova:
                         self._drop_cached_state(generation, f"{what}: HTTP 404"):
                     refreshed, attempt = True, attempt - 1
                     continue
+                elif status == 401 and not refreshed:
+                    # Nova refused the token (revoked, or a cached one gone bad): forget it,
+                    # the file included, and ask Keystone for a new one, once.
+                    self._cache_suspect = True
+                    self._drop_cached_state(generation, f"{what}: HTTP 401")
+                    refreshed, attempt = True, attempt - 1
+                    continue
                 else:
                     problem = _error_text(data) + (f" ({cut})" if cut else "")
                     if status not in RETRY_STATUSES:

@@ -8,7 +8,7 @@ starts it, monitors it and stops it with its whole process group. It watches the
   the 'fenced' record at its next read, every ``watch_interval``;
 - each host to work gets a worker process of its own, taken from a warm spare (imports done,
   Keystone token ready), so the first evacuation request follows the hand-over at once;
-- a worker that dies is replaced at once: the lease belongs to the service (the fence action
+- a worker that dies is replaced within TAKEOVER_GRACE: the lease belongs to the service (the fence action
   granted it to ``handover.SERVICE_OWNER``), and the new worker picks the work up, asking
   Nova what was requested already (nothing is requested twice);
 - several hosts are evacuated in parallel (``max_hosts`` workers).
@@ -39,6 +39,9 @@ LOG = log.get("evacuation-service")
 FAILED_RETRY_AFTER = 120.0  # a host whose evacuation failed is tried again after this
 RETRY_BACKOFF = (5.0, 15.0, 60.0)  # after Nova could not be reached, by attempt
 CRASH_LIMIT = 3  # workers dying at once in a row for one host before backing off
+# A worker killed with a request in flight: that request lands in Nova (and in its instance
+# actions, which the next worker reads to request nothing twice) within this.
+TAKEOVER_GRACE = 1.0
 EXIT_INTERRUPTED = 3  # worker: Nova unreachable, the record says 'fenced' again
 EXIT_LEFT = 4  # worker: another runner holds the lease
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -258,8 +261,9 @@ class Service:
                     lines.append(f"{node}: worker {worker.process.pid} died ({how}) "
                                  f"{history.crashes} times; pausing {RETRY_BACKOFF[-1]:g} s")
                 else:
+                    history.not_before = self.clock() + TAKEOVER_GRACE
                     lines.append(f"{node}: worker {worker.process.pid} died ({how}) after "
-                                 f"{took:.1f} s; taking over at once")
+                                 f"{took:.1f} s; taking over in {TAKEOVER_GRACE:g} s")
         return lines
 
     def stop(self, grace: float = 5.0) -> None:

@@ -8,8 +8,9 @@ starts it, monitors it and stops it with its whole process group. It watches the
   the 'fenced' record at its next read, every ``watch_interval``;
 - each host to work gets a worker process of its own, taken from a warm spare (imports done,
   Keystone token ready), so the first evacuation request follows the hand-over at once;
-- a worker that dies is replaced within TAKEOVER_GRACE: the lease belongs to the service (the fence action
-  granted it to ``handover.SERVICE_OWNER``), and the new worker picks the work up, asking
+- a worker that dies is replaced within TAKEOVER_GRACE: the lease belongs to the service
+  (the fence action granted it to ``handover.SERVICE_OWNER``), and the new worker picks the
+  work up, asking
   Nova what was requested already (nothing is requested twice);
 - several hosts are evacuated in parallel (``max_hosts`` workers).
 

@@ -152,13 +152,19 @@ def test_service_gives_a_fenced_host_to_the_warm_spare_at_once():
     assert service.tick() == []  # busy: not given twice
 
 
-def test_a_dead_worker_is_replaced_at_once_and_crash_loops_back_off():
+def _working_compute1() -> tuple[Service, list[float]]:
+    """A service on a clock the test moves, its worker busy with compute1."""
     store = state.MemoryStateStore()
     clock = [NOW]
-    service, spawner = _service(store)
+    service, _ = _service(store)
     service.clock = lambda: clock[0]
     _fenced(store, "compute1")
     service.tick()
+    return service, clock
+
+
+def test_a_dead_worker_is_replaced_at_once_and_crash_loops_back_off():
+    service, clock = _working_compute1()
     for attempt in range(svc.CRASH_LIMIT):
         busy = service.busy["compute1"].process
         busy.code = -9  # killed
@@ -175,12 +181,7 @@ def test_a_dead_worker_is_replaced_at_once_and_crash_loops_back_off():
 
 
 def test_nova_unreachable_is_retried_with_backoff():
-    store = state.MemoryStateStore()
-    clock = [NOW]
-    service, spawner = _service(store)
-    service.clock = lambda: clock[0]
-    _fenced(store, "compute1")
-    service.tick()
+    service, clock = _working_compute1()
     service.busy["compute1"].process.code = EXIT_INTERRUPTED
     assert any("trying again in 5 s" in line for line in service.tick())
     assert "compute1" not in service.busy

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from nova_ha.lib import evacuation_service as svc
-from nova_ha.lib import fence_path, handover, params, state
+from nova_ha.lib import fence_path, handover, params, proof, state
 from nova_ha.lib.evacuation_service import EXIT_INTERRUPTED, Service, Worker, decide
 from tests.helpers import run_fence
 from tests.testbed.observe import Observer
@@ -237,6 +237,17 @@ def test_the_guard_holds_a_wave_and_gives_the_lease_back():
 def test_only_the_power_off_step_makes_a_proof():
     with pytest.raises(TypeError):
         fence_path.PowerOffConfirmed("compute1", "compute1", "me")
+
+
+@pytest.mark.parametrize("state_name, proved", [
+    ("ok", False), ("fenced", True), ("evacuating", True), ("evacuated", True),
+    ("failed", True)])
+def test_a_record_of_a_fenced_host_carries_the_proof(state_name, proved):
+    record = state.HostRecord("compute1", state=state_name)
+    made = proof.from_record(record, "compute1.example")
+    assert (made is not None) == proved
+    if made is not None:
+        assert (made.node, made.host) == ("compute1", "compute1.example")
 
 
 def _topology_fence(**values) -> fence_path.HostFence:

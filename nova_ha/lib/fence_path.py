@@ -13,33 +13,16 @@ runs as a later fencing-topology level (an earlier level confirmed it).
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nova_ha.lib import fence_proto, handover, log, params
+from nova_ha.lib.proof import PowerOffConfirmed, by_bmc, by_topology
 
 if TYPE_CHECKING:
     from nova_ha.lib import power, state
     from nova_ha.lib.nova import Deadline, Nova, Service
 
 LOG = log.get("fencer")
-_PROOF_KEY = object()  # only this module makes proofs of a power-off
-
-
-@dataclass(frozen=True)
-class PowerOffConfirmed:
-    """The proof that `node` is off; every Nova write for the host takes one."""
-
-    node: str
-    host: str
-    by: str  # who confirmed it, for the log and the record
-    at: float = field(default_factory=time.time)
-    key: object = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.key is not _PROOF_KEY:
-            raise TypeError("a PowerOffConfirmed is made only by HostFence.power_off()")
 
 
 def bmc_for(parsed: params.Parsed, node: str) -> power.Bmc:
@@ -120,8 +103,7 @@ class HostFence:
         if not params.has_bmc(self.parsed):
             LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
                      "fencing-topology level", self.node)
-            return PowerOffConfirmed(self.node, self.host, "an earlier fencing level",
-                                     key=_PROOF_KEY)
+            return by_topology(self.node, self.host)
         try:
             with bmc_for(self.parsed, self.node) as bmc:
                 took = bmc.off_and_confirm()
@@ -129,7 +111,7 @@ class HostFence:
             LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", self.node, err)
             return None
         LOG.info("power-off of %s confirmed by its BMC in %.2fs", self.node, took)
-        return PowerOffConfirmed(self.node, self.host, "its BMC", key=_PROOF_KEY)
+        return by_bmc(self.node, self.host)
 
     def force_down(self, proof: PowerOffConfirmed, deadline: Deadline) -> Service:
         """Force the host's nova-compute down (what evacuation needs). Raises NovaError."""

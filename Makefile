@@ -34,10 +34,10 @@ $(VENV)/.stamp: setup.py pyproject.toml | deps
 venv: $(VENV)/.stamp
 
 nova-venv: deps
-	bash tests/testbed/nova_box/setup-venv.sh
+	bash testbed/nova_box/setup-venv.sh
 
 $(REMOTED): | deps venv
-	$(VENV)/bin/python -c 'from tests.testbed.cluster import ensure_remoted; ensure_remoted()'
+	$(VENV)/bin/python -c 'from testbed.cluster import ensure_remoted; ensure_remoted()'
 
 test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
@@ -45,7 +45,7 @@ test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: deps venv
-	$(VENV)/bin/python -m tests.testbed.demo
+	$(VENV)/bin/python -m testbed.demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

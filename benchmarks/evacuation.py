@@ -14,8 +14,8 @@ logs use the same clock):
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
   evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
-Scenarios: (a) `sim`: tests/testbed/nova_sim.py with 0.1 s added to every API call (a remote
-cloud's round trip); (b) `box`: the real Nova 34 of tests/testbed/nova_box (needs .venv-nova,
+Scenarios: (a) `sim`: testbed/nova_sim.py with 0.1 s added to every API call (a remote
+cloud's round trip); (b) `box`: the real Nova 34 of testbed/nova_box (needs .venv-nova,
 skipped with the reason otherwise). fence_evacuate needs two things neither test cloud has:
 Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an
 image service in the catalog (ImageFront below). Reported, not asserted:
@@ -282,7 +282,7 @@ def _process_cpu_seconds(pid: int) -> float:
 @contextlib.contextmanager
 def _our_bmc() -> Iterator[Any]:
     """The crashed host's BMC: it already reports the host off."""
-    from tests.testbed.bmc import BmcSim
+    from testbed.bmc import BmcSim
 
     bmc = BmcSim(SOURCE, power_state="off")
     bmc.start()
@@ -295,8 +295,8 @@ def _our_bmc() -> Iterator[Any]:
 @contextlib.contextmanager
 def sim_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
     """Scenario (a): NovaSim, `servers` on host1, 0.1 s per API call, default evacuate_delay."""
-    from tests.testbed.cib import write_cib
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.cib import write_cib
+    from testbed.nova_sim import NovaSim
 
     class TimedSim(NovaSim):
         """NovaSim whose request log also records when each answer was ready."""
@@ -370,22 +370,22 @@ class _NovaRequestLog:
 def box_unavailable() -> str | None:
     """Why the real Nova box cannot run here, or None."""
     try:
-        from tests.testbed import nova_box
+        from testbed import nova_box
     except ImportError as err:
-        return f"tests/testbed/nova_box cannot be imported ({err})"
+        return f"testbed/nova_box cannot be imported ({err})"
     if not hasattr(nova_box, "NovaBox"):
-        return "tests/testbed/nova_box has no NovaBox yet"
+        return "testbed/nova_box has no NovaBox yet"
     if not nova_box.available():
         return (f"{nova_box.venv_python()} missing (run bash "
-                "tests/testbed/nova_box/setup-venv.sh)")
+                "testbed/nova_box/setup-venv.sh)")
     return None
 
 
 @contextlib.contextmanager
 def box_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
     """Scenario (b): a fresh real Nova 34 box, `servers` on host1 (FakeDriver)."""
-    from tests.testbed.cib import write_cib
-    from tests.testbed.nova_box import FLAVOR_EVACUABLE, NovaBox
+    from testbed.cib import write_cib
+    from testbed.nova_box import FLAVOR_EVACUABLE, NovaBox
 
     with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, \
             NovaBox(hosts=HOSTS) as box, _our_bmc() as bmc:

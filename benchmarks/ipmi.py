@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
-    from tests.testbed.bmc import BmcSim
+    from testbed.bmc import BmcSim
 
     results: dict[str, list[float]] = {"nova-ha": [], "pyghmi as is": []}
     with_sim = BmcSim("bench", power_state="off")

@@ -53,7 +53,7 @@ GOAL = 30.0
 
 
 def _one_run(bed, servers: int) -> dict[str, float]:
-    from tests.testbed.e2e import records
+    from testbed.e2e import records
 
     node = "compute1"
     ids = bed.box.create_servers(node, servers, name_prefix="bench")
@@ -121,7 +121,7 @@ def _epoch(bed) -> int:
 
 
 def _scheduler_runs(bed, start: float, end: float) -> int:
-    from tests.testbed.cluster import log_lines
+    from testbed.cluster import log_lines
 
     return sum(1 for name in bed.cluster.controllers
                for t, _ in log_lines(bed.pacemaker_log(name), "Calculated transition", start)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild-delay", type=float, default=8.0)
     args = parser.parse_args(argv)
 
-    from tests.testbed.e2e import E2EBed
+    from testbed.e2e import E2EBed
 
     missing = E2EBed.missing()
     if missing:

@@ -24,7 +24,7 @@ env file is nova-ha.env.example with N nodes, a BMC per node (10.20.x.y), host_m
 `computeK:computeK.example.com`, os_cloud=overcloud, password_script
 /etc/nova-ha/bmc-password and systemd_unit=nova-compute.
 
-On the live bed (tests/testbed/cluster.py: one corosync+pacemakerd controller, N
+On the live bed (testbed/cluster.py: one corosync+pacemakerd controller, N
 pacemaker-remoted nodes in network namespaces), built once per N, the same configuration
 is applied with its agents swapped for cheap ones: the devices run the bed's fence agent
 (fence_nha_testbed, answers at once; every nova-ha parameter stays on the devices, so the
@@ -61,7 +61,7 @@ Figures, per N and layout (the controller has 2 cores, shared with the N remoted
                                Pacemaker runs it (parameters on stdin, those of the
                                layout's device; config_file and password_script real),
                                against the project's Nova simulator and a BMC simulator
-                               (tests.testbed.nova_sim.NovaSim, tests.testbed.bmc.BmcSim),
+                               (testbed.nova_sim.NovaSim, testbed.bmc.BmcSim),
                                warm token cache, median of --monitor-runs; then CPU per
                                minute = monitors per minute x CPU per run, and cores
                                (CPU-seconds per minute / 60)
@@ -104,7 +104,7 @@ LAYOUTS = ("per-node", "shared")
 CONFIG_FILE = "/etc/nova-ha/nova-ha.conf"
 DOMAIN = "example.com"
 CLOUD = "overcloud"
-SUBNET = "192.168.124"  # the bed's (tests.testbed.netns.SUBNET)
+SUBNET = "192.168.124"  # the bed's (testbed.netns.SUBNET)
 REMOTE_BASE = 100  # the k-th remote node of the bed has address .(100+k)
 MAX_NODES = 150  # the bed's /24: remotes at .101 ...
 DAEMONS = ("corosync", "pacemakerd", "pacemaker-based", "pacemaker-fenced", "pacemaker-execd",
@@ -201,7 +201,7 @@ def translate(commands: list[list[str]]) -> list:
 
 def pcs_cib(n: int, layout: str, steps: list[str]) -> bytes:
     """What `nova-ha.pcs -f` makes of an empty CIB with these steps."""
-    from tests.testbed.e2e import pcs_configuration
+    from testbed.e2e import pcs_configuration
 
     return pcs_configuration(overrides(n, layout), steps)
 
@@ -211,7 +211,7 @@ def check_translation(n: int = 3) -> list[str]:
     pcs -f makes of them (empty: identical), for both layouts."""
     from lxml import etree
 
-    from tests.testbed.e2e import canonical
+    from testbed.e2e import canonical
 
     problems = []
     for layout in LAYOUTS:
@@ -310,8 +310,8 @@ class MonitorBench:
         self.bmc = None
 
     def __enter__(self) -> MonitorBench:
-        from tests.testbed.bmc import BmcSim
-        from tests.testbed.nova_sim import NovaSim
+        from testbed.bmc import BmcSim
+        from testbed.nova_sim import NovaSim
 
         self.cloud = NovaSim(hosts=[f"compute{k}.{DOMAIN}" for k in (1, 2, 3)]).start()
         self.bmc = BmcSim("compute1")
@@ -401,7 +401,7 @@ def fence_agent_argv() -> list[str]:
 
 def test_agent_cpu(runs: int) -> float:
     """Median CPU of the bed's fence_nha_testbed `monitor` (what the live devices cost)."""
-    from tests.testbed.cluster import TEST_AGENT_SCRIPT
+    from testbed.cluster import TEST_AGENT_SCRIPT
 
     with tempfile.TemporaryDirectory() as tmp:
         agent = Path(tmp) / "fence_nha_testbed"
@@ -509,7 +509,7 @@ def idle_state(bed) -> bool:
 def settled(bed, names: list[str], devices: list[str]) -> bool:
     """Every node online with NovaCompute started on it, NovaEvacuate and the devices
     started, nothing failed, the controller idle."""
-    from tests.testbed.e2e import started_on
+    from testbed.e2e import started_on
 
     try:
         mon = bed.crm_mon()
@@ -677,7 +677,7 @@ def bed_layout(bed, tail: LogTail, n: int, layout: str, cib: bytes, result: Layo
 
 def run_bed(n: int, cibs: dict[str, bytes], results: dict[str, LayoutResult], args) -> float:
     """Build the bed once for N nodes and measure every layout on it; the bed's start."""
-    from tests.testbed.cluster import Cluster
+    from testbed.cluster import Cluster
 
     names = node_names(n)
     with Cluster() as bed:
@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nodes: 1..{MAX_NODES} each")
 
     if not args.no_bed:
-        from tests.testbed.cluster import missing_requirements
+        from testbed.cluster import missing_requirements
 
         missing = missing_requirements()
         if missing:

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from testbed.cib import write_cib
+from testbed.webhook import Webhook
 from tests.helpers import EVACUATE_AGENT, run_fence, run_ocf, wait_until
-from tests.testbed.cib import write_cib
-from tests.testbed.webhook import Webhook
 
 # The real Nova 34 box (session-scoped `nova_box` fixture).
-pytest_plugins = ["tests.testbed.nova_box.fixtures"]
+pytest_plugins = ["testbed.nova_box.fixtures"]
 
 HOSTS = ["host1", "host2", "host3"]
-CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed",
-                             "cloud_service.py")
+CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "testbed", "cloud_service.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -191,7 +191,7 @@ class EvacService:
 
 
 def _bed(cloud, cib: str) -> Iterator[Bed]:
-    from tests.testbed.bmc import BmcSim
+    from testbed.bmc import BmcSim
 
     bmcs = {}
     try:
@@ -217,7 +217,7 @@ def box_bed(nova_box, cib_file) -> Iterator[Bed]:
     try:
         yield from _bed(nova_box, cib_file)
     finally:
-        from tests.testbed.observe import back_in_service
+        from testbed.observe import back_in_service
 
         for host in HOSTS:
             back_in_service(nova_box, host)
@@ -225,7 +225,7 @@ def box_bed(nova_box, cib_file) -> Iterator[Bed]:
 
 @pytest.fixture
 def sim_bed(cib_file) -> Iterator[Bed]:
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     with NovaSim(hosts=HOSTS) as cloud:
         yield from _bed(cloud, cib_file)

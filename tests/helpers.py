@@ -8,22 +8,13 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 
-import pytest
+from testbed import util as bed_util
+from testbed.util import need
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FENCE_AGENT = os.path.join(ROOT, "agents", "fence", "fence_nova_evacuate")
+ROOT = str(bed_util.ROOT)
+FENCE_AGENT = str(bed_util.FENCE_AGENT)
 COMPUTE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaCompute")
 PYTHON = sys.executable
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def need(condition: bool, what: str) -> None:
-    """Skip when a component is missing; under CI a missing component is a failure."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"required component missing under CI: {what}")
-    pytest.skip(f"missing: {what}")
 
 
 def need_binary(name: str) -> str:

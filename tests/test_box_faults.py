@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from testbed.nova_box import ControlError
+from testbed.observe import Observer, back_in_service
 from tests.test_nova_box import delete_servers
-from tests.testbed.nova_box import ControlError
-from tests.testbed.observe import Observer, back_in_service
 
 SOURCE = "host1"
 REBUILD_STATES = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawning")

@@ -15,8 +15,8 @@ from lxml import etree
 
 from nova_ha import cli
 from nova_ha.lib import guard, notify, params, state
+from testbed.observe import Observer
 from tests.helpers import PYTHON, ROOT, run_fence
-from tests.testbed.observe import Observer
 
 OTHER_PROJECT = "0123456789abcdef0123456789abcdef"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import need
-from tests.testbed import cluster as bed
-from tests.testbed import netns
-from tests.testbed.cluster import Cluster, cluster_fixture, to_terminal
+from testbed import cluster as bed
+from testbed import netns
+from testbed.cluster import Cluster, cluster_fixture, to_terminal
+from testbed.util import need
 
 cluster = cluster_fixture(scope="class")
 cluster2 = cluster_fixture(scope="class", controllers=2)
@@ -212,7 +212,7 @@ class TestTwoControllers:
 
 CRASHING_RUN = """
 import json, os, signal, sys
-from tests.testbed.cluster import Cluster
+from testbed.cluster import Cluster
 c = Cluster()
 c.start()
 c.add_test_stonith()

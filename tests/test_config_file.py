@@ -383,7 +383,7 @@ def test_shared_layout_with_config_file():
     # The bed's password script exists only while the bed runs: not checked here.
     assert not parsed.problems
     assert [p for p in params.check_bmc(parsed) if "'password_script'" not in p] == []
-    from tests.testbed import e2e
+    from testbed import e2e
 
     bmcs = e2e.entries(e2e.read_env()["NHA_BMCS"])
     for node, bmc in bmcs.items():

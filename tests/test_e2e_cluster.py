@@ -1,7 +1,7 @@
 """nova-ha end to end, in a live Pacemaker cluster: the configuration of cluster/crm-config
 applied as it is, compute nodes failing in eight ways, a real Nova 34 answering.
 
-The bed (tests/testbed/e2e.py): corosync + pacemaker controllers, compute1..3 as
+The bed (testbed/e2e.py): corosync + pacemaker controllers, compute1..3 as
 pacemaker-remote nodes in network namespaces, one BMC simulator per node (its power-off
 kills the node and crashes its compute in the Nova box; its power-on boots the node, and
 Pacemaker starts NovaCompute there), a real Nova 34 with one fake compute per node.
@@ -28,10 +28,10 @@ import time
 
 import pytest
 
-from tests.helpers import need
-from tests.testbed import e2e
-from tests.testbed.cluster import ClusterError, log_lines, to_terminal
-from tests.testbed.e2e import E2EBed, records
+from testbed import e2e
+from testbed.cluster import ClusterError, log_lines, to_terminal
+from testbed.e2e import E2EBed, records
+from testbed.util import need
 
 MEASURED: dict[str, float] = {}
 

@@ -11,8 +11,8 @@ import signal
 import time
 
 from nova_ha.lib import state
+from testbed.observe import Observer
 from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf, wait_until
-from tests.testbed.observe import Observer
 
 START_META = {"on_node": "host1", "timeout": 300000}
 

@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from nova_ha.lib import state
+from testbed.observe import Observer
 from tests.helpers import run_fence
-from tests.testbed.observe import Observer
 
 
 def _record(bed, host="host1") -> state.HostRecord:
@@ -324,8 +324,8 @@ def test_stopped_servers_stay_stopped_running_ones_come_back_active(sim_bed):
 
 
 def test_agent_against_openipmi_ipmi_sim(sim_bed):
+    from testbed.ipmi_sim import IpmiSim
     from tests.helpers import need_binary
-    from tests.testbed.ipmi_sim import IpmiSim
 
     need_binary("ipmi_sim")
     bed = sim_bed

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from nova_ha.lib import state
+from testbed.webhook import Webhook
 from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf
 from tests.test_cli import _config, _nova_ha
-from tests.testbed.webhook import Webhook
 
 HOSTS = ("host1", "host2", "host3")
 

@@ -232,7 +232,7 @@ def _pacemaker_host_list(output: str) -> set[str]:
 
 @pytest.mark.parametrize("action", ["list", "list-status"])
 def test_fence_list_keeps_each_nova_host_on_its_own_line(action):
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     hostile = ["evil\ncompute7", "x,compute8 compute9;c10", "y\u2028compute11",
                "z\rcompute12"]
@@ -312,7 +312,7 @@ def test_nova_ha_reset_into_a_closed_pipe_does_all_its_work(tmp_path, cib_file, 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
 def test_fence_list_into_a_closed_pipe_keeps_its_result(buffered):
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     env = dict(os.environ)
     if not buffered:

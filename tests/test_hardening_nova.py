@@ -279,7 +279,7 @@ def test_malformed_keystone_replies_are_nova_errors(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sim_cloud() -> Iterator[object]:
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     with NovaSim(hosts=["host1", "host2"]) as cloud:
         yield cloud
@@ -379,7 +379,7 @@ def verbose_log() -> Iterator[io.StringIO]:
 
 
 def test_admin_pass_of_an_evacuation_is_not_logged(verbose_log):
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     with NovaSim(hosts=["host1", "host2"], max_version="2.13") as cloud:
         server_id = cloud.create_servers("host1", 1)[0]

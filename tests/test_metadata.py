@@ -9,7 +9,8 @@ import pytest
 from lxml import etree
 
 from nova_ha.lib import params
-from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, PYTHON, need, run_fence, run_ocf
+from testbed.util import need
+from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, PYTHON, run_fence, run_ocf
 
 FENCE_RNG = "/usr/share/cluster/relaxng/metadata.rng"
 OCF_RNG = "/usr/share/resource-agents/metadata.rng"

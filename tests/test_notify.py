@@ -12,8 +12,8 @@ import time
 import pytest
 
 from nova_ha.lib import log, notify, params
+from testbed.observe import Observer
 from tests.helpers import run_fence
-from tests.testbed.observe import Observer
 
 
 @pytest.fixture

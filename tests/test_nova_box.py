@@ -18,11 +18,11 @@ from novaclient import api_versions
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
-from tests.testbed.nova_box import (
+from testbed.nova_box import (
     IMAGE_EVACUABLE,
     NovaBox,
 )
-from tests.testbed.nova_box.fixtures import require_nova_venv
+from testbed.nova_box.fixtures import require_nova_venv
 
 # These tests count what the box holds (instances per host, requests in its log), so they
 # get a box of their own rather than the session's, which other modules have used.

@@ -10,13 +10,13 @@ import pytest
 
 from nova_ha.lib import params
 from nova_ha.lib.nova import Deadline, Nova, NovaError
+from testbed.observe import back_in_service
 from tests.helpers import wait_until
-from tests.testbed.observe import back_in_service
 
 
 @pytest.fixture(scope="module")
 def sim_cloud() -> Iterator[object]:
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     with NovaSim(hosts=["host1", "host2", "host3"]) as cloud:
         yield cloud
@@ -173,7 +173,7 @@ def test_image_proxy_only_below_2_36(cloud):
 
 
 def test_older_nova_is_negotiated_down_after_a_406():
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     with NovaSim(hosts=["host1"], max_version="2.60") as older:
         nova = _nova(older)

@@ -18,7 +18,7 @@ from novaclient import api_versions
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
-from tests.testbed.nova_sim import NOVA_MAX_VERSION, NovaSim
+from testbed.nova_sim import NOVA_MAX_VERSION, NovaSim
 
 UNFORCE_MSG = (
     "Unable to force up host host1 as `done` evacuation migration records remain associated "

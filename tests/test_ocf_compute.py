@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from testbed.cib import write_cib
 from tests.conftest import CLOUD_SERVICE
 from tests.helpers import COMPUTE_AGENT, need_binary, run_ocf
-from tests.testbed.cib import write_cib
 
 OCF_DIR = "/usr/lib/ocf/resource.d/nova-ha"
 NODE = os.uname().nodename  # ocf-tester runs the agent as on this node
@@ -17,7 +17,7 @@ NODE = os.uname().nodename  # ocf-tester runs the agent as on this node
 
 @pytest.fixture
 def cloud(tmp_path, monkeypatch):
-    from tests.testbed.nova_sim import NovaSim
+    from testbed.nova_sim import NovaSim
 
     monkeypatch.setenv("CIB_file", write_cib(tmp_path / "cib.xml", [NODE, "host2"]))
     monkeypatch.setenv("HA_RSCTMP", str(tmp_path))

@@ -15,8 +15,8 @@ import pytest
 from nova_ha.lib import evacuation_service as svc
 from nova_ha.lib import fence_path, handover, params, proof, state
 from nova_ha.lib.evacuation_service import EXIT_INTERRUPTED, Service, Worker, decide
+from testbed.observe import Observer
 from tests.helpers import run_fence
-from tests.testbed.observe import Observer
 
 NOW = 1_800_000_000.0
 SERVICE = handover.SERVICE_OWNER

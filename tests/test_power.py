@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from nova_ha.lib.power import Bmc, BmcConfig, PowerError, _power_state
+from testbed.bmc import BmcSim
+from testbed.ipmi_sim import IpmiSim
 from tests.helpers import ROOT, need_binary
-from tests.testbed.bmc import BmcSim
-from tests.testbed.ipmi_sim import IpmiSim
 
 PASSWORD = "s3cret-bmc-pw"  # distinctive, so "not in message" checks mean something
 WRONG = "n0t-the-pw-x"

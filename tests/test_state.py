@@ -37,7 +37,7 @@ from nova_ha.lib.state import (
     StateError,
     StateStore,
 )
-from tests.testbed.cib import feature_set
+from testbed.cib import feature_set
 
 HAVE_PACEMAKER = shutil.which("cibadmin") is not None and shutil.which("crm_attribute") is not None
 needs_pacemaker = pytest.mark.skipif(not HAVE_PACEMAKER, reason="Pacemaker CLI not installed")

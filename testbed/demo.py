@@ -14,9 +14,9 @@ import tempfile
 import threading
 import time
 
-from tests.testbed.bmc import BmcSim
-from tests.testbed.cib import write_cib
-from tests.testbed.nova_sim import NovaSim
+from testbed.bmc import BmcSim
+from testbed.cib import write_cib
+from testbed.nova_sim import NovaSim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGENT = os.path.join(ROOT, "agents", "fence", "fence_nova_evacuate")

@@ -2,7 +2,7 @@
 
 ``IpmiSim`` writes a lan.conf, a one-BMC .emu file and a chassis-control script into a
 temporary directory and runs ``ipmi_sim`` as a subprocess on ``address``:``port``.
-Its public surface follows ``tests.testbed.bmc.BmcSim``.
+Its public surface follows ``testbed.bmc.BmcSim``.
 
 How power works here: ipmi_sim runs the chassis-control script for every Get Chassis
 Status ("get power") and Chassis Control ("set power 0|1"). The script answers "get"
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.testbed.bmc import OnPowerModel, PowerModel
+from testbed.bmc import OnPowerModel, PowerModel
 
 __all__ = ["IpmiSim", "ipmi_sim_binary"]
 
@@ -55,7 +55,7 @@ def _caps_probe() -> bytes:
 
 
 _SCRIPT = """#!/bin/sh
-# ipmi_sim chassis_control program, written by tests/testbed/ipmi_sim.py.
+# ipmi_sim chassis_control program, written by testbed/ipmi_sim.py.
 # Called as: <script> <device> get power ...   or   <script> <device> set power 0|1 ...
 dir='{dir}'
 shift  # the device (MC address): there is only one
@@ -94,7 +94,7 @@ mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02
 mc_enable 0x20
 """
 
-_LAN_CONF = """# lan.conf written by tests/testbed/ipmi_sim.py
+_LAN_CONF = """# lan.conf written by testbed/ipmi_sim.py
 name "{name}"
 set_working_mc 0x20
   startlan 1

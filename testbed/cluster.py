@@ -66,9 +66,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.testbed import netns
+from testbed import netns
+from testbed.util import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("NOVA_HA_CACHE", ROOT / ".cache"))
 REMOTED_DIR = CACHE / "pacemaker-remote"
 REMOTED = REMOTED_DIR / "usr" / "sbin" / "pacemaker-remoted"
@@ -1311,7 +1311,7 @@ def cluster_fixture(scope: str = "module", **kwargs):
 
     @pytest.fixture(scope=scope)
     def _cluster(request) -> Iterator[Cluster]:
-        from tests.helpers import need
+        from testbed.util import need
 
         missing = missing_requirements()
         need(not missing, "cluster test bed: " + ", ".join(missing))

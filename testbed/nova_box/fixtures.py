@@ -2,7 +2,7 @@
 
 Use from a test module (or a conftest) with::
 
-    from tests.testbed.nova_box.fixtures import nova_box  # noqa: F401
+    from testbed.nova_box.fixtures import nova_box  # noqa: F401
 
 ``nova_box`` is session-scoped: one box (host1, host2, host3) for the whole
 run. Tests that crash a host or force its service down must put it back
@@ -16,20 +16,20 @@ autouse wherever this plugin is loaded).
 """
 
 import contextlib
-import os
 
 import pytest
 
-from tests.testbed.nova_box import DELAYED_BOXES, VENV_DIR, NovaBox, available
+from testbed.nova_box import DELAYED_BOXES, VENV_DIR, NovaBox, available
+from testbed.util import IN_CI
 
 
 def require_nova_venv():
     if available():
         return
     msg = (
-        f"real Nova box unavailable: {VENV_DIR} missing (run tests/testbed/nova_box/setup-venv.sh)"
+        f"real Nova box unavailable: {VENV_DIR} missing (run testbed/nova_box/setup-venv.sh)"
     )
-    if os.environ.get("CI", "").lower() == "true":
+    if IN_CI:
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
 

@@ -4,7 +4,7 @@
 # file has not changed since the last successful install (stamp file).
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../../.." && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 VENV=${NOVA_VENV:-$ROOT/.venv-nova}
 REQ=$HERE/requirements.txt
 STAMP=$VENV/.nova-box-requirements.sha256

@@ -49,8 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.testbed import cluster as bedlib
-from tests.testbed.cluster import Cluster, ClusterError
+from testbed import cluster as bedlib
+from testbed.cluster import Cluster, ClusterError
 
 ROOT = bedlib.ROOT
 CONFIG_DIR = ROOT / "cluster" / "crm-config"
@@ -59,7 +59,7 @@ PCS_SCRIPT = CONFIG_DIR / "nova-ha.pcs"
 CIB_XML = CONFIG_DIR / "nova-ha.cib.xml"
 TOPOLOGY_XML = CONFIG_DIR / "nova-ha-topology.cib.xml"
 PASSWORD_SCRIPT = CONFIG_DIR / "bmc-password"
-CLOUD_SERVICE = ROOT / "tests" / "testbed" / "cloud_service.py"
+CLOUD_SERVICE = ROOT / "testbed" / "cloud_service.py"
 
 E2E_DIR = bedlib.BASE / "e2e"  # the example env file's paths point here
 BOX_ADDRESS = "192.168.124.1"  # the bridge's host side (netns.SUBNET + ".1")
@@ -218,7 +218,7 @@ class E2EBed(bedlib.Managed):
     @staticmethod
     def missing() -> list[str]:
         """What this machine lacks to run the bed (empty when it can)."""
-        from tests.testbed import nova_box
+        from testbed import nova_box
 
         missing = bedlib.missing_requirements()
         if not nova_box.available():
@@ -232,7 +232,7 @@ class E2EBed(bedlib.Managed):
         return missing
 
     def start(self) -> None:
-        from tests.testbed.nova_box import NovaBox
+        from testbed.nova_box import NovaBox
 
         t0 = time.monotonic()
         self._write_files()
@@ -348,7 +348,7 @@ class E2EBed(bedlib.Managed):
 
     # -- power ---------------------------------------------------------------------------
     def _start_bmcs(self) -> None:
-        from tests.testbed.bmc import BmcSim
+        from testbed.bmc import BmcSim
 
         env = self.env
         prefix = env.get("NHA_LEVEL2_KEY_PREFIX", "")
@@ -556,7 +556,7 @@ class E2EBed(bedlib.Managed):
 
     # -- observing -----------------------------------------------------------------------------
     def observer(self):
-        from tests.testbed.observe import Observer
+        from testbed.observe import Observer
 
         return Observer(self.box)
 

@@ -3,7 +3,7 @@
 Imported by the suite's own venv (stdlib only here). The box runs as a
 subprocess under ``.venv-nova/bin/python`` (see ``setup-venv.sh``)::
 
-    from tests.testbed.nova_box import NovaBox
+    from testbed.nova_box import NovaBox
 
     with NovaBox(hosts=("host1", "host2", "host3")) as box:
         ids = box.create_servers("host1", 5)
@@ -32,7 +32,7 @@ import urllib.request
 import weakref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 VENV_DIR = os.environ.get("NOVA_VENV", os.path.join(REPO_ROOT, ".venv-nova"))
 SERVER = os.path.join(HERE, "server.py")
 
@@ -137,7 +137,7 @@ class NovaBox:
             return self
         if not available(self.venv):
             raise NovaBoxError(
-                f"Nova venv missing: {self.venv} (run tests/testbed/nova_box/setup-venv.sh)"
+                f"Nova venv missing: {self.venv} (run testbed/nova_box/setup-venv.sh)"
             )
         os.makedirs(self.state_dir, exist_ok=True)
         cmd = [

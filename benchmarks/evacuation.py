@@ -14,7 +14,7 @@ logs use the same clock):
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
   evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
-Scenarios: (a) `sim`: testbed/nova_sim.py with 0.1 s added to every API call (a remote
+Scenarios: (a) `sim`: testbed/nova_sim with 0.1 s added to every API call (a remote
 cloud's round trip); (b) `box`: the real Nova 34 of testbed/nova_box (needs .venv-nova,
 skipped with the reason otherwise). fence_evacuate needs two things neither test cloud has:
 Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an

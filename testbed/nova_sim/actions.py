@@ -1,5 +1,5 @@
-"""Server actions: evacuate (with the conductor and compute steps behind it), os-resetState, os-
-stop, os-start, and instance actions."""
+"""Server actions: evacuate (with the conductor and compute steps behind it), os-resetState,
+os-stop, os-start, and instance actions."""
 
 from __future__ import annotations
 

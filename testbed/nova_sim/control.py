@@ -1,5 +1,5 @@
-"""The test-control API: the world driven from Python (crash, start, create servers, read the log)
-and the same over HTTP under ``/_testbed``."""
+"""The test-control API: the world driven from Python (crash, start, create servers, read the
+log), and the same over HTTP under ``/_testbed``."""
 
 from __future__ import annotations
 

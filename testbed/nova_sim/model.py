@@ -1,5 +1,6 @@
-"""Nova's constants, the records of the simulated world, the request, and small helpers
-as nova 34.0.0 and oslo have them."""
+"""Nova's constants, the records of the simulated world, the request, and small helpers as
+nova 34.0.0 and oslo have them. Shared by the simulator's modules (the leading underscores
+say: not for the tests)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``os-services``: list, and update (enable, disable, forced_down) before and from microversion
-2.53."""
+"""``os-services``: list, and update (enable, disable, forced_down), before and from
+microversion 2.53."""
 
 from __future__ import annotations
 

@@ -134,7 +134,8 @@ class Planner:
 
     def plan(self, servers: list[Server]) -> tuple[list[Outcome], list[Outcome]]:
         """(to evacuate, skipped) — skipped ones carry the reason."""
-        chosen, skipped = [], []
+        chosen: list[Outcome] = []
+        skipped: list[Outcome] = []
         for server in servers:
             outcome = Outcome(server_id=server.id, name=server.name, host=server.host,
                               status=server.status)

@@ -112,19 +112,8 @@ def _script_password(command: str) -> str:
 def make_session(settings: dict[str, Any]) -> Any:
     """The keystoneauth1 session of the settings (auth_settings), with bounded replies."""
     from keystoneauth1 import session as ks_session  # noqa: PLC0415
-    from keystoneauth1.identity import v3  # noqa: PLC0415
 
-    if settings.get("os_application_credential_id"):
-        auth = v3.ApplicationCredential(
-            auth_url=settings["os_auth_url"],
-            application_credential_id=settings["os_application_credential_id"],
-            application_credential_secret=settings.get("os_application_credential_secret"))
-    else:
-        auth = v3.Password(
-            auth_url=settings.get("os_auth_url"), username=settings.get("os_username"),
-            password=settings.get("os_password"), project_name=settings.get("os_project_name"),
-            user_domain_name=settings.get("os_user_domain_name"),
-            project_domain_name=settings.get("os_project_domain_name"))
+    auth = _auth_plugin(settings)
     verify: bool | str = True
     if settings.get("os_insecure") in (True, "1", "true", "True"):
         verify = False
@@ -147,6 +136,22 @@ def make_session(settings: dict[str, Any]) -> Any:
                               timeout=float(settings.get("os_api_timeout") or 10))
 
 
+def _auth_plugin(settings: dict[str, Any]) -> Any:
+    """keystoneauth1's v3 plugin: an application credential, or a password."""
+    from keystoneauth1.identity import v3  # noqa: PLC0415
+
+    if settings.get("os_application_credential_id"):
+        credential: dict[str, Any] = {
+            "auth_url": settings["os_auth_url"],
+            "application_credential_id": settings["os_application_credential_id"],
+            "application_credential_secret": settings.get("os_application_credential_secret")}
+        return v3.ApplicationCredential(**credential)
+    password: dict[str, Any] = {name: settings.get(f"os_{name}") for name in (
+        "auth_url", "username", "password", "project_name", "user_domain_name",
+        "project_domain_name")}
+    return v3.Password(**password)
+
+
 def _bounded_adapter(**kwargs: Any) -> Any:
     """A requests transport that reads every reply its caller does not stream (Keystone's:
     the token and catalog, version discovery) with the bounds of Nova's: MAX_BODY bytes,
@@ -155,8 +160,9 @@ def _bounded_adapter(**kwargs: Any) -> Any:
 
     class BoundedAdapter(requests.adapters.HTTPAdapter):
         def send(self, request: Any, stream: bool = False, timeout: Any = None,
-                 **rest: Any) -> Any:
-            resp = super().send(request, stream=True, timeout=timeout, **rest)
+                 verify: Any = True, cert: Any = None, proxies: Any = None) -> Any:
+            resp = super().send(request, stream=True, timeout=timeout, verify=verify,
+                                cert=cert, proxies=proxies)
             if stream:
                 return resp
             limit = timeout[-1] if isinstance(timeout, tuple) else timeout

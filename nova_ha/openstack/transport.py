@@ -317,8 +317,9 @@ class Transport:
                          "again", reason)
                 if self.token_cache is not None:
                     self.token_cache.drop()
+                plugin: Any = self._adapter.session.auth
                 try:
-                    self._adapter.session.auth.invalidate()
+                    plugin.invalidate()
                 except Exception:  # noqa: BLE001 - a plugin without state: nothing to forget
                     pass
                 self._token_remembered = False  # keep the new one
@@ -351,8 +352,7 @@ class Transport:
             microversion = version_text(self._cap)
         elif microversion is None:
             microversion = self.microversion(deadline)
-        attempt = 0
-        refreshed = False  # this call already dropped the cached token and catalog
+        attempt, refreshed = 0, False  # refreshed: the cached token was dropped once
         while True:
             attempt += 1
             generation = self._auth_generation
@@ -368,9 +368,7 @@ class Transport:
                 continue
             if result.at_once == "refresh" or (
                     result.stale and self._refresh(refreshed, generation, result.stale)
-                    and method in IDEMPOTENT):
-                # Sent again at once with a new token and catalog (a POST whose connection
-                # failed: only within its retries).
+                    and method in IDEMPOTENT):  # a POST that failed so: within its retries
                 refreshed, attempt = True, attempt - 1
                 continue
             if attempt > retries or deadline.remaining() < 0.5:

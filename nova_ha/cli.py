@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any
 
+from nova_ha.errors import NovaHaError
 from nova_ha.lib import docs, params
 
 FENCE_DIR = "/usr/sbin"
@@ -46,7 +47,7 @@ INCIDENT = frozenset({"fenced", "evacuating", "failed"})
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class CliError(Exception):
+class CliError(NovaHaError):
     """Stops a command with a message for the operator and an exit code."""
 
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
@@ -239,7 +240,7 @@ class Context:
         return self._store
 
     def nova(self) -> Any:
-        from nova_ha.lib.nova import Nova
+        from nova_ha.openstack.compute import Nova
 
         problems = params.check_openstack(self.parsed)
         if problems:
@@ -408,12 +409,6 @@ def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, d
     return out, ""
 
 
-def list_servers(nova: Any, deadline: Any) -> list[dict[str, Any]]:
-    """Every server of every tenant: the client's bounded paging (deadline, repeated
-    markers, page cap), as the agents use it."""
-    return nova.list_servers(deadline, "all_tenants=1&limit=1000")
-
-
 def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> dict[str, str]:
     """{node: on|off|unknown (why)} from each host's BMC, asked in parallel."""
     if not devices:
@@ -436,7 +431,7 @@ def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> di
                 connect_timeout=timeout)
             with power.Bmc(cfg) as bmc:
                 return bmc.status()
-        except (power.PowerError, params.SecretScriptError) as err:
+        except NovaHaError as err:  # the BMC's, its password script's, its parameters'
             return f"unknown ({log.REDACTOR.redact(str(err))[:80]})"
 
     with concurrent.futures.ThreadPoolExecutor(min(16, len(devices))) as pool:
@@ -468,7 +463,7 @@ def _nova_tone(svc: dict[str, Any] | None) -> str | None:
 
 
 def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
-               services: list[Any] | None, servers: list[dict[str, Any]] | None,
+               services: list[Any] | None, servers: list[Any] | None,
                powers: dict[str, str], parsed: params.Parsed,
                now: float | None = None) -> list[dict[str, Any]]:
     """One row per compute host, from data fetched once per source."""
@@ -488,11 +483,11 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
         if info.get("type") == "remote" or node in svc_by_node:
             nova_host.setdefault(node, params.nova_host_name(node, host_map, domain))
     counts: dict[str, dict[str, int]] = {}
-    for server in servers or []:
-        host = server.get("OS-EXT-SRV-ATTR:host")
+    for server in servers or []:  # openstack.views.Server
+        host = server.host
         if host:
             statuses = counts.setdefault(host, {})
-            status = server.get("status") or "?"
+            status = server.status or "?"
             statuses[status] = statuses.get(status, 0) + 1
     total = len(services) if services else None
     rows = []
@@ -537,7 +532,7 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
 
 def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
     from nova_ha.lib import state
-    from nova_ha.lib.nova import Deadline, NovaError
+    from nova_ha.openstack.transport import Deadline
 
     problems: list[str] = []
     bad: dict[str, str] = {}
@@ -557,8 +552,8 @@ def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
         nova = ctx.nova()
         deadline = Deadline(float(ctx.parsed.get("os_api_timeout", 10)) * 3)
         services = nova.services(deadline)
-        servers = list_servers(nova, deadline)
-    except (CliError, NovaError, params.SecretScriptError) as err:
+        servers = nova.all_servers(deadline)
+    except NovaHaError as err:  # no usable parameters (CliError), or Nova's
         problems.append(f"Nova: {err}")
     powers = power_states(bmc_devices(ctx.resources)) if with_power else {}
     rows = build_rows(records, pcmk, services, servers, powers, ctx.parsed)
@@ -830,8 +825,9 @@ def evacuable(record: Any, now: float) -> str | None:
 
 
 def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
-    from nova_ha.lib import guard, handover, recovery, state
-    from nova_ha.lib.nova import Deadline, NovaError
+    from nova_ha.lib import guard, handover, proof, recovery, state
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
 
     store = ctx.store()
     now = time.time()
@@ -859,6 +855,10 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     parsed = ctx.parsed
     host = record.service_host or params.nova_host_name(node, parsed.get("host_map", ""),
                                                         parsed.get("domain", ""))
+    confirmed = proof.from_record(record, host)
+    if confirmed is None:
+        raise CliError(f"refusing: {node} is recorded '{record.state}': its power-off is not "
+                       "confirmed")
     mode = args.mode or (record.mode if record.mode in ("all", "tagged") else None) or \
         (parsed.get("evacuate") if parsed.get("evacuate") in ("all", "tagged") else "all")
     verdict = guard.check(records, parsed, node)
@@ -870,9 +870,9 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     deadline = Deadline(timeout)
     notifier = ctx.notifier()
     try:
-        recovery.force_down(nova, deadline, host)  # done at fencing; makes sure of it
+        recovery.force_down(nova, deadline, confirmed)  # done at fencing; makes sure of it
         total = len(nova.servers_on(deadline, host))
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         raise CliError(f"cannot prepare the evacuation of {host}: {err}") from None
     print(_line(f"{node}: recorded '{record.state}'; {total} servers on {host}; evacuating "
                 f"({mode}, at most {parsed.get('max_parallel', 16)} at once, within "
@@ -890,7 +890,7 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     if hooked:
         options.notifier = notifier
     try:
-        summary = recovery.evacuate_host(nova, store, node, host, options, deadline,
+        summary = recovery.evacuate_host(nova, store, confirmed, options, deadline,
                                          recovery.owner_name(params.CLI), progress=bar)
     except NovaError as err:
         bar.close()

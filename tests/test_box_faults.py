@@ -10,12 +10,13 @@ import time
 
 import pytest
 
+from nova_ha.openstack.views import REBUILD_TASKS
 from testbed.nova_box import ControlError
 from testbed.observe import Observer, back_in_service
 from tests.test_nova_box import delete_servers
 
 SOURCE = "host1"
-REBUILD_STATES = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawning")
+REBUILD_STATES = tuple(sorted(REBUILD_TASKS))
 POLL = 0.2
 
 

@@ -131,14 +131,15 @@ def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypa
 
 
 def test_status_pages_through_every_server(sim_bed, tmp_path):
-    from nova_ha.lib.nova import Deadline, Nova
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
 
     bed = sim_bed
     bed.cloud.create_servers("host2", 700)
     bed.cloud.create_servers("host3", 450, project_id=OTHER_PROJECT)
     parsed = params.parse(bed.os_params(), params.CLI)
-    servers = cli.list_servers(Nova.from_params(parsed), Deadline(60))
-    assert len(servers) == 1150 and len({s["id"] for s in servers}) == 1150
+    servers = Nova.from_params(parsed).all_servers(Deadline(60))
+    assert len(servers) == 1150 and len({s.id for s in servers}) == 1150
     assert len(_requests(bed, "/servers/detail")) == 2  # 1000 + 150, following Nova's link
 
 
@@ -253,14 +254,14 @@ def test_pacemaker_states_from_crm_mon():
 
 
 def test_rows_join_pacemaker_nova_and_records_by_node_name():
-    from nova_ha.lib.nova import Service
+    from nova_ha.openstack.views import Server, Service
 
     store = state.MemoryStateStore()
     store.mark("compute1", "fenced", "fenced", "x", mode="all", service_host="compute1.dc")
     services = [Service("1", "compute1.dc", "disabled", "down", True, "nova-ha: fenced"),
                 Service("2", "compute2.dc", "enabled", "up", False, None)]
-    servers = [{"id": "a", "OS-EXT-SRV-ATTR:host": "compute2.dc", "status": "ACTIVE"},
-               {"id": "b", "OS-EXT-SRV-ATTR:host": None, "status": "ERROR"}]
+    servers = [Server("a", host="compute2.dc", status="ACTIVE"),
+               Server("b", host=None, status="ERROR")]
     nodes, _ = cli.parse_crm_mon(_CRM_MON)
     parsed = params.parse({"domain": "dc"}, params.CLI)
     rows = {r["node"]: r for r in cli.build_rows(store.all(), nodes, services, servers,

@@ -19,8 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nova_ha.lib import log, nova, params, tokens
-from nova_ha.lib.nova import Deadline, Nova, NovaError, NovaUnavailable
+from nova_ha.lib import log, params, proof
+from nova_ha.openstack import auth, compute, token_cache, transport
+from nova_ha.openstack.compute import Nova
+from nova_ha.openstack.exceptions import NovaError, Unavailable
+from nova_ha.openstack.transport import Deadline
+from nova_ha.openstack.views import Server
 from tests.helpers import FENCE_AGENT, PYTHON, run_fence, stdin_text
 
 VERSION_DOC = {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.104",
@@ -214,7 +218,7 @@ def test_a_cut_body_is_retried_then_a_nova_error(hostile):
                if n > 2 else Reply({"services": [GOOD_SERVICE]}, cut=12))
     assert [s.host for s in hostile.client().services(Deadline(10))] == ["host1"]
     hostile.on("GET", r"/os-services", Reply({"services": [GOOD_SERVICE]}, cut=12))
-    with pytest.raises(NovaUnavailable) as raised:
+    with pytest.raises(Unavailable) as raised:
         hostile.client().services(Deadline(1.5))
     _assert_short_and_printable(raised.value)
     assert "cut short" in str(raised.value)
@@ -222,15 +226,16 @@ def test_a_cut_body_is_retried_then_a_nova_error(hostile):
 
 def test_an_accepted_evacuation_with_a_malformed_body_is_accepted(hostile):
     hostile.on("POST", r"/servers/s-1/action", Reply(HTML, 202, content_type="text/html"))
-    assert hostile.client().evacuate(Deadline(5), "s-1") is True
+    server, confirmed = Server("s-1", host="host1"), proof.by_bmc("host1", "host1")
+    assert hostile.client().evacuate(Deadline(5), server, confirmed) is True
     hostile.on("POST", r"/servers/s-1/action", Reply(b'{"adminPass": "x', 200, cut=5))
-    assert hostile.client().evacuate(Deadline(5), "s-1") is True
+    assert hostile.client().evacuate(Deadline(5), server, confirmed) is True
 
 
 def test_malformed_keystone_replies_are_nova_errors(monkeypatch):
     """keystoneauth1 parses the token reply: a list, no X-Subject-Token, or a token of the
     wrong shape must not escape as a TypeError/KeyError; a huge one is not read whole."""
-    monkeypatch.setattr(nova, "MAX_BODY", 64 << 10)
+    monkeypatch.setattr(transport, "MAX_BODY", 64 << 10)
 
     class Keystone(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -266,7 +271,7 @@ def test_malformed_keystone_replies_are_nova_errors(monkeypatch):
             with pytest.raises(NovaError) as raised:
                 client.services(Deadline(1.5))
             _assert_short_and_printable(raised.value)
-            if len(reply[0]) > nova.MAX_BODY:
+            if len(reply[0]) > transport.MAX_BODY:
                 assert "larger than" in str(raised.value)
             try:  # a token of the wrong shape may still give a token: then the call fails
                 Nova.from_params(parsed).authenticate()
@@ -288,8 +293,8 @@ def sim_cloud() -> Iterator[object]:
 # ---- class 7: bounded replies and paging --------------------------------------------------------
 
 def test_reply_size_is_capped(hostile, monkeypatch):
-    assert nova.MAX_BODY == 16 << 20
-    monkeypatch.setattr(nova, "MAX_BODY", 64 << 10)
+    assert transport.MAX_BODY == 16 << 20
+    monkeypatch.setattr(transport, "MAX_BODY", 64 << 10)
     big = {"services": [GOOD_SERVICE], "pad": "x" * (100 << 10)}
     hostile.on("GET", r"/os-services", Reply(big))  # announced by Content-Length
     with pytest.raises(NovaError) as raised:
@@ -331,16 +336,16 @@ def test_paging_has_a_page_cap_and_the_deadline(hostile, monkeypatch):
                       "servers_links": [{"rel": "next", "href": "x"}]})
 
     hostile.on("GET", r"/servers/detail", endless)
-    monkeypatch.setattr(nova, "MAX_PAGES", 5)
+    monkeypatch.setattr(compute, "MAX_PAGES", 5)
     with pytest.raises(NovaError) as raised:
         hostile.client().servers_on(Deadline(30), "host1")
     assert "after 5 pages" in str(raised.value)
     assert len(hostile.log) == 5
-    monkeypatch.setattr(nova, "MAX_PAGES", 1000)
+    monkeypatch.setattr(compute, "MAX_PAGES", 1000)
     hostile.log.clear()
     hostile.on("GET", r"/servers/detail", lambda n: (time.sleep(0.2), endless(n))[1])
     started = time.monotonic()
-    with pytest.raises(NovaUnavailable) as raised:
+    with pytest.raises(Unavailable) as raised:
         hostile.client().servers_changed_since(Deadline(1), "2026-01-01T00:00:00Z")
     assert "out of time" in str(raised.value)
     assert time.monotonic() - started < 3
@@ -389,7 +394,9 @@ def test_admin_pass_of_an_evacuation_is_not_logged(verbose_log):
                                "os_password": cloud.password,
                                "os_project_name": cloud.project_name,
                                "os_interface": "public", "os_token_cache": "0"}, params.FENCE)
-        assert Nova.from_params(parsed).evacuate(Deadline(30), server_id) is True
+        client = Nova.from_params(parsed)
+        server = client.server(Deadline(30), server_id)
+        assert client.evacuate(Deadline(30), server, proof.by_bmc("host1", "host1")) is True
     text = verbose_log.getvalue()
     assert "adminPass" in text  # the body was logged...
     for shown in re.findall(r"adminPass[\"']?\s*[:=]\s*[\"']?(\S{0,12})", text):
@@ -400,10 +407,10 @@ def test_password_like_keys_are_redacted_in_logged_bodies():
     for body in ('{"adminPass": "s3cr3t-value", "id": 1}', '{"admin_password":"s3cr3t-value"}',
                  '{"server": {"password": "s3cr3t-value"}}', "secret=s3cr3t-value&x=1",
                  '{"auth": {"token": "s3cr3t-value"}}', '{"adminPass": "s3cr3t-val'):
-        shown = nova.excerpt(body)
+        shown = transport.excerpt(body)
         assert "s3cr3t" not in shown, shown
         assert "******" in shown
-    assert nova.excerpt('{"name": "vm-1", "status": "ACTIVE"}') == \
+    assert transport.excerpt('{"name": "vm-1", "status": "ACTIVE"}') == \
         '{"name": "vm-1", "status": "ACTIVE"}'
 
 
@@ -418,8 +425,8 @@ def _entry(bed) -> str:
     """The cache file the fence agent uses for the bed's credentials."""
     parsed = params.parse({k: str(v) for k, v in bed.fence_params(action="monitor").items()},
                           params.FENCE)
-    session = nova.make_session(nova.auth_settings(parsed))
-    return tokens.TokenCache(session.auth).path
+    session = auth.make_session(auth.auth_settings(parsed))
+    return token_cache.TokenCache(session.auth).path
 
 
 def _plant(path: str, text: str) -> None:
@@ -503,7 +510,7 @@ def test_damaged_state_in_process_is_retried_once(sim_cloud, token_dir):
     first = Nova.from_params(parsed)
     first.services(Deadline(10))
     client = Nova.from_params(parsed)
-    access = client._adapter.session.auth.auth_ref
+    access = client.transport._adapter.session.auth.auth_ref
     assert access is not None  # from the cache
     access._data["token"]["expires_at"] = ["not", "a", "time"]  # damaged after loading
     posts = len([r for r in sim_cloud.request_log() if r["path"].endswith("/auth/tokens")])
@@ -544,7 +551,7 @@ def _shown(caplog) -> str:
     return "\n".join(log.REDACTOR.redact(r.getMessage()) for r in caplog.records)
 
 
-def _load_in_thread(cache: tokens.TokenCache) -> tuple[threading.Thread, list]:
+def _load_in_thread(cache: token_cache.TokenCache) -> tuple[threading.Thread, list]:
     result: list = []
     thread = threading.Thread(target=lambda: result.append(cache.load()), daemon=True)
     thread.start()
@@ -555,7 +562,7 @@ def _load_in_thread(cache: tokens.TokenCache) -> tuple[threading.Thread, list]:
 def test_fifo_at_the_cache_path_does_not_hang(tmp_path, caplog):
     directory = tmp_path / "tokens"
     directory.mkdir(mode=0o700)
-    cache = tokens.TokenCache(_plugin(), str(directory))
+    cache = token_cache.TokenCache(_plugin(), str(directory))
     os.mkfifo(cache.path, 0o600)
     thread, result = _load_in_thread(cache)
     if thread.is_alive():  # unblock the reader before failing
@@ -583,7 +590,7 @@ def test_fifo_at_the_cache_path_does_not_hang_the_agent(sim_bed):
 def test_cache_entries_of_other_kinds_are_refused(tmp_path, caplog, monkeypatch):
     directory = tmp_path / "tokens"
     directory.mkdir(mode=0o700)
-    cache = tokens.TokenCache(_plugin(), str(directory))
+    cache = token_cache.TokenCache(_plugin(), str(directory))
     target = tmp_path / "elsewhere"
     _plant(str(target), _state())
     os.symlink(target, cache.path)
@@ -591,8 +598,8 @@ def test_cache_entries_of_other_kinds_are_refused(tmp_path, caplog, monkeypatch)
     os.unlink(cache.path)
     _plant(cache.path, _state())
     assert cache.load() is True  # a good one is used
-    monkeypatch.setattr(tokens, "MAX_STATE", 100)
-    assert tokens.TokenCache(_plugin(), str(directory)).load() is False
+    monkeypatch.setattr(token_cache, "MAX_STATE", 100)
+    assert token_cache.TokenCache(_plugin(), str(directory)).load() is False
     assert "larger than 100 bytes" in _shown(caplog)
 
 
@@ -603,7 +610,7 @@ def test_damaged_entries_are_deleted(tmp_path):
     for text in ["{", "[]", json.dumps({"auth_token": "t", "body": {"token": {}}}),
                  json.dumps(dict(good, body={"token": dict(good["body"]["token"],
                                                            catalog="x")}))]:
-        cache = tokens.TokenCache(_plugin(), str(directory))
+        cache = token_cache.TokenCache(_plugin(), str(directory))
         _plant(cache.path, text)
         assert cache.load() is False
         assert not os.path.exists(cache.path)
@@ -614,7 +621,7 @@ def test_damaged_entries_are_deleted(tmp_path):
 def test_writable_cache_directory_is_refused_and_named(tmp_path, caplog, mode):
     directory = tmp_path / "tokens"
     directory.mkdir()
-    cache = tokens.TokenCache(_plugin(), str(directory))
+    cache = token_cache.TokenCache(_plugin(), str(directory))
     _plant(cache.path, _state())
     os.chmod(directory, mode)
     assert cache.load() is False
@@ -631,7 +638,7 @@ def test_writable_cache_directory_is_refused_and_named(tmp_path, caplog, mode):
 def test_cache_directories_are_made_private_whatever_the_umask(tmp_path, monkeypatch, umask):
     directory = tmp_path / "run" / "nova-ha" / "tokens"
     monkeypatch.setenv("NOVA_HA_TOKEN_DIR", str(directory))
-    cache = tokens.TokenCache(_plugin())
+    cache = token_cache.TokenCache(_plugin())
     cache.auth.set_auth_state(_state())
     saved = os.umask(umask)
     try:
@@ -642,7 +649,7 @@ def test_cache_directories_are_made_private_whatever_the_umask(tmp_path, monkeyp
         assert stat.S_IMODE(os.stat(made).st_mode) == 0o700, made
     assert stat.S_IMODE(os.stat(cache.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path).st_mode) != 0o700 or True  # untouched
-    fresh = tokens.TokenCache(_plugin())
+    fresh = token_cache.TokenCache(_plugin())
     assert fresh.load() is True
 
 
@@ -657,21 +664,21 @@ def test_clouds_yaml_in_the_working_directory_is_not_read(tmp_path, monkeypatch)
     monkeypatch.chdir(planted)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("OS_CLIENT_CONFIG_FILE", raising=False)
-    assert all(not p.startswith(str(planted)) for p in nova._clouds_yaml_paths())
-    assert nova._clouds_yaml_paths()[-1] == "/etc/openstack/clouds.yaml"
+    assert all(not p.startswith(str(planted)) for p in auth._clouds_yaml_paths())
+    assert auth._clouds_yaml_paths()[-1] == "/etc/openstack/clouds.yaml"
     with pytest.raises(NovaError) as raised:
-        nova.cloud_settings("planted")
+        auth.cloud_settings("planted")
     assert "not found" in str(raised.value)
     # The places that are read: the user's, and the file OS_CLIENT_CONFIG_FILE names.
     user = tmp_path / "home" / ".config" / "openstack"
     user.mkdir(parents=True)
     (user / "clouds.yaml").write_text((planted / "clouds.yaml").read_text())
-    assert nova.cloud_settings("planted")["os_username"] == "u"
+    assert auth.cloud_settings("planted")["os_username"] == "u"
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(planted / "clouds.yaml"))
-    assert nova.cloud_settings("planted")["os_password"] == "p"
+    assert auth.cloud_settings("planted")["os_password"] == "p"
     monkeypatch.setenv("HOME", "relative")  # a relative HOME is the working directory again
     monkeypatch.delenv("OS_CLIENT_CONFIG_FILE")
-    assert nova._clouds_yaml_paths() == ["/etc/openstack/clouds.yaml"]
+    assert auth._clouds_yaml_paths() == ["/etc/openstack/clouds.yaml"]
 
 
 def test_a_planted_clouds_yaml_gets_no_password(tmp_path, sim_cloud):
@@ -701,4 +708,4 @@ def test_malformed_clouds_yaml_is_a_nova_error(tmp_path, monkeypatch):
                  "{{{{", "- a\n"]:
         path.write_text(text)
         with pytest.raises(NovaError):
-            nova.cloud_settings("c")
+            auth.cloud_settings("c")

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from nova_ha.lib import params
-from nova_ha.lib.nova import Deadline, Nova, NovaError
+from nova_ha.lib import params, proof
+from nova_ha.openstack.compute import Nova
+from nova_ha.openstack.exceptions import BadRequest, NotFound, Unauthorized
+from nova_ha.openstack.transport import Deadline
+from nova_ha.openstack.views import REBUILD_TASKS, Server
 from testbed.observe import back_in_service
 from tests.helpers import wait_until
 
@@ -39,13 +42,12 @@ def _nova(cloud, version: str = "auto") -> Nova:
 
 
 
-def _terminal(nova: Nova, server_id: str, source: str = "host1") -> dict:
+def _terminal(nova: Nova, server_id: str, source: str = "host1") -> Server:
     """Evacuation finished: no task, and off the source (Nova clears the task a moment
     before it moves the server's host)."""
     def done():
         server = nova.server(Deadline(30), server_id)
-        settled = not server.get("OS-EXT-STS:task_state") and (
-            server["OS-EXT-SRV-ATTR:host"] != source or server["status"] == "ERROR")
+        settled = not server.task_state and (server.host != source or server.status == "ERROR")
         return server if settled else None
     return wait_until(done, timeout=120)
 
@@ -66,7 +68,7 @@ def test_bad_credentials_are_refused(cloud):
     parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
                            "os_password": "wrong", "os_project_name": cloud.project_name,
                            "os_interface": "public"}, params.FENCE)
-    with pytest.raises(NovaError) as err:
+    with pytest.raises(Unauthorized) as err:
         Nova.from_params(parsed).services(Deadline(20))
     assert err.value.status == 401
 
@@ -81,57 +83,57 @@ def test_services_by_uuid_and_legacy_ids(cloud):
 def test_evacuation_lifecycle(cloud):
     nova, deadline = _nova(cloud), Deadline(300)
     ids = cloud.create_servers("host1", 2, flavor_extra_specs={"evacuable": "true"})
+    # The test's own proof, made before the crash on purpose: Nova itself must refuse.
+    confirmed = proof.by_bmc("host1", "host1")
     try:
         listed = nova.servers_on(deadline, "host1")
-        mine = [s for s in listed if s["id"] in ids]
+        mine = {s.id: s for s in listed if s.id in ids}
         assert len(mine) == 2
-        assert mine[0]["flavor"]["extra_specs"].get("evacuable") == "true"  # >= 2.47
+        assert mine[ids[0]].extra_specs.get("evacuable") == "true"  # >= 2.47
         # refused while the compute still reports up
-        with pytest.raises(NovaError) as refused:
-            nova.evacuate(deadline, ids[0])
+        with pytest.raises(BadRequest) as refused:
+            nova.evacuate(deadline, mine[ids[0]], confirmed)
         assert refused.value.status == 400
         assert "still in use" in str(refused.value)
 
         cloud.crash("host1")
         svc = nova.service(deadline, "host1")
-        nova.update_service(deadline, svc, forced_down=True)
+        nova.force_down(deadline, svc, confirmed)
         nova.update_service(deadline, svc, disabled_reason="nova-ha: contract test")
         svc = nova.service(deadline, "host1")
         assert svc.forced_down and svc.status == "disabled" and svc.state == "down"
         assert svc.disabled_reason == "nova-ha: contract test"
 
-        assert nova.evacuate(deadline, ids[0]) is True
+        assert nova.evacuate(deadline, mine[ids[0]], confirmed) is True
         during = nova.server(deadline, ids[0])
         # Nova sets the task before answering: this is how a runner sees an evacuation
         # under way (Nova itself would accept a second one and break the server).
-        assert during["OS-EXT-STS:task_state"] in ("rebuilding", "rebuild_block_device_mapping",
-                                                   "rebuild_spawning") \
-            or during["OS-EXT-SRV-ATTR:host"] != "host1"
-        assert nova.evacuate(deadline, ids[1]) is True
+        assert during.task_state in REBUILD_TASKS or during.host != "host1"
+        assert nova.evacuate(deadline, mine[ids[1]], confirmed) is True
         for server_id in ids:
             server = _terminal(nova, server_id)
-            assert server["OS-EXT-SRV-ATTR:host"] in ("host2", "host3")
-            assert server["status"] == "SHUTOFF"  # >= 2.95: Nova stops evacuated servers
+            assert server.host in ("host2", "host3")
+            assert server.status == "SHUTOFF"  # >= 2.95: Nova stops evacuated servers
             nova.start_server(deadline, server_id)
-            wait_until(lambda i=server_id: nova.server(deadline, i)["status"] == "ACTIVE")
+            wait_until(lambda i=server_id: nova.server(deadline, i).status == "ACTIVE")
 
         migrations = nova.evacuation_migrations(deadline, source_host="host1")
-        assert {m["instance_uuid"] for m in migrations} >= set(ids)
-        assert all(m["status"] == "done" for m in migrations if m["instance_uuid"] in ids)
-        changed = {s["id"] for s in nova.servers_changed_since(
+        assert {m.server_id for m in migrations} >= set(ids)
+        assert all(m.status == "done" for m in migrations if m.server_id in ids)
+        changed = {s.id for s in nova.servers_changed_since(
             deadline, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600)))}
         assert set(ids) <= changed
 
-        with pytest.raises(NovaError) as unforce:
+        with pytest.raises(BadRequest) as unforce:
             nova.update_service(deadline, nova.service(deadline, "host1"), forced_down=False)
         assert unforce.value.status == 400 and "`done` evacuation" in str(unforce.value)
 
         cloud.start("host1")
-        wait_until(lambda: all(m["status"] == "completed" for m in nova.evacuation_migrations(
-            deadline, source_host="host1") if m["instance_uuid"] in ids), timeout=120)
+        wait_until(lambda: all(m.status == "completed" for m in nova.evacuation_migrations(
+            deadline, source_host="host1") if m.server_id in ids), timeout=120)
         for server_id in ids:  # the restarted source did not delete the evacuated servers
             server = nova.server(deadline, server_id)
-            assert server["status"] == "ACTIVE" and server["OS-EXT-SRV-ATTR:host"] != "host1"
+            assert server.status == "ACTIVE" and server.host != "host1"
     finally:
         _restore(cloud, nova, "host1")
 
@@ -143,10 +145,12 @@ def test_a_second_evacuation_during_a_rebuild_is_accepted(cloud):
     server_id = cloud.create_servers("host1", 1)[0]
     try:
         cloud.crash("host1")
-        nova.update_service(deadline, nova.service(deadline, "host1"), forced_down=True)
-        assert nova.evacuate(deadline, server_id) is True
-        assert nova.server(deadline, server_id)["OS-EXT-STS:task_state"] == "rebuilding"
-        assert nova.evacuate(deadline, server_id) is True  # accepted, not 409
+        confirmed = proof.by_bmc("host1", "host1")
+        nova.force_down(deadline, nova.service(deadline, "host1"), confirmed)
+        server = nova.server(deadline, server_id)
+        assert nova.evacuate(deadline, server, confirmed) is True
+        assert nova.server(deadline, server_id).task_state == "rebuilding"
+        assert nova.evacuate(deadline, server, confirmed) is True  # accepted, not 409
     finally:
         _restore(cloud, nova, "host1")
         nova.request("DELETE", f"/servers/{server_id}", Deadline(60))  # the broken server
@@ -155,19 +159,20 @@ def test_a_second_evacuation_during_a_rebuild_is_accepted(cloud):
 def test_reset_state_clears_a_stuck_task(cloud):
     nova, deadline = _nova(cloud), Deadline(120)
     server_id = cloud.create_servers("host2", 1)[0]
-    nova.reset_state(deadline, server_id, "error")
+    confirmed = proof.by_bmc("host2", "host2")  # the test's own: host2 is in fact up
+    nova.reset_state(deadline, nova.server(deadline, server_id), "error", confirmed)
     server = nova.server(deadline, server_id)
-    assert server["status"] == "ERROR" and server["OS-EXT-STS:task_state"] is None
-    nova.reset_state(deadline, server_id, "active")
-    assert nova.server(deadline, server_id)["status"] == "ACTIVE"
+    assert server.status == "ERROR" and server.task_state is None
+    nova.reset_state(deadline, server, "active", confirmed)
+    assert nova.server(deadline, server_id).status == "ACTIVE"
 
 
 def test_image_proxy_only_below_2_36(cloud):
     nova, deadline = _nova(cloud), Deadline(60)
     server_id = cloud.create_servers("host2", 1)[0]
-    image_id = nova.server(deadline, server_id)["image"]["id"]
-    assert isinstance(nova.image_properties(deadline, image_id), dict)
-    with pytest.raises(NovaError) as gone:
+    image_id = nova.server(deadline, server_id).image_id
+    assert image_id and isinstance(nova.image_properties(deadline, image_id), dict)
+    with pytest.raises(NotFound) as gone:
         nova.request("GET", f"/images/{image_id}", deadline, microversion="2.36")
     assert gone.value.status == 404
 

@@ -18,6 +18,7 @@ from novaclient import api_versions
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
+from nova_ha.openstack.views import REBUILD_TASKS
 from testbed.nova_sim import NOVA_MAX_VERSION, NovaSim
 
 UNFORCE_MSG = (
@@ -284,8 +285,7 @@ def test_evacuate_after_force_down(sim: NovaSim, version: str, expected: str) ->
     client.services.force_down(compute_service(client, "host1").id, True)
     for sid in ids:
         client.servers.evacuate(sid)
-    assert sim.server(ids[0])["task_state"] in ("rebuilding", "rebuild_block_device_mapping",
-                                                 "rebuild_spawning")
+    assert sim.server(ids[0])["task_state"] in REBUILD_TASKS
     assert client.servers.get(ids[0]).status == "REBUILD"
     for sid in ids:
         wait_for(lambda sid=sid: settled(sim, sid))

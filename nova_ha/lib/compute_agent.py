@@ -24,12 +24,12 @@ from nova_ha.lib import log, ocf_proto, params, service
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
 if TYPE_CHECKING:
-    from nova_ha.lib.nova import Deadline, Nova
     from nova_ha.lib.state import StateStore
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
 
 LOG = log.get("compute")
 OURS = "nova-ha"  # prefix of the disabled_reason nova-ha writes
-TERMINAL_MIGRATION = frozenset({"done", "completed", "error", "failed", "cancelled"})
 UNFINISHED_STATES = frozenset({"fenced", "evacuating"})
 RECHECK = 3.0  # seconds between safety checks while waiting
 
@@ -91,7 +91,7 @@ def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node
         if record.state in UNFINISHED_STATES:
             return f"the host is recorded '{record.state}': its evacuation is not finished"
     running = [m for m in nova.evacuation_migrations(deadline, source_host=host)
-               if m.get("status") not in TERMINAL_MIGRATION]
+               if not m.finished]
     if running:
         return f"{len(running)} evacuation(s) from {host} still running in Nova"
     return None
@@ -99,7 +99,7 @@ def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node
 
 def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
                      host: str, until: float) -> None:
-    from nova_ha.lib.nova import NovaError
+    from nova_ha.openstack.exceptions import NovaError
 
     reason: str | None = "not checked"
     while True:
@@ -119,7 +119,7 @@ def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, n
 def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
             fenced_by_us: bool) -> str:
     """Wait for the heartbeat, then lift nova-ha's force-down and disable. Returns a note."""
-    from nova_ha.lib.nova import NovaError
+    from nova_ha.openstack.exceptions import BadRequest
 
     while True:
         svc = nova.service(deadline, host)
@@ -137,9 +137,8 @@ def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
                 nova.update_service(deadline, svc, forced_down=False)
                 LOG.info("lifted forced_down of %s", host)
                 continue
-            except NovaError as err:
-                if err.status != 400:  # 400: 'done' evacuations remain; the compute will
-                    raise              # complete them shortly
+            except BadRequest as err:  # 'done' evacuations remain: the compute will
+                # complete them shortly
                 LOG.info("Nova does not let %s up yet: %s", host, err)
         if deadline.expired():
             raise OcfError(ocf_proto.OCF_ERR_GENERIC,
@@ -180,7 +179,9 @@ def monitor(request: OcfRequest) -> int:
     if not running:
         return ocf_proto.OCF_NOT_RUNNING
     if request.params.get("check_nova_service") and not request.is_probe:
-        from nova_ha.lib.nova import Deadline, Nova, NovaError
+        from nova_ha.openstack.compute import Nova
+        from nova_ha.openstack.exceptions import NovaError
+        from nova_ha.openstack.transport import Deadline
 
         host = _nova_host(request)
         unusable = params.check_openstack(request.params)
@@ -190,7 +191,7 @@ def monitor(request: OcfRequest) -> int:
         try:
             nova_svc = Nova.from_params(request.params).service(
                 Deadline(request.timeout * 0.8), host)
-        except (NovaError, params.SecretScriptError) as err:
+        except NovaError as err:
             raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
                            ) from None
         if nova_svc.state != "up":
@@ -201,7 +202,9 @@ def monitor(request: OcfRequest) -> int:
 
 def start(request: OcfRequest) -> int:
     from nova_ha.lib import recovery
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
 
     svc = _service(request)
     if svc.running():
@@ -222,7 +225,7 @@ def start(request: OcfRequest) -> int:
         note = _rejoin(nova, deadline, host, before.updated_at, fenced_by_us)
     except service.ServiceError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"nova-compute did not start: {err}") from None
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
     if fenced_by_us:
         recovery.record(store, lambda s: s.mark(node, "ok", "rejoined", note), "rejoin")
@@ -266,7 +269,9 @@ def stop(request: OcfRequest) -> int:
 def _disable_on_stop(request: OcfRequest) -> None:
     """disable_on_stop=true: no new servers are scheduled here while the resource is stopped
     (best effort: a stop must not fail because Nova is unreachable)."""
-    from nova_ha.lib.nova import Deadline, Nova, NovaError, utc_now
+    from nova_ha.openstack.compute import Nova, utc_now
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
 
     host = _nova_host(request)
     unusable = params.check_openstack(request.params)
@@ -280,7 +285,7 @@ def _disable_on_stop(request: OcfRequest) -> None:
         if svc.status != "disabled":
             nova.update_service(deadline, svc,
                                 disabled_reason=f"{OURS}: resource stopped at {utc_now()}")
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         LOG.warning("could not disable %s in Nova on stop: %s", host, err)
     except Exception as err:  # best effort: nothing here may keep nova-compute running
         LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)

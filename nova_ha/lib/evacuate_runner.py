@@ -13,23 +13,28 @@ from nova_ha.lib import log, params
 
 if TYPE_CHECKING:
     from nova_ha.lib import evacuation, state
-    from nova_ha.lib.nova import Nova
+    from nova_ha.lib.proof import PowerOffConfirmed
+    from nova_ha.openstack.compute import Nova
 
 LOG = log.get("evacuate")
 
 
-def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: str, host: str,
-                 nova: Nova | None, *, runner: str | None, lease_owner: str | None = None,
-                 mode: str | None = None,
+def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
+                 proof: PowerOffConfirmed, nova: Nova | None, *, runner: str | None,
+                 lease_owner: str | None = None, mode: str | None = None,
                  record: state.HostRecord | None = None) -> evacuation.Summary | None:
-    """Evacuate under the host's lease. None when another runner holds the lease, or when
-    Nova could not be reached (recorded for a retry). `record`: the host's record as just
-    read. The reads (servers, earlier requests, the service) start at once, side by side:
-    each needs only the proof of the power-off."""
+    """Evacuate the powered-off host under its lease. None when another runner holds the
+    lease, or when Nova could not be reached (recorded for a retry). `record`: the host's
+    record as just read. The reads (servers, earlier requests, the service) start at once,
+    side by side: each needs only the proof of the power-off."""
     import concurrent.futures
 
     from nova_ha.lib import evacuation, notify, recovery
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
+
+    node, host = proof.node, proof.host
 
     mode = mode or parsed["evacuate"]
     if mode not in ("all", "tagged"):
@@ -42,7 +47,7 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: st
     owner = lease_owner or recovery.owner_name(source)
     try:
         nova = nova or Nova.from_params(parsed)
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         LOG.error("evacuation of %s not started: %s", node, err)
         return None
     prefetch = evacuation.Prefetch(nova, deadline, host,
@@ -50,7 +55,7 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: st
     # A record of this version is written after the force-down; one of an earlier version
     # may not be: made sure of alongside the reads, not before them.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        forced = pool.submit(recovery.force_down, nova, deadline, host)
+        forced = pool.submit(recovery.force_down, nova, deadline, proof)
         lease = recovery.Lease(store, node, owner, deadline.remaining() + recovery.LEASE_MARGIN)
         lease.acquire(record)
         try:
@@ -58,9 +63,9 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None, node: st
             if not lease.held:
                 LOG.info("%s is being evacuated by another runner: leaving it to them", node)
                 return None
-            return recovery.evacuate_host(nova, store, node, host, options, deadline, owner,
+            return recovery.evacuate_host(nova, store, proof, options, deadline, owner,
                                           lease=lease, runner=runner, prefetch=prefetch)
-        except (NovaError, params.SecretScriptError) as err:
+        except NovaError as err:
             LOG.error("evacuation of %s interrupted: %s", node, err)
             lease.release()
             return None

@@ -32,14 +32,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import log
-from nova_ha.lib.nova import Deadline, Nova, NovaError
+from nova_ha.openstack.exceptions import Conflict, NotFound, NovaError
+from nova_ha.openstack.views import Migration, Server
+
+if TYPE_CHECKING:
+    from nova_ha.lib.proof import PowerOffConfirmed
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
 
 LOG = log.get("evacuation")
 
-REBUILD_TASKS = frozenset({"rebuilding", "rebuild_block_device_mapping", "rebuild_spawning"})
 HOST_LOCAL_TASKS = frozenset({
     "scheduling", "block_device_mapping", "networking", "spawning", "rebooting",
     "reboot_pending", "reboot_started", "rebooting_hard", "reboot_pending_hard",
@@ -51,10 +56,6 @@ EVACUABLE_VM_STATES = frozenset({"active", "stopped", "error"})
 TRUE_VALUES = frozenset({"true", "1", "yes", "on", "y", "t"})
 POLL_INTERVAL = 0.5
 SINCE_MARGIN = 300.0
-
-HOST_ATTR = "OS-EXT-SRV-ATTR:host"
-TASK_ATTR = "OS-EXT-STS:task_state"
-VM_ATTR = "OS-EXT-STS:vm_state"
 
 
 @dataclass
@@ -119,32 +120,31 @@ class Planner:
         self.nova, self.deadline, self.mode, self.tag = nova, deadline, mode, tag
         self._images: dict[str, dict[str, Any]] = {}
 
-    def tagged(self, server: dict[str, Any]) -> bool:
-        flavor = server.get("flavor") or {}
-        if _truthy((flavor.get("extra_specs") or {}).get(self.tag, "")):
+    def tagged(self, server: Server) -> bool:
+        if _truthy(server.extra_specs.get(self.tag, "")):
             return True
-        if _truthy((server.get("metadata") or {}).get(self.tag, "")):
+        if _truthy(server.metadata.get(self.tag, "")):
             return True
-        image = server.get("image")
-        image_id = image.get("id") if isinstance(image, dict) else None
+        image_id = server.image_id
         if not image_id:
             return False  # boot from volume: no image properties to read
         if image_id not in self._images:
             self._images[image_id] = self.nova.image_properties(self.deadline, image_id)
         return _truthy(self._images[image_id].get(self.tag, ""))
 
-    def plan(self, servers: list[dict[str, Any]]) -> tuple[list[Outcome], list[Outcome]]:
+    def plan(self, servers: list[Server]) -> tuple[list[Outcome], list[Outcome]]:
         """(to evacuate, skipped) — skipped ones carry the reason."""
-        chosen, skipped = [], []
+        chosen: list[Outcome] = []
+        skipped: list[Outcome] = []
         for server in servers:
-            outcome = Outcome(server_id=server["id"], name=server.get("name", ""),
-                              host=server.get(HOST_ATTR), status=server.get("status"))
-            outcome.was_stopped = (server.get(VM_ATTR) == "stopped")
-            task = server.get(TASK_ATTR)
-            vm_state = server.get(VM_ATTR) or ""
+            outcome = Outcome(server_id=server.id, name=server.name, host=server.host,
+                              status=server.status)
+            outcome.was_stopped = (server.vm_state == "stopped")
+            task = server.task_state
+            vm_state = server.vm_state or ""
             if self.mode == "tagged" and not self.tagged(server):
                 outcome.result, outcome.detail = "skipped", f"not tagged {self.tag}"
-            elif task in REBUILD_TASKS:
+            elif server.rebuilding:
                 outcome.needs_request, outcome.detail = False, "evacuation already under way"
             elif task and task not in HOST_LOCAL_TASKS:
                 outcome.result = "skipped"
@@ -159,11 +159,12 @@ class Planner:
 class Runner:
     """Evacuates the chosen servers of one host: concurrent, followed, retried."""
 
-    def __init__(self, nova: Nova, deadline: Deadline, source_host: str, max_parallel: int,
-                 retries: int, target_hosts: list[str] | None = None,
+    def __init__(self, nova: Nova, deadline: Deadline, proof: PowerOffConfirmed,
+                 max_parallel: int, retries: int, target_hosts: list[str] | None = None,
                  progress: Progress | None = None, heartbeat: Callable[[], None] | None = None,
                  may_request: Callable[[], bool] | None = None) -> None:
-        self.nova, self.deadline, self.source = nova, deadline, source_host
+        self.nova, self.deadline, self.proof = nova, deadline, proof
+        self.source = proof.host
         self.max_parallel, self.retries = max(1, max_parallel), max(0, retries)
         self.targets = list(target_hosts or [])
         self.progress = progress or (lambda event, outcome: None)
@@ -185,23 +186,23 @@ class Runner:
             self._next_target += 1
             return usable[self._next_target % len(usable)]
 
-    def _request(self, outcome: Outcome, vm_state: str | None, task: str | None) -> None:
+    def _request(self, outcome: Outcome, server: Server) -> None:
         if not self.may_request():
             outcome.detail = "lease lost: another runner owns this host"
             outcome.result = "unfinished"
             return
         outcome.attempts += 1
-        if vm_state in RESET_VM_STATES:
+        if server.vm_state in RESET_VM_STATES:
             LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
-                     outcome.server_id, vm_state, task)
-            self.nova.reset_state(self.deadline, outcome.server_id, "error")
+                     outcome.server_id, server.vm_state, server.task_state)
+            self.nova.reset_state(self.deadline, server, "error", self.proof)
         target = self._target()  # None: Nova's scheduler chooses
-        if not self.nova.evacuate(self.deadline, outcome.server_id, host=target):
+        if not self.nova.evacuate(self.deadline, server, self.proof, target=target):
             # 409: the server's state does not allow it; under way only if it is rebuilding
             current = self.nova.server(self.deadline, outcome.server_id)
-            if current.get(TASK_ATTR) not in REBUILD_TASKS:
-                raise NovaError(f"Nova refused the evacuation (409, vm_state "
-                                f"{current.get(VM_ATTR)}, task {current.get(TASK_ATTR)})", 409)
+            if not current.rebuilding:
+                raise Conflict(f"Nova refused the evacuation (409, vm_state "
+                               f"{current.vm_state}, task {current.task_state})", 409)
             outcome.detail = "already under way (409)"
         else:
             outcome.detail = f"requested to {target}" if target else "requested"
@@ -209,16 +210,15 @@ class Runner:
         outcome.needs_request = False
         self.progress("accepted", outcome)
 
-    def _submit(self, outcome: Outcome, server: dict[str, Any] | None = None) -> None:
+    def _submit(self, outcome: Outcome, server: Server | None = None) -> None:
         try:
             if server is None:
                 server = self.nova.server(self.deadline, outcome.server_id)
-            self._request(outcome, server.get(VM_ATTR), server.get(TASK_ATTR))
+            self._request(outcome, server)
+        except NotFound:
+            outcome.result, outcome.detail = "gone", "deleted meanwhile"
+            self.progress("finished", outcome)
         except NovaError as err:
-            if err.status == 404:
-                outcome.result, outcome.detail = "gone", "deleted meanwhile"
-                self.progress("finished", outcome)
-                return
             outcome.detail = str(err)
             self._failed_attempt(outcome)
 
@@ -241,10 +241,11 @@ class Runner:
         """Follow one server after its request was accepted (one GET)."""
         try:
             server = self.nova.server(self.deadline, outcome.server_id)
-        except NovaError as err:
-            if err.status == 404:
-                outcome.result, outcome.detail = "gone", "deleted meanwhile"
-                self.progress("finished", outcome)
+        except NotFound:
+            outcome.result, outcome.detail = "gone", "deleted meanwhile"
+            self.progress("finished", outcome)
+            return
+        except NovaError:
             return  # not reachable now: look again next round
         self._judge(outcome, server)
 
@@ -253,7 +254,7 @@ class Runner:
         call whatever the number of servers), or one GET per server if that fails; then
         the servers are judged in parallel (judging may start a server)."""
         try:
-            changed = {s["id"]: s for s in self.nova.servers_changed_since(
+            changed = {s.id: s for s in self.nova.servers_changed_since(
                 self.deadline, self.since)}
         except NovaError as err:
             LOG.debug("changes-since listing failed (%s); asking per server", err)
@@ -264,24 +265,24 @@ class Runner:
             server = changed.get(outcome.server_id)
             if server is None:
                 continue  # unchanged since the evacuation began: still under way
-            if server.get("status") == "DELETED":
+            if server.status == "DELETED":
                 outcome.result, outcome.detail = "gone", "deleted meanwhile"
                 self.progress("finished", outcome)
             else:
                 judged.append((outcome, server))
-        back_on_source = [o for o, s in judged if s.get(HOST_ATTR) == self.source
-                          and not s.get(TASK_ATTR) and s.get("status") != "ERROR"]
+        back_on_source = [o for o, s in judged if s.host == self.source
+                          and not s.task_state and s.status != "ERROR"]
         failed = self._failed_migrations() if back_on_source else set()
         list(pool.map(lambda pair: self._judge(pair[0], pair[1], failed), judged))
 
-    def _judge(self, outcome: Outcome, server: dict[str, Any],
+    def _judge(self, outcome: Outcome, server: Server,
                failed_migrations: set[str] | None = None) -> None:
-        host, status, task = server.get(HOST_ATTR), server.get("status"), server.get(TASK_ATTR)
+        host, status, task = server.host, server.status, server.task_state
         outcome.host, outcome.status = host, status
         if task:
             return
         if status == "ERROR":
-            outcome.detail = (server.get("fault") or {}).get("message", "server in ERROR")
+            outcome.detail = server.fault or "server in ERROR"
             if host in self.targets:
                 self._full_targets.add(host)
             self._failed_attempt(outcome, retriable=host == self.source)
@@ -319,8 +320,7 @@ class Runner:
         except NovaError:
             return outcome.was_stopped
         seen_evacuate = False
-        for action in actions:  # newest first
-            name = action.get("action")
+        for name in actions:  # newest first
             if not seen_evacuate:
                 seen_evacuate = name == "evacuate"
                 continue
@@ -333,17 +333,16 @@ class Runner:
         """Servers whose newest evacuation from the source failed (one call for all):
         back on the source with no task, that is a failure; otherwise it is the moment
         before Nova moves a rebuilt server (its record names the source a little longer)."""
-        newest: dict[str, dict[str, Any]] = {}
+        newest: dict[str, Migration] = {}
         for migration in self.nova.evacuation_migrations(self.deadline,
                                                          source_host=self.source):
-            key = (migration.get("created_at") or "", migration.get("id") or 0)
-            known = newest.get(migration["instance_uuid"])
-            if known is None or key > (known.get("created_at") or "", known.get("id") or 0):
-                newest[migration["instance_uuid"]] = migration
-        return {uuid for uuid, m in newest.items()
-                if m.get("status") in ("error", "failed", "cancelled")}
+            key = (migration.created_at or "", migration.id or 0)
+            known = newest.get(migration.server_id)
+            if known is None or key > (known.created_at or "", known.id or 0):
+                newest[migration.server_id] = migration
+        return {uuid for uuid, m in newest.items() if m.failed}
 
-    def run(self, outcomes: list[Outcome], servers: dict[str, dict[str, Any]]) -> None:
+    def run(self, outcomes: list[Outcome], servers: dict[str, Server]) -> None:
         pending = [o for o in outcomes if o.result == "pending"]
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
             first = [o for o in pending if o.needs_request]
@@ -376,9 +375,8 @@ def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> 
     listing the host then would ask again, and Nova accepts a second evacuation.
     """
     start = _iso(since)[:19]
-    return {m["instance_uuid"] for m in nova.evacuation_migrations(deadline, source_host=host)
-            if str(m.get("created_at") or "")[:19] >= start
-            and m.get("status") not in ("error", "failed", "cancelled")}
+    return {m.server_id for m in nova.evacuation_migrations(deadline, source_host=host)
+            if (m.created_at or "")[:19] >= start and not m.failed}
 
 
 class Prefetch:
@@ -395,26 +393,27 @@ class Prefetch:
             lambda: requested_since(nova, deadline, host, incident_start()))
         pool.shutdown(wait=False)
 
-    def servers(self) -> list[dict[str, Any]]:
+    def servers(self) -> list[Server]:
         return self._servers.result()
 
     def earlier(self) -> set[str]:
         return self._earlier.result()
 
 
-def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: str,
-                     max_parallel: int, retries: int, target_hosts: list[str] | None = None,
-                     progress: Progress | None = None,
+def evacuate_servers(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, mode: str,
+                     tag: str, max_parallel: int, retries: int,
+                     target_hosts: list[str] | None = None, progress: Progress | None = None,
                      heartbeat: Callable[[], None] | None = None,
                      may_request: Callable[[], bool] | None = None,
-                     servers: list[dict[str, Any]] | None = None,
+                     servers: list[Server] | None = None,
                      earlier: set[str] | None = None) -> Summary:
-    """Choose among the host's servers (listed in one call unless given), evacuate,
-    follow. Returns the summary.
+    """Choose among the servers of the powered-off host (listed in one call unless given),
+    evacuate, follow. Returns the summary.
 
     `earlier`: servers whose evacuation was requested earlier in this incident
     (requested_since): followed, never requested again.
     """
+    host = proof.host
     summary = Summary(host=host)
     if servers is None:
         servers = nova.servers_on(deadline, host)
@@ -423,14 +422,14 @@ def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: 
     if earlier:
         # Servers an earlier runner (killed mid-way) already moved off the host: followed
         # too, so that those Nova landed SHUTOFF (>= 2.95) are started again.
-        listed = {s["id"] for s in servers}
+        listed = {s.id for s in servers}
         for server_id in sorted(earlier - listed):
             try:
                 moved = nova.server(deadline, server_id)
             except NovaError:
                 continue
-            outcome = Outcome(server_id=server_id, name=moved.get("name", ""),
-                              host=moved.get(HOST_ATTR), status=moved.get("status"),
+            outcome = Outcome(server_id=server_id, name=moved.name, host=moved.host,
+                              status=moved.status,
                               needs_request=False,
                               detail="evacuation requested earlier in this incident")
             chosen.append(outcome)
@@ -446,9 +445,9 @@ def evacuate_servers(nova: Nova, deadline: Deadline, host: str, mode: str, tag: 
             progress("finished", outcome)
     if target_hosts:
         _enable_targets(nova, deadline, target_hosts)
-    runner = Runner(nova, deadline, host, max_parallel, retries, target_hosts, progress,
+    runner = Runner(nova, deadline, proof, max_parallel, retries, target_hosts, progress,
                     heartbeat, may_request)
-    runner.run(chosen, {s["id"]: s for s in servers})
+    runner.run(chosen, {s.id: s for s in servers})
     accepted = [o.accepted_at for o in chosen if o.accepted_at is not None]
     if accepted:
         summary.all_accepted_after = max(accepted) - summary.started

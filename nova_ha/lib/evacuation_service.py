@@ -212,7 +212,8 @@ class Service:
         return {n: why for n, why in todo.items() if n not in held}
 
     def _count_computes(self) -> int:
-        from nova_ha.lib.nova import Deadline, Nova
+        from nova_ha.openstack.compute import Nova
+        from nova_ha.openstack.transport import Deadline
 
         nova = Nova.from_params(self.parsed)
         return len(nova.services(Deadline(float(self.parsed.get("os_api_timeout", 10)) * 3)))
@@ -330,8 +331,9 @@ def _touch(path: str | None) -> None:
 
 def work(stdin: IO[bytes]) -> int:
     """A worker: parameters on the first line, warm up, then the host on the second."""
-    from nova_ha.lib import evacuate_runner, state
-    from nova_ha.lib.nova import Nova, NovaError
+    from nova_ha.lib import evacuate_runner, proof, state
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
 
     raw = json.loads(stdin.readline(1 << 20) or b"{}")
     parsed = params.parse(raw, params.EVACUATE)
@@ -339,7 +341,7 @@ def work(stdin: IO[bytes]) -> int:
     nova = Nova.from_params(parsed)
     try:
         nova.authenticate()  # while it waits: the token is ready when a host comes
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         LOG.debug("warm-up failed (asked again when a host comes): %s", err)
     node = stdin.readline(512).decode("utf-8", "replace").strip()
     if not node:
@@ -348,9 +350,13 @@ def work(stdin: IO[bytes]) -> int:
     record = store.get(node)
     host = record.service_host or params.nova_host_name(node, parsed.get("host_map", ""),
                                                         parsed.get("domain", ""))
+    confirmed = proof.from_record(record, host)
+    if confirmed is None:  # rejoined meanwhile: its power-off is no longer the case
+        LOG.info("%s is recorded '%s': nothing to evacuate", node, record.state)
+        return 0
     mode = record.mode if record.mode in ("all", "tagged") else parsed["evacuate"]
     runner = f"{params.EVACUATE}@{os.uname().nodename}:{os.getpid()}"
-    summary = evacuate_runner.evacuate_now(parsed, store, node, host, nova, runner=runner,
+    summary = evacuate_runner.evacuate_now(parsed, store, confirmed, nova, runner=runner,
                                            lease_owner=handover.SERVICE_OWNER, mode=mode,
                                            record=record)
     if summary is not None:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from nova_ha.errors import NovaHaError
 from nova_ha.lib import fence_proto, handover, log, params
 from nova_ha.lib.proof import PowerOffConfirmed, by_bmc, by_topology
 
 if TYPE_CHECKING:
     from nova_ha.lib import power, state
-    from nova_ha.lib.nova import Deadline, Nova, Service
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
+    from nova_ha.openstack.views import Service
 
 LOG = log.get("fencer")
 
@@ -59,7 +62,8 @@ class _NovaWarmUp:
                          name="nova-warm-up").start()
 
     def _run(self, parsed: params.Parsed, host: str) -> None:
-        from nova_ha.lib.nova import Deadline, Nova
+        from nova_ha.openstack.compute import Nova
+        from nova_ha.openstack.transport import Deadline
 
         try:
             nova = Nova.from_params(parsed)
@@ -97,8 +101,6 @@ class HostFence:
 
     def power_off(self) -> PowerOffConfirmed | None:
         """Power off and wait for the BMC to confirm it; None (logged) if it did not."""
-        from nova_ha.lib import power
-
         self._warm_up = _NovaWarmUp(self.parsed, self.host)
         if not params.has_bmc(self.parsed):
             LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
@@ -107,7 +109,7 @@ class HostFence:
         try:
             with bmc_for(self.parsed, self.node) as bmc:
                 took = bmc.off_and_confirm()
-        except (power.PowerError, params.SecretScriptError, params.ParamError) as err:
+        except NovaHaError as err:  # the BMC's, its password script's, its parameters'
             LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", self.node, err)
             return None
         LOG.info("power-off of %s confirmed by its BMC in %.2fs", self.node, took)
@@ -116,18 +118,18 @@ class HostFence:
     def force_down(self, proof: PowerOffConfirmed, deadline: Deadline) -> Service:
         """Force the host's nova-compute down (what evacuation needs). Raises NovaError."""
         from nova_ha.lib import recovery
-        from nova_ha.lib.nova import Nova
+        from nova_ha.openstack.compute import Nova
 
         warm = self._warm_up.client(wait=deadline.remaining()) if self._warm_up else None
         self._nova = warm or Nova.from_params(self.parsed)
         known = self._warm_up.known_service(wait=deadline.remaining()) \
             if warm is not None and self._warm_up is not None else None
-        return recovery.force_down(self._nova, deadline, proof.host, known=known)
+        return recovery.force_down(self._nova, deadline, proof, known=known)
 
     def disable(self, proof: PowerOffConfirmed, deadline: Deadline, svc: Service) -> None:
         """After the force-down, never before (see recovery.disable); failures only logged."""
         from nova_ha.lib import recovery
-        from nova_ha.lib.nova import NovaError
+        from nova_ha.openstack.exceptions import NovaError
 
         assert self._nova is not None and proof.host == svc.host
         try:
@@ -173,7 +175,8 @@ class HostFence:
         'fenced' says the host is off and forced down); hand over. 0 once the host is safe."""
         import concurrent.futures
 
-        from nova_ha.lib.nova import Deadline, NovaError
+        from nova_ha.openstack.exceptions import NovaError
+        from nova_ha.openstack.transport import Deadline
 
         proof = self.power_off()
         if proof is None:
@@ -182,7 +185,7 @@ class HostFence:
         store = _store()
         try:
             svc = self.force_down(proof, deadline)
-        except (NovaError, params.SecretScriptError) as err:
+        except NovaError as err:
             LOG.error("%s is powered off but could not be forced down in Nova: %s; nothing "
                       "recorded, Pacemaker fences again", proof.node, err)
             return fence_proto.EC_GENERIC_ERROR
@@ -233,8 +236,7 @@ class HostFence:
 
         LOG.warning("%s: no cluster record to hand over with: evacuating in this action",
                     proof.node)
-        evacuate_runner.evacuate_now(self.parsed, store, proof.node, proof.host,
-                                     self._nova, runner=None)
+        evacuate_runner.evacuate_now(self.parsed, store, proof, self._nova, runner=None)
 
 
 def _store() -> state.StateStore | None:

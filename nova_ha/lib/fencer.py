@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nova_ha.errors import NovaHaError
 from nova_ha.lib import fence_proto, log, params
 from nova_ha.lib.fence_proto import FenceRequest
 
@@ -51,13 +52,14 @@ def fence_reboot(request: FenceRequest) -> int:
 
 def _ask_bmc(request: FenceRequest, what: str, call: Callable[[power.Bmc], Any]) -> Any:
     """One BMC operation; None (logged, never a traceback) when it fails."""
-    from nova_ha.lib import fence_path, power
+    from nova_ha.lib import fence_path
 
     node = request.params["port"]
     try:
         with fence_path.bmc_for(request.params, node) as bmc:
             return call(bmc)
-    except (power.PowerError, params.SecretScriptError, params.ParamError) as err:
+    except NovaHaError as err:  # the BMC's, its password script's, its parameters'
+
         LOG.error("%s of %s failed: %s", what, node, err)
         return None
 
@@ -82,13 +84,15 @@ def fence_status(request: FenceRequest) -> int:
 
 
 def _list(request: FenceRequest, with_status: bool) -> int:
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
 
     parsed = request.params
     try:
         nova = Nova.from_params(parsed)
         services = nova.services(Deadline(parsed.get("os_api_timeout", 10) * 3))
-    except (NovaError, params.SecretScriptError) as err:
+    except NovaError as err:
         LOG.error("cannot list compute hosts: %s", err)
         return fence_proto.EC_GENERIC_ERROR
     for svc in services:
@@ -104,8 +108,9 @@ def _list(request: FenceRequest, with_status: bool) -> int:
 
 def fence_monitor(request: FenceRequest) -> int:
     """The device works: the BMC answers (when configured) and Keystone gives a token."""
-    from nova_ha.lib import fence_path, power
-    from nova_ha.lib.nova import Deadline, Nova, NovaError
+    from nova_ha.lib import fence_path
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
 
     parsed = request.params
     try:
@@ -118,7 +123,7 @@ def fence_monitor(request: FenceRequest) -> int:
                 bmc.status()
         nova = Nova.from_params(parsed)
         nova.microversion(Deadline(parsed.get("os_api_timeout", 10) * 2))
-    except (power.PowerError, NovaError, params.SecretScriptError, params.ParamError) as err:
+    except NovaHaError as err:  # the BMC's, Nova's, a password script's, a parameter's
         LOG.error("monitor failed: %s", err)
         return fence_proto.EC_GENERIC_ERROR
     return fence_proto.EC_OK

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from nova_ha.errors import NovaHaError
 from nova_ha.lib import docs, log, notify, params
 
 OCF_SUCCESS = 0
@@ -31,7 +32,7 @@ _OCF_TYPES = {"string": "string", "integer": "integer", "second": "integer",
               "boolean": "boolean", "select": "string"}
 
 
-class OcfError(Exception):
+class OcfError(NovaHaError):
     """Ends an action with an OCF exit code and an exit reason for Pacemaker."""
 
     def __init__(self, code: int, reason: str) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from nova_ha.errors import NovaHaError
+
 FENCE = "fence_nova_evacuate"
 COMPUTE = "NovaCompute"
 EVACUATE = "NovaEvacuate"
@@ -334,7 +336,7 @@ def secret_names() -> frozenset[str]:
     )
 
 
-class ParamError(ValueError):
+class ParamError(NovaHaError):
     """A parameter value is wrong; the message names the parameter, never a secret value."""
 
 
@@ -872,8 +874,8 @@ def check_notify(parsed: Parsed) -> list[str]:
     return problems
 
 
-class SecretScriptError(RuntimeError):
-    pass
+class SecretScriptError(NovaHaError):
+    """A password script could not be run, failed, or printed nothing."""
 
 
 def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:

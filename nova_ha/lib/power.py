@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from nova_ha.errors import NovaHaError
+
 __all__ = ["Bmc", "BmcConfig", "PowerError"]
 
 _T = TypeVar("_T")
@@ -52,7 +54,7 @@ _CLOSE_TIMEOUT = 1.0  # logout is a courtesy to the BMC; never wait long for it
 _MAX_IDLE = 25.0
 
 
-class PowerError(Exception):
+class PowerError(NovaHaError):
     """A power operation failed or its outcome is unknown. Never contains the password."""
 
 
@@ -76,7 +78,7 @@ class BmcConfig:
     connect_timeout: float = 10.0
 
 
-class _Timeout(Exception):
+class _Timeout(NovaHaError):
     pass
 
 

@@ -1,8 +1,8 @@
 """One host's recovery in Nova, under the host's lease: force down, record, evacuate.
 
 The stonith agent, NovaEvacuate and `nova-ha evacuate` all go through here, so the lease and
-the record are handled the same way whoever does the work. Callers guarantee the precondition:
-the host's power-off is confirmed (by our BMC call or an earlier fencing-topology level).
+the record are handled the same way whoever does the work. The precondition, the host's
+confirmed power-off, is an argument: every Nova write here takes the PowerOffConfirmed.
 """
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import evacuation, log, state
-from nova_ha.lib.nova import Deadline, Nova, NovaError, Service, utc_now
+from nova_ha.openstack.compute import utc_now
+from nova_ha.openstack.exceptions import NovaError
+
+if TYPE_CHECKING:
+    from nova_ha.lib.proof import PowerOffConfirmed
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
+    from nova_ha.openstack.views import Service
 
 LOG = log.get("recovery")
 LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write is not lost
@@ -46,14 +53,15 @@ class Options:
                    notifier=notifier)
 
 
-def force_down(nova: Nova, deadline: Deadline, host: str, known: Service | None = None) -> Service:
-    """Force the host's nova-compute down (what evacuation needs). Returns the service as
-    it was, for disable(). `known`: the service as read moments ago (saves a round trip;
-    forcing down and disabling are idempotent, so a stale copy does no harm)."""
-    svc = known if known is not None else nova.service(deadline, host)
+def force_down(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed,
+               known: Service | None = None) -> Service:
+    """Force the powered-off host's nova-compute down (what evacuation needs). Returns the
+    service as it was, for disable(). `known`: the service as read moments ago (saves a
+    round trip; forcing down and disabling are idempotent, so a stale copy does no harm)."""
+    svc = known if known is not None else nova.service(deadline, proof.host)
     if not svc.forced_down:
-        nova.update_service(deadline, svc, forced_down=True)
-        LOG.info("nova-compute on %s forced down", host)
+        nova.force_down(deadline, svc, proof)
+        LOG.info("nova-compute on %s forced down", proof.host)
     return svc
 
 
@@ -164,7 +172,7 @@ def _record_outcome(store: state.StateStore | None, lease: Lease, final: str, ev
         lease.held = False
 
 
-def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: str,
+def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffConfirmed,
                   options: Options, deadline: Deadline, owner: str,
                   progress: evacuation.Progress | None = None,
                   prefetch: evacuation.Prefetch | None = None,
@@ -177,6 +185,7 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
     role, e.g. the evacuation service, rather than one process). The outcome is the one
     record write of the evacuation, and it releases the lease in the same write.
     """
+    node, host = proof.node, proof.host
     if lease is None:
         lease = Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
         lease.acquire()
@@ -194,7 +203,7 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, node: str, host: s
                               detail=f"by {runner or owner}")
     try:
         summary = evacuation.evacuate_servers(
-            nova, deadline, host, options.mode, options.tag, options.max_parallel,
+            nova, deadline, proof, options.mode, options.tag, options.max_parallel,
             options.retries, options.target_hosts, progress=progress,
             heartbeat=lease.heartbeat, may_request=lambda: lease.held,
             servers=prefetch.servers(), earlier=prefetch.earlier())

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from nova_ha.errors import NovaHaError
 from nova_ha.lib import log
 
 DEFAULT_UNITS = ("nova-compute.service", "openstack-nova-compute.service")
@@ -26,7 +27,7 @@ _UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system
 LOG = log.get("service")
 
 
-class ServiceError(RuntimeError):
+class ServiceError(NovaHaError):
     pass
 
 

@@ -76,6 +76,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from nova_ha.errors import NovaHaError
+
 PREFIX = "nova-ha-"
 ATTR_STATE = PREFIX + "state"
 ATTR_SINCE = PREFIX + "since"
@@ -133,7 +135,7 @@ _OWNER_RE = re.compile(r"^[A-Za-z0-9_.@:/+=-]{1,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
 
 
-class StateError(Exception):
+class StateError(NovaHaError):
     """A record could not be read or written; the message is meant for the operator."""
 
     def __init__(self, message: str, host: str | None = None, attribute: str | None = None):

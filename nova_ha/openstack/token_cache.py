@@ -114,8 +114,9 @@ class TokenCache:
         self.auth = auth
         self.directory = directory or cache_dir()
         cache_id = auth.get_cache_id() if hasattr(auth, "get_cache_id") else None
-        # The id is base64 (may hold '/'): hashed again into a plain file name.
-        self.name = hashlib.sha256(cache_id.encode()).hexdigest() if cache_id else None
+        # The id is base64 (may hold '/'): hashed again into a plain file name. A plugin
+        # without one has no entry ("", and no path): nothing is read or written.
+        self.name = hashlib.sha256(cache_id.encode()).hexdigest() if cache_id else ""
         self.path = os.path.join(self.directory, self.name) if self.name else None
         self._known: str | None = None
         self._dir_warned = False

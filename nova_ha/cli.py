@@ -251,7 +251,7 @@ class Context:
     def notifier(self) -> Any:
         from nova_ha.lib import notify
 
-        return notify.Notifier.from_params(self.parsed, params.CLI)
+        return notify.Notifier.from_settings(self.parsed.settings.notify, params.CLI)
 
 
 def load_context(args: argparse.Namespace) -> Context:
@@ -413,29 +413,21 @@ def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> di
     """{node: on|off|unknown (why)} from each host's BMC, asked in parallel."""
     if not devices:
         return {}
-    from nova_ha.lib import log, power
+    from nova_ha.lib import fence_path, log, power
 
-    def ask(attrs: dict[str, str]) -> str:
-        bmc_params = params.parse(attrs, params.FENCE)
-        password = bmc_params.get("password")
+    def ask(node: str, attrs: dict[str, str]) -> str:
+        device = params.parse(attrs, params.FENCE)
+        log.REDACTOR.add(*device.secrets())
+        bmc = device.settings.bmc
         try:
-            if not password and bmc_params.get("password_script"):
-                password = params.run_secret_script("password_script",
-                                                    bmc_params["password_script"])
-            log.REDACTOR.add(password or "")
-            cfg = power.BmcConfig(
-                address=bmc_params["ip"], port=bmc_params.get("ipport", 623),
-                username=bmc_params.get("username") or "", password=password or "",
-                cipher=bmc_params.get("cipher"),
-                privlvl=bmc_params.get("privlvl", "administrator"),
-                connect_timeout=timeout)
-            with power.Bmc(cfg) as bmc:
-                return bmc.status()
+            cfg = fence_path.bmc_config(bmc, node)
+            with power.Bmc(dataclasses.replace(cfg, connect_timeout=timeout)) as client:
+                return client.status()
         except NovaHaError as err:  # the BMC's, its password script's, its parameters'
             return f"unknown ({log.REDACTOR.redact(str(err))[:80]})"
 
     with concurrent.futures.ThreadPoolExecutor(min(16, len(devices))) as pool:
-        futures = {node: pool.submit(ask, attrs) for node, attrs in devices.items()}
+        futures = {node: pool.submit(ask, node, attrs) for node, attrs in devices.items()}
         return {node: future.result() for node, future in futures.items()}
 
 
@@ -470,18 +462,18 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
     from nova_ha.lib import guard
 
     now = time.time() if now is None else now
-    host_map, domain = parsed.get("host_map", ""), parsed.get("domain", "")
-    nova_host = {node: rec.service_host or params.nova_host_name(node, host_map, domain)
+    naming = parsed.settings.naming
+    nova_host = {node: rec.service_host or naming.nova_host(node)
                  for node, rec in records.items()}
     by_host = {h: n for n, h in nova_host.items()}
     svc_by_node: dict[str, Any] = {}
     for svc in services or []:
-        node = by_host.get(svc.host) or params.node_name_for_host(svc.host, host_map, domain)
+        node = by_host.get(svc.host) or naming.node_for(svc.host)
         svc_by_node[node] = svc
         nova_host.setdefault(node, svc.host)
     for node, info in (pcmk or {}).items():
         if info.get("type") == "remote" or node in svc_by_node:
-            nova_host.setdefault(node, params.nova_host_name(node, host_map, domain))
+            nova_host.setdefault(node, naming.nova_host(node))
     counts: dict[str, dict[str, int]] = {}
     for server in servers or []:  # openstack.views.Server
         host = server.host
@@ -522,7 +514,8 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
                 "found": rec.found, "evacuated": rec.evacuated, "failed": rec.failed,
                 "mode": rec.mode,
             }
-            verdict = guard.check(records, parsed, node, total_hosts=total)
+            verdict = guard.check(records, parsed.settings.evacuation, node,
+                                  total_hosts=total)
             row["held"] = verdict.blocked and rec.state in INCIDENT
             if row["held"]:
                 row["guard"] = verdict.as_dict()
@@ -550,7 +543,7 @@ def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
     services = servers = None
     try:
         nova = ctx.nova()
-        deadline = Deadline(float(ctx.parsed.get("os_api_timeout", 10)) * 3)
+        deadline = Deadline(ctx.parsed.settings.openstack.api_timeout * 3)
         services = nova.services(deadline)
         servers = nova.all_servers(deadline)
     except NovaHaError as err:  # no usable parameters (CliError), or Nova's
@@ -852,21 +845,21 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
         why += " Use --take-over if NovaEvacuate is stopped."
     if why:
         raise CliError(f"refusing: {why}")
-    parsed = ctx.parsed
-    host = record.service_host or params.nova_host_name(node, parsed.get("host_map", ""),
-                                                        parsed.get("domain", ""))
+    settings = ctx.parsed.settings
+    evacuation = settings.evacuation
+    host = record.service_host or settings.naming.nova_host(node)
     confirmed = proof.from_record(record, host)
     if confirmed is None:
         raise CliError(f"refusing: {node} is recorded '{record.state}': its power-off is not "
                        "confirmed")
     mode = args.mode or (record.mode if record.mode in ("all", "tagged") else None) or \
-        (parsed.get("evacuate") if parsed.get("evacuate") in ("all", "tagged") else "all")
-    verdict = guard.check(records, parsed, node)
+        (evacuation.mode if evacuation.mode in ("all", "tagged") else "all")
+    verdict = guard.check(records, evacuation, node)
     if verdict.blocked:
         print(_line(f"note: the mass-failure guard holds {node} ({verdict.message()}); "
                     "evacuating it by hand as asked"))
     nova = ctx.nova()
-    timeout = args.timeout or max(float(parsed.get("evacuate_timeout", 40)), 600.0)
+    timeout = args.timeout or max(evacuation.timeout, 600.0)
     deadline = Deadline(timeout)
     notifier = ctx.notifier()
     try:
@@ -875,15 +868,11 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     except NovaError as err:
         raise CliError(f"cannot prepare the evacuation of {host}: {err}") from None
     print(_line(f"{node}: recorded '{record.state}'; {total} servers on {host}; evacuating "
-                f"({mode}, at most {parsed.get('max_parallel', 16)} at once, within "
+                f"({mode}, at most {evacuation.max_parallel} at once, within "
                 f"{timeout:g} s)"))
     colour = _use_colour(args.color, sys.stdout)
     bar = ProgressBar(total, colour=colour)
-    targets = [h for h in (parsed.get("target_hosts") or "").replace(" ", ",").split(",") if h]
-    options = recovery.Options(mode=mode, tag=parsed.get("evacuable_tag", "evacuable"),
-                               max_parallel=parsed.get("max_parallel", 16),
-                               retries=parsed.get("evacuate_retries", 2),
-                               target_hosts=targets)
+    options = recovery.Options.from_settings(evacuation, mode)
     # recovery sends the outcome event itself once it has a notifier option; until then
     # (and for an older recovery) this command sends it.
     hooked = "notifier" in {f.name for f in dataclasses.fields(options)}

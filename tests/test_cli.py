@@ -423,7 +423,7 @@ def test_evacuate_by_hand_while_the_guard_holds_the_host(sim_bed, tmp_path, webh
     for host in ("host2", "host3"):  # the same wave (their computes are fine in the sim)
         store.mark(host, "fenced", "fenced", "power off", mode="record")
     parsed = params.parse({"max_fenced_hosts": "2"}, params.CLI)
-    assert guard.check(store.all(), parsed, "host1").blocked
+    assert guard.check(store.all(), parsed.settings.evacuation, "host1").blocked
     config = _config(tmp_path, dict(bed.os_params(), max_fenced_hosts=2,
                                     notify_url=webhook.url))
     done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--config", config)

@@ -202,31 +202,31 @@ def test_bad_bmc_map_named(text, message):
 def test_bmc_endpoint_from_the_map():
     parsed = _parse({"bmc_map": "c1=10.0.0.1 c2=10.0.0.2:6230", "ipport": "6000",
                      "username": "admin", "password_script": "/bin/echo"})
-    assert params.has_bmc(parsed) and params.check_bmc(parsed) == []
-    assert params.bmc_endpoint(parsed, "c1") == ("10.0.0.1", 6000)  # ipport: the default
-    assert params.bmc_endpoint(parsed, "c2") == ("10.0.0.2", 6230)
+    assert parsed.settings.bmc.configured and params.check_bmc(parsed) == []
+    assert parsed.settings.bmc.endpoint("c1") == ("10.0.0.1", 6000)  # ipport: the default
+    assert parsed.settings.bmc.endpoint("c2") == ("10.0.0.2", 6230)
     with pytest.raises(params.ParamError) as err:
-        params.bmc_endpoint(parsed, "c3")
+        parsed.settings.bmc.endpoint("c3")
     assert "'port'" in str(err.value) and "'bmc_map'" in str(err.value)
     assert "c3" in str(err.value)
 
 
 def test_bmc_endpoint_with_ip_and_without_bmc():
-    assert params.bmc_endpoint(_parse({"ip": "10.0.0.9"}), "c1") == ("10.0.0.9", 623)
-    assert params.bmc_endpoint(_parse({"ip": "10.0.0.9"}), "") == ("10.0.0.9", 623)
-    assert params.bmc_endpoint(_parse({}), "c1") is None
-    assert not params.has_bmc(_parse({}))
+    assert _parse({"ip": "10.0.0.9"}).settings.bmc.endpoint("c1") == ("10.0.0.9", 623)
+    assert _parse({"ip": "10.0.0.9"}).settings.bmc.endpoint("") == ("10.0.0.9", 623)
+    assert _parse({}).settings.bmc.endpoint("c1") is None
+    assert not _parse({}).settings.bmc.configured
     with pytest.raises(params.ParamError, match="mutually exclusive"):
-        params.bmc_endpoint(_parse({"ip": "10.0.0.9", "bmc_map": "c1=10.0.0.1"}), "c1")
+        _parse({"ip": "10.0.0.9", "bmc_map": "c1=10.0.0.1"}).settings.bmc.endpoint("c1")
 
 
 def test_bmc_node_mismatch_refused():
     parsed = _parse({"ip": "10.0.0.1", "bmc_node": "host1", "username": "admin",
                      "password": "pw"})
     assert params.check_bmc(parsed) == []
-    assert params.bmc_endpoint(parsed, "host1") == ("10.0.0.1", 623)
+    assert parsed.settings.bmc.endpoint("host1") == ("10.0.0.1", 623)
     with pytest.raises(params.ParamError) as err:
-        params.bmc_endpoint(parsed, "host2")
+        parsed.settings.bmc.endpoint("host2")
     text = str(err.value)
     assert "host1" in text and "host2" in text and "'bmc_node'" in text and "'port'" in text
 
@@ -253,11 +253,11 @@ def test_check_bmc_names_the_problem(given, message):
 def test_password_script_gets_the_node_with_bmc_map():
     shared = _parse({"bmc_map": "c1=10.0.0.1 c2=10.0.0.2",
                      "password_script": "/etc/nova-ha/bmc-password"})
-    assert params.bmc_password_command(shared, "c2") == "/etc/nova-ha/bmc-password c2"
-    assert params.bmc_password_command(shared, "a b") == "/etc/nova-ha/bmc-password 'a b'"
+    assert shared.settings.bmc.password_command("c2") == "/etc/nova-ha/bmc-password c2"
+    assert shared.settings.bmc.password_command("a b") == "/etc/nova-ha/bmc-password 'a b'"
     single = _parse({"ip": "10.0.0.1", "password_script": "/etc/nova-ha/bmc-password c1"})
-    assert params.bmc_password_command(single, "c1") == "/etc/nova-ha/bmc-password c1"
-    assert params.bmc_password_command(_parse({"ip": "10.0.0.1"}), "c1") is None
+    assert single.settings.bmc.password_command("c1") == "/etc/nova-ha/bmc-password c1"
+    assert _parse({"ip": "10.0.0.1"}).settings.bmc.password_command("c1") is None
 
 
 # ---- the agents, run as Pacemaker runs them -----------------------------------------------------
@@ -367,7 +367,7 @@ def test_per_node_devices_carry_their_node():
     for rid, given in devices.items():
         assert given["bmc_node"] == given["pcmk_host_list"] == rid.removeprefix("fence-")
         parsed = _parse(given)
-        assert params.bmc_endpoint(parsed, given["bmc_node"]) == (given["ip"],
+        assert parsed.settings.bmc.endpoint(given["bmc_node"]) == (given["ip"],
                                                                   int(given["ipport"]))
 
 
@@ -387,8 +387,8 @@ def test_shared_layout_with_config_file():
 
     bmcs = e2e.entries(e2e.read_env()["NHA_BMCS"])
     for node, bmc in bmcs.items():
-        assert params.bmc_endpoint(parsed, node) == e2e.address_port(bmc)
-        assert params.bmc_password_command(parsed, node).endswith(f"bmc-password {node}")
+        assert parsed.settings.bmc.endpoint(node) == e2e.address_port(bmc)
+        assert parsed.settings.bmc.password_command(node).endswith(f"bmc-password {node}")
     for rid, given in creates.items():
         if rid.startswith("compute"):
             continue  # the remote connections

@@ -18,6 +18,10 @@ def _parsed(**values) -> params.Parsed:
     return params.parse({k: str(v) for k, v in values.items()}, params.EVACUATE)
 
 
+def _limits(**values) -> params.EvacuationSettings:
+    return _parsed(**values).settings.evacuation
+
+
 def _fence(store: state.StateStore, host: str, at: float) -> None:
     store.mark(host, "fenced", "fenced", "test", mode="all", now=at)
 
@@ -41,28 +45,28 @@ def test_three_hosts_fenced_within_the_window_are_held():
     store = _store()
     for i, offset in enumerate((0, 100, 250), 1):
         _fence(store, f"host{i}", T0 + offset)
-    parsed = _parsed(max_fenced_hosts=2, fenced_window=600)
+    limits = _limits(max_fenced_hosts=2, fenced_window=600)
     records = store.all()
     for host in ("host1", "host2", "host3"):
-        verdict = guard.check(records, parsed, host)
+        verdict = guard.check(records, limits, host)
         assert verdict.blocked, verdict.message()
         assert verdict.wave == ["host1", "host2", "host3"] and verdict.limit == 2
-    assert "3 hosts fenced within 600 s" in guard.check(records, parsed, "host3").message()
+    assert "3 hosts fenced within 600 s" in guard.check(records, limits, "host3").message()
 
 
 def test_three_hosts_fenced_outside_the_window_are_not_held():
     store = _store()
     for i, offset in enumerate((0, 700, 1400), 1):
         _fence(store, f"host{i}", T0 + offset)
-    parsed = _parsed(max_fenced_hosts=2, fenced_window=600)
+    limits = _limits(max_fenced_hosts=2, fenced_window=600)
     records = store.all()
     for host in ("host1", "host2", "host3"):
-        assert not guard.check(records, parsed, host).blocked
+        assert not guard.check(records, limits, host).blocked
     # two within 600 s of each other (0 and 500) stay under a limit of 2
     store = _store()
     for i, offset in enumerate((0, 500, 1200), 1):
         _fence(store, f"host{i}", T0 + offset)
-    assert not any(guard.check(store.all(), parsed, h).blocked
+    assert not any(guard.check(store.all(), limits, h).blocked
                    for h in ("host1", "host2", "host3"))
 
 
@@ -73,22 +77,22 @@ def test_the_decision_does_not_lapse_with_the_window():
     for i, offset in enumerate((0, 30, 60), 1):
         _fence(store, f"host{i}", T0 + offset)
     _fence(store, "host4", T0 + 3600)
-    parsed = _parsed(max_fenced_hosts=2, fenced_window=600)
+    limits = _limits(max_fenced_hosts=2, fenced_window=600)
     records = store.all()
-    assert all(guard.check(records, parsed, h).blocked for h in ("host1", "host2", "host3"))
-    assert not guard.check(records, parsed, "host4").blocked
+    assert all(guard.check(records, limits, h).blocked for h in ("host1", "host2", "host3"))
+    assert not guard.check(records, limits, "host4").blocked
     # a host of the wave that rejoined still counts for the others (it was fenced then)
     store.mark("host3", "evacuated", "evacuation_finished", now=T0 + 100)
     store.mark("host3", "ok", "rejoined", now=T0 + 900)
-    assert guard.check(store.all(), parsed, "host1").blocked
-    assert guard.check(store.all(), parsed, "host3").wave == ["host1", "host2", "host3"]
+    assert guard.check(store.all(), limits, "host1").blocked
+    assert guard.check(store.all(), limits, "host3").wave == ["host1", "host2", "host3"]
 
 
 def test_a_host_never_fenced_is_never_held():
     store = _store()
     for i in (1, 2):
         _fence(store, f"host{i}", T0)
-    verdict = guard.check(store.all(), _parsed(max_fenced_hosts=1), "host3")
+    verdict = guard.check(store.all(), _limits(max_fenced_hosts=1), "host3")
     assert not verdict.blocked and verdict.wave == []
 
 
@@ -108,13 +112,13 @@ def test_count_and_percent(setting, hosts, fenced, blocked):
     store = _store(hosts)
     for i in range(1, fenced + 1):
         _fence(store, f"host{i}", T0 + i)
-    verdict = guard.check(store.all(), _parsed(max_fenced_hosts=setting), "host1")
+    verdict = guard.check(store.all(), _limits(max_fenced_hosts=setting), "host1")
     assert verdict.blocked is blocked, verdict.message()
 
 
 def test_default_is_a_quarter_of_the_hosts_within_ten_minutes():
-    parsed = _parsed()
-    assert parsed["max_fenced_hosts"] == "25%" and parsed["fenced_window"] == 600
+    limits = _limits()
+    assert limits.max_fenced_hosts == "25%" and limits.fenced_window == 600
     long = params.BY_NAME["max_fenced_hosts"].long
     assert "default, 25%" in long and "nova-ha evacuate HOST" in long
 
@@ -128,12 +132,12 @@ def test_percentage_of_novas_hosts_asked_only_when_it_matters():
         calls.append(1)
         return 12
 
-    parsed = _parsed(max_fenced_hosts="25%")
-    assert not guard.check(store.all(), parsed, "host1", total_hosts=count).blocked
+    limits = _limits(max_fenced_hosts="25%")
+    assert not guard.check(store.all(), limits, "host1", total_hosts=count).blocked
     assert calls == []  # one host: the answer cannot matter
     _fence(store, "host2", T0 + 5)
     _fence(store, "host3", T0 + 9)
-    verdict = guard.check(store.all(), parsed, "host1", total_hosts=count)
+    verdict = guard.check(store.all(), limits, "host1", total_hosts=count)
     assert calls == [1] and verdict.total == 12 and verdict.limit == 3 and not verdict.blocked
 
 
@@ -143,7 +147,7 @@ def test_hold_records_and_raises_once(blocked_event_known, monkeypatch):
     store = _store()
     for i in (1, 2, 3):
         _fence(store, f"host{i}", T0 + i)
-    verdict = guard.check(store.all(), _parsed(max_fenced_hosts=2), "host3")
+    verdict = guard.check(store.all(), _limits(max_fenced_hosts=2), "host3")
     notifier = notify.Notifier(source=params.FENCE)
     assert guard.hold(store, verdict, notifier) is True
     record = store.get("host3")
@@ -155,7 +159,7 @@ def test_hold_records_and_raises_once(blocked_event_known, monkeypatch):
     assert events[0]["wave"] == ["host1", "host2", "host3"] and events[0]["limit"] == 2
     # a new incident (fenced again) may be held again
     _fence(store, "host3", T0 + 20)
-    assert guard.hold(store, guard.check(store.all(), _parsed(max_fenced_hosts=2), "host3"),
+    assert guard.hold(store, guard.check(store.all(), _limits(max_fenced_hosts=2), "host3"),
                       notifier) is True
 
 
@@ -163,9 +167,9 @@ def test_check_store_reads_the_cib_once(cib_file, blocked_event_known):
     store = state.CibStateStore(cib_file)
     for i in (1, 2, 3):
         store.mark(f"host{i}", "fenced", "fenced", "test", mode="all")
-    parsed = _parsed(max_fenced_hosts=2, fenced_window=600)
+    limits = _limits(max_fenced_hosts=2, fenced_window=600)
     before = store.commands_run
-    verdict = guard.check_store(store, parsed, "host2")
+    verdict = guard.check_store(store, limits, "host2")
     assert verdict.blocked and store.commands_run - before == 1
     assert guard.hold(store, verdict)
     assert state.CibStateStore(cib_file).get("host2").history[-1].name == guard.EVENT
@@ -173,8 +177,8 @@ def test_check_store_reads_the_cib_once(cib_file, blocked_event_known):
 
 def test_check_store_without_records_does_not_hold(tmp_path):
     store = state.CibStateStore(str(tmp_path / "missing.xml"))
-    assert guard.check_store(store, _parsed(max_fenced_hosts=1), "host1") is None
-    assert guard.check_store(None, _parsed(), "host1") is None
+    assert guard.check_store(store, _limits(max_fenced_hosts=1), "host1") is None
+    assert guard.check_store(None, _limits(), "host1") is None
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -215,14 +219,14 @@ def test_screen_holds_new_starts_only_and_counts_hosts_once(blocked_event_known,
         return 8  # 25% of 8: 2 hosts; 4 were fenced within the window
 
     records = store.all()
-    held = guard.screen(store, records, _parsed(), ["host1", "host2", "host3", "host5"],
+    held = guard.screen(store, records, _limits(), ["host1", "host2", "host3", "host5"],
                         notify.Notifier(source=params.EVACUATE), total_hosts=count)
     assert sorted(held) == ["host1", "host3"]  # host2 resumes; host5 was never fenced
     assert calls == [1]
     assert held["host1"].limit == 2 and held["host1"].total == 8
     assert store.get("host3").state == "failed"
     assert store.get("host3").history[-1].name == guard.EVENT
-    again = guard.screen(store, store.all(), _parsed(), ["host1", "host3"],
+    again = guard.screen(store, store.all(), _limits(), ["host1", "host3"],
                          notify.Notifier(source=params.EVACUATE), total_hosts=count)
     assert sorted(again) == ["host1", "host3"]
     assert sum(1 for line in lines if f'"event":"{guard.EVENT}"' in line) == 2  # once each

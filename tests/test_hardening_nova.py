@@ -425,7 +425,7 @@ def _entry(bed) -> str:
     """The cache file the fence agent uses for the bed's credentials."""
     parsed = params.parse({k: str(v) for k, v in bed.fence_params(action="monitor").items()},
                           params.FENCE)
-    session = auth.make_session(auth.auth_settings(parsed))
+    session = auth.make_session(auth.auth_settings(parsed.settings.openstack))
     return token_cache.TokenCache(session.auth).path
 
 

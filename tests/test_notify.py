@@ -53,8 +53,9 @@ def test_event_reaches_syslog_webhook_and_command(webhook, syslog_lines, tmp_pat
                            "os_password": "s3cret-pw", "notify_timeout": "3"}, params.FENCE)
     log.REDACTOR.add(*parsed.secrets())
     started = time.monotonic()
-    event = notify.send(parsed, "fenced", "compute1", params.FENCE, host="compute1.example",
-                        detail="power off confirmed, forced down", mode="all")
+    event = notify.send(parsed.settings.notify, "fenced", "compute1", params.FENCE,
+                        host="compute1.example", detail="power off confirmed, forced down",
+                        mode="all")
     assert time.monotonic() - started < 1.0  # handed to a detached child, not waited for
     assert event["event"] == "fenced" and event["node"] == "compute1"
     got = webhook.wait(1)[0]
@@ -73,7 +74,8 @@ def test_event_reaches_syslog_webhook_and_command(webhook, syslog_lines, tmp_pat
 
 
 def test_syslog_only_without_url_or_command(syslog_lines):
-    notifier = notify.Notifier.from_params(params.parse({}, params.COMPUTE), params.COMPUTE)
+    notifier = notify.Notifier.from_settings(params.parse({}, params.COMPUTE).settings.notify,
+                                            params.COMPUTE)
     assert notifier.url is None and notifier.command is None
     notifier.send("rejoined", "compute2", detail="service up")
     (priority, text), = syslog_lines

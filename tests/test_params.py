@@ -132,12 +132,165 @@ def test_ocf_validate_all_exit_codes(tmp_path):
     assert run_ocf(COMPUTE_AGENT, "monitor", missing, meta={"interval": 0}).returncode == 7
 
 
+# ---- typed settings ------------------------------------------------------------------------------
+
+SETTINGS_GROUPS = (params.HostNaming, params.BmcSettings, params.OpenStackSettings,
+                   params.EvacuationSettings, params.NotifySettings, params.ComputeSettings)
+GROUP_OF = {params.HostNaming: "naming", params.BmcSettings: "bmc",
+            params.OpenStackSettings: "openstack", params.EvacuationSettings: "evacuation",
+            params.NotifySettings: "notify", params.ComputeSettings: "compute"}
+
+
+def _settings(agent: str = params.FENCE, **values: str) -> params.Settings:
+    return params.parse(values, agent).settings
+
+
+def _naming(host_map: str = "", domain: str = "") -> params.HostNaming:
+    return _settings(params.CLI, host_map=host_map, domain=domain).naming
+
+
 def test_host_map_and_domain():
-    assert params.nova_host_name("compute1", "compute1:c1.cloud;compute2:c2.cloud") == "c1.cloud"
-    assert params.nova_host_name("compute3", "compute1:c1.cloud", "cloud") == "compute3.cloud"
-    assert params.nova_host_name("c4.cloud", "", "cloud") == "c4.cloud"
-    assert params.node_name_for_host("c1.cloud", "compute1=c1.cloud") == "compute1"
-    assert params.node_name_for_host("compute3.cloud", "", "cloud") == "compute3"
+    assert _naming("compute1:c1.cloud;compute2:c2.cloud").nova_host("compute1") == "c1.cloud"
+    assert _naming("compute1:c1.cloud", "cloud").nova_host("compute3") == "compute3.cloud"
+    assert _naming("", "cloud").nova_host("c4.cloud") == "c4.cloud"
+    assert _naming("", ".cloud.").nova_host("c4") == "c4.cloud"
+    assert _naming("compute1=c1.cloud").node_for("c1.cloud") == "compute1"
+    assert _naming("", "cloud").node_for("compute3.cloud") == "compute3"
+    assert _naming().nova_host("compute5") == "compute5" == _naming().node_for("compute5")
+
+
+def test_host_naming_round_trip():
+    naming = _naming("compute1:nova-a.dc compute2=nova-b.dc", "dc")
+    for node in ("compute1", "compute2", "compute3", "compute4.dc"):
+        host = naming.nova_host(node)
+        assert host.endswith(".dc")
+        assert naming.node_for(host) == node.removesuffix(".dc")
+    assert naming.nova_host("compute3") == "compute3.dc"
+
+
+def test_malformed_host_map_is_refused_where_names_are_mapped():
+    settings = _settings(params.CLI, host_map="compute1", evacuate="tagged")
+    assert settings.evacuation.mode == "tagged"  # other groups do not depend on it
+    with pytest.raises(params.ParamError, match="parameter 'host_map': entry 'compute1'"):
+        settings.naming.nova_host("compute1")
+
+
+def _table_default(name: str):
+    param = params.BY_NAME[name]
+    return None if param.default is None else params.convert(param, param.default)
+
+
+def test_every_settings_default_is_the_tables():
+    """Nothing set, for no agent or for any agent: every field holds the table's default."""
+    import dataclasses
+
+    for agent in (None, params.FENCE, params.COMPUTE, params.EVACUATE, params.CLI):
+        parsed = params.Parsed(values={}) if agent is None else params.parse({}, agent)
+        for group in SETTINGS_GROUPS:
+            built = getattr(parsed.settings, GROUP_OF[group])
+            for item in dataclasses.fields(group):
+                if "param" not in item.metadata:
+                    continue  # not a parameter (OpenStackSettings.given)
+                expected = _table_default(item.metadata["param"])
+                convert = item.metadata["convert"]
+                expected = convert(expected) if convert else expected
+                assert getattr(built, item.name) == expected, (agent, item.name)
+
+
+def test_settings_cover_the_whole_table():
+    import dataclasses
+
+    named = [f.metadata["param"] for g in SETTINGS_GROUPS for f in dataclasses.fields(g)
+             if "param" in f.metadata]
+    assert len(named) == len(set(named))  # each parameter in one group only
+    # port: Settings.target_node; config_file: merged into the values by parse().
+    assert set(named) | {"port", "config_file"} == set(params.BY_NAME)
+
+
+def test_settings_carry_the_given_values_typed():
+    settings = _settings(power_timeout="30", ipport="624", evacuate="tagged",
+                         max_parallel="8", evacuate_timeout="90s", notify_timeout="2",
+                         os_insecure="yes", os_api_timeout="15", privlvl="OPERATOR")
+    assert (settings.bmc.power_timeout, settings.bmc.ipport, settings.bmc.privlvl) == \
+        (30.0, 624, "operator")
+    evacuation = settings.evacuation
+    assert (evacuation.mode, evacuation.max_parallel, evacuation.timeout) == ("tagged", 8, 90.0)
+    assert settings.notify.timeout == 2.0
+    assert settings.openstack.insecure is True and settings.openstack.api_timeout == 15.0
+    assert settings.openstack.given == {"os_insecure", "os_api_timeout"}  # not the defaults
+
+
+def test_empty_or_zero_values_keep_the_defaults_they_had():
+    settings = _settings(evacuable_tag="", notify_timeout="0", power_wait="0")
+    assert settings.evacuation.tag == "evacuable"
+    assert settings.notify.timeout == 5.0  # a zero timeout was never meant
+    assert settings.bmc.power_wait == 0.0  # no wait is a wait of its own
+    assert _settings(params.COMPUTE, start_wait="0").compute.start_wait == 10.0
+
+
+@pytest.mark.parametrize("text,hosts", [
+    ("c5,c6", ("c5", "c6")),
+    ("c5, c6", ("c5", "c6")),
+    (" c5  c6\tc7 ,, c8 ", ("c5", "c6", "c7", "c8")),
+    ("", ()),
+])
+def test_target_hosts_split_at_commas_and_spaces(text, hosts):
+    assert _settings(params.EVACUATE, target_hosts=text).evacuation.target_hosts == hosts
+    assert params.parse_host_list(text) == hosts
+
+
+def test_evacuation_options_come_from_the_settings():
+    from nova_ha.lib import recovery
+
+    evacuation = _settings(params.CLI, target_hosts="c5 c6", max_parallel="4").evacuation
+    options = recovery.Options.from_settings(evacuation, "tagged")
+    assert (options.mode, options.tag, options.max_parallel, options.retries) == \
+        ("tagged", "evacuable", 4, 2)
+    assert options.target_hosts == ["c5", "c6"]
+
+
+def test_bmc_map_resolution_per_node():
+    bmc = _settings(bmc_map="c1=10.0.0.1 c2=10.0.0.2:6230 c3=[fd00::3]", ipport="700",
+                    password_script="/bin/bmc-password").bmc
+    assert bmc.configured
+    assert bmc.endpoint("c1") == ("10.0.0.1", 700)  # ipport: the port of unported entries
+    assert bmc.endpoint("c2") == ("10.0.0.2", 6230)
+    assert bmc.endpoint("c3") == ("fd00::3", 700)
+    with pytest.raises(params.ParamError, match="node 'c4' has no BMC"):
+        bmc.endpoint("c4")
+    assert bmc.password_command("c2") == "/bin/bmc-password c2"
+    assert bmc.monitor_node("") == "c1" and bmc.monitor_node("c3") == "c3"
+    single = _settings(ip="10.0.0.9", bmc_node="c1").bmc
+    assert single.endpoint("c1") == ("10.0.0.9", 623) and single.monitor_node("") == ""
+    with pytest.raises(params.ParamError, match="'bmc_node'"):
+        single.endpoint("c2")
+    assert not _settings().bmc.configured and _settings().bmc.endpoint("c1") is None
+
+
+def test_a_malformed_bmc_map_is_refused_only_when_used():
+    bmc = _settings(bmc_map="c1").bmc  # validation (check_bmc) reports it before any action
+    assert bmc.configured
+    with pytest.raises(params.ParamError, match="parameter 'bmc_map'"):
+        bmc.endpoint("c1")
+
+
+def test_settings_are_built_once_and_only_when_read():
+    parsed = params.parse({"host_map": "broken"}, params.FENCE)
+    settings = parsed.settings
+    assert parsed.settings is settings
+    assert settings.notify is settings.notify
+    assert set(vars(settings)) == {"_parsed", "notify"}  # no other group was built
+    assert _settings(port="compute1").target_node == "compute1"
+    assert _settings().target_node == ""
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    settings = _settings(password="bmc-s3cret", os_password="os-s3cret",
+                         os_application_credential_secret="ac-s3cret",
+                         notify_url="https://hook:url-s3cret@example.com/")
+    shown = repr(settings.bmc) + repr(settings.openstack) + repr(settings.notify)
+    assert "s3cret" not in shown
+    assert settings.bmc.password == "bmc-s3cret"  # held, only not shown
 
 
 def test_log_redaction_of_values_and_secret_assignments():

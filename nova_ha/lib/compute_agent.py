@@ -48,10 +48,10 @@ def service_problems(request: OcfRequest, roles: tuple[str, ...] = service.ROLES
                      ) -> list[tuple[int, str]]:
     """What makes the service unusable for `roles` (start, stop, status): its commands or
     unit. Nothing else is needed to check or stop nova-compute."""
-    parsed = request.params
+    compute = request.params.settings.compute
     return [(_CODES[kind], message) for kind, message in service.problems(
-        parsed.get("start_command"), parsed.get("stop_command"), parsed.get("status_command"),
-        parsed.get("systemd_unit"), roles)]
+        compute.start_command, compute.stop_command, compute.status_command,
+        compute.systemd_unit, roles)]
 
 
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
@@ -67,9 +67,7 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
 
 
 def _nova_host(request: OcfRequest) -> str:
-    parsed = request.params
-    return params.nova_host_name(request.node, parsed.get("host_map", ""),
-                                 parsed.get("domain", ""))
+    return request.params.settings.naming.nova_host(request.node)
 
 
 def _store() -> StateStore | None:
@@ -147,16 +145,16 @@ def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
 
 
 def _service(request: OcfRequest) -> service.Service:
-    parsed = request.params
-    return service.make(parsed.get("start_command"), parsed.get("stop_command"),
-                        parsed.get("status_command"), parsed.get("systemd_unit"))
+    compute = request.params.settings.compute
+    return service.make(compute.start_command, compute.stop_command, compute.status_command,
+                        compute.systemd_unit)
 
 
 def _no_systemd(request: OcfRequest) -> bool:
     """Set up for systemd on a node without it: no unit of nova-compute can run here."""
-    parsed = request.params
-    return not service.uses_commands(parsed.get("start_command"), parsed.get("stop_command"),
-                                     parsed.get("status_command")) and service.systemd_absent()
+    compute = request.params.settings.compute
+    return not service.uses_commands(compute.start_command, compute.stop_command,
+                                     compute.status_command) and service.systemd_absent()
 
 
 def monitor(request: OcfRequest) -> int:
@@ -178,7 +176,7 @@ def monitor(request: OcfRequest) -> int:
                                                    f"{err}") from None
     if not running:
         return ocf_proto.OCF_NOT_RUNNING
-    if request.params.get("check_nova_service") and not request.is_probe:
+    if request.params.settings.compute.check_nova_service and not request.is_probe:
         from nova_ha.openstack.compute import Nova
         from nova_ha.openstack.exceptions import NovaError
         from nova_ha.openstack.transport import Deadline
@@ -216,7 +214,7 @@ def start(request: OcfRequest) -> int:
     store = _store()
     try:
         nova = Nova.from_params(request.params)
-        wait = min(float(request.params.get("start_wait") or 10), budget * 0.6)
+        wait = min(request.params.settings.compute.start_wait, budget * 0.6)
         _wait_until_safe(nova, deadline, store, node, host, started + wait)
         before = nova.service(deadline, host)
         record = store.get(node) if store is not None else None
@@ -231,7 +229,8 @@ def start(request: OcfRequest) -> int:
         recovery.record(store, lambda s: s.mark(node, "ok", "rejoined", note), "rejoin")
         from nova_ha.lib import notify
 
-        notify.send(request.params, "rejoined", node, params.COMPUTE, host=host, detail=note)
+        notify.send(request.params.settings.notify, "rejoined", node, params.COMPUTE,
+                    host=host, detail=note)
     LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS
 
@@ -243,7 +242,7 @@ def stop(request: OcfRequest) -> int:
     parameter's problem is a warning. Without the status check, or nova-compute running
     without a usable stop command, stop fails with the reason (Pacemaker then recovers the
     node) rather than claim a stop that did not happen."""
-    if request.params.get("disable_on_stop"):
+    if request.params.settings.compute.disable_on_stop:
         _disable_on_stop(request)
     if _no_systemd(request):
         return ocf_proto.OCF_SUCCESS

@@ -39,7 +39,7 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
     found = [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
              params.check_openstack(parsed) + params.check_evacuation(parsed) +
              params.check_notify(parsed)]
-    if parsed.get("evacuate") not in ("all", "tagged"):
+    if parsed.settings.evacuation.mode not in ("all", "tagged"):
         found.append((ocf_proto.OCF_ERR_CONFIGURED, "parameter 'evacuate': NovaEvacuate "
                       "evacuates 'all' or 'tagged' servers of hosts recorded with "
                       "evacuate=record"))
@@ -211,7 +211,7 @@ def monitor(request: OcfRequest) -> int:
         if os.path.exists(paths.pid) and not request.is_probe:
             ocf_proto.exit_reason("the evacuation service is not running")
         return ocf_proto.OCF_NOT_RUNNING
-    interval = float(request.params.get("watch_interval", 1.0))
+    interval = request.params.settings.evacuation.watch_interval
     try:
         age = time.time() - os.stat(paths.alive).st_mtime
     except OSError:

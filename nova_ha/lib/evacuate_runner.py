@@ -36,14 +36,15 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
 
     node, host = proof.node, proof.host
 
-    mode = mode or parsed["evacuate"]
+    settings = parsed.settings
+    mode = mode or settings.evacuation.mode
     if mode not in ("all", "tagged"):
         LOG.info("%s: evacuate=%s: nothing evacuated here", node, mode)
         return None
     source = params.EVACUATE if lease_owner else params.FENCE
-    notifier = notify.Notifier.from_params(parsed, source)
-    options = recovery.Options.from_params(parsed, mode, notifier)
-    deadline = Deadline(parsed["evacuate_timeout"])
+    notifier = notify.Notifier.from_settings(settings.notify, source)
+    options = recovery.Options.from_settings(settings.evacuation, mode, notifier)
+    deadline = Deadline(settings.evacuation.timeout)
     owner = lease_owner or recovery.owner_name(source)
     try:
         nova = nova or Nova.from_params(parsed)

@@ -173,7 +173,7 @@ class Service:
         if todo:
             todo = self._screen(records, todo, lines)
         for node, why in todo.items():
-            if len(self.busy) >= max(1, int(self.parsed.get("max_hosts", 8))):
+            if len(self.busy) >= max(1, self.parsed.settings.evacuation.max_hosts):
                 lines.append(f"{node}: waiting for a free worker ({len(self.busy)} busy)")
                 break
             lines.append(self._give(node, why))
@@ -202,8 +202,9 @@ class Service:
         except Exception as err:  # noqa: BLE001 - without the wave, hold nothing new
             lines.append(f"cannot read every record for the mass-failure guard: {err}")
             return {}
-        held = guard.screen(self.store, everyone, self.parsed, starts,
-                            notify.Notifier.from_params(self.parsed, params.EVACUATE),
+        settings = self.parsed.settings
+        held = guard.screen(self.store, everyone, settings.evacuation, starts,
+                            notify.Notifier.from_settings(settings.notify, params.EVACUATE),
                             total_hosts=self._count_computes,
                             release=handover.SERVICE_OWNER)
         for node, verdict in held.items():
@@ -216,7 +217,7 @@ class Service:
         from nova_ha.openstack.transport import Deadline
 
         nova = Nova.from_params(self.parsed)
-        return len(nova.services(Deadline(float(self.parsed.get("os_api_timeout", 10)) * 3)))
+        return len(nova.services(Deadline(self.parsed.settings.openstack.api_timeout * 3)))
 
     def _give(self, node: str, why: str) -> str:
         worker = self.spare or self.spawn(self.raw)
@@ -299,7 +300,7 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select: reap at once
     sock = handover.listen()
-    interval = max(0.1, float(parsed.get("watch_interval", 1.0)))
+    interval = max(0.1, parsed.settings.evacuation.watch_interval)
     LOG.info("evacuation service started (pid %d, reads the records every %g s, socket %s)",
              os.getpid(), interval, handover.socket_path())
     try:
@@ -348,13 +349,12 @@ def work(stdin: IO[bytes]) -> int:
         return 0  # a spare the service let go
     store = state.CibStateStore()
     record = store.get(node)
-    host = record.service_host or params.nova_host_name(node, parsed.get("host_map", ""),
-                                                        parsed.get("domain", ""))
+    host = record.service_host or parsed.settings.naming.nova_host(node)
     confirmed = proof.from_record(record, host)
     if confirmed is None:  # rejoined meanwhile: its power-off is no longer the case
         LOG.info("%s is recorded '%s': nothing to evacuate", node, record.state)
         return 0
-    mode = record.mode if record.mode in ("all", "tagged") else parsed["evacuate"]
+    mode = record.mode if record.mode in ("all", "tagged") else parsed.settings.evacuation.mode
     runner = f"{params.EVACUATE}@{os.uname().nodename}:{os.getpid()}"
     summary = evacuate_runner.evacuate_now(parsed, store, confirmed, nova, runner=runner,
                                            lease_owner=handover.SERVICE_OWNER, mode=mode,

@@ -28,24 +28,31 @@ if TYPE_CHECKING:
 LOG = log.get("fencer")
 
 
-def bmc_for(parsed: params.Parsed, node: str) -> power.Bmc:
-    """The BMC of `node` as this device knows it (its own, or its entry in bmc_map).
-    ParamError when this device must not power `node` (another node's BMC)."""
+def bmc_config(settings: params.BmcSettings, node: str) -> power.BmcConfig:
+    """How to reach the BMC of `node` as this device knows it (its own, or its entry in
+    bmc_map); runs the password script if there is one. ParamError when this device must
+    not power `node` (another node's BMC)."""
     from nova_ha.lib import power
 
-    endpoint = params.bmc_endpoint(parsed, node)
+    endpoint = settings.endpoint(node)
     if endpoint is None:
         raise params.ParamError("this device has no BMC parameters (ip or bmc_map)")
-    password = parsed.get("password")
-    script = params.bmc_password_command(parsed, node)
+    password = settings.password
+    script = settings.password_command(node)
     if not password and script:
         password = params.run_secret_script("password_script", script)
         log.REDACTOR.add(password)
-    return power.Bmc(power.BmcConfig(
-        address=endpoint[0], port=endpoint[1], username=parsed.get("username"),
-        password=password or "", lanplus=True, cipher=parsed.get("cipher"),
-        privlvl=parsed.get("privlvl", "administrator"),
-        timeout=parsed.get("power_timeout", 20.0), wait=parsed.get("power_wait", 0.0)))
+    return power.BmcConfig(
+        address=endpoint[0], port=endpoint[1], username=settings.username or "",
+        password=password or "", lanplus=True, cipher=settings.cipher,
+        privlvl=settings.privlvl, timeout=settings.power_timeout, wait=settings.power_wait)
+
+
+def bmc_for(settings: params.BmcSettings, node: str) -> power.Bmc:
+    """A client of the BMC of `node` (see bmc_config)."""
+    from nova_ha.lib import power
+
+    return power.Bmc(bmc_config(settings, node))
 
 
 class _NovaWarmUp:
@@ -89,10 +96,10 @@ class HostFence:
 
     def __init__(self, parsed: params.Parsed, node: str) -> None:
         self.parsed = parsed
+        self.settings = parsed.settings
         self.node = node
-        self.host = params.nova_host_name(node, parsed.get("host_map", ""),
-                                          parsed.get("domain", ""))
-        self.mode: str = parsed["evacuate"]
+        self.host = self.settings.naming.nova_host(node)
+        self.mode: str = self.settings.evacuation.mode
         self.evacuating = self.mode in ("all", "tagged", "record")
         self._warm_up: _NovaWarmUp | None = None
         self._nova: Nova | None = None
@@ -102,12 +109,12 @@ class HostFence:
     def power_off(self) -> PowerOffConfirmed | None:
         """Power off and wait for the BMC to confirm it; None (logged) if it did not."""
         self._warm_up = _NovaWarmUp(self.parsed, self.host)
-        if not params.has_bmc(self.parsed):
+        if not self.settings.bmc.configured:
             LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
                      "fencing-topology level", self.node)
             return by_topology(self.node, self.host)
         try:
-            with bmc_for(self.parsed, self.node) as bmc:
+            with bmc_for(self.settings.bmc, self.node) as bmc:
                 took = bmc.off_and_confirm()
         except NovaHaError as err:  # the BMC's, its password script's, its parameters'
             LOG.error("power-off of %s not confirmed: %s; nothing done in Nova", self.node, err)
@@ -148,7 +155,7 @@ class HostFence:
         grant = None
         if self.evacuating:
             grant = (handover.SERVICE_OWNER,
-                     self.parsed["evacuate_timeout"] + recovery.LEASE_MARGIN)
+                     self.settings.evacuation.timeout + recovery.LEASE_MARGIN)
         try:
             return store.mark(proof.node, "fenced", "fenced",
                               f"power-off confirmed by {proof.by}", mode=self.mode,
@@ -181,7 +188,7 @@ class HostFence:
         proof = self.power_off()
         if proof is None:
             return fence_proto.EC_GENERIC_ERROR
-        deadline = Deadline(max(2 * float(self.parsed.get("os_api_timeout", 10)), 10.0))
+        deadline = Deadline(max(2 * self.settings.openstack.api_timeout, 10.0))
         store = _store()
         try:
             svc = self.force_down(proof, deadline)
@@ -217,7 +224,7 @@ class HostFence:
     def _announce(self, proof: PowerOffConfirmed) -> None:
         from nova_ha.lib import notify
 
-        notify.Notifier.from_params(self.parsed, params.FENCE).send(
+        notify.Notifier.from_settings(self.settings.notify, params.FENCE).send(
             "fenced", proof.node, host=proof.host, mode=self.mode,
             detail=f"power-off confirmed by {proof.by}, nova-compute forced down")
 
@@ -250,4 +257,4 @@ def _store() -> state.StateStore | None:
 
 
 def fence_off(request: fence_proto.FenceRequest) -> int:
-    return HostFence(request.params, request.params["port"]).run()
+    return HostFence(request.params, request.params.settings.target_node).run()

@@ -24,12 +24,13 @@ def validate(request: FenceRequest) -> list[str]:
     parsed = request.params
     problems = params.check_bmc(parsed) + params.check_evacuation(parsed) + \
         params.check_notify(parsed)
-    if request.action not in ("status", "on") or not params.has_bmc(parsed):
+    has_bmc = parsed.settings.bmc.configured
+    if request.action not in ("status", "on") or not has_bmc:
         problems += params.check_openstack(parsed)
-    if request.action in _TARGETED and not parsed.get("port"):
+    if request.action in _TARGETED and not parsed.settings.target_node:
         problems.append(f"parameter 'port' (the node to fence) is required for "
                         f"'{request.action}'")
-    if request.action in ("status", "on") and not params.has_bmc(parsed):
+    if request.action in ("status", "on") and not has_bmc:
         problems.append(f"'{request.action}' needs BMC parameters (ip, username, password); "
                         "without them this device only works in a fencing topology")
     return problems
@@ -39,13 +40,13 @@ def fence_off(request: FenceRequest) -> int:
     """The safety work only (fence_path.HostFence); the evacuation is handed over."""
     from nova_ha.lib import fence_path
 
-    return fence_path.HostFence(request.params, request.params["port"]).run()
+    return fence_path.HostFence(request.params, request.params.settings.target_node).run()
 
 
 def fence_reboot(request: FenceRequest) -> int:
     code = fence_off(request)
-    parsed = request.params
-    if code != fence_proto.EC_OK or not params.has_bmc(parsed) or not parsed["power_on_after"]:
+    bmc = request.params.settings.bmc
+    if code != fence_proto.EC_OK or not bmc.configured or not bmc.power_on_after:
         return code
     return fence_on(request)
 
@@ -54,9 +55,9 @@ def _ask_bmc(request: FenceRequest, what: str, call: Callable[[power.Bmc], Any])
     """One BMC operation; None (logged, never a traceback) when it fails."""
     from nova_ha.lib import fence_path
 
-    node = request.params["port"]
+    node = request.params.settings.target_node
     try:
-        with fence_path.bmc_for(request.params, node) as bmc:
+        with fence_path.bmc_for(request.params.settings.bmc, node) as bmc:
             return call(bmc)
     except NovaHaError as err:  # the BMC's, its password script's, its parameters'
 
@@ -70,7 +71,7 @@ def fence_on(request: FenceRequest) -> int:
     took = _ask_bmc(request, "power-on", lambda bmc: bmc.on_and_confirm())
     if took is None:
         return fence_proto.EC_GENERIC_ERROR
-    LOG.info("%s powered on (confirmed in %.2fs)", request.params["port"], took)
+    LOG.info("%s powered on (confirmed in %.2fs)", request.params.settings.target_node, took)
     return fence_proto.EC_OK
 
 
@@ -91,13 +92,13 @@ def _list(request: FenceRequest, with_status: bool) -> int:
     parsed = request.params
     try:
         nova = Nova.from_params(parsed)
-        services = nova.services(Deadline(parsed.get("os_api_timeout", 10) * 3))
+        services = nova.services(Deadline(parsed.settings.openstack.api_timeout * 3))
     except NovaError as err:
         LOG.error("cannot list compute hosts: %s", err)
         return fence_proto.EC_GENERIC_ERROR
+    naming = parsed.settings.naming
     for svc in services:
-        node = params.node_name_for_host(svc.host, parsed.get("host_map", ""),
-                                         parsed.get("domain", ""))
+        node = naming.node_for(svc.host)
         up = svc.state == "up" and not svc.forced_down
         # Nova's host names are data: Pacemaker splits this output at line ends, whitespace,
         # ',' and ';' into its dynamic host list, so those are escaped within a field.
@@ -113,16 +114,15 @@ def fence_monitor(request: FenceRequest) -> int:
     from nova_ha.openstack.transport import Deadline
 
     parsed = request.params
+    settings = parsed.settings
     try:
-        # One BMC answers for the device: its own, or the first of its map (asking every
-        # BMC of a shared device each minute would cost as much as one device per node).
-        node = parsed.get("port") or next(iter(params.parse_bmc_map(parsed["bmc_map"])), "") \
-            if parsed.get("bmc_map") else parsed.get("port") or ""
-        if params.has_bmc(parsed):
-            with fence_path.bmc_for(parsed, node) as bmc:
+        # One BMC answers for the device: its own, or the first of its map.
+        node = settings.bmc.monitor_node(settings.target_node)
+        if settings.bmc.configured:
+            with fence_path.bmc_for(settings.bmc, node) as bmc:
                 bmc.status()
         nova = Nova.from_params(parsed)
-        nova.microversion(Deadline(parsed.get("os_api_timeout", 10) * 2))
+        nova.microversion(Deadline(settings.openstack.api_timeout * 2))
     except NovaHaError as err:  # the BMC's, Nova's, a password script's, a parameter's
         LOG.error("monitor failed: %s", err)
         return fence_proto.EC_GENERIC_ERROR

@@ -36,19 +36,17 @@ if TYPE_CHECKING:
 
 LOG = log.get("guard")
 EVENT = "evacuation_blocked"
-DEFAULT_LIMIT = "25%"
-DEFAULT_WINDOW = 600.0
 
 
 @dataclass
 class Verdict:
     node: str
     blocked: bool
+    window: float  # fenced_window
+    setting: str  # max_fenced_hosts
     wave: list[str] = field(default_factory=list)  # hosts fenced in the busiest window
     limit: int | None = None  # most hosts allowed in a window; None: guard off
     total: int | None = None  # compute hosts the percentage was taken of
-    window: float = DEFAULT_WINDOW
-    setting: str = DEFAULT_LIMIT
 
     def message(self) -> str:
         if self.limit is None:
@@ -107,15 +105,15 @@ def busiest_wave(times: Mapping[str, float], node: str, window: float) -> list[s
     return best
 
 
-def check(records: Mapping[str, HostRecord], parsed: Any, node: str, *,
+def check(records: Mapping[str, HostRecord], settings: params.EvacuationSettings, node: str, *,
           total_hosts: int | Callable[[], int] | None = None) -> Verdict:
     """The guard's verdict on evacuating `node` automatically, from records read already.
 
     `total_hosts`: the compute hosts a percentage is of (a number, or a function asked only
     when the answer matters, e.g. one Nova services listing); default: the records' count.
     """
-    setting = str(parsed.get("max_fenced_hosts", DEFAULT_LIMIT) or "0")
-    window = float(parsed.get("fenced_window", DEFAULT_WINDOW) or 0)
+    setting = settings.max_fenced_hosts
+    window = settings.fenced_window
     times = {h: t for h, t in ((h, fenced_at(r)) for h, r in records.items()) if t is not None}
     verdict = Verdict(node=node, blocked=False, window=window, setting=setting)
     if node not in times:
@@ -140,8 +138,8 @@ def check(records: Mapping[str, HostRecord], parsed: Any, node: str, *,
     return verdict
 
 
-def check_store(store: StateStore | None, parsed: Any, node: str, *, nova: Any = None,
-                deadline: Any = None,
+def check_store(store: StateStore | None, settings: params.EvacuationSettings, node: str, *,
+                nova: Any = None, deadline: Any = None,
                 records: Mapping[str, HostRecord] | None = None) -> Verdict | None:
     """check() after one read of every record (or on `records`, read already, with this
     host's 'fenced' mark); None (not held) when there is no readable record: without the
@@ -162,7 +160,7 @@ def check_store(store: StateStore | None, parsed: Any, node: str, *, nova: Any =
     if nova is not None and deadline is not None:
         def count() -> int:
             return len(nova.services(deadline))
-    return check(records, parsed, node, total_hosts=count)
+    return check(records, settings, node, total_hosts=count)
 
 
 def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None = None,
@@ -207,8 +205,8 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
 STARTS = frozenset({"fenced", "failed"})
 
 
-def screen(store: StateStore | None, records: Mapping[str, HostRecord], parsed: Any,
-           nodes: Any, notifier: Notifier | None = None, *,
+def screen(store: StateStore | None, records: Mapping[str, HostRecord],
+           settings: params.EvacuationSettings, nodes: Any, notifier: Notifier | None = None, *,
            total_hosts: int | Callable[[], int] | None = None,
            release: str | None = None) -> dict[str, Verdict]:
     """For a runner about to evacuate `nodes` (NovaEvacuate's monitor): the ones the guard
@@ -226,7 +224,7 @@ def screen(store: StateStore | None, records: Mapping[str, HostRecord], parsed: 
         record = records.get(node)
         if record is None or record.state not in STARTS:
             continue
-        verdict = check(records, parsed, node,
+        verdict = check(records, settings, node,
                         total_hosts=count if total_hosts is not None else None)
         if verdict.blocked:
             hold(store, verdict, notifier, record=record,

@@ -35,9 +35,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import log, service
+
+if TYPE_CHECKING:
+    from nova_ha.lib import params
 
 LOG = log.get("notify")
 
@@ -338,10 +341,8 @@ class Notifier:
         log.REDACTOR.add(*url_secrets(self.url))  # a user:password@ in notify_url
 
     @classmethod
-    def from_params(cls, parsed: Any, source: str) -> Notifier:
-        return cls(url=parsed.get("notify_url") or None,
-                   command=parsed.get("notify_command") or None,
-                   timeout=float(parsed.get("notify_timeout") or DEFAULT_TIMEOUT),
+    def from_settings(cls, settings: params.NotifySettings, source: str) -> Notifier:
+        return cls(url=settings.url, command=settings.command, timeout=settings.timeout,
                    source=source)
 
     def send(self, kind: str, node: str, *, host: str | None = None, detail: str = "",
@@ -385,6 +386,8 @@ class Notifier:
 _children: list[subprocess.Popen] = []
 
 
-def send(parsed: Any, kind: str, node: str, source: str, **kwargs: Any) -> dict[str, Any] | None:
-    """One-shot: ``notify.send(parsed, "rejoined", node, params.COMPUTE, host=host)``."""
-    return Notifier.from_params(parsed, source).send(kind, node, **kwargs)
+def send(settings: params.NotifySettings, kind: str, node: str, source: str,
+         **kwargs: Any) -> dict[str, Any] | None:
+    """One-shot: ``notify.send(parsed.settings.notify, "rejoined", node, params.COMPUTE,
+    host=host)``."""
+    return Notifier.from_settings(settings, source).send(kind, node, **kwargs)

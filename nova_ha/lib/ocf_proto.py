@@ -176,7 +176,7 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
 
     parsed = parse_env(env, spec.name)
     log.REDACTOR.add(*parsed.secrets())
-    log.REDACTOR.add(*notify.url_secrets(parsed.get("notify_url")))
+    log.REDACTOR.add(*notify.url_secrets(parsed.settings.notify.url))
     log.setup(spec.name, verbose=env.get("OCF_TRACE_RA", "") == "1")
     logger = log.get()
     for warning in parsed.warnings:

@@ -7,9 +7,11 @@ metadata (ocf_proto), validation, and the docs / man pages are all rendered from
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from nova_ha.errors import NovaHaError
 
@@ -418,6 +420,11 @@ class Parsed:
     def secrets(self) -> list[str]:
         return [str(self.values[n]) for n in secret_names() if self.values.get(n)]
 
+    @cached_property
+    def settings(self) -> Settings:
+        """The typed settings groups of these values; what every module reads."""
+        return Settings(self)
+
 
 def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Parsed:
     """Canonicalise names, apply defaults, convert types. Never raises for bad input.
@@ -616,28 +623,6 @@ def parse_host_map(text: str) -> dict[str, str]:
     return pairs
 
 
-def nova_host_name(node: str, host_map: str = "", domain: str = "") -> str:
-    """Nova's compute host name for a Pacemaker node name."""
-    mapped = parse_host_map(host_map).get(node) if host_map else None
-    if mapped:
-        return mapped
-    domain = domain.strip(".")
-    if domain and not node.endswith("." + domain):
-        return f"{node}.{domain}"
-    return node
-
-
-def node_name_for_host(host: str, host_map: str = "", domain: str = "") -> str:
-    """Inverse of nova_host_name: the Pacemaker node name for a Nova host name."""
-    for node, mapped in (parse_host_map(host_map) if host_map else {}).items():
-        if mapped == host:
-            return node
-    domain = domain.strip(".")
-    if domain and host.endswith("." + domain):
-        return host[: -len(domain) - 1]
-    return host
-
-
 # ---- cross-parameter checks (validate-all and every action) ------------------------------------
 
 def _command_problem(name: str, command: str) -> str | None:
@@ -687,10 +672,6 @@ def check_openstack(parsed: Parsed) -> list[str]:
     return problems
 
 
-def has_bmc(parsed: Parsed) -> bool:
-    return bool(parsed.get("ip") or parsed.get("bmc_map"))
-
-
 def _bmc_address(text: str, where: str) -> tuple[str, int | None]:
     """'address', 'address:port', '[v6]', '[v6]:port' or a bare IPv6 address."""
     if text.startswith("["):
@@ -738,47 +719,6 @@ def parse_bmc_map(text: str) -> dict[str, tuple[str, int | None]]:
     if not entries:
         raise ParamError("parameter 'bmc_map': no 'node=address[:port]' entry")
     return entries
-
-
-def bmc_endpoint(parsed: Parsed, node: str) -> tuple[str, int] | None:
-    """(address, UDP port) of the BMC that powers `node` (the fence 'port'); None when the
-    device has no BMC (a fencing-topology level after a power device).
-
-    ParamError when this device must not power `node`: not in bmc_map, or not the
-    bmc_node of the device's 'ip'. An empty `node` (monitor, no target) is only accepted
-    for an 'ip' device.
-    """
-    default_port = int(parsed.get("ipport", 623))
-    ip, bmc_map = parsed.get("ip"), parsed.get("bmc_map")
-    if ip and bmc_map:
-        raise ParamError("parameters 'ip' and 'bmc_map' are mutually exclusive")
-    if bmc_map:
-        entry = parse_bmc_map(bmc_map).get(node)
-        if entry is None:
-            raise ParamError(f"parameter 'port': node {_printable(node)!r} has no BMC in "
-                             "parameter 'bmc_map'")
-        return entry[0], entry[1] or default_port
-    if not ip:
-        return None
-    bmc_node = parsed.get("bmc_node")
-    if bmc_node and node and node != bmc_node:
-        raise ParamError(f"parameter 'port': node {_printable(node)!r} is not the node whose "
-                         f"BMC this device has (parameter 'bmc_node' {_printable(bmc_node)!r})")
-    return ip, default_port
-
-
-def bmc_password_command(parsed: Parsed, node: str) -> str | None:
-    """The password_script command for `node`'s BMC: with bmc_map the node's name is
-    appended as the last argument (one script serves every BMC of the device, as
-    `bmc-password KEY` does); otherwise the command as given. None without a script."""
-    command = parsed.get("password_script")
-    if not command:
-        return None
-    if parsed.get("bmc_map"):
-        import shlex
-
-        return f"{command} {shlex.quote(node)}"
-    return command
 
 
 def check_bmc(parsed: Parsed) -> list[str]:
@@ -903,3 +843,258 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
     if not first:
         raise SecretScriptError(f"parameter '{name}': the script printed nothing")
     return first
+
+
+# ---- typed settings: the groups of parameters that are read together ----------------------------
+#
+# Built once per run from a Parsed (``parsed.settings.bmc`` ...), each group on first use. A
+# field names its parameter; its value is the parsed one, or the table's default when the
+# parameter is unset or empty: no default is written anywhere but in PARAMETERS.
+
+_S = TypeVar("_S")
+
+
+def _setting(param: str, convert: Callable[[Any], Any] | None = None, *,
+             zero_is_default: bool = False, hidden: bool = False) -> Any:
+    """A settings field filled from parameter `param` (converted by `convert`, if given).
+    `zero_is_default`: 0 counts as unset too (a zero timeout or wait was never meant).
+    Secrets, and `hidden` fields, stay out of repr(): a settings object may end up in a log."""
+    return field(repr=not (hidden or BY_NAME[param].secret),
+                 metadata={"param": param, "convert": convert,
+                           "zero_is_default": zero_is_default})
+
+
+def table_value(parsed: Parsed, name: str, zero_is_default: bool = False) -> Any:
+    """The parsed value of parameter `name`, or the table's default when it is unset or
+    empty (also for an agent that does not take the parameter: it then has the default)."""
+    value = parsed.get(name)
+    param = BY_NAME[name]
+    if (value is None or (zero_is_default and not value)) and param.default is not None:
+        return convert(param, param.default)
+    return value
+
+
+def _build(cls: type[_S], parsed: Parsed, **extra: Any) -> _S:
+    """`cls` with each field read from its parameter; `extra`: the fields that are not."""
+    values = dict(extra)
+    for item in fields(cls):  # type: ignore[arg-type]
+        meta = item.metadata
+        if "param" in meta:
+            value = table_value(parsed, meta["param"], meta["zero_is_default"])
+            values[item.name] = meta["convert"](value) if meta["convert"] else value
+    return cls(**values)
+
+
+def _host_map(text: str | None) -> Mapping[str, str]:
+    return MappingProxyType(parse_host_map(text) if text else {})
+
+
+def _domain(text: str | None) -> str:
+    return (text or "").strip(".")
+
+
+def parse_host_list(text: str | None) -> tuple[str, ...]:
+    """target_hosts: host names separated by commas and/or whitespace."""
+    return tuple(h for h in re.split(r"[,\s]+", text or "") if h)
+
+
+@dataclass(frozen=True)
+class HostNaming:
+    """Pacemaker node names and Nova compute host names: the one place they are mapped.
+    Building it raises ParamError for a malformed host_map."""
+
+    host_map: Mapping[str, str] = _setting("host_map", _host_map)
+    domain: str = _setting("domain", _domain)
+
+    def nova_host(self, node: str) -> str:
+        """Nova's compute host name for a Pacemaker node name."""
+        mapped = self.host_map.get(node)
+        if mapped:
+            return mapped
+        if self.domain and not node.endswith("." + self.domain):
+            return f"{node}.{self.domain}"
+        return node
+
+    def node_for(self, host: str) -> str:
+        """The Pacemaker node name for a Nova compute host name (inverse of nova_host)."""
+        for node, mapped in self.host_map.items():
+            if mapped == host:
+                return node
+        if self.domain and host.endswith("." + self.domain):
+            return host[: -len(self.domain) - 1]
+        return host
+
+
+@dataclass(frozen=True)
+class BmcSettings:
+    """The device's BMC (fence_ipmilan's names): one at 'ip', or one per node in bmc_map."""
+
+    ip: str | None = _setting("ip")
+    bmc_map: str | None = _setting("bmc_map")  # as given: parsed by `nodes`, when used
+    bmc_node: str | None = _setting("bmc_node")
+    ipport: int = _setting("ipport")
+    username: str | None = _setting("username")
+    password: str | None = _setting("password")
+    password_script: str | None = _setting("password_script")
+    lanplus: bool = _setting("lanplus")
+    cipher: int | None = _setting("cipher")
+    privlvl: str = _setting("privlvl")
+    power_timeout: float = _setting("power_timeout")
+    power_wait: float = _setting("power_wait")
+    power_on_after: bool = _setting("power_on_after")
+
+    @property
+    def configured(self) -> bool:
+        """False: no BMC, the device runs in a fencing-topology level after a power device."""
+        return bool(self.ip or self.bmc_map)
+
+    @cached_property
+    def nodes(self) -> Mapping[str, tuple[str, int | None]]:
+        """bmc_map parsed (ParamError when malformed: validation reports it first)."""
+        return MappingProxyType(parse_bmc_map(self.bmc_map) if self.bmc_map else {})
+
+    def endpoint(self, node: str) -> tuple[str, int] | None:
+        """(address, UDP port) of the BMC that powers `node` (the fence 'port'); None when the
+        device has no BMC.
+
+        ParamError when this device must not power `node`: not in bmc_map, or not the
+        bmc_node of the device's 'ip'. An empty `node` (monitor, no target) is only accepted
+        for an 'ip' device.
+        """
+        if self.ip and self.bmc_map:
+            raise ParamError("parameters 'ip' and 'bmc_map' are mutually exclusive")
+        if self.bmc_map:
+            entry = self.nodes.get(node)
+            if entry is None:
+                raise ParamError(f"parameter 'port': node {_printable(node)!r} has no BMC in "
+                                 "parameter 'bmc_map'")
+            return entry[0], entry[1] or self.ipport
+        if not self.ip:
+            return None
+        if self.bmc_node and node and node != self.bmc_node:
+            raise ParamError(f"parameter 'port': node {_printable(node)!r} is not the node "
+                             f"whose BMC this device has (parameter 'bmc_node' "
+                             f"{_printable(self.bmc_node)!r})")
+        return self.ip, self.ipport
+
+    def password_command(self, node: str) -> str | None:
+        """The password_script command for `node`'s BMC: with bmc_map the node's name is
+        appended as the last argument (one script serves every BMC of the device, as
+        `bmc-password KEY` does); otherwise the command as given. None without a script."""
+        if not self.password_script:
+            return None
+        if self.bmc_map:
+            import shlex
+
+            return f"{self.password_script} {shlex.quote(node)}"
+        return self.password_script
+
+    def monitor_node(self, target: str) -> str:
+        """The node whose BMC a monitor asks: the target, else the first of bmc_map (asking
+        every BMC of a shared device each minute would cost as much as one device per
+        node), else '' (the device's own BMC at 'ip')."""
+        return target or (next(iter(self.nodes), "") if self.bmc_map else "")
+
+
+@dataclass(frozen=True)
+class OpenStackSettings:
+    """Keystone and Nova: credentials, endpoint choice, TLS, timeouts."""
+
+    cloud: str | None = _setting("os_cloud")
+    auth_url: str | None = _setting("os_auth_url")
+    username: str | None = _setting("os_username")
+    password: str | None = _setting("os_password")
+    password_script: str | None = _setting("os_password_script")
+    project_name: str | None = _setting("os_project_name")
+    user_domain_name: str = _setting("os_user_domain_name")
+    project_domain_name: str = _setting("os_project_domain_name")
+    application_credential_id: str | None = _setting("os_application_credential_id")
+    application_credential_secret: str | None = _setting("os_application_credential_secret")
+    region_name: str | None = _setting("os_region_name")
+    interface: str = _setting("os_interface")
+    cacert: str | None = _setting("os_cacert")
+    cert: str | None = _setting("os_cert")
+    key: str | None = _setting("os_key")
+    insecure: bool = _setting("os_insecure")
+    api_timeout: float = _setting("os_api_timeout")
+    compute_api_version: str = _setting("os_compute_api_version")
+    token_cache: bool = _setting("os_token_cache")
+    # The os_* parameters given to this run (directly or in config_file), as opposed to
+    # defaults: they win over the os_cloud entry of clouds.yaml, which wins over defaults.
+    given: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class EvacuationSettings:
+    """What to evacuate, how fast, within what time, and the mass-failure guard."""
+
+    mode: str = _setting("evacuate")
+    tag: str = _setting("evacuable_tag")
+    max_parallel: int = _setting("max_parallel")
+    timeout: float = _setting("evacuate_timeout")
+    retries: int = _setting("evacuate_retries")
+    target_hosts: tuple[str, ...] = _setting("target_hosts", parse_host_list)
+    max_fenced_hosts: str = _setting("max_fenced_hosts")
+    fenced_window: float = _setting("fenced_window")
+    watch_interval: float = _setting("watch_interval")
+    max_hosts: int = _setting("max_hosts")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where nova-ha's events go besides syslog."""
+
+    url: str | None = _setting("notify_url", hidden=True)  # may carry user:password@
+    command: str | None = _setting("notify_command")
+    timeout: float = _setting("notify_timeout", zero_is_default=True)
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """NovaCompute: how nova-compute is run, and what start and stop do around it."""
+
+    systemd_unit: str | None = _setting("systemd_unit")
+    start_command: str | None = _setting("start_command")
+    stop_command: str | None = _setting("stop_command")
+    status_command: str | None = _setting("status_command")
+    start_wait: float = _setting("start_wait", zero_is_default=True)
+    check_nova_service: bool = _setting("check_nova_service")
+    disable_on_stop: bool = _setting("disable_on_stop")
+
+
+class Settings:
+    """The typed settings of one run (``parsed.settings``). Each group is built on first
+    use, then kept: an agent pays only for the groups it reads."""
+
+    def __init__(self, parsed: Parsed) -> None:
+        self._parsed = parsed
+
+    @cached_property
+    def target_node(self) -> str:
+        """The node Pacemaker asked the fence device to act on ('port'); '' when none."""
+        return table_value(self._parsed, "port") or ""
+
+    @cached_property
+    def naming(self) -> HostNaming:
+        return _build(HostNaming, self._parsed)
+
+    @cached_property
+    def bmc(self) -> BmcSettings:
+        return _build(BmcSettings, self._parsed)
+
+    @cached_property
+    def openstack(self) -> OpenStackSettings:
+        given = frozenset(n for n in self._parsed.given if n.startswith("os_"))
+        return _build(OpenStackSettings, self._parsed, given=given)
+
+    @cached_property
+    def evacuation(self) -> EvacuationSettings:
+        return _build(EvacuationSettings, self._parsed)
+
+    @cached_property
+    def notify(self) -> NotifySettings:
+        return _build(NotifySettings, self._parsed)
+
+    @cached_property
+    def compute(self) -> ComputeSettings:
+        return _build(ComputeSettings, self._parsed)

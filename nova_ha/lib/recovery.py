@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import calendar
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,9 @@ if TYPE_CHECKING:
     from nova_ha.openstack.transport import Deadline
     from nova_ha.openstack.views import Service
 
+if TYPE_CHECKING:
+    from nova_ha.lib import params
+
 LOG = log.get("recovery")
 LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write is not lost
 
@@ -35,21 +37,19 @@ def owner_name(agent: str) -> str:
 
 @dataclass
 class Options:
-    mode: str = "all"
-    tag: str = "evacuable"
-    max_parallel: int = 16
-    retries: int = 2
+    mode: str
+    tag: str
+    max_parallel: int
+    retries: int
     target_hosts: list[str] | None = None
     notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
 
     @classmethod
-    def from_params(cls, parsed: Any, mode: str, notifier: Any = None) -> Options:
-        """The evacuation settings of an agent's parameters (target_hosts parsed here only:
-        commas and/or spaces)."""
-        targets = [h for h in re.split(r"[,\s]+", parsed.get("target_hosts") or "") if h]
-        return cls(mode=mode, tag=parsed.get("evacuable_tag", "evacuable"),
-                   max_parallel=parsed.get("max_parallel", 16),
-                   retries=parsed.get("evacuate_retries", 2), target_hosts=targets,
+    def from_settings(cls, settings: params.EvacuationSettings, mode: str,
+                      notifier: Any = None) -> Options:
+        """One evacuation's options: `mode` as decided for the host, the rest as set."""
+        return cls(mode=mode, tag=settings.tag, max_parallel=settings.max_parallel,
+                   retries=settings.retries, target_hosts=list(settings.target_hosts),
                    notifier=notifier)
 
 

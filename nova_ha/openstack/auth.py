@@ -7,6 +7,7 @@ that fails) is an ``AuthError``, a NovaError: callers making a client catch Nova
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -80,19 +81,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def auth_settings(parsed: params.Parsed) -> dict[str, Any]:
+def auth_settings(openstack: params.OpenStackSettings) -> dict[str, Any]:
     """os_* settings: clouds.yaml first, then parameters given here, then scripts."""
+    values = {item.metadata["param"]: getattr(openstack, item.name)
+              for item in dataclasses.fields(openstack) if "param" in item.metadata}
     settings: dict[str, Any] = {}
-    if parsed.get("os_cloud"):
-        settings.update(cloud_settings(parsed["os_cloud"]))
-    for name in parsed.given:
-        if name.startswith("os_") and parsed.get(name) not in (None, ""):
-            settings[name] = parsed[name]
+    if openstack.cloud:
+        settings.update(cloud_settings(openstack.cloud))
+    for name in openstack.given:
+        if values.get(name) not in (None, ""):
+            settings[name] = values[name]
     for name in ("os_user_domain_name", "os_project_domain_name", "os_interface",
                  "os_api_timeout", "os_compute_api_version"):
-        settings.setdefault(name, parsed.get(name))
-    if parsed.get("os_password_script") and not parsed.get("os_password"):
-        settings["os_password"] = _script_password(parsed["os_password_script"])
+        settings.setdefault(name, values[name])
+    if openstack.password_script and not openstack.password:
+        settings["os_password"] = _script_password(openstack.password_script)
     interface = str(settings.get("os_interface") or "internal").lower()
     settings["os_interface"] = interface[:-3] if interface.endswith("url") else interface
     log.REDACTOR.add(*(str(settings[k]) for k in ("os_password",

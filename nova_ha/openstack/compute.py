@@ -71,14 +71,16 @@ class Nova:
         """The client of the os_* parameters. Any problem making it is a NovaError."""
         from nova_ha.openstack import auth
 
-        settings = auth.auth_settings(parsed)
-        settings["pool_size"] = int(parsed.get("max_parallel") or 10) + 4
+        openstack = parsed.settings.openstack
+        settings = auth.auth_settings(openstack)
+        # Connections for every evacuation in flight, and a few for the reads beside them.
+        settings["pool_size"] = parsed.settings.evacuation.max_parallel + 4
         session = auth.make_session(settings)
         nova = cls(session, interface=settings["os_interface"],
                    region=settings.get("os_region_name"),
                    timeout=float(settings.get("os_api_timeout") or 10),
                    cap=str(settings.get("os_compute_api_version") or "auto"))
-        if parsed.get("os_token_cache", True):
+        if openstack.token_cache:
             from nova_ha.openstack.token_cache import TokenCache
 
             nova.transport.use_token_cache(TokenCache(session.auth))

@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 from nova_ha.errors import NovaHaError
-from nova_ha.lib import docs, params
+from nova_ha.lib import clock, docs, lifecycle, owners, params
+from nova_ha.lib.lifecycle import Event, HostState, OperatorAction
 
 FENCE_DIR = "/usr/sbin"
 OCF_DIR = "/usr/lib/ocf/resource.d/nova-ha"
@@ -42,7 +43,6 @@ DEFAULT_CONFIG = "/etc/nova-ha/nova-ha.conf"
 CIBSECRET_DIR = "/var/lib/pacemaker/lrm/secrets"  # cibsecret keeps "lrm://" values here
 POWER_DEVICES = ("fence_nova_evacuate", "fence_ipmilan", "fence_ipmilanplus")
 TOOL_TIMEOUT = 15.0
-INCIDENT = frozenset({"fenced", "evacuating", "failed"})
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -340,9 +340,7 @@ def table(header: list[str], rows: list[list[str]], colour: bool,
 
 
 def _age(iso: str | None, now: float) -> str:
-    from nova_ha.lib import guard
-
-    then = guard.epoch(iso)
+    then = clock.epoch(iso)
     if then is None:
         return ""
     seconds = max(0, int(now - then))
@@ -492,7 +490,7 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
             info = pcmk.get(node)
             row["pacemaker"] = info["state"] if info else "unknown"
             if info and info["state"] == "offline" and rec is not None \
-                    and rec.state in INCIDENT | {"evacuated"}:
+                    and rec.state in lifecycle.POWERED_OFF:
                 row["pacemaker"] = "fenced"
             row["last_fenced"] = info.get("last_fenced") if info else None
         row["power"] = powers.get(node)
@@ -516,7 +514,7 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
             }
             verdict = guard.check(records, parsed.settings.evacuation, node,
                                   total_hosts=total)
-            row["held"] = verdict.blocked and rec.state in INCIDENT
+            row["held"] = verdict.blocked and rec.state in lifecycle.INCIDENT
             if row["held"]:
                 row["guard"] = verdict.as_dict()
         rows.append(row)
@@ -553,7 +551,7 @@ def collect_status(ctx: Context, with_power: bool = True) -> dict[str, Any]:
     for row in rows:
         if row.get("node") in bad:
             row["record"] = {"state": "UNREADABLE"}
-    return {"time": state.iso_utc(time.time()), "hosts": rows, "problems": problems}
+    return {"time": clock.iso_utc(time.time()), "hosts": rows, "problems": problems}
 
 
 def render_status(data: dict[str, Any], colour: bool, now: float | None = None) -> str:
@@ -647,8 +645,9 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         print(f"no recorded event{' for ' + args.host if args.host else ''}")
         return EXIT_OK
     colour = _use_colour(args.color, sys.stdout)
-    tones = {"fenced": "red", "evacuation_failed": "red", "evacuation_blocked": "red",
-             "evacuation_finished": "green", "rejoined": "green", "reset": "yellow"}
+    tones = {Event.FENCED: "red", Event.EVACUATION_FAILED: "red",
+             Event.EVACUATION_BLOCKED: "red", Event.EVACUATION_FINISHED: "green",
+             Event.REJOINED: "green", Event.RESET: "yellow"}
     rows = [[e["time"], e["node"], e["event"], e["detail"]] for e in events]
     print(table(["TIME", "NODE", "EVENT", "DETAIL"], rows, colour,
                 [[None, None, tones.get(e["event"]), None] for e in events]))
@@ -656,14 +655,6 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
 
 
 # ---- reset --------------------------------------------------------------------------------------
-
-def _local_owner_gone(owner: str | None) -> bool:
-    """A lease holder on this node whose process is gone (e.g. a killed stonith agent)."""
-    if not owner or "@" not in owner:
-        return False
-    node, _, pid = owner.split("@", 1)[1].rpartition(":")
-    return node == os.uname().nodename and pid.isdigit() and not os.path.exists(f"/proc/{pid}")
-
 
 def _who() -> str:
     import getpass
@@ -699,17 +690,14 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
     except state.StateError as err:
         before = None
         print(_line(f"{node}: the record does not read ({err}); resetting it"))
-    if before is not None:
-        live = before.lease_live(now) and not _local_owner_gone(before.lease_owner)
-        if live and not args.force:
-            left = (before.lease_expires or now) + store.skew - now
-            raise CliError(
-                f"{node}: refusing: {before.lease_owner} holds the lease for {left:.0f} s more "
-                f"(it is working on the host now). Wait for it, or use --force if that "
-                f"process is gone.")
-        if before.state == "ok" and before.lease_owner is None:
-            print(_line(f"{node}: nothing to reset (state ok, no lease)"))
-            return EXIT_OK
+    decision = lifecycle.operator_reset(
+        before, now, owner_gone=owners.gone(before.lease_owner if before else None),
+        force=args.force, skew=store.skew)
+    if decision.action is OperatorAction.REFUSE:
+        raise CliError(decision.reason)
+    if decision.action is OperatorAction.NOTHING:
+        print(_line(decision.reason))
+        return EXIT_OK
     note = (args.note or "") + (" " if args.note else "") + f"by {_who()}"
     if args.force:
         note += " (forced)"
@@ -719,11 +707,11 @@ def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"cannot reset {node}: {err}") from None
     for line in describe_reset(before, after, now):
         print(_line(line))
-    if before is None or before.state != "ok":
+    if before is None or before.state != HostState.OK:
         print(_line(f"  Nova is not changed: nova-compute on {after.service_host or node} "
                     "stays forced down and disabled until NovaCompute starts it there (it "
                     "lifts nova-ha's force-down once the service reports up)."))
-    ctx.notifier().send("reset", node, host=after.service_host, detail=note,
+    ctx.notifier().send(Event.RESET, node, host=after.service_host, detail=note,
                         previous_state=before.state if before else None)
     return EXIT_OK
 
@@ -733,7 +721,7 @@ def describe_reset(before: Any, after: Any, now: float) -> list[str]:
     if before is None:
         return [f"{node}: unreadable record replaced: state ok, lease cleared, "
                 f"history kept with a 'reset' event"]
-    lines = [f"{node}: state {before.state} -> ok" if before.state != "ok"
+    lines = [f"{node}: state {before.state} -> ok" if before.state != HostState.OK
              else f"{node}: state stays ok"]
     counts = [f"{n}={getattr(before, n)}" for n in ("found", "evacuated", "failed")
               if getattr(before, n)]
@@ -801,22 +789,6 @@ class ProgressBar:
                 self.stream.flush()
 
 
-def evacuable(record: Any, now: float) -> str | None:
-    """Why `nova-ha evacuate` refuses this record, or None when it may go ahead."""
-    node = record.host
-    if record.state == "ok":
-        return (f"{node} is recorded 'ok': nova-ha did not fence it, so its power-off is not "
-                f"confirmed. Fence it first (stonith_admin --fence {node}).")
-    if record.state == "evacuated":
-        return f"{node} is already evacuated (since {record.since}); nothing to do."
-    if record.state in ("fenced", "evacuating", "failed") and record.lease_live(now) \
-            and not _local_owner_gone(record.lease_owner):
-        return (f"{node} is being evacuated by {record.lease_owner} (lease until "
-                f"{time.strftime('%H:%M:%SZ', time.gmtime(record.lease_expires or now))}); "
-                "leaving it to them. If NovaEvacuate is not running, the lease ends then.")
-    return None
-
-
 def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     from nova_ha.lib import guard, handover, proof, recovery, state
     from nova_ha.openstack.exceptions import NovaError
@@ -840,11 +812,11 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
             raise CliError(f"cannot take the lease of {node}: {err}") from None
         print(_line(f"{node}: lease taken from {handover.SERVICE_OWNER}"))
         record = store.get(node)
-    why = evacuable(record, now)
-    if why and record.lease_owner == handover.SERVICE_OWNER:
-        why += " Use --take-over if NovaEvacuate is stopped."
-    if why:
-        raise CliError(f"refusing: {why}")
+    decision = lifecycle.operator_evacuate(record, now,
+                                           owner_gone=owners.gone(record.lease_owner),
+                                           service=handover.SERVICE_OWNER)
+    if decision.action is not OperatorAction.GO:
+        raise CliError(f"refusing: {decision.reason}")
     settings = ctx.parsed.settings
     evacuation = settings.evacuation
     host = record.service_host or settings.naming.nova_host(node)
@@ -872,15 +844,10 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
                 f"{timeout:g} s)"))
     colour = _use_colour(args.color, sys.stdout)
     bar = ProgressBar(total, colour=colour)
-    options = recovery.Options.from_settings(evacuation, mode)
-    # recovery sends the outcome event itself once it has a notifier option; until then
-    # (and for an older recovery) this command sends it.
-    hooked = "notifier" in {f.name for f in dataclasses.fields(options)}
-    if hooked:
-        options.notifier = notifier
+    options = recovery.Options.from_settings(evacuation, mode, notifier)
     try:
         summary = recovery.evacuate_host(nova, store, confirmed, options, deadline,
-                                         recovery.owner_name(params.CLI), progress=bar)
+                                         owners.name(params.CLI), progress=bar)
     except NovaError as err:
         bar.close()
         raise CliError(f"evacuation of {node} interrupted: {err}; the record is back to "
@@ -889,11 +856,6 @@ def cmd_evacuate(ctx: Context, args: argparse.Namespace) -> int:
     if summary is None:
         raise CliError(f"{node}: another runner took the host's lease first; leaving it "
                        "to them")
-    if not hooked:
-        event = "evacuation_finished" if not (summary.count("failed") or
-                                              summary.count("unfinished")) \
-            else "evacuation_failed"
-        notifier.send(event, node, host=host, summary=summary)
     print(_line(summary.line()))
     for outcome in summary.outcomes:
         if outcome.result in ("failed", "unfinished", "skipped"):

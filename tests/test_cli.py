@@ -14,7 +14,8 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from nova_ha import cli
-from nova_ha.lib import guard, notify, params, state
+from nova_ha.lib import guard, params, state
+from nova_ha.lib.lifecycle import Event, HostState
 from testbed.observe import Observer
 from tests.helpers import PYTHON, ROOT, run_fence
 
@@ -114,7 +115,7 @@ def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypa
     monkeypatch.setenv("CIB_file", bed.cib)
     store = _store(bed)
     for host in ("host1", "host2"):
-        store.mark(host, "fenced", "fenced", "test", mode="all")
+        store.mark(host, HostState.FENCED, Event.FENCED, "test", mode="all")
     args = cli._parser().parse_args(["status", "--no-cib", "--config",
                                      _config(tmp_path, bed.os_params())])
     ctx = cli.load_context(args)
@@ -183,7 +184,7 @@ def test_status_table_is_plain_unless_a_terminal(sim_bed, tmp_path):
 
 def test_status_when_nova_and_the_cluster_cannot_be_asked(tmp_path, cib_file):
     store = state.CibStateStore(cib_file)
-    store.mark("host1", "fenced", "fenced", "test", mode="all")
+    store.mark("host1", HostState.FENCED, Event.FENCED, "test", mode="all")
     config = _config(tmp_path, {"os_auth_url": "http://127.0.0.1:9/v3", "os_username": "a",
                                 "os_password": "pw-never-shown", "os_project_name": "p",
                                 "os_api_timeout": "1"})
@@ -257,7 +258,8 @@ def test_rows_join_pacemaker_nova_and_records_by_node_name():
     from nova_ha.openstack.views import Server, Service
 
     store = state.MemoryStateStore()
-    store.mark("compute1", "fenced", "fenced", "x", mode="all", service_host="compute1.dc")
+    store.mark("compute1", HostState.FENCED, Event.FENCED, "x", mode="all",
+               service_host="compute1.dc")
     services = [Service("1", "compute1.dc", "disabled", "down", True, "nova-ha: fenced"),
                 Service("2", "compute2.dc", "enabled", "up", False, None)]
     servers = [Server("a", host="compute2.dc", status="ACTIVE"),
@@ -280,11 +282,12 @@ def test_history_newest_first(sim_bed, tmp_path):
     bed = sim_bed
     store = _store(bed)
     t = 1_800_000_000
-    store.mark("host1", "fenced", "fenced", "power off", now=t)
-    store.mark("host2", "fenced", "fenced", "power off", now=t + 1)
-    store.mark("host1", "evacuating", "evacuation_started", "by x", now=t + 2)
-    store.mark("host1", "evacuated", "evacuation_finished", now=t + 3, found=2, evacuated=2)
-    store.mark("host1", "ok", "rejoined", "service up", now=t + 4)
+    store.mark("host1", HostState.FENCED, Event.FENCED, "power off", now=t)
+    store.mark("host2", HostState.FENCED, Event.FENCED, "power off", now=t + 1)
+    store.mark("host1", HostState.EVACUATING, Event.EVACUATION_STARTED, "by x", now=t + 2)
+    store.mark("host1", HostState.EVACUATED, Event.EVACUATION_FINISHED, now=t + 3, found=2,
+               evacuated=2)
+    store.mark("host1", HostState.OK, Event.REJOINED, "service up", now=t + 4)
     config = _empty_config(tmp_path)
     done = _nova_ha(bed, "history", "--config", config, "--no-cib")
     assert done.returncode == 0, done.stderr
@@ -309,11 +312,11 @@ def test_reset_refuses_a_live_lease_unless_forced_and_says_what_changed(sim_bed,
                                                                         webhook):
     bed = sim_bed
     store = _store(bed)
-    store.mark("host1", "fenced", "fenced", "power off", mode="all")
+    store.mark("host1", HostState.FENCED, Event.FENCED, "power off", mode="all")
     assert store.acquire_lease("host1", "NovaEvacuate@other-controller", ttl=300)
-    store.mark("host1", "evacuating", "evacuation_started", "by other",
+    store.mark("host1", HostState.EVACUATING, Event.EVACUATION_STARTED, "by other",
                owner="NovaEvacuate@other-controller")
-    store.mark("host1", "evacuating", found=4, evacuated=1, failed=1,
+    store.mark("host1", HostState.EVACUATING, found=4, evacuated=1, failed=1,
                owner="NovaEvacuate@other-controller")
     config = _config(tmp_path, {"notify_url": webhook.url})
     refused = _nova_ha(bed, "reset", "host1", "--config", config)
@@ -346,8 +349,8 @@ def test_reset_refuses_a_live_lease_unless_forced_and_says_what_changed(sim_bed,
 def test_reset_needs_no_force_once_the_lease_expired(sim_bed, tmp_path):
     bed = sim_bed
     store = _store(bed)
-    store.mark("host2", "fenced", "fenced", "power off", mode="all")
-    store.mark("host2", "failed", "evacuation_failed", "no valid host", failed=2)
+    store.mark("host2", HostState.FENCED, Event.FENCED, "power off", mode="all")
+    store.mark("host2", HostState.FAILED, Event.EVACUATION_FAILED, "no valid host", failed=2)
     assert store.acquire_lease("host2", "fence_nova_evacuate@c1:1", ttl=1,
                                now=time.time() - 3600)
     done = _nova_ha(bed, "reset", "host2", "--config", _empty_config(tmp_path))
@@ -372,13 +375,13 @@ def test_evacuate_refuses_hosts_that_are_not_fenced(sim_bed, tmp_path):
     assert refused.returncode == 1
     assert "refusing: host1 is recorded 'ok'" in refused.stderr
     assert "power-off is not confirmed" in refused.stderr
-    store.mark("host2", "fenced", "fenced", "x", mode="all")
-    store.mark("host2", "evacuated", "evacuation_finished", found=0)
+    store.mark("host2", HostState.FENCED, Event.FENCED, "x", mode="all")
+    store.mark("host2", HostState.EVACUATED, Event.EVACUATION_FINISHED, found=0)
     refused = _nova_ha(bed, "evacuate", "host2", "--config", config)
     assert refused.returncode == 1 and "already evacuated" in refused.stderr
-    store.mark("host3", "fenced", "fenced", "x", mode="all")
+    store.mark("host3", HostState.FENCED, Event.FENCED, "x", mode="all")
     assert store.acquire_lease("host3", "NovaEvacuate@other-controller", ttl=300)
-    store.mark("host3", "evacuating", "evacuation_started", "by other",
+    store.mark("host3", HostState.EVACUATING, Event.EVACUATION_STARTED, "by other",
                owner="NovaEvacuate@other-controller")
     refused = _nova_ha(bed, "evacuate", "host3", "--config", config)
     assert refused.returncode == 1
@@ -421,7 +424,7 @@ def test_evacuate_by_hand_while_the_guard_holds_the_host(sim_bed, tmp_path, webh
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
     store = _store(bed)
     for host in ("host2", "host3"):  # the same wave (their computes are fine in the sim)
-        store.mark(host, "fenced", "fenced", "power off", mode="record")
+        store.mark(host, HostState.FENCED, Event.FENCED, "power off", mode="record")
     parsed = params.parse({"max_fenced_hosts": "2"}, params.CLI)
     assert guard.check(store.all(), parsed.settings.evacuation, "host1").blocked
     config = _config(tmp_path, dict(bed.os_params(), max_fenced_hosts=2,
@@ -581,7 +584,7 @@ def test_notify_module_is_light():
     assert done.returncode == 0, done.stderr
     for heavy in ("urllib.request", "keystoneauth1", "lxml", "pyghmi"):
         assert f" {heavy}\n" not in done.stderr, heavy
-    assert notify.EVENTS[:3] == ("fenced", "evacuation_started", "evacuation_finished")
+    assert list(Event)[:3] == ["fenced", "evacuation_started", "evacuation_finished"]
 
 
 def test_evacuate_by_hand_on_the_real_nova(box_bed, tmp_path):

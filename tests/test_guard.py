@@ -7,6 +7,7 @@ import json
 import pytest
 
 from nova_ha.lib import guard, notify, params, state
+from nova_ha.lib.lifecycle import Event, HostState
 from tests.helpers import run_fence
 
 T0 = 1_800_000_000.0  # some fixed epoch
@@ -23,22 +24,14 @@ def _limits(**values) -> params.EvacuationSettings:
 
 
 def _fence(store: state.StateStore, host: str, at: float) -> None:
-    store.mark(host, "fenced", "fenced", "test", mode="all", now=at)
+    store.mark(host, HostState.FENCED, Event.FENCED, "test", mode="all", now=at)
 
 
 def _store(hosts: int = 3) -> state.MemoryStateStore:
     store = state.MemoryStateStore()
     for i in range(1, hosts + 1):  # known compute hosts, nothing happened to them yet
-        store.mark(f"host{i}", "ok")
+        store.mark(f"host{i}", HostState.OK)
     return store
-
-
-@pytest.fixture
-def blocked_event_known(monkeypatch):
-    """The state module records 'evacuation_blocked' once the lead has added it; until then
-    the tests add it themselves (hold() checks state.EVENTS at call time)."""
-    if guard.EVENT not in state.EVENTS:
-        monkeypatch.setattr(state, "EVENTS", state.EVENTS + (guard.EVENT,))
 
 
 def test_three_hosts_fenced_within_the_window_are_held():
@@ -82,8 +75,8 @@ def test_the_decision_does_not_lapse_with_the_window():
     assert all(guard.check(records, limits, h).blocked for h in ("host1", "host2", "host3"))
     assert not guard.check(records, limits, "host4").blocked
     # a host of the wave that rejoined still counts for the others (it was fenced then)
-    store.mark("host3", "evacuated", "evacuation_finished", now=T0 + 100)
-    store.mark("host3", "ok", "rejoined", now=T0 + 900)
+    store.mark("host3", HostState.EVACUATED, Event.EVACUATION_FINISHED, now=T0 + 100)
+    store.mark("host3", HostState.OK, Event.REJOINED, now=T0 + 900)
     assert guard.check(store.all(), limits, "host1").blocked
     assert guard.check(store.all(), limits, "host3").wave == ["host1", "host2", "host3"]
 
@@ -141,7 +134,7 @@ def test_percentage_of_novas_hosts_asked_only_when_it_matters():
     assert calls == [1] and verdict.total == 12 and verdict.limit == 3 and not verdict.blocked
 
 
-def test_hold_records_and_raises_once(blocked_event_known, monkeypatch):
+def test_hold_records_and_raises_once(monkeypatch):
     lines = []
     monkeypatch.setattr(notify, "_syslog", lambda priority, text: lines.append(text))
     store = _store()
@@ -151,11 +144,11 @@ def test_hold_records_and_raises_once(blocked_event_known, monkeypatch):
     notifier = notify.Notifier(source=params.FENCE)
     assert guard.hold(store, verdict, notifier) is True
     record = store.get("host3")
-    assert record.state == "fenced" and record.history[-1].name == guard.EVENT
+    assert record.state == "fenced" and record.history[-1].name == Event.EVACUATION_BLOCKED
     assert "3 fenced within 600s, limit 2" in record.history[-1].detail
     assert guard.hold(store, verdict, notifier) is False  # monitor after monitor: once
     events = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("event ")]
-    assert [e["event"] for e in events] == [guard.EVENT]
+    assert [e["event"] for e in events] == [Event.EVACUATION_BLOCKED]
     assert events[0]["wave"] == ["host1", "host2", "host3"] and events[0]["limit"] == 2
     # a new incident (fenced again) may be held again
     _fence(store, "host3", T0 + 20)
@@ -163,16 +156,16 @@ def test_hold_records_and_raises_once(blocked_event_known, monkeypatch):
                       notifier) is True
 
 
-def test_check_store_reads_the_cib_once(cib_file, blocked_event_known):
+def test_check_store_reads_the_cib_once(cib_file):
     store = state.CibStateStore(cib_file)
     for i in (1, 2, 3):
-        store.mark(f"host{i}", "fenced", "fenced", "test", mode="all")
+        store.mark(f"host{i}", HostState.FENCED, Event.FENCED, "test", mode="all")
     limits = _limits(max_fenced_hosts=2, fenced_window=600)
     before = store.commands_run
     verdict = guard.check_store(store, limits, "host2")
     assert verdict.blocked and store.commands_run - before == 1
     assert guard.hold(store, verdict)
-    assert state.CibStateStore(cib_file).get("host2").history[-1].name == guard.EVENT
+    assert state.CibStateStore(cib_file).get("host2").history[-1].name == Event.EVACUATION_BLOCKED
 
 
 def test_check_store_without_records_does_not_hold(tmp_path):
@@ -203,15 +196,16 @@ def test_window_is_seconds():
     assert _parsed(fenced_window="soon").problems
 
 
-def test_screen_holds_new_starts_only_and_counts_hosts_once(blocked_event_known, monkeypatch):
+def test_screen_holds_new_starts_only_and_counts_hosts_once(monkeypatch):
     lines = []
     monkeypatch.setattr(notify, "_syslog", lambda priority, text: lines.append(text))
     store = _store(5)
     for i in (1, 2, 3, 4):
         _fence(store, f"host{i}", T0 + i)
-    store.mark("host2", "evacuating", "evacuation_started", "by a killed agent", now=T0 + 9)
-    store.mark("host3", "evacuating", now=T0 + 9)
-    store.mark("host3", "failed", "evacuation_failed", "no room", now=T0 + 20)
+    store.mark("host2", HostState.EVACUATING, Event.EVACUATION_STARTED, "by a killed agent",
+               now=T0 + 9)
+    store.mark("host3", HostState.EVACUATING, now=T0 + 9)
+    store.mark("host3", HostState.FAILED, Event.EVACUATION_FAILED, "no room", now=T0 + 20)
     calls = []
 
     def count():
@@ -225,8 +219,9 @@ def test_screen_holds_new_starts_only_and_counts_hosts_once(blocked_event_known,
     assert calls == [1]
     assert held["host1"].limit == 2 and held["host1"].total == 8
     assert store.get("host3").state == "failed"
-    assert store.get("host3").history[-1].name == guard.EVENT
+    assert store.get("host3").history[-1].name == Event.EVACUATION_BLOCKED
     again = guard.screen(store, store.all(), _limits(), ["host1", "host3"],
                          notify.Notifier(source=params.EVACUATE), total_hosts=count)
     assert sorted(again) == ["host1", "host3"]
-    assert sum(1 for line in lines if f'"event":"{guard.EVENT}"' in line) == 2  # once each
+    blocked = f'"event":"{Event.EVACUATION_BLOCKED}"'
+    assert sum(1 for line in lines if blocked in line) == 2  # once each

@@ -21,6 +21,7 @@ import pytest
 
 from nova_ha import cli
 from nova_ha.lib import fence_proto, fencer, log, params, state
+from nova_ha.lib.lifecycle import Event, HostState
 from tests.helpers import (
     COMPUTE_AGENT,
     EVACUATE_AGENT,
@@ -293,7 +294,7 @@ def test_nova_ha_output_into_a_closed_pipe_is_quiet():
 def test_nova_ha_reset_into_a_closed_pipe_does_all_its_work(tmp_path, cib_file, webhook,
                                                             buffered):
     store = state.CibStateStore(cib_file)
-    store.mark("host1", "fenced", "fenced", "power off", mode="all")
+    store.mark("host1", HostState.FENCED, Event.FENCED, "power off", mode="all")
     config = tmp_path / "nova-ha.conf"
     config.write_text(f"notify_url = {webhook.url}\n")
     config.chmod(0o600)

@@ -1,6 +1,6 @@
 """The recovery pipeline, step by step: the fence path's steps and its proof type, the
-evacuation service's decision table, its supervision of workers, and the record writes an
-incident costs."""
+evacuation service's supervision of workers, and the record writes an incident costs (the
+decisions themselves: tests/test_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -14,72 +14,13 @@ import pytest
 
 from nova_ha.lib import evacuation_service as svc
 from nova_ha.lib import fence_path, handover, params, proof, state
-from nova_ha.lib.evacuation_service import EXIT_INTERRUPTED, Service, Worker, decide
+from nova_ha.lib.evacuation_service import EXIT_INTERRUPTED, Service, Worker
+from nova_ha.lib.lifecycle import Event, HostState
 from testbed.observe import Observer
 from tests.helpers import run_fence
 
 NOW = 1_800_000_000.0
 SERVICE = handover.SERVICE_OWNER
-
-
-def _record(state_: str, owner: str | None = None, expires: float | None = None,
-            mode: str | None = "all", since: str | None = None) -> state.HostRecord:
-    return state.HostRecord("compute1", state=state_, lease_owner=owner,
-                            lease_expires=expires, mode=mode,
-                            since=since or state.iso_utc(NOW - 5))
-
-
-def _never_gone(owner: str | None) -> bool:
-    return False
-
-
-def _always_gone(owner: str | None) -> bool:
-    return True
-
-
-# -- the decision table: every state x lease (none / ours / live other / expired other /
-#    dead local owner), each with its reason ---------------------------------------------
-
-LIVE, EXPIRED = NOW + 100, NOW - 100
-CASES = [
-    # state, owner, expires, mode, gone, expected reason (None: leave it)
-    ("ok", None, None, "all", _never_gone, None),
-    ("fenced", SERVICE, LIVE, "all", _never_gone, "recorded fenced and handed over"),
-    ("fenced", SERVICE, EXPIRED, "all", _never_gone,
-     "recorded fenced; the lease of NovaEvacuate has ended"),
-    ("fenced", None, None, "all", _never_gone, "recorded fenced, nobody working it"),
-    ("fenced", None, None, "record", _never_gone, "recorded fenced, nobody working it"),
-    ("fenced", None, None, "none", _never_gone, None),
-    ("fenced", "nova-ha@c1:9", LIVE, "all", _never_gone, None),
-    ("fenced", "nova-ha@c1:9", LIVE, "all", _always_gone,
-     "recorded fenced; the lease of nova-ha@c1:9 has ended"),
-    ("fenced", "nova-ha@c1:9", EXPIRED, "all", _never_gone,
-     "recorded fenced; the lease of nova-ha@c1:9 has ended"),
-    ("evacuating", "fence_nova_evacuate@c1:7", LIVE, "all", _never_gone, None),
-    ("evacuating", "fence_nova_evacuate@c1:7", LIVE, "all", _always_gone,
-     "evacuation left unfinished by its runner"),
-    ("evacuating", "fence_nova_evacuate@c1:7", EXPIRED, "all", _never_gone,
-     "evacuation left unfinished by its runner"),
-    ("evacuating", SERVICE, LIVE, "all", _never_gone, "evacuation left unfinished by its runner"),
-    ("evacuated", None, None, "all", _never_gone, None),
-]
-
-
-@pytest.mark.parametrize("state_,owner,expires,mode,gone,expected", CASES)
-def test_decide(state_, owner, expires, mode, gone, expected):
-    assert decide(_record(state_, owner, expires, mode), NOW, gone=gone) == expected
-
-
-def test_decide_failed_is_retried_after_a_pause_and_backoff_is_kept():
-    recent = _record("failed", since=state.iso_utc(NOW - 30))
-    old = _record("failed", since=state.iso_utc(NOW - svc.FAILED_RETRY_AFTER - 1))
-    assert decide(recent, NOW, gone=_never_gone) is None
-    assert decide(old, NOW, gone=_never_gone).startswith("evacuation failed 121 s ago")
-    held = _record("failed", "nova-ha@c9:1", LIVE, since=state.iso_utc(NOW - 999))
-    assert decide(held, NOW, gone=_never_gone) is None
-    # A host whose Nova could not be reached waits for its retry time.
-    assert decide(_record("fenced", SERVICE, LIVE), NOW, not_before=NOW + 5,
-                  gone=_never_gone) is None
 
 
 # -- the service's supervision, with fake workers ---------------------------------------------
@@ -135,7 +76,7 @@ def _service(store: state.StateStore, **values) -> tuple[Service, Spawner]:
 
 
 def _fenced(store: state.StateStore, node: str) -> None:
-    store.mark(node, "fenced", "fenced", "power-off confirmed", mode="all",
+    store.mark(node, HostState.FENCED, Event.FENCED, "power-off confirmed", mode="all",
                grant=(SERVICE, 70.0))
 
 
@@ -199,7 +140,7 @@ def test_hosts_are_worked_in_parallel_up_to_max_hosts():
     assert sorted(service.busy) == ["compute1", "compute2"]
     assert "compute3: waiting for a free worker (2 busy)" in lines
     service.busy["compute1"].process.code = 0
-    store.mark("compute1", "evacuated", "evacuation_finished", "done", owner=SERVICE,
+    store.mark("compute1", HostState.EVACUATED, Event.EVACUATION_FINISHED, "done", owner=SERVICE,
                release=True)
     service.tick()
     assert sorted(service.busy) == ["compute2", "compute3"]
@@ -243,7 +184,7 @@ def test_only_the_power_off_step_makes_a_proof():
     ("ok", False), ("fenced", True), ("evacuating", True), ("evacuated", True),
     ("failed", True)])
 def test_a_record_of_a_fenced_host_carries_the_proof(state_name, proved):
-    record = state.HostRecord("compute1", state=state_name)
+    record = state.HostRecord("compute1", state=HostState(state_name))
     made = proof.from_record(record, "compute1.example")
     assert (made is not None) == proved
     if made is not None:

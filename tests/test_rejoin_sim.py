@@ -9,6 +9,7 @@ import signal
 import time
 
 from nova_ha.lib import state
+from nova_ha.lib.lifecycle import Event, HostState
 from testbed.observe import Observer
 from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, run_fence, run_ocf, wait_until
 
@@ -206,7 +207,7 @@ def test_nova_down_is_retried_and_monitor_stays_healthy(sim_bed):
     # What a fence leaves: forced down in Nova, recorded, lease handed over.
     observer = Observer(bed.cloud)
     observer.nova.services.force_down(observer.service("host1").id, True)
-    store.mark("host1", "fenced", "fenced", "power-off confirmed", mode="all",
+    store.mark("host1", HostState.FENCED, Event.FENCED, "power-off confirmed", mode="all",
                grant=("NovaEvacuate", 90))
     bed.cloud.set_api_down(True)
     env = bed.env()

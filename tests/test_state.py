@@ -20,18 +20,17 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from nova_ha.lib import state as state_mod
+from nova_ha.lib.clock import iso_utc
+from nova_ha.lib.lifecycle import Event, HostState, may_move
 from nova_ha.lib.state import (
     ATTR_HISTORY,
     ATTR_LEASE_EXPIRES,
     ATTR_LEASE_OWNER,
     ATTR_STATE,
-    EVENTS,
     HISTORY_MAX,
     MODES,
-    STATES,
-    TRANSITIONS,
     CibStateStore,
-    Event,
+    HistoryEntry,
     HostRecord,
     MemoryStateStore,
     StateError,
@@ -112,16 +111,17 @@ def test_missing_record_is_ok(store: StateStore) -> None:
 def test_round_trip(store: StateStore) -> None:
     store.mark(
         "compute1",
-        "fenced",
-        "fenced",
+        HostState.FENCED,
+        Event.FENCED,
         "power off confirmed by c1",
         now=T0,
         service_host="compute1.nova.example",
         mode="all",
     )
-    store.mark("compute1", "evacuating", "evacuation_started", found=7, now=T0 + 2)
+    store.mark("compute1", HostState.EVACUATING, Event.EVACUATION_STARTED, found=7, now=T0 + 2)
     written = store.mark(
-        "compute1", "evacuated", "evacuation_finished", found=7, evacuated=6, failed=1, now=T0 + 60
+        "compute1", HostState.EVACUATED, Event.EVACUATION_FINISHED, found=7, evacuated=6,
+        failed=1, now=T0 + 60,
     )
     expected = HostRecord(
         host="compute1",
@@ -133,9 +133,10 @@ def test_round_trip(store: StateStore) -> None:
         mode="all",
         service_host="compute1.nova.example",
         history=[
-            Event("2027-01-15T08:00:00Z", "fenced", "power off confirmed by c1"),
-            Event("2027-01-15T08:00:02Z", "evacuation_started", ""),
-            Event("2027-01-15T08:01:00Z", "evacuation_finished", "found=7 evacuated=6 failed=1"),
+            HistoryEntry("2027-01-15T08:00:00Z", "fenced", "power off confirmed by c1"),
+            HistoryEntry("2027-01-15T08:00:02Z", "evacuation_started", ""),
+            HistoryEntry("2027-01-15T08:01:00Z", "evacuation_finished",
+                         "found=7 evacuated=6 failed=1"),
         ],
     )
     assert written == expected
@@ -144,113 +145,115 @@ def test_round_trip(store: StateStore) -> None:
 
 
 def test_since_changes_only_with_state(store: StateStore) -> None:
-    store.mark("compute1", "fenced", now=T0)
-    rec = store.mark("compute1", "fenced", "fenced", now=T0 + 30)
-    assert rec.since == state_mod.iso_utc(T0)
-    rec = store.mark("compute1", "evacuating", now=T0 + 40)
-    assert rec.since == state_mod.iso_utc(T0 + 40)
+    store.mark("compute1", HostState.FENCED, now=T0)
+    rec = store.mark("compute1", HostState.FENCED, Event.FENCED, now=T0 + 30)
+    assert rec.since == iso_utc(T0)
+    rec = store.mark("compute1", HostState.EVACUATING, now=T0 + 40)
+    assert rec.since == iso_utc(T0 + 40)
 
 
 def test_service_host_same_as_node_is_not_stored(store: StateStore) -> None:
-    assert store.mark("compute1", "fenced", service_host="compute1").service_host is None
+    assert store.mark("compute1", HostState.FENCED, service_host="compute1").service_host is None
     assert store.get("compute1").service_host is None
 
 
 def test_new_incident_restarts_counts(store: StateStore) -> None:
-    store.mark("compute1", "fenced")
-    store.mark("compute1", "evacuating", found=4, mode="tagged")
-    store.mark("compute1", "evacuated", evacuated=4)
-    store.mark("compute1", "ok", "rejoined")
+    store.mark("compute1", HostState.FENCED)
+    store.mark("compute1", HostState.EVACUATING, found=4, mode="tagged")
+    store.mark("compute1", HostState.EVACUATED, evacuated=4)
+    store.mark("compute1", HostState.OK, Event.REJOINED)
     assert store.get("compute1").found == 4  # the last incident stays visible after rejoin
-    rec = store.mark("compute1", "fenced", "fenced")
+    rec = store.mark("compute1", HostState.FENCED, Event.FENCED)
     assert (rec.found, rec.evacuated, rec.failed, rec.mode) == (0, 0, 0, "tagged")
 
 
 def test_history_bounded_newest_last(store: StateStore) -> None:
-    store.mark("compute1", "fenced", "fenced", "first", now=T0)
+    store.mark("compute1", HostState.FENCED, Event.FENCED, "first", now=T0)
     for i in range(HISTORY_MAX + 5):
-        store.mark("compute1", "fenced", "fenced", f"try {i}", now=T0 + i)
+        store.mark("compute1", HostState.FENCED, Event.FENCED, f"try {i}", now=T0 + i)
     history = store.get("compute1").history
     assert len(history) == HISTORY_MAX
     assert [e.detail for e in history] == [f"try {i}" for i in range(5, HISTORY_MAX + 5)]
-    assert history[-1].time == state_mod.iso_utc(T0 + HISTORY_MAX + 4)
+    assert history[-1].time == iso_utc(T0 + HISTORY_MAX + 4)
 
 
 def test_mark_is_idempotent(store: StateStore) -> None:
-    first = store.mark("compute1", "fenced", "fenced", "by c1", now=T0)
-    again = store.mark("compute1", "fenced", "fenced", "by c1", now=T0 + 5)
+    first = store.mark("compute1", HostState.FENCED, Event.FENCED, "by c1", now=T0)
+    again = store.mark("compute1", HostState.FENCED, Event.FENCED, "by c1", now=T0 + 5)
     assert again == first
     assert len(store.get("compute1").history) == 1
     # The same event with other values is a real update.
-    store.mark("compute1", "evacuating", "evacuation_started", found=3)
-    store.mark("compute1", "evacuating", found=3)
+    store.mark("compute1", HostState.EVACUATING, Event.EVACUATION_STARTED, found=3)
+    store.mark("compute1", HostState.EVACUATING, found=3)
     assert len(store.get("compute1").history) == 2
 
 
 def test_detail_truncated(store: StateStore) -> None:
-    rec = store.mark("compute1", "fenced", "fenced", "x" * 1000)
+    rec = store.mark("compute1", HostState.FENCED, Event.FENCED, "x" * 1000)
     assert len(rec.history[0].detail) == state_mod.DETAIL_MAX
 
 
 def test_awkward_detail_text_round_trips(store: StateStore) -> None:
     detail = """it's "quoted" <tag> & more, été \u2603 value++"""
-    store.mark("compute1", "fenced", "fenced", detail)
-    store.mark("compute1", "evacuating", "evacuation_started")  # CAS on that history
+    store.mark("compute1", HostState.FENCED, Event.FENCED, detail)
+    store.mark("compute1", HostState.EVACUATING, Event.EVACUATION_STARTED)  # CAS on that history
     assert store.get("compute1").history[0].detail == detail
 
 
-def _reach(store: StateStore, host: str, target: str) -> None:
+def _reach(store: StateStore, host: str, target: HostState) -> None:
+    fenced, evacuating = HostState.FENCED, HostState.EVACUATING
     paths = {
-        "ok": [],
-        "fenced": ["fenced"],
-        "evacuating": ["fenced", "evacuating"],
-        "evacuated": ["fenced", "evacuating", "evacuated"],
-        "failed": ["fenced", "evacuating", "failed"],
+        HostState.OK: [],
+        fenced: [fenced],
+        evacuating: [fenced, evacuating],
+        HostState.EVACUATED: [fenced, evacuating, HostState.EVACUATED],
+        HostState.FAILED: [fenced, evacuating, HostState.FAILED],
     }
     for step in paths[target]:
         store.mark(host, step)
     assert store.get(host).state == target
 
 
-@pytest.mark.parametrize("source", STATES)
-@pytest.mark.parametrize("target", STATES)
-def test_transition_table(source: str, target: str) -> None:
+@pytest.mark.parametrize("source", list(HostState))
+@pytest.mark.parametrize("target", list(HostState))
+def test_transition_table(source: HostState, target: HostState) -> None:
     store = MemoryStateStore()
     _reach(store, "compute1", source)
     before = store.get("compute1")
-    allowed = target == source or target == "fenced" or target in TRANSITIONS[source]
-    if allowed:
-        assert store.mark("compute1", target, "rejoined").state == target
+    if may_move(source, target):
+        assert store.mark("compute1", target, Event.REJOINED).state == target
     else:
         with pytest.raises(StateError, match=f"invalid transition {source} -> {target}"):
-            store.mark("compute1", target, "rejoined")
+            store.mark("compute1", target, Event.REJOINED)
         assert store.get("compute1") == before
 
 
 def test_invalid_transitions_rejected(store: StateStore) -> None:
     with pytest.raises(StateError) as err:
-        store.mark("compute1", "evacuating")
+        store.mark("compute1", HostState.EVACUATING)
     assert "compute1" in str(err.value) and ATTR_STATE in str(err.value)
     assert err.value.host == "compute1" and err.value.attribute == ATTR_STATE
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     with pytest.raises(StateError):
-        store.mark("compute1", "ok")
-    store.mark("compute1", "evacuating")
+        store.mark("compute1", HostState.OK)
+    store.mark("compute1", HostState.EVACUATING)
     with pytest.raises(StateError):
-        store.mark("compute1", "ok")
+        store.mark("compute1", HostState.OK)
     assert store.get("compute1").state == "evacuating"
     # A second fencing is always allowed.
-    assert store.mark("compute1", "fenced", "fenced", "again").state == "fenced"
+    assert store.mark("compute1", HostState.FENCED, Event.FENCED, "again").state == "fenced"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "attribute"),
     [
         ({"state": "gone"}, ATTR_STATE),
-        ({"state": "fenced", "event": "exploded"}, ATTR_HISTORY),
-        ({"state": "fenced", "mode": "some"}, "nova-ha-mode"),
-        ({"state": "fenced", "found": -1}, "nova-ha-found"),
-        ({"state": "fenced", "failed": 1.5}, "nova-ha-failed"),
+        ({"state": "fenced"}, ATTR_STATE),  # the string, not a HostState
+        ({"state": HostState.FENCED, "event": "exploded"}, ATTR_HISTORY),
+        ({"state": HostState.FENCED, "event": "fenced"}, ATTR_HISTORY),
+        ({"state": HostState.FENCED, "mode": "some"}, "nova-ha-mode"),
+        ({"state": HostState.FENCED, "found": -1}, "nova-ha-found"),
+        ({"state": HostState.FENCED, "failed": 1.5}, "nova-ha-failed"),
     ],
 )
 def test_bad_arguments(kwargs: dict, attribute: str) -> None:
@@ -263,13 +266,14 @@ def test_bad_arguments(kwargs: dict, attribute: str) -> None:
 
 
 def test_reset(store: StateStore) -> None:
-    store.mark("compute1", "fenced", "fenced", now=T0, service_host="nova-c1")
+    store.mark("compute1", HostState.FENCED, Event.FENCED, now=T0, service_host="nova-c1")
     assert store.acquire_lease("compute1", "NovaEvacuate@c2", 60, now=T0)
     store.mark(
-        "compute1", "evacuating", "evacuation_started", found=3, failed=1, mode="all", now=T0 + 1
+        "compute1", HostState.EVACUATING, Event.EVACUATION_STARTED, found=3, failed=1,
+        mode="all", now=T0 + 1,
     )
     rec = store.reset("compute1", "disk replaced, by alice", now=T0 + 100)
-    assert rec.state == "ok" and rec.since == state_mod.iso_utc(T0 + 100)
+    assert rec.state == "ok" and rec.since == iso_utc(T0 + 100)
     assert (rec.found, rec.evacuated, rec.failed, rec.mode) == (0, 0, 0, None)
     assert rec.lease_owner is None and rec.lease_expires is None
     assert rec.service_host == "nova-c1"  # a naming fact, not incident state
@@ -281,12 +285,12 @@ def test_reset(store: StateStore) -> None:
 
 
 def test_owner_guard_on_mark(store: StateStore) -> None:
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     assert store.acquire_lease("compute1", "NovaEvacuate@c2", 30, now=T0)
-    store.mark("compute1", "evacuating", owner="NovaEvacuate@c2")
+    store.mark("compute1", HostState.EVACUATING, owner="NovaEvacuate@c2")
     assert store.acquire_lease("compute1", "NovaEvacuate@c1", 30, now=T0 + 100)  # takeover
     with pytest.raises(StateError, match="lease not held by NovaEvacuate@c2"):
-        store.mark("compute1", "evacuated", owner="NovaEvacuate@c2")
+        store.mark("compute1", HostState.EVACUATED, owner="NovaEvacuate@c2")
     assert store.get("compute1").state == "evacuating"
 
 
@@ -330,9 +334,9 @@ def test_lease_refused_while_live_taken_when_stale(store: StateStore) -> None:
 
 
 def test_lease_independent_of_record(store: StateStore) -> None:
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     assert store.acquire_lease("compute1", A, 30, now=T0)
-    store.mark("compute1", "evacuating", found=2, owner=A)
+    store.mark("compute1", HostState.EVACUATING, found=2, owner=A)
     assert store.renew_lease("compute1", A, 30, now=T0 + 5)
     assert store.get("compute1").found == 2
     assert store.get("compute2").lease_owner is None  # hosts are separate
@@ -387,13 +391,13 @@ def test_memory_store_threads() -> None:
     import threading
 
     store = MemoryStateStore(history_max=100)
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     barrier = threading.Barrier(4)
 
     def work(i: int) -> None:
         barrier.wait()
         for k in range(20):
-            store.mark("compute1", "fenced", "fenced", f"t{i}-{k}")
+            store.mark("compute1", HostState.FENCED, Event.FENCED, f"t{i}-{k}")
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -405,7 +409,7 @@ def test_memory_store_threads() -> None:
 
 def test_memory_all() -> None:
     store = MemoryStateStore()
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     store.acquire_lease("compute2", A, 30)
     records = store.all()
     assert set(records) == {"compute1", "compute2"}
@@ -418,7 +422,7 @@ def test_memory_all() -> None:
 @needs_pacemaker
 def test_cib_persistent_node_attributes(cib_file: str) -> None:
     store = CibStateStore(cib_file)
-    store.mark("compute1", "fenced", "fenced", now=T0)
+    store.mark("compute1", HostState.FENCED, Event.FENCED, now=T0)
     store.acquire_lease("compute1", A, 30, now=T0)
     root = etree.parse(cib_file).getroot()
     node = root.find("configuration/nodes/node[@uname='compute1']")
@@ -445,7 +449,7 @@ def test_cib_persistent_node_attributes(cib_file: str) -> None:
 @needs_pacemaker
 def test_cib_persists_across_store_objects(cib_file: str) -> None:
     first = CibStateStore(cib_file)
-    first.mark("compute3", "fenced", "fenced", "by c1", now=T0, mode="record")
+    first.mark("compute3", HostState.FENCED, Event.FENCED, "by c1", now=T0, mode="record")
     first.acquire_lease("compute3", B, 45, now=T0)
     expected = first.get("compute3")
     del first
@@ -458,7 +462,7 @@ def test_cib_persists_across_store_objects(cib_file: str) -> None:
 @needs_pacemaker
 def test_cib_cleared_attributes_are_removed(cib_file: str) -> None:
     store = CibStateStore(cib_file)
-    store.mark("compute1", "fenced")
+    store.mark("compute1", HostState.FENCED)
     store.acquire_lease("compute1", A, 30)
     store.release_lease("compute1", A)
     got = crm_attribute(cib_file, "--node", "compute1", "--name", ATTR_LEASE_OWNER, "--query")
@@ -470,10 +474,10 @@ def test_cib_cleared_attributes_are_removed(cib_file: str) -> None:
 @needs_pacemaker
 def test_cib_all_is_one_query(cib_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
     store = CibStateStore(cib_file)
-    store.mark("compute1", "fenced", "fenced")
-    store.mark("compute2", "fenced")
-    store.mark("compute2", "evacuating", found=2)
-    store.mark("compute9", "fenced")  # a remote node only known from its resource
+    store.mark("compute1", HostState.FENCED, Event.FENCED)
+    store.mark("compute2", HostState.FENCED)
+    store.mark("compute2", HostState.EVACUATING, found=2)
+    store.mark("compute9", HostState.FENCED)  # a remote node only known from its resource
     calls: list[list[str]] = []
     real_run = subprocess.run
 
@@ -494,7 +498,7 @@ def test_cib_all_is_one_query(cib_file: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_cib_remote_node_added_like_crm_attribute(cib_file: str) -> None:
     store = CibStateStore(cib_file)
     assert store.get("compute9").state == "ok"
-    store.mark("compute9", "fenced", "fenced")
+    store.mark("compute9", HostState.FENCED, Event.FENCED)
     node = etree.parse(cib_file).getroot().find("configuration/nodes/node[@uname='compute9']")
     assert node is not None and node.get("id") == "compute9" and node.get("type") == "remote"
     got = crm_attribute(cib_file, "--node", "compute9", "--name", ATTR_STATE, "--query", "--quiet")
@@ -504,7 +508,7 @@ def test_cib_remote_node_added_like_crm_attribute(cib_file: str) -> None:
 @needs_pacemaker
 def test_cib_node_names_case_insensitive(cib_file: str) -> None:
     store = CibStateStore(cib_file)
-    store.mark("Compute1", "fenced")
+    store.mark("Compute1", HostState.FENCED)
     assert store.get("compute1").state == "fenced"
 
 
@@ -512,7 +516,7 @@ def test_cib_node_names_case_insensitive(cib_file: str) -> None:
 def test_cib_errors_are_state_errors(cib_file: str, tmp_path: Path) -> None:
     store = CibStateStore(cib_file)
     with pytest.raises(StateError, match="host nowhere: not a node of this cluster"):
-        store.mark("nowhere", "fenced")
+        store.mark("nowhere", HostState.FENCED)
     missing = CibStateStore(str(tmp_path / "absent.xml"))
     started = time.monotonic()
     with pytest.raises(StateError, match="host compute1: cibadmin --query failed"):
@@ -528,13 +532,13 @@ def test_cib_newer_feature_set_is_explained(tmp_path: Path) -> None:
     store = CibStateStore(write_cib(tmp_path / "cib.xml", feature="99.0.0"))
     assert store.get("compute1").state == "ok"  # reading still works
     with pytest.raises(StateError, match="crm_feature_set newer"):
-        store.mark("compute1", "fenced")
+        store.mark("compute1", HostState.FENCED)
 
 
 @needs_pacemaker
 def test_cib_damaged_record(cib_file: str) -> None:
     store = CibStateStore(cib_file)
-    store.mark("compute1", "fenced", "fenced")
+    store.mark("compute1", HostState.FENCED, Event.FENCED)
     assert (
         crm_attribute(
             cib_file, "--node", "compute1", "--name", ATTR_HISTORY, "--update", "{not json"
@@ -562,8 +566,8 @@ def test_cib_damaged_record(cib_file: str) -> None:
 @needs_pacemaker
 def test_cib_xpath_literal_handles_both_quotes(cib_file: str) -> None:
     store = CibStateStore(cib_file)
-    store.mark("compute1", "fenced", "fenced", """both ' and " quotes""")
-    rec = store.mark("compute1", "evacuating")  # its CAS must match that history exactly
+    store.mark("compute1", HostState.FENCED, Event.FENCED, """both ' and " quotes""")
+    rec = store.mark("compute1", HostState.EVACUATING)  # its CAS must match that history exactly
     assert rec.state == "evacuating"
     assert store.get("compute1").history[0].detail == """both ' and " quotes"""
 
@@ -620,12 +624,12 @@ def _race_mark(cib: str, idx: int, count: int, barrier: object) -> None:
     store = CibStateStore(cib)
     barrier.wait(60)
     for k in range(count):
-        store.mark("compute2", "fenced", "fenced", f"p{idx}-{k}")
+        store.mark("compute2", HostState.FENCED, Event.FENCED, f"p{idx}-{k}")
 
 
 @needs_pacemaker
 def test_cib_concurrent_marks_lose_no_event(cib_file: str) -> None:
-    CibStateStore(cib_file).mark("compute2", "fenced", "fenced")
+    CibStateStore(cib_file).mark("compute2", HostState.FENCED, Event.FENCED)
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_race_mark, args=(cib_file, i, 8, barrier)) for i in range(2)]
@@ -645,8 +649,8 @@ OWNERS = ["fence_nova_evacuate@c1:1", "NovaEvacuate@c2", "NovaEvacuate@c3"]
 operation = st.one_of(
     st.tuples(
         st.just("mark"),
-        st.sampled_from(STATES),
-        st.none() | st.sampled_from(EVENTS),
+        st.sampled_from(list(HostState)),
+        st.none() | st.sampled_from(list(Event)),
         st.none() | st.integers(0, 50),
         st.none() | st.sampled_from(MODES),
     ),
@@ -661,7 +665,7 @@ steps = st.lists(st.tuples(operation, st.floats(0, 40)), max_size=30)
 def check_sequence(store: StateStore, ops: list) -> None:
     host = "compute1"
     now = T0
-    model_state = "ok"
+    model_state = HostState.OK
     model_lease: tuple[str, float] | None = None
     for op, advance in ops:
         now += advance
@@ -669,9 +673,7 @@ def check_sequence(store: StateStore, ops: list) -> None:
         kind = op[0]
         if kind == "mark":
             _, target, event, count, mode = op
-            allowed = (
-                target == model_state or target == "fenced" or target in TRANSITIONS[model_state]
-            )
+            allowed = may_move(model_state, target)
             try:
                 store.mark(host, target, event, found=count, mode=mode, now=now)
                 assert allowed
@@ -697,13 +699,13 @@ def check_sequence(store: StateStore, ops: list) -> None:
                 model_lease = None
         else:
             store.reset(host, op[1], now=now)
-            model_state, model_lease = "ok", None
+            model_state, model_lease = HostState.OK, None
         rec = store.get(host)
-        assert rec.state == model_state and rec.state in STATES
+        assert rec.state == model_state and isinstance(rec.state, HostState)
         assert len(rec.history) <= store.history_max
         assert min(rec.found, rec.evacuated, rec.failed) >= 0
         assert rec.mode is None or rec.mode in MODES
-        assert all(e.name in EVENTS for e in rec.history)
+        assert all(e.name in list(Event) for e in rec.history)
         assert (rec.lease_owner, rec.lease_expires) == (model_lease or (None, None))
         assert rec.since is None or time.strptime(rec.since, "%Y-%m-%dT%H:%M:%SZ")
 

@@ -20,17 +20,18 @@ import time
 from typing import TYPE_CHECKING
 
 from nova_ha import __version__
-from nova_ha.lib import log, ocf_proto, params, service
+from nova_ha.lib import lifecycle, log, ocf_proto, params, service
+from nova_ha.lib.lifecycle import Event, HostState, RejoinAction, RejoinStep
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
 if TYPE_CHECKING:
     from nova_ha.lib.state import StateStore
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.transport import Deadline
+    from nova_ha.openstack.views import Service
 
 LOG = log.get("compute")
 OURS = "nova-ha"  # prefix of the disabled_reason nova-ha writes
-UNFINISHED_STATES = frozenset({"fenced", "evacuating"})
 RECHECK = 3.0  # seconds between safety checks while waiting
 
 ACTIONS = [
@@ -78,21 +79,22 @@ def _store() -> StateStore | None:
 
 def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
                   host: str) -> str | None:
-    """Why nova-compute must not start yet on this host, or None when it is safe."""
+    """Why nova-compute must not start yet on this host, or None when it is safe: the
+    lifecycle decides, from the record, then (only if it allows a start) from Nova."""
     from nova_ha.lib import state
 
+    record, unreadable = None, None
     if store is not None:
         try:
             record = store.get(node)
         except state.StateError as err:
-            return f"cannot read the host's cluster record ({err})"
-        if record.state in UNFINISHED_STATES:
-            return f"the host is recorded '{record.state}': its evacuation is not finished"
-    running = [m for m in nova.evacuation_migrations(deadline, source_host=host)
-               if not m.finished]
-    if running:
-        return f"{len(running)} evacuation(s) from {host} still running in Nova"
-    return None
+            unreadable = str(err)
+    decision = lifecycle.compute_start(record, host, unreadable=unreadable)
+    if decision.action is RejoinAction.ASK_NOVA:
+        running = [m for m in nova.evacuation_migrations(deadline, source_host=host)
+                   if not m.finished]
+        decision = lifecycle.compute_start(record, host, evacuations_running=len(running))
+    return None if decision.action is RejoinAction.START else decision.reason
 
 
 def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
@@ -116,21 +118,19 @@ def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, n
 
 def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
             fenced_by_us: bool) -> str:
-    """Wait for the heartbeat, then lift nova-ha's force-down and disable. Returns a note."""
+    """Wait for the heartbeat, then lift nova-ha's force-down and disable, as the lifecycle
+    decides at each step. Returns the note for the record."""
     from nova_ha.openstack.exceptions import BadRequest
 
     while True:
         svc = nova.service(deadline, host)
-        beating = svc.updated_at is not None and svc.updated_at != baseline
-        ours = fenced_by_us or (svc.disabled_reason or "").startswith(OURS)
-        if not svc.forced_down and svc.state == "up":
-            if svc.status == "disabled" and (svc.disabled_reason or "").startswith(OURS):
-                nova.update_service(deadline, svc, enable=True)
-                continue
-            return "service up"
-        if svc.forced_down and not ours:
-            return "service forced down by someone else: left as it is"
-        if beating and svc.forced_down:
+        step = lifecycle.rejoin_step(_facts(svc, baseline), fenced_by_us)
+        if step.action is RejoinStep.ENABLE:
+            nova.update_service(deadline, svc, enable=True)
+            continue
+        if step.action in (RejoinStep.DONE, RejoinStep.LEAVE):
+            return step.reason
+        if step.action is RejoinStep.LIFT:
             try:
                 nova.update_service(deadline, svc, forced_down=False)
                 LOG.info("lifted forced_down of %s", host)
@@ -142,6 +142,14 @@ def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
             raise OcfError(ocf_proto.OCF_ERR_GENERIC,
                            f"nova-compute on {host} started but Nova does not report it up")
         time.sleep(1.0)
+
+
+def _facts(svc: Service, baseline: str | None) -> lifecycle.ComputeService:
+    """What the rejoin decides on, from Nova's view of the service."""
+    return lifecycle.ComputeService(
+        up=svc.state == "up", forced_down=svc.forced_down, disabled=svc.status == "disabled",
+        disabled_by_nova_ha=(svc.disabled_reason or "").startswith(OURS),
+        beating=svc.updated_at is not None and svc.updated_at != baseline)
 
 
 def _service(request: OcfRequest) -> service.Service:
@@ -218,7 +226,7 @@ def start(request: OcfRequest) -> int:
         _wait_until_safe(nova, deadline, store, node, host, started + wait)
         before = nova.service(deadline, host)
         record = store.get(node) if store is not None else None
-        fenced_by_us = record is not None and record.state != "ok"
+        fenced_by_us = record is not None and record.state in lifecycle.POWERED_OFF
         svc.start(max(deadline.remaining() / 2, 5.0))
         note = _rejoin(nova, deadline, host, before.updated_at, fenced_by_us)
     except service.ServiceError as err:
@@ -226,10 +234,11 @@ def start(request: OcfRequest) -> int:
     except NovaError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
     if fenced_by_us:
-        recovery.record(store, lambda s: s.mark(node, "ok", "rejoined", note), "rejoin")
+        recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note),
+                        "rejoin")
         from nova_ha.lib import notify
 
-        notify.send(request.params.settings.notify, "rejoined", node, params.COMPUTE,
+        notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
                     host=host, detail=note)
     LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS

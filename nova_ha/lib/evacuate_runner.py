@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nova_ha.lib import log, params
+from nova_ha.lib import log, owners, params
 
 if TYPE_CHECKING:
     from nova_ha.lib import evacuation, state
@@ -45,7 +45,7 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
     notifier = notify.Notifier.from_settings(settings.notify, source)
     options = recovery.Options.from_settings(settings.evacuation, mode, notifier)
     deadline = Deadline(settings.evacuation.timeout)
-    owner = lease_owner or recovery.owner_name(source)
+    owner = lease_owner or owners.name(source)
     try:
         nova = nova or Nova.from_params(parsed)
     except NovaError as err:
@@ -62,7 +62,7 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
         try:
             forced.result()
             if not lease.held:
-                LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+                LOG.info("%s: %s", node, lease.start.reason)
                 return None
             return recovery.evacuate_host(nova, store, proof, options, deadline, owner,
                                           lease=lease, runner=runner, prefetch=prefetch)

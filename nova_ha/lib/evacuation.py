@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import log
+from nova_ha.lib import clock, log
 from nova_ha.openstack.exceptions import Conflict, NotFound, NovaError
 from nova_ha.openstack.views import Migration, Server
 
@@ -105,10 +105,6 @@ class Summary:
 Progress = Callable[[str, Outcome], None]
 
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_VALUES
 
@@ -174,7 +170,7 @@ class Runner:
         self._lock = threading.Lock()
         # Lists servers changed since shortly before we began, by Nova's clock: the margin
         # absorbs clock skew between this node and Nova's database.
-        self.since = _iso(time.time() - SINCE_MARGIN)
+        self.since = clock.iso_utc(time.time() - SINCE_MARGIN)
         self._next_target = 0
         self._full_targets: set[str] = set()
 
@@ -374,7 +370,7 @@ def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> 
     moment after its rebuild finished elsewhere (seen on Nova 34 at >= 2.95): a runner
     listing the host then would ask again, and Nova accepts a second evacuation.
     """
-    start = _iso(since)[:19]
+    start = clock.iso_utc(since)[:19]  # without the Z
     return {m.server_id for m in nova.evacuation_migrations(deadline, source_host=host)
             if (m.created_at or "")[:19] >= start and not m.failed}
 

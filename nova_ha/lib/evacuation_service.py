@@ -14,7 +14,8 @@ starts it, monitors it and stops it with its whole process group. It watches the
   Nova what was requested already (nothing is requested twice);
 - several hosts are evacuated in parallel (``max_hosts`` workers).
 
-Which hosts to work, and why, is decided in one place: ``decide``.
+Which hosts to work, and why, is decided by ``lifecycle.service_decision``; the service
+gathers its facts (the records, its pauses after failures, the guard's holds) and acts.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
-from nova_ha.lib import handover, log, params
+from nova_ha.lib import handover, lifecycle, log, owners, params
 
 if TYPE_CHECKING:
     from nova_ha.lib.state import HostRecord, StateStore
 
 LOG = log.get("evacuation-service")
-FAILED_RETRY_AFTER = 120.0  # a host whose evacuation failed is tried again after this
 RETRY_BACKOFF = (5.0, 15.0, 60.0)  # after Nova could not be reached, by attempt
 CRASH_LIMIT = 3  # workers dying at once in a row for one host before backing off
 # A worker killed with a request in flight: that request lands in Nova (and in its instance
@@ -52,54 +52,6 @@ _ENV_PREFIXES = ("CIB_", "NOVA_HA_", "OS_CLIENT_CONFIG_FILE", "PATH", "LANG", "L
                  "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "HA_")
 
 
-# -- the decision -----------------------------------------------------------------------------
-
-def owner_gone(owner: str | None) -> bool:
-    """A lease holder of this node (``agent@node:pid``) whose process no longer exists."""
-    if not owner or "@" not in owner:
-        return False
-    node, _, pid = owner.split("@", 1)[1].rpartition(":")
-    return node == os.uname().nodename and pid.isdigit() and not os.path.exists(f"/proc/{pid}")
-
-
-def decide(record: HostRecord, now: float, not_before: float = 0.0,
-           gone: Callable[[str | None], bool] = owner_gone) -> str | None:
-    """Why the service should work this host now, or None. The sentence is the log line."""
-    if now < not_before:
-        return None
-    live = record.lease_live(now)
-    ours = record.lease_owner == handover.SERVICE_OWNER
-    other = record.lease_owner if live and not ours and not gone(record.lease_owner) else None
-    if record.state == "fenced":
-        if record.mode == "none":
-            return None
-        if other:
-            return None
-        if ours and live:
-            return "recorded fenced and handed over"
-        if record.lease_owner:
-            return f"recorded fenced; the lease of {record.lease_owner} has ended"
-        return "recorded fenced, nobody working it"
-    if record.state == "evacuating":  # written by an earlier version or another runner
-        return None if other else "evacuation left unfinished by its runner"
-    if record.state == "failed":
-        if other:
-            return None
-        since = _epoch(record.since)
-        if now - since >= FAILED_RETRY_AFTER:
-            return f"evacuation failed {now - since:.0f} s ago; trying again"
-    return None
-
-
-def _epoch(iso: str | None) -> float:
-    import calendar
-
-    try:
-        return float(calendar.timegm(time.strptime(iso or "", "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return 0.0
-
-
 # -- workers -----------------------------------------------------------------------------------
 
 @dataclass
@@ -112,7 +64,7 @@ class Worker:
 
     @property
     def runner(self) -> str:
-        return f"{params.EVACUATE}@{os.uname().nodename}:{self.process.pid}"
+        return owners.name(params.EVACUATE, self.process.pid)
 
 
 def _worker_env() -> dict[str, str]:
@@ -167,9 +119,10 @@ class Service:
                 lines.append(f"skipping {node}: its record does not decode ({why})")
         self.bad = bad
         now = self.clock()
-        todo = {node: why for node, rec in records.items() if node not in self.busy
-                and self._history(node).held != (rec.since or "?")
-                and (why := decide(rec, now, self._history(node).not_before))}
+        decisions = {node: self.decide(node, rec, now) for node, rec in records.items()
+                     if node not in self.busy}
+        todo = {node: decision.reason for node, decision in decisions.items()
+                if decision.action is lifecycle.ServiceAction.EVACUATE}
         if todo:
             todo = self._screen(records, todo, lines)
         for node, why in todo.items():
@@ -179,6 +132,14 @@ class Service:
             lines.append(self._give(node, why))
         self._keep_spare()
         return lines
+
+    def decide(self, node: str, record: HostRecord,
+               now: float) -> lifecycle.Decision[lifecycle.ServiceAction]:
+        """The lifecycle's decision on `node`, from its record and what the service knows."""
+        history = self._history(node)
+        return lifecycle.service_decision(
+            record, now, me=handover.SERVICE_OWNER, owner_gone=owners.gone(record.lease_owner),
+            not_before=history.not_before, held=history.held == (record.since or "?"))
 
     def woken(self, node: str) -> None:
         """A fence just recorded `node`: news, so any pause after a failure is over."""
@@ -194,7 +155,7 @@ class Service:
         """The mass-failure guard, over every host's record (read only when needed)."""
         from nova_ha.lib import guard, notify
 
-        starts = [n for n in todo if records[n].state in guard.STARTS]
+        starts = [n for n in todo if records[n].state in lifecycle.AUTOMATIC_STARTS]
         if not starts:
             return todo
         try:
@@ -355,7 +316,7 @@ def work(stdin: IO[bytes]) -> int:
         LOG.info("%s is recorded '%s': nothing to evacuate", node, record.state)
         return 0
     mode = record.mode if record.mode in ("all", "tagged") else parsed.settings.evacuation.mode
-    runner = f"{params.EVACUATE}@{os.uname().nodename}:{os.getpid()}"
+    runner = owners.name(params.EVACUATE)
     summary = evacuate_runner.evacuate_now(parsed, store, confirmed, nova, runner=runner,
                                            lease_owner=handover.SERVICE_OWNER, mode=mode,
                                            record=record)
@@ -364,7 +325,7 @@ def work(stdin: IO[bytes]) -> int:
     after = store.get(node)
     if after.lease_owner not in (None, handover.SERVICE_OWNER) and after.lease_live():
         return EXIT_LEFT
-    return EXIT_INTERRUPTED if after.state == "fenced" else 0
+    return EXIT_INTERRUPTED if after.state == lifecycle.HostState.FENCED else 0
 
 
 def main(argv: list[str]) -> int:

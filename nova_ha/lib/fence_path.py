@@ -16,7 +16,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from nova_ha.errors import NovaHaError
-from nova_ha.lib import fence_proto, handover, log, params
+from nova_ha.lib import fence_proto, handover, lifecycle, log, params
+from nova_ha.lib.lifecycle import Event, FenceAction, HostState
 from nova_ha.lib.proof import PowerOffConfirmed, by_bmc, by_topology
 
 if TYPE_CHECKING:
@@ -157,23 +158,26 @@ class HostFence:
             grant = (handover.SERVICE_OWNER,
                      self.settings.evacuation.timeout + recovery.LEASE_MARGIN)
         try:
-            return store.mark(proof.node, "fenced", "fenced",
+            return store.mark(proof.node, HostState.FENCED, Event.FENCED,
                               f"power-off confirmed by {proof.by}", mode=self.mode,
                               service_host=proof.host, grant=grant)
         except state.StateError as err:
             LOG.error("cannot record %s as fenced: %s", proof.node, err)
             return None
 
+    def decide(self, recorded: state.HostRecord | None) -> lifecycle.Decision[FenceAction]:
+        """What follows the record: the lifecycle decides, from the mode and the record."""
+        return lifecycle.after_fence(self.mode, recorded, handover.SERVICE_OWNER)
+
     def hand_over(self, proof: PowerOffConfirmed, recorded: state.HostRecord | None) -> str:
-        """Leave the evacuation to the service; the sentence says to whom, for the log."""
-        if recorded is None:
-            return "not handed over (no cluster record)"
-        if recorded.lease_owner != handover.SERVICE_OWNER:
-            return f"left to {recorded.lease_owner}, who holds the host's lease"
+        """Leave the evacuation to the service (woken when it runs on this node), or to the
+        runner holding the lease; the sentence says to whom, for the log."""
+        decision = self.decide(recorded)
+        if decision.action is not FenceAction.HAND_OVER:
+            return decision.reason
         woken = handover.wake(proof.node)
-        return (f"handed over to {handover.SERVICE_OWNER}"
-                + (" (woken on this node)" if woken else
-                   " (it sees the record at its next read)"))
+        return decision.reason + (" (woken on this node)" if woken else
+                                  " (it sees the record at its next read)")
 
     # -- the order ----------------------------------------------------------------------
 
@@ -211,10 +215,11 @@ class HostFence:
         """Record, announce, hand over. Nothing here can make the fence fail any more."""
         record = self.record(proof, store)
         self._announce(proof)
-        if self.mode == "none":
-            self._finish_without_evacuation(store)
-        elif record is None:
-            # The CIB out of reach (or no cluster): the record cannot carry the hand-over.
+        decision = self.decide(record)
+        if decision.action is FenceAction.FINISH:
+            self._finish_without_evacuation(store, decision.reason)
+        elif decision.action is FenceAction.EVACUATE_HERE:
+            LOG.warning("%s: %s", proof.node, decision.reason)
             self._evacuate_here(proof, None)
         else:
             LOG.info("%s fenced: %s", proof.node, self.hand_over(proof, record))
@@ -225,14 +230,14 @@ class HostFence:
         from nova_ha.lib import notify
 
         notify.Notifier.from_settings(self.settings.notify, params.FENCE).send(
-            "fenced", proof.node, host=proof.host, mode=self.mode,
+            Event.FENCED, proof.node, host=proof.host, mode=self.mode,
             detail=f"power-off confirmed by {proof.by}, nova-compute forced down")
 
-    def _finish_without_evacuation(self, store: state.StateStore | None) -> None:
+    def _finish_without_evacuation(self, store: state.StateStore | None, why: str) -> None:
         from nova_ha.lib import recovery
 
-        recovery.record(store, lambda s: s.mark(self.node, "evacuated", "evacuation_finished",
-                                                "evacuate=none: nothing evacuated"), "mode")
+        recovery.record(store, lambda s: s.mark(self.node, HostState.EVACUATED,
+                                                Event.EVACUATION_FINISHED, why), "mode")
 
     def _evacuate_here(self, proof: PowerOffConfirmed, store: state.StateStore | None) -> None:
         """No cluster record could carry the hand-over (run by hand, or the CIB out of
@@ -241,8 +246,6 @@ class HostFence:
         second evacuation of a server being rebuilt)."""
         from nova_ha.lib import evacuate_runner
 
-        LOG.warning("%s: no cluster record to hand over with: evacuating in this action",
-                    proof.node)
         evacuate_runner.evacuate_now(self.parsed, store, proof, self._nova, runner=None)
 
 

@@ -22,20 +22,18 @@ already: that is not undone; the guard only stops new starts.
 
 from __future__ import annotations
 
-import calendar
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import log, params
+from nova_ha.lib import clock, log, params
+from nova_ha.lib.lifecycle import AUTOMATIC_STARTS, UNFINISHED, Event, HostState
 
 if TYPE_CHECKING:
     from nova_ha.lib.notify import Notifier
     from nova_ha.lib.state import HostRecord, StateStore
 
 LOG = log.get("guard")
-EVENT = "evacuation_blocked"
 
 
 @dataclass
@@ -62,23 +60,14 @@ class Verdict:
                 "total": self.total, "window": self.window, "setting": self.setting}
 
 
-def epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
-
-
 def fenced_at(record: HostRecord) -> float | None:
     """When the host was last fenced: its latest 'fenced' event, else (history overflowed
     or hand-edited) its 'since' while it is still in an incident."""
     for event in reversed(record.history):
-        if event.name == "fenced":
-            return epoch(event.time)
-    if record.state in ("fenced", "evacuating"):
-        return epoch(record.since)
+        if event.name == Event.FENCED:
+            return clock.epoch(event.time)
+    if record.state in UNFINISHED:
+        return clock.epoch(record.since)
     return None
 
 
@@ -167,10 +156,10 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
          record: HostRecord | None = None, host: str | None = None,
          release: str | None = None) -> bool:
     """Record and raise the block, once per incident: the event goes into the host's history
-    (if this nova-ha's state module knows it) and out through the notifier. Returns True when
-    this call raised it. `release`: a lease owner whose lease on the host goes in the same
-    write (the evacuation service's, granted by the fence action), so that an operator's
-    'nova-ha evacuate' is not kept waiting for it."""
+    and out through the notifier. Returns True when this call raised it. `release`: a lease
+    owner whose lease on the host goes in the same write (the evacuation service's, granted
+    by the fence action), so that an operator's 'nova-ha evacuate' is not kept waiting for
+    it."""
     from nova_ha.lib import state
 
     LOG.warning("not evacuating %s automatically: %s; run 'nova-ha evacuate %s' to evacuate "
@@ -181,28 +170,25 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
             record = store.get(verdict.node)
     except state.StateError as err:
         LOG.error("cannot read the record of %s: %s", verdict.node, err)
-    if record is not None and record.history and record.history[-1].name == EVENT:
+    if record is not None and record.history and \
+            record.history[-1].name == Event.EVACUATION_BLOCKED:
         return False  # raised already, and nothing happened to the host since
     detail = (f"{len(verdict.wave)} fenced within {verdict.window:g}s, limit "
               f"{verdict.limit}: {' '.join(verdict.wave)}")[:state.DETAIL_MAX]
-    if store is not None and EVENT in state.EVENTS:
-        current = record.state if record is not None else "fenced"
+    if store is not None:
+        current = record.state if record is not None else HostState.FENCED
         ours = release is not None and record is not None and record.lease_owner == release
         try:
-            store.mark(verdict.node, current, EVENT, detail, owner=release if ours else None,
-                       release=ours)
+            store.mark(verdict.node, current, Event.EVACUATION_BLOCKED, detail,
+                       owner=release if ours else None, release=ours)
         except state.StateError as err:
             LOG.error("cannot record the block of %s: %s", verdict.node, err)
     if notifier is not None:
-        notifier.send(EVENT, verdict.node, host=host, detail=verdict.message(),
-                      wave=verdict.wave, limit=verdict.limit, total_hosts=verdict.total,
-                      window=verdict.window, max_fenced_hosts=verdict.setting)
+        notifier.send(Event.EVACUATION_BLOCKED, verdict.node, host=host,
+                      detail=verdict.message(), wave=verdict.wave, limit=verdict.limit,
+                      total_hosts=verdict.total, window=verdict.window,
+                      max_fenced_hosts=verdict.setting)
     return True
-
-
-# States in which an automatic runner would *start* evacuating (a host 'evacuating' under a
-# dead lease had its evacuation started before the wave was seen: it is resumed, not held).
-STARTS = frozenset({"fenced", "failed"})
 
 
 def screen(store: StateStore | None, records: Mapping[str, HostRecord],
@@ -222,7 +208,7 @@ def screen(store: StateStore | None, records: Mapping[str, HostRecord],
     held: dict[str, Verdict] = {}
     for node in nodes:
         record = records.get(node)
-        if record is None or record.state not in STARTS:
+        if record is None or record.state not in AUTOMATIC_STARTS:
             continue
         verdict = check(records, settings, node,
                         total_hosts=count if total_hosts is not None else None)

@@ -1,7 +1,8 @@
 """nova-ha events for operators: syslog always; a webhook and a command when configured.
 
-Events: ``fenced``, ``evacuation_finished``, ``evacuation_failed``, ``evacuation_blocked``
-(the mass-failure guard), ``rejoined`` and ``reset``. Each is one JSON object::
+Events: ``lifecycle.Event`` (``fenced``, ``evacuation_finished``, ``evacuation_failed``,
+``evacuation_blocked`` from the mass-failure guard, ``rejoined``, ``reset``...). Each is one
+JSON object::
 
     {"event": "fenced", "time": "2026-11-22T14:03:00Z", "epoch": 1795874580.25,
      "node": "compute1", "host": "compute1.example.com", "source": "fence_nova_evacuate",
@@ -37,16 +38,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import log, service
+from nova_ha.lib import clock, log, service
+from nova_ha.lib.lifecycle import WARNING_EVENTS, Event
 
 if TYPE_CHECKING:
     from nova_ha.lib import params
 
 LOG = log.get("notify")
 
-EVENTS = ("fenced", "evacuation_started", "evacuation_finished", "evacuation_failed",
-          "evacuation_blocked", "rejoined", "reset")
-WARNING_EVENTS = frozenset({"evacuation_failed", "evacuation_blocked"})
 SYSLOG_IDENT = "nova-ha"
 ATTEMPTS = 3
 BACKOFF = (1.0, 2.0)  # pause before the 2nd and the 3rd attempt
@@ -69,10 +68,6 @@ def total_budget(timeout: float) -> float:
 
 # ---- events -----------------------------------------------------------------------------------
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def _clean(value: Any) -> Any:
     """JSON-safe copy with every string redacted (known secret values, key=value secrets)."""
     if isinstance(value, str):
@@ -86,14 +81,17 @@ def _clean(value: Any) -> Any:
     return _clean(str(value))
 
 
-def make_event(kind: str, node: str, *, host: str | None = None, source: str = "nova-ha",
+def make_event(kind: Event, node: str, *, host: str | None = None, source: str = "nova-ha",
                detail: str = "", now: float | None = None, **fields: Any) -> dict[str, Any]:
-    """The event as sent everywhere. Extra fields whose value is None are left out."""
-    if kind not in EVENTS:
-        raise ValueError(f"unknown event {kind!r}")
+    """The event as sent everywhere. Extra fields whose value is None are left out.
+    ValueError for a `kind` that is no Event."""
+    try:
+        kind = Event(kind)
+    except ValueError:
+        raise ValueError(f"unknown event {kind!r}") from None
     epoch = time.time() if now is None else now
     event: dict[str, Any] = {
-        "event": kind, "time": _iso(epoch), "epoch": round(epoch, 3), "node": node,
+        "event": kind.value, "time": clock.iso_utc(epoch), "epoch": round(epoch, 3), "node": node,
         "host": host or node, "source": source, "reporter": os.uname().nodename,
         "version": _version(),
     }
@@ -345,7 +343,7 @@ class Notifier:
         return cls(url=settings.url, command=settings.command, timeout=settings.timeout,
                    source=source)
 
-    def send(self, kind: str, node: str, *, host: str | None = None, detail: str = "",
+    def send(self, kind: Event, node: str, *, host: str | None = None, detail: str = "",
              summary: Any = None, **fields: Any) -> dict[str, Any] | None:
         """Build, log to syslog and hand the event over. Returns it (None on a bug)."""
         try:
@@ -386,8 +384,8 @@ class Notifier:
 _children: list[subprocess.Popen] = []
 
 
-def send(settings: params.NotifySettings, kind: str, node: str, source: str,
+def send(settings: params.NotifySettings, kind: Event, node: str, source: str,
          **kwargs: Any) -> dict[str, Any] | None:
-    """One-shot: ``notify.send(parsed.settings.notify, "rejoined", node, params.COMPUTE,
+    """One-shot: ``notify.send(parsed.settings.notify, Event.REJOINED, node, params.COMPUTE,
     host=host)``."""
     return Notifier.from_settings(settings, source).send(kind, node, **kwargs)

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from nova_ha.lib import lifecycle
+
 if TYPE_CHECKING:
     from nova_ha.lib.state import HostRecord
 
 _KEY = object()  # only the factories below make proofs
-# Record states that a fence action wrote after the power-off was confirmed.
-FENCED_STATES = frozenset({"fenced", "evacuating", "evacuated", "failed"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def by_topology(node: str, host: str) -> PowerOffConfirmed:
 def from_record(record: HostRecord, host: str) -> PowerOffConfirmed | None:
     """The proof a fenced host's record carries; None when the record says nothing of a
     confirmed power-off (state ok, or never fenced)."""
-    if record.state not in FENCED_STATES:
+    if record.state not in lifecycle.POWERED_OFF:
         return None
     return PowerOffConfirmed(record.host, host, "its record (fenced by a fence action)",
                              key=_KEY)

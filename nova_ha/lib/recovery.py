@@ -7,32 +7,25 @@ confirmed power-off, is an argument: every Nova write here takes the PowerOffCon
 
 from __future__ import annotations
 
-import calendar
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import evacuation, log, state
+from nova_ha.lib import clock, evacuation, lifecycle, log, state
+from nova_ha.lib.lifecycle import Event, StartAction
 from nova_ha.openstack.compute import utc_now
 from nova_ha.openstack.exceptions import NovaError
 
 if TYPE_CHECKING:
+    from nova_ha.lib import params
     from nova_ha.lib.proof import PowerOffConfirmed
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.transport import Deadline
     from nova_ha.openstack.views import Service
 
-if TYPE_CHECKING:
-    from nova_ha.lib import params
-
 LOG = log.get("recovery")
 LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write is not lost
-
-
-def owner_name(agent: str) -> str:
-    return f"{agent}@{os.uname().nodename}:{os.getpid()}"
 
 
 @dataclass
@@ -97,16 +90,16 @@ def incident_start(store: state.StateStore | None, node: str,
     if store is not None or known is not None:
         try:
             current = known if known is not None else store.get(node)  # type: ignore[union-attr]
-            events = [e for e in current.history if e.name == "fenced"]
+            events = [e for e in current.history if e.name == Event.FENCED]
             fenced = events[-1].time if events else None
         except state.StateError:
             fenced = None
-    if fenced:
-        try:
-            return calendar.timegm(time.strptime(fenced, "%Y-%m-%dT%H:%M:%SZ")) - 60.0
-        except ValueError:
-            pass
-    return time.time() - 3600.0
+    at = clock.epoch(fenced)
+    return at - 60.0 if at is not None else time.time() - 3600.0
+
+
+# What lets a runner go ahead (the others: leave the host, or nothing left to do).
+_GOES_AHEAD = frozenset({StartAction.KEEP, StartAction.TAKEN, StartAction.UNLEASED})
 
 
 class Lease:
@@ -117,27 +110,36 @@ class Lease:
         self.store, self.node, self.owner, self.ttl = store, node, owner, ttl
         self.held = store is None  # without a cluster record there is nobody to share with
         self.ends = 0.0  # monotonic time the lease ends by our clock
+        # Why the runner goes ahead or not (lifecycle.evacuation_start), once acquire ran.
+        self.start = lifecycle.Decision(StartAction.UNLEASED, "no cluster record to share")
 
     def acquire(self, known: state.HostRecord | None = None) -> bool:
-        """Take the lease; `known`: the record as just read (saves a read)."""
+        """Take the lease as the lifecycle decides; `known`: the record as just read (saves
+        a read). False (reason in `start`) when the runner must not go ahead."""
         if self.store is None:
             return True
+        current: state.HostRecord | None = None
         try:
             current = known if known is not None else self.store.get(self.node)
-            left = (current.lease_expires or 0.0) - time.time()
-            if current.lease_owner == self.owner and left > self._renew_before():
-                # Handed over with the 'fenced' record: ours already, and a write saved.
-                self.held, self.ends = True, time.monotonic() + left
-                return True
-            self.held = self.store.acquire_lease(self.node, self.owner, self.ttl)
+            self.start = self._decide(current)
+            if self.start.action is StartAction.TAKE:
+                taken = self.store.acquire_lease(self.node, self.owner, self.ttl)
+                self.start = self._decide(current, taken)
         except state.StateError as err:
-            # The cluster record is unreadable: nobody can coordinate through it, and Nova
-            # itself refuses a second evacuation of a server being rebuilt (409). Getting the
-            # servers back matters more than the lease here.
-            LOG.error("cannot take the lease of %s (%s): evacuating without it", self.node, err)
-            self.held = True
-        self.ends = time.monotonic() + self.ttl
+            self.start = self._decide(None)
+            LOG.error("cannot take the lease of %s (%s): %s", self.node, err,
+                      self.start.reason)
+        self.held = self.start.action in _GOES_AHEAD
+        left = self.ttl
+        if self.start.action is StartAction.KEEP and current is not None:
+            left = (current.lease_expires or 0.0) - time.time()  # a write saved
+        self.ends = time.monotonic() + left
         return self.held
+
+    def _decide(self, record: state.HostRecord | None,
+                taken: bool | None = None) -> lifecycle.Decision[StartAction]:
+        return lifecycle.evacuation_start(record, self.owner, time.time(),
+                                          self._renew_before(), taken)
 
     def _renew_before(self) -> float:
         # Renewing is a CIB write (a scheduler run): only when the lease is running out,
@@ -162,13 +164,13 @@ class Lease:
             self.held = False
 
 
-def _record_outcome(store: state.StateStore | None, lease: Lease, final: str, event: str,
+def _record_outcome(store: state.StateStore | None, lease: Lease, outcome: lifecycle.Outcome,
                     detail: str, counts: dict[str, int]) -> None:
     """The outcome and the lease's release, in one write (one scheduler run); only while
     the lease is ours, so a runner that lost it never overwrites its successor's outcome."""
     node, owner = lease.node, lease.owner
-    if record(store, lambda s: s.mark(node, final, event, detail, owner=owner, release=True,
-                                      **counts), "outcome"):
+    if record(store, lambda s: s.mark(node, outcome.state, outcome.event, detail, owner=owner,
+                                      release=True, **counts), "outcome"):
         lease.held = False
 
 
@@ -193,13 +195,13 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffCon
         prefetch = evacuation.Prefetch(nova, deadline, host,
                                        lambda: incident_start(store, node))
     if not lease.held:
-        LOG.info("%s is being evacuated by another runner: leaving it to them", node)
+        LOG.info("%s: %s", node, lease.start.reason)
         return None
     # No record write here: the lease is what keeps other runners away, and every write is
     # a scheduler run. The start goes to the log and the notification channel.
     LOG.info("evacuation of %s started by %s", node, runner or owner)
     if options.notifier is not None:
-        options.notifier.send("evacuation_started", node, host=host,
+        options.notifier.send(Event.EVACUATION_STARTED, node, host=host,
                               detail=f"by {runner or owner}")
     try:
         summary = evacuation.evacuate_servers(
@@ -208,27 +210,21 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffCon
             heartbeat=lease.heartbeat, may_request=lambda: lease.held,
             servers=prefetch.servers(), earlier=prefetch.earlier())
     except NovaError as err:
-        _record_outcome(store, lease, "fenced", "evacuation_failed",
-                        f"Nova unreachable, will resume; by {runner or owner}", {})
+        outcome = lifecycle.INTERRUPTED
+        _record_outcome(store, lease, outcome, f"{outcome.reason}; by {runner or owner}", {})
         if options.notifier is not None:
-            options.notifier.send("evacuation_failed", node, host=host, state="fenced",
+            options.notifier.send(outcome.event, node, host=host, state=outcome.state,
                                   detail=f"interrupted, will resume: {err}")
         raise
     counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
                   failed=summary.count("failed"))
-    if summary.count("unfinished"):
-        # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:
-        # evacuated servers are no longer on the host).
-        final, event = "fenced", "evacuation_failed"
-    elif summary.count("failed"):
-        final, event = "failed", "evacuation_failed"
-    else:
-        final, event = "evacuated", "evacuation_finished"
+    outcome = lifecycle.evacuation_outcome(summary.count("failed"), summary.count("unfinished"))
     took = summary.finished_after or time.monotonic() - summary.started
-    _record_outcome(store, lease, final, event,
+    _record_outcome(store, lease, outcome,
                     f"{summary.found} found, {counts['evacuated']} evacuated, "
                     f"{counts['failed']} failed, {summary.count('unfinished')} unfinished in "
                     f"{took:.1f}s; by {runner or owner}", counts)
     if options.notifier is not None:
-        options.notifier.send(event, node, host=host, summary=summary, state=final)
+        options.notifier.send(outcome.event, node, host=host, summary=summary,
+                              state=outcome.state)
     return summary

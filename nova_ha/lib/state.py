@@ -30,28 +30,14 @@ attribute                  value
 ``nova-ha-service-host``   Nova service host name, set only when it differs from the node name
 ``nova-ha-history``        last 20 events, oldest first, as compact JSON:
                            ``[["2026-11-22T14:03:00Z","fenced","by c1"], ...]``; event names:
-                           ``fenced``, ``evacuation_started`` (earlier versions),
-                           ``evacuation_finished``, ``evacuation_failed``, ``rejoined``,
-                           ``reset``
+                           ``lifecycle.Event``
 =========================  ================================================================
 
-State transitions (``TRANSITIONS``; anything else raises StateError):
-
-==============  ===========================================================================
-from            to
-==============  ===========================================================================
-``ok``          ``fenced``
-``fenced``      ``evacuating``; ``evacuated`` (nothing to move: no server, mode ``none`` or
-                ``record``); ``failed`` (could not even start)
-``evacuating``  ``evacuated``, ``failed``, ``fenced`` (fenced again, evacuation to resume)
-``evacuated``   ``ok`` (host rejoined), ``fenced``
-``failed``      ``evacuating``, ``evacuated`` (retried), ``ok`` (host rejoined), ``fenced``
-==============  ===========================================================================
-
-Marking the current state again is always allowed (it updates counts or adds an event), so is
-marking ``fenced`` (a second fencing of the same host); ``reset()`` (administrator) goes to
-``ok`` from any state. Entering ``fenced`` from another state starts a new incident: the
-counts restart at 0.
+States and events are ``lifecycle.HostState`` and ``lifecycle.Event``; a record moves only
+along ``lifecycle.TRANSITIONS`` (anything else raises StateError). Marking the current state
+again is always allowed (it updates counts or adds an event), so is marking ``fenced`` (a
+second fencing of the same host); ``reset()`` (administrator) goes to ``ok`` from any state.
+Entering ``fenced`` from another state starts a new incident: the counts restart at 0.
 
 Lease: at most one runner works a host. ``acquire_lease`` succeeds when the lease is unset,
 expired, or already held by the caller. The expiry is written by the owner with its own clock;
@@ -77,6 +63,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nova_ha.errors import NovaHaError
+from nova_ha.lib import clock
+from nova_ha.lib.lifecycle import Event, HostState, may_move
 
 PREFIX = "nova-ha-"
 ATTR_STATE = PREFIX + "state"
@@ -105,26 +93,7 @@ RECORD_ATTRS = (
 LEASE_ATTRS = (ATTR_LEASE_OWNER, ATTR_LEASE_EXPIRES)
 ALL_ATTRS = RECORD_ATTRS + LEASE_ATTRS
 
-STATES = ("ok", "fenced", "evacuating", "evacuated", "failed")
 MODES = ("all", "tagged", "none", "record")
-# Events a record may gain. The force-down is part of 'fenced' (a record is written only
-# once the host is forced down): no write of its own, since each write is a scheduler run.
-EVENTS = (
-    "fenced",
-    "evacuation_started",
-    "evacuation_finished",
-    "evacuation_failed",
-    "rejoined",
-    "reset",
-    "evacuation_blocked",
-)
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "ok": frozenset({"fenced"}),
-    "fenced": frozenset({"evacuating", "evacuated", "failed"}),
-    "evacuating": frozenset({"evacuated", "failed", "fenced"}),
-    "evacuated": frozenset({"ok", "fenced"}),
-    "failed": frozenset({"evacuating", "evacuated", "ok", "fenced"}),
-}
 HISTORY_MAX = 20
 DETAIL_MAX = 120  # keeps a host's record around 2 KiB: the CIB is copied to every node
 DEFAULT_SKEW = 10.0
@@ -151,16 +120,20 @@ class StateError(NovaHaError):
 
 
 @dataclass(frozen=True)
-class Event:
+class HistoryEntry:
+    """One event of a host's history. The force-down has none of its own: it is part of
+    'fenced' (a record is written only once the host is forced down), since each write is a
+    scheduler run."""
+
     time: str  # ISO 8601 UTC
-    name: str  # one of EVENTS
+    name: str  # an Event (a name written by a newer version is kept as it is)
     detail: str = ""
 
 
 @dataclass
 class HostRecord:
     host: str
-    state: str = "ok"
+    state: HostState = HostState.OK
     since: str | None = None
     lease_owner: str | None = None
     lease_expires: float | None = None
@@ -169,17 +142,13 @@ class HostRecord:
     failed: int = 0
     mode: str | None = None
     service_host: str | None = None
-    history: list[Event] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
 
     def lease_live(self, now: float | None = None, skew: float = DEFAULT_SKEW) -> bool:
         """True while the lease may still be in use, seen from a host whose clock says `now`."""
         if self.lease_owner is None or self.lease_expires is None:
             return False
         return _now(now) <= self.lease_expires + skew
-
-
-def iso_utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _now(now: float | None) -> float:
@@ -206,9 +175,10 @@ def _decode(host: str, raw: Mapping[str, str]) -> HostRecord:
             raise StateError(f"not a count: {value!r}", host, name)
         return int(value)
 
-    state = text(ATTR_STATE) or "ok"
-    if state not in STATES:
-        raise StateError(f"unknown state {state!r}", host, ATTR_STATE)
+    try:
+        state = HostState(text(ATTR_STATE) or HostState.OK)
+    except ValueError:
+        raise StateError(f"unknown state {text(ATTR_STATE)!r}", host, ATTR_STATE) from None
     mode = text(ATTR_MODE)
     if mode is not None and mode not in MODES:
         raise StateError(f"unknown mode {mode!r}", host, ATTR_MODE)
@@ -244,7 +214,7 @@ def _decode_lease(host: str, raw: Mapping[str, str]) -> tuple[str | None, float 
         ) from None
 
 
-def _decode_history(host: str, value: str | None) -> list[Event]:
+def _decode_history(host: str, value: str | None) -> list[HistoryEntry]:
     if value is None:
         return []
     try:
@@ -256,7 +226,7 @@ def _decode_history(host: str, value: str | None) -> list[Event]:
         for i in items
     ):
         raise StateError("history is not a JSON list of [time, event, detail]", host, ATTR_HISTORY)
-    return [Event(*item) for item in items]
+    return [HistoryEntry(*item) for item in items]
 
 
 def _decode_each(
@@ -275,7 +245,7 @@ def _encode(record: HostRecord) -> dict[str, str]:
     """Record attributes as strings; "" clears an attribute. The lease is not included."""
     history = [[e.time, e.name, e.detail] if e.detail else [e.time, e.name] for e in record.history]
     return {
-        ATTR_STATE: record.state,
+        ATTR_STATE: str(record.state),
         ATTR_SINCE: record.since or "",
         ATTR_FOUND: str(record.found) if record.found else "",
         ATTR_EVACUATED: str(record.evacuated) if record.evacuated else "",
@@ -358,14 +328,14 @@ class StateStore(ABC):
         one bad record never stops the others)."""
         return _decode_each(
             {h: raw for h, raw in self._read_all().items()
-             if (raw.get(ATTR_STATE) or "ok") != "ok"}
+             if (raw.get(ATTR_STATE) or HostState.OK) != HostState.OK}
         )
 
     def mark(
         self,
         host: str,
-        state: str,
-        event: str | None = None,
+        state: HostState,
+        event: Event | None = None,
         detail: str = "",
         *,
         found: int | None = None,
@@ -389,10 +359,10 @@ class StateStore(ABC):
         is live (the returned record tells who holds it); `release` (with `owner`) clears it.
         """
         _check_host(host)
-        if state not in STATES:
-            raise StateError(f"unknown state {state!r}", host, ATTR_STATE)
-        if event is not None and event not in EVENTS:
-            raise StateError(f"unknown event {event!r}", host, ATTR_HISTORY)
+        if not isinstance(state, HostState):
+            raise StateError(f"unknown state {state!r} (not a HostState)", host, ATTR_STATE)
+        if event is not None and not isinstance(event, Event):
+            raise StateError(f"unknown event {event!r} (not an Event)", host, ATTR_HISTORY)
         if mode is not None and mode not in MODES:
             raise StateError(f"unknown mode {mode!r}", host, ATTR_MODE)
         if service_host is not None and service_host != "" and not _NAME_RE.match(service_host):
@@ -405,10 +375,10 @@ class StateStore(ABC):
             _check_owner(grant[0])
         if release and owner is None:
             raise StateError("releasing the lease needs its owner", host, ATTR_LEASE_OWNER)
-        if event == "evacuation_finished" and not detail:
+        if event == Event.EVACUATION_FINISHED and not detail:
             detail = f"found={found or 0} evacuated={evacuated or 0} failed={failed or 0}"
         detail = detail[:DETAIL_MAX]
-        stamp = iso_utc(_now(now))
+        stamp = clock.iso_utc(_now(now))
 
         for _ in range(CAS_ROUNDS):
             raw, handle = self._read(host)
@@ -419,16 +389,12 @@ class StateStore(ABC):
                     host,
                     ATTR_LEASE_OWNER,
                 )
-            if (
-                state != current.state
-                and state != "fenced"
-                and state not in TRANSITIONS[current.state]
-            ):
+            if not may_move(current.state, state):
                 raise StateError(f"invalid transition {current.state} -> {state}", host, ATTR_STATE)
             new = replace(current, history=list(current.history))
             if state != current.state:
                 new.state, new.since = state, stamp
-                if state == "fenced":
+                if state == HostState.FENCED:
                     new.found = new.evacuated = new.failed = 0
             new.found = new.found if found is None else found
             new.evacuated = new.evacuated if evacuated is None else evacuated
@@ -441,7 +407,7 @@ class StateStore(ABC):
                 last is not None and last.name == event and last.detail == detail and new == current
             )
             if event is not None and not duplicate:
-                new.history.append(Event(stamp, event, detail))
+                new.history.append(HistoryEntry(stamp, event, detail))
                 del new.history[: -self.history_max]
             wanted = _encode(new)
             expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
@@ -492,20 +458,21 @@ class StateStore(ABC):
         Works on a record that no longer decodes (hand-edited CIB): that is what it is for.
         """
         _check_host(host)
-        stamp = iso_utc(_now(now))
+        stamp = clock.iso_utc(_now(now))
         for _ in range(CAS_ROUNDS):
             raw, handle = self._read(host)
             try:
                 history = _decode_history(host, raw.get(ATTR_HISTORY) or None)
             except StateError:
-                history = [Event(stamp, "reset", "unreadable history discarded")]
+                history = [HistoryEntry(stamp, Event.RESET, "unreadable history discarded")]
             service_host = raw.get(ATTR_SERVICE_HOST) or None
             if service_host is not None and not _NAME_RE.match(service_host):
                 service_host = None
             new = HostRecord(
-                host=host, state="ok", since=stamp, service_host=service_host, history=history
+                host=host, state=HostState.OK, since=stamp, service_host=service_host,
+                history=history,
             )
-            new.history.append(Event(stamp, "reset", note[:DETAIL_MAX]))
+            new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
             del new.history[: -self.history_max]
             wanted = _encode(new)
             wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})

@@ -148,9 +148,10 @@ def test_slow_rebuilds_hold_evacuations_in_rebuild(nova_box, cleanup):
         assert spawning[-1] - spawning[0] >= delay - 1.0, spawning
         assert {seen[sid][1] for _, seen in rounds} <= {*REBUILD_STATES, None}
     # The two rebuilds wait at the same time (each in its own thread), not one after the
-    # other, and the API answers meanwhile.
+    # other, and the API answers meanwhile. One after the other they would never both be
+    # spawning; the margin is for a loaded machine (polls every POLL, API latency).
     both = [t for t, seen in rounds if all(seen[sid][1] == "rebuild_spawning" for sid in ids)]
-    assert both and both[-1] - both[0] >= delay - 1.0
+    assert both and both[-1] - both[0] >= delay / 2, both
     assert api_latency < 1.5
     # The targets' heartbeats went on.
     observer = Observer(nova_box)

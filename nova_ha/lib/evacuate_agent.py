@@ -139,23 +139,9 @@ def start(request: OcfRequest) -> int:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     raw = {k[len("OCF_RESKEY_"):]: v for k, v in request.env.items()
            if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_meta")}
-    from nova_ha.lib import evacuation_service
-
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.alive)
-    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        # A session of its own: the executor's process group ends with this action, and
-        # stop ends the service's group (its workers) as one.
-        process = subprocess.Popen(
-            [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
-            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
-            start_new_session=True, env=evacuation_service._worker_env())
-    finally:
-        os.close(fd)
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(raw).encode() + b"\n")
-    process.stdin.close()
+    process = _spawn_service(paths, raw)
     with open(paths.pid, "w") as pid_file:
         pid_file.write(f"{process.pid} {_start_time(process.pid)}\n")
     end = time.monotonic() + max(request.timeout - 3.0, 2.0)
@@ -169,6 +155,27 @@ def start(request: OcfRequest) -> int:
         time.sleep(0.05)
     raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service did not come up in "
                    f"time; see {paths.log}")
+
+
+def _spawn_service(paths: Paths, raw: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The evacuation service, started with the resource's parameters `raw` on its stdin
+    (never on its command line or in its environment) and its output in its log file."""
+    from nova_ha.lib import evacuation_service
+
+    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # A session of its own: the executor's process group ends with this action, and
+        # stop ends the service's group (its workers) as one.
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
+            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
+            start_new_session=True, env=evacuation_service._worker_env())
+    finally:
+        os.close(fd)
+    assert process.stdin is not None  # stdin=PIPE
+    process.stdin.write(json.dumps(raw).encode() + b"\n")
+    process.stdin.close()
+    return process
 
 
 def stop(request: OcfRequest) -> int:

@@ -25,6 +25,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -261,6 +262,7 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select: reap at once
     sock = handover.listen()
+    watched: list[socket.socket | int] = [sock, wake_r]
     interval = max(0.1, parsed.settings.evacuation.watch_interval)
     LOG.info("evacuation service started (pid %d, reads the records every %g s, socket %s)",
              os.getpid(), interval, handover.socket_path())
@@ -269,7 +271,7 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
             for line in service.tick():
                 LOG.info("%s", line)
             _touch(alive_file)
-            ready, _, _ = select.select([sock, wake_r], [], [], interval)
+            ready, _, _ = select.select(watched, [], [], interval)
             if wake_r in ready:
                 os.read(wake_r, 512)
             if sock in ready:

@@ -488,9 +488,7 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
     /etc/nova-ha/nova-ha.conf, so one file serves the command and every agent. Only the
     canonical names are checked here; parse() decides what each agent takes.
     """
-    import errno
     import os
-    import stat
 
     where = _config_where(path)
     if not os.path.isabs(path):
@@ -498,19 +496,42 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         raise ParamError(f"{where} is not an absolute path")
     if "\0" in path:  # os.lstat() would raise ValueError
         raise ParamError(f"{where} is not a valid path")
+    data, mode = _read_config_bytes(_open_config(path, where), where)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParamError(f"{where} is not UTF-8 text") from None
+    entries, problems = _config_lines(text, where)
+    _check_secrets_private(entries, mode, where)
+    return entries, problems
+
+
+def _open_config(path: str, where: str) -> int:
+    """A read-only descriptor of the config_file, refused unless it is a regular file."""
+    import errno
+    import os
+    import stat
+
     try:
         # lstat first: a FIFO or device is refused without being opened at all; the fstat
-        # of the opened file below is what counts (the path may change in between).
+        # of the opened file (_read_config_bytes) is what counts (the path may change in between).
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise ParamError(f"{where} is not a regular file")
         # O_NONBLOCK: opening a FIFO swapped in meanwhile must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == errno.ENOENT:
             raise ParamError(f"{where} does not exist") from None
         if err.errno == errno.ELOOP:
             raise ParamError(f"{where} is not a regular file") from None
         raise ParamError(f"{where} cannot be read ({err.strerror})") from None
+
+
+def _read_config_bytes(fd: int, where: str) -> tuple[bytes, int]:
+    """The file's content and mode, after checking its type, size, owner and mode; closes fd."""
+    import os
+    import stat
+
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -535,10 +556,11 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         os.close(fd)
     if size > CONFIG_FILE_MAX:
         raise ParamError(f"{where} is larger than {CONFIG_FILE_MAX // 1024} KiB")
-    try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParamError(f"{where} is not UTF-8 text") from None
+    return b"".join(chunks), info.st_mode
+
+
+def _config_lines(text: str, where: str) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """The 'name=value' entries of a config_file's text, and the problems of malformed lines."""
     entries, problems = [], []
     # "\n" only: str.splitlines() also splits at \v, \f, \x1c-\x1e, \x85, \u2028...,
     # which would cut a value in two and shift every line number after it.
@@ -555,13 +577,19 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         entries.append((number, name, value))
+    return entries, problems
+
+
+def _check_secrets_private(entries: list[tuple[int, str, str]], mode: int, where: str) -> None:
+    """A file holding a secret must not be readable by group or others."""
+    import stat
+
     # Any agent's secret counts: the file serves all of them.
     secrets = [key for _, n, _ in entries
                if (key := _table_name(n)) is not None and BY_NAME[key].secret]
-    if secrets and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+    if secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ParamError(f"{where} holds '{secrets[0]}' and is readable by group or others "
                          "(chmod 600)")
-    return entries, problems
 
 
 def _config_where(path: str) -> str:

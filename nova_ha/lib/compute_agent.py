@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from nova_ha import __version__
 from nova_ha.lib import lifecycle, log, ocf_proto, params, service
 from nova_ha.lib.lifecycle import Event, HostState, RejoinAction, RejoinStep
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
@@ -33,14 +32,6 @@ if TYPE_CHECKING:
 LOG = log.get("compute")
 OURS = "nova-ha"  # prefix of the disabled_reason nova-ha writes
 RECHECK = 3.0  # seconds between safety checks while waiting
-
-ACTIONS = [
-    ocf_proto.OcfAction("start", 600),
-    ocf_proto.OcfAction("stop", 120),
-    ocf_proto.OcfAction("monitor", 30, interval=10, depth=0),
-    ocf_proto.OcfAction("validate-all", 20),
-    ocf_proto.OcfAction("meta-data", 5),
-]
 
 _CODES = {"configured": ocf_proto.OCF_ERR_CONFIGURED, "installed": ocf_proto.OCF_ERR_INSTALLED}
 
@@ -299,9 +290,6 @@ def _disable_on_stop(request: OcfRequest) -> None:
         LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)
 
 
-HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
-
-
 SHORTDESC = "Runs nova-compute and lets a fenced compute host rejoin safely"
 LONGDESC = (
     "NovaCompute runs nova-compute on an OpenStack compute node (a pacemaker-remote node; "
@@ -314,5 +302,6 @@ LONGDESC = (
     "start_command, stop_command and status_command."
 )
 
-SPEC = ocf_proto.OcfAgentSpec(params.COMPUTE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))
+SPEC = ocf_proto.service_agent_spec(
+    params.COMPUTE, SHORTDESC, LONGDESC, timeouts=(600, 120, 30), start=start, stop=stop,
+    monitor=monitor, validate=validate)

@@ -17,21 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-from nova_ha import __version__
 from nova_ha.lib import log, ocf_proto, params
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
 LOG = log.get("evacuate-agent")
 SERVICE_MODULE = "nova_ha.lib.evacuation_service"
 DEFAULT_LOG_DIR = "/var/log/nova-ha"
-
-ACTIONS = [
-    ocf_proto.OcfAction("start", 20),
-    ocf_proto.OcfAction("stop", 30),
-    ocf_proto.OcfAction("monitor", 20, interval=10, depth=0),
-    ocf_proto.OcfAction("validate-all", 20),
-    ocf_proto.OcfAction("meta-data", 5),
-]
 
 
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
@@ -230,8 +221,6 @@ def monitor(request: OcfRequest) -> int:
     return ocf_proto.OCF_SUCCESS
 
 
-HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
-
 SHORTDESC = "Evacuates the servers of fenced Nova compute hosts, beside Pacemaker"
 LONGDESC = (
     "NovaEvacuate runs on the controllers (one instance). It starts nova-ha's evacuation "
@@ -245,7 +234,6 @@ LONGDESC = (
     "and its workers."
 )
 
-# stop and monitor need no parameter: a broken one must never leave the service running
-# behind Pacemaker's back, or hide it from a probe.
-SPEC = ocf_proto.OcfAgentSpec(params.EVACUATE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))
+SPEC = ocf_proto.service_agent_spec(
+    params.EVACUATE, SHORTDESC, LONGDESC, timeouts=(20, 30, 20), start=start, stop=stop,
+    monitor=monitor, validate=validate)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from nova_ha import __version__
 from nova_ha.errors import NovaHaError
 from nova_ha.lib import docs, log, notify, params
 
@@ -85,6 +86,7 @@ class OcfRequest:
         return self.env.get("OCF_RESOURCE_INSTANCE", "")
 
 
+Handler = Callable[[OcfRequest], int]  # an action: returns its exit code
 Validator = Callable[[OcfRequest], list[tuple[int, str]]]
 
 
@@ -95,7 +97,7 @@ class OcfAgentSpec:
     shortdesc: str
     longdesc: str
     actions: list[OcfAction]
-    handlers: Mapping[str, Callable[[OcfRequest], int]]
+    handlers: Mapping[str, Handler]
     validate: Validator = field(default=lambda request: [])
     # Actions whose handler runs even when validation finds problems (logged as warnings):
     # the handler uses only what it needs and answers from the service's real state. An
@@ -103,6 +105,23 @@ class OcfAgentSpec:
     # code, never a claimed "stopped" or "not running" (resource-agents: only a missing
     # binary may mean "not running", and only when nothing runs, which only a handler knows).
     unchecked: frozenset[str] = frozenset()
+
+
+def service_agent_spec(
+    name: str, shortdesc: str, longdesc: str, *, timeouts: tuple[int, int, int],
+    start: Handler, stop: Handler, monitor: Handler, validate: Validator,
+) -> OcfAgentSpec:
+    """An agent that runs a service: start, stop and monitor (every 10 s) with their default
+    timeouts in seconds, validate-all and meta-data. stop and monitor are unchecked: a broken
+    parameter must never leave the service running behind Pacemaker's back, or hide it from
+    a probe."""
+    start_timeout, stop_timeout, monitor_timeout = timeouts
+    actions = [OcfAction("start", start_timeout), OcfAction("stop", stop_timeout),
+               OcfAction("monitor", monitor_timeout, interval=10, depth=0),
+               OcfAction("validate-all", 20), OcfAction("meta-data", 5)]
+    return OcfAgentSpec(name, __version__, shortdesc, longdesc, actions,
+                        {"start": start, "stop": stop, "monitor": monitor}, validate,
+                        unchecked=frozenset({"stop", "monitor"}))
 
 
 def metadata(spec: OcfAgentSpec) -> str:

@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nova_ha.errors import NovaHaError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 FENCE = "fence_nova_evacuate"
 COMPUTE = "NovaCompute"
@@ -879,7 +882,7 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
 # field names its parameter; its value is the parsed one, or the table's default when the
 # parameter is unset or empty: no default is written anywhere but in PARAMETERS.
 
-_S = TypeVar("_S")
+_S = TypeVar("_S", bound="DataclassInstance")
 
 
 def _setting(param: str, convert: Callable[[Any], Any] | None = None, *,
@@ -905,7 +908,7 @@ def table_value(parsed: Parsed, name: str, zero_is_default: bool = False) -> Any
 def _build(cls: type[_S], parsed: Parsed, **extra: Any) -> _S:
     """`cls` with each field read from its parameter; `extra`: the fields that are not."""
     values = dict(extra)
-    for item in fields(cls):  # type: ignore[arg-type]
+    for item in fields(cls):
         meta = item.metadata
         if "param" in meta:
             value = table_value(parsed, meta["param"], meta["zero_is_default"])
@@ -1090,9 +1093,31 @@ class ComputeSettings:
     disable_on_stop: bool = _setting("disable_on_stop")
 
 
+class _Group(Generic[_S]):
+    """A group of Settings, built from the table on first use and then kept: like
+    cached_property, the value lands in the instance's __dict__, which wins from then on."""
+
+    def __init__(self, group: type[_S]) -> None:
+        self.group = group
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> _S:
+        value = _build(self.group, settings._parsed)
+        settings.__dict__[self.name] = value
+        return value
+
+
 class Settings:
     """The typed settings of one run (``parsed.settings``). Each group is built on first
     use, then kept: an agent pays only for the groups it reads."""
+
+    naming = _Group(HostNaming)
+    bmc = _Group(BmcSettings)
+    evacuation = _Group(EvacuationSettings)
+    notify = _Group(NotifySettings)
+    compute = _Group(ComputeSettings)
 
     def __init__(self, parsed: Parsed) -> None:
         self._parsed = parsed
@@ -1103,26 +1128,6 @@ class Settings:
         return table_value(self._parsed, "port") or ""
 
     @cached_property
-    def naming(self) -> HostNaming:
-        return _build(HostNaming, self._parsed)
-
-    @cached_property
-    def bmc(self) -> BmcSettings:
-        return _build(BmcSettings, self._parsed)
-
-    @cached_property
     def openstack(self) -> OpenStackSettings:
         given = frozenset(n for n in self._parsed.given if n.startswith("os_"))
         return _build(OpenStackSettings, self._parsed, given=given)
-
-    @cached_property
-    def evacuation(self) -> EvacuationSettings:
-        return _build(EvacuationSettings, self._parsed)
-
-    @cached_property
-    def notify(self) -> NotifySettings:
-        return _build(NotifySettings, self._parsed)
-
-    @cached_property
-    def compute(self) -> ComputeSettings:
-        return _build(ComputeSettings, self._parsed)

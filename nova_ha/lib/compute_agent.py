@@ -176,29 +176,33 @@ def monitor(request: OcfRequest) -> int:
     if not running:
         return ocf_proto.OCF_NOT_RUNNING
     if request.params.settings.compute.check_nova_service and not request.is_probe:
-        from nova_ha.openstack.compute import Nova
-        from nova_ha.openstack.exceptions import NovaError
-        from nova_ha.openstack.transport import Deadline
-
-        host = _nova_host(request)
-        unusable = params.check_openstack(request.params)
-        if unusable:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
-                                                       f"{unusable[0]}")
-        try:
-            nova_svc = Nova.from_params(request.params).service(
-                Deadline(request.timeout * 0.8), host)
-        except NovaError as err:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
-                           ) from None
-        if nova_svc.state != "up":
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
-                                                       f"{nova_svc.state}")
+        _check_up_in_nova(request)
     return ocf_proto.OCF_SUCCESS
 
 
+def _check_up_in_nova(request: OcfRequest) -> None:
+    """check_nova_service: OcfError unless Nova reports the host's nova-compute up."""
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
+
+    host = _nova_host(request)
+    unusable = params.check_openstack(request.params)
+    if unusable:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
+                                                   f"{unusable[0]}")
+    try:
+        nova_svc = Nova.from_params(request.params).service(
+            Deadline(request.timeout * 0.8), host)
+    except NovaError as err:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
+                       ) from None
+    if nova_svc.state != "up":
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
+                                                   f"{nova_svc.state}")
+
+
 def start(request: OcfRequest) -> int:
-    from nova_ha.lib import recovery
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.exceptions import NovaError
     from nova_ha.openstack.transport import Deadline
@@ -225,14 +229,19 @@ def start(request: OcfRequest) -> int:
     except NovaError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
     if fenced_by_us:
-        recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note),
-                        "rejoin")
-        from nova_ha.lib import notify
-
-        notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
-                    host=host, detail=note)
+        _record_rejoin(request, store, host, note)
     LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS
+
+
+def _record_rejoin(request: OcfRequest, store: StateStore | None, host: str, note: str) -> None:
+    """The end of the incident: the record back to ok with a 'rejoined' event, announced."""
+    from nova_ha.lib import notify, recovery
+
+    node = request.node
+    recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note), "rejoin")
+    notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
+                host=host, detail=note)
 
 
 def stop(request: OcfRequest) -> int:

@@ -354,40 +354,56 @@ def _shown(param: Param, raw: str) -> str:
 def convert(param: Param, raw: str) -> Any:
     """Typed value of one parameter, or ParamError naming it."""
     value = raw.strip()
-    if param.type in ("string",):
+    if param.type == "string":
         return value
-    if param.type == "boolean":
-        low = value.lower()
-        if low in TRUE_WORDS:
-            return True
-        if low in FALSE_WORDS:
-            return False
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
-                         "(use 1/0, yes/no, true/false)")
-    if param.type == "integer":
-        # ASCII digits only: int() also takes '1_000' and other scripts' digits.
-        if not re.fullmatch(r"[+-]?[0-9]+", value):
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
-                             "integer")
-        # int() refuses thousands of digits; such a number is beyond any bound anyway.
-        number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
-        return _bounded(param, number, raw)
-    if param.type == "second":
-        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
-        if not match:
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
-                             "number of seconds")
-        seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
-        return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
-    if param.type == "select":
-        low = value.lower()
-        if param.name == "os_interface" and low.endswith("url"):
-            low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
-        if low not in param.choices:
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
-                             f"{', '.join(param.choices)}")
-        return low
-    raise AssertionError(f"unknown parameter type {param.type}")
+    try:
+        to_type = _CONVERTERS[param.type]
+    except KeyError:
+        raise AssertionError(f"unknown parameter type {param.type}") from None
+    return to_type(param, value, raw)
+
+
+def _boolean(param: Param, value: str, raw: str) -> bool:
+    low = value.lower()
+    if low in TRUE_WORDS:
+        return True
+    if low in FALSE_WORDS:
+        return False
+    raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
+                     "(use 1/0, yes/no, true/false)")
+
+
+def _integer(param: Param, value: str, raw: str) -> float:
+    # ASCII digits only: int() also takes '1_000' and other scripts' digits.
+    if not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
+                         "integer")
+    # int() refuses thousands of digits; such a number is beyond any bound anyway.
+    number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
+    return _bounded(param, number, raw)
+
+
+def _seconds(param: Param, value: str, raw: str) -> float:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
+    if not match:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
+                         "number of seconds")
+    seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
+    return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
+
+
+def _choice(param: Param, value: str, raw: str) -> str:
+    low = value.lower()
+    if param.name == "os_interface" and low.endswith("url"):
+        low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
+    if low not in param.choices:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
+                         f"{', '.join(param.choices)}")
+    return low
+
+
+_CONVERTERS: dict[str, Callable[[Param, str, str], Any]] = {
+    "boolean": _boolean, "integer": _integer, "second": _seconds, "select": _choice}
 
 
 def _bounded(param: Param, number: float, raw: str) -> float:

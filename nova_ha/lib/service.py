@@ -111,11 +111,8 @@ def run_capped(argv: Sequence[str], timeout: float, *, stdin: bytes | None = Non
             child.wait()
             raise
         finally:
-            for stream in (child.stdin, child.stdout, child.stderr):
-                if stream is not None and not stream.closed:
-                    stream.close()
-    return Finished(returncode, pipes.output(child.stdout), pipes.output(child.stderr),
-                    pipes.discarded)
+            pipes.close()
+    return pipes.finished(returncode)
 
 
 class _Pipes:
@@ -159,8 +156,16 @@ class _Pipes:
                     self._drain(stream)
         return True
 
-    def output(self, stream: IO[bytes] | None) -> bytes:
-        return bytes(self.kept[stream]) if stream is not None else b""
+    def finished(self, returncode: int) -> Finished:
+        """What the child did, with what was kept of its output."""
+        out, err = self.child.stdout, self.child.stderr
+        return Finished(returncode, bytes(self.kept[out]) if out is not None else b"",
+                        bytes(self.kept[err]) if err is not None else b"", self.discarded)
+
+    def close(self) -> None:
+        for stream in (self.child.stdin, self.child.stdout, self.child.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
 
     def _feed(self, stream: IO[bytes]) -> None:
         try:
@@ -322,32 +327,33 @@ def problems(start: str | None, stop: str | None, status: str | None, unit: str 
 
     With commands, each role needs its command. With systemd, systemctl is needed for
     everything, an installed unit only to start: systemctl checks and stops a unit by name."""
-    out: list[tuple[str, str]] = []
     commands = {"start": start, "stop": stop, "status": status}
     if any(commands.values()):
-        for role in roles:
-            name, command = f"{role}_command", commands[role]
-            if not command:
-                out.append(("configured", f"parameter '{name}' is required with the other "
-                                          "*_command parameters"))
-                continue
-            try:
-                argv = shlex.split(command)
-            except ValueError as err:
-                out.append(("configured", f"parameter '{name}': {err}"))
-                continue
-            if not argv or shutil.which(argv[0]) is None:
-                out.append(("installed", f"parameter '{name}': {argv[0] if argv else ''!r} "
-                                         "is not an executable"))
-        return out
+        return [found for role in roles
+                if (found := _command_problem(f"{role}_command", commands[role])) is not None]
     if shutil.which("systemctl") is None:
         return [("installed", "systemctl not found: set start_command, stop_command and "
                               "status_command")]
     if "start" in roles and find_unit(unit) is None:
         wanted = unit or " or ".join(DEFAULT_UNITS)
-        out.append(("installed", f"systemd unit {wanted} not found (parameter "
-                                 "'systemd_unit')"))
-    return out
+        return [("installed", f"systemd unit {wanted} not found (parameter "
+                              "'systemd_unit')")]
+    return []
+
+
+def _command_problem(name: str, command: str | None) -> tuple[str, str] | None:
+    """What makes parameter `name`'s command unusable (unset, unparsable, not executable)."""
+    if not command:
+        return ("configured", f"parameter '{name}' is required with the other "
+                              "*_command parameters")
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        return ("configured", f"parameter '{name}': {err}")
+    if not argv or shutil.which(argv[0]) is None:
+        return ("installed", f"parameter '{name}': {argv[0] if argv else ''!r} "
+                             "is not an executable")
+    return None
 
 
 def systemd_absent() -> bool:

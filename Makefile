@@ -42,6 +42,7 @@ $(REMOTED): | deps venv
 test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy nova_ha
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: deps venv

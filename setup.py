@@ -17,7 +17,7 @@ setup(
         "pexpect>=4.8",
         "PyYAML>=6.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "mypy>=1.8"]},
     scripts=["agents/fence/fence_nova_evacuate", "agents/ocf/NovaCompute",
              "agents/ocf/NovaEvacuate"],
     entry_points={"console_scripts": ["nova-ha = nova_ha.cli:main"]},

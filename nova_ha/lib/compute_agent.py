@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from nova_ha import __version__
 from nova_ha.lib import lifecycle, log, ocf_proto, params, service
 from nova_ha.lib.lifecycle import Event, HostState, RejoinAction, RejoinStep
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
@@ -33,14 +32,6 @@ if TYPE_CHECKING:
 LOG = log.get("compute")
 OURS = "nova-ha"  # prefix of the disabled_reason nova-ha writes
 RECHECK = 3.0  # seconds between safety checks while waiting
-
-ACTIONS = [
-    ocf_proto.OcfAction("start", 600),
-    ocf_proto.OcfAction("stop", 120),
-    ocf_proto.OcfAction("monitor", 30, interval=10, depth=0),
-    ocf_proto.OcfAction("validate-all", 20),
-    ocf_proto.OcfAction("meta-data", 5),
-]
 
 _CODES = {"configured": ocf_proto.OCF_ERR_CONFIGURED, "installed": ocf_proto.OCF_ERR_INSTALLED}
 
@@ -185,29 +176,33 @@ def monitor(request: OcfRequest) -> int:
     if not running:
         return ocf_proto.OCF_NOT_RUNNING
     if request.params.settings.compute.check_nova_service and not request.is_probe:
-        from nova_ha.openstack.compute import Nova
-        from nova_ha.openstack.exceptions import NovaError
-        from nova_ha.openstack.transport import Deadline
-
-        host = _nova_host(request)
-        unusable = params.check_openstack(request.params)
-        if unusable:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
-                                                       f"{unusable[0]}")
-        try:
-            nova_svc = Nova.from_params(request.params).service(
-                Deadline(request.timeout * 0.8), host)
-        except NovaError as err:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
-                           ) from None
-        if nova_svc.state != "up":
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
-                                                       f"{nova_svc.state}")
+        _check_up_in_nova(request)
     return ocf_proto.OCF_SUCCESS
 
 
+def _check_up_in_nova(request: OcfRequest) -> None:
+    """check_nova_service: OcfError unless Nova reports the host's nova-compute up."""
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+    from nova_ha.openstack.transport import Deadline
+
+    host = _nova_host(request)
+    unusable = params.check_openstack(request.params)
+    if unusable:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
+                                                   f"{unusable[0]}")
+    try:
+        nova_svc = Nova.from_params(request.params).service(
+            Deadline(request.timeout * 0.8), host)
+    except NovaError as err:
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
+                       ) from None
+    if nova_svc.state != "up":
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
+                                                   f"{nova_svc.state}")
+
+
 def start(request: OcfRequest) -> int:
-    from nova_ha.lib import recovery
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.exceptions import NovaError
     from nova_ha.openstack.transport import Deadline
@@ -234,14 +229,19 @@ def start(request: OcfRequest) -> int:
     except NovaError as err:
         raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot check {host} in Nova: {err}") from None
     if fenced_by_us:
-        recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note),
-                        "rejoin")
-        from nova_ha.lib import notify
-
-        notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
-                    host=host, detail=note)
+        _record_rejoin(request, store, host, note)
     LOG.info("nova-compute on %s started (%s)", host, note)
     return ocf_proto.OCF_SUCCESS
+
+
+def _record_rejoin(request: OcfRequest, store: StateStore | None, host: str, note: str) -> None:
+    """The end of the incident: the record back to ok with a 'rejoined' event, announced."""
+    from nova_ha.lib import notify, recovery
+
+    node = request.node
+    recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note), "rejoin")
+    notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
+                host=host, detail=note)
 
 
 def stop(request: OcfRequest) -> int:
@@ -299,9 +299,6 @@ def _disable_on_stop(request: OcfRequest) -> None:
         LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)
 
 
-HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
-
-
 SHORTDESC = "Runs nova-compute and lets a fenced compute host rejoin safely"
 LONGDESC = (
     "NovaCompute runs nova-compute on an OpenStack compute node (a pacemaker-remote node; "
@@ -314,5 +311,6 @@ LONGDESC = (
     "start_command, stop_command and status_command."
 )
 
-SPEC = ocf_proto.OcfAgentSpec(params.COMPUTE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))
+SPEC = ocf_proto.service_agent_spec(
+    params.COMPUTE, SHORTDESC, LONGDESC, timeouts=(600, 120, 30), start=start, stop=stop,
+    monitor=monitor, validate=validate)

@@ -56,10 +56,17 @@ def man_page(agent: str, shortdesc: str, longdesc: str, fence: bool) -> str:
         out += [".SH SYNOPSIS", "Run by Pacemaker with parameters in OCF_RESKEY_<name> "
                 "environment variables; actions: start, stop, monitor, validate\\-all, "
                 "meta\\-data."]
+    out += _parameters(agent, fence)
+    out += [".SH SEE ALSO", "nova\\-ha(8), fence_ipmilan(8), pacemaker\\-fenced(7)"]
+    return "\n".join(out)
+
+
+def _parameters(agent: str, fence: bool) -> list[str]:
+    """The PARAMETERS section of an agent's man page, by group."""
     groups: dict[str, list[params.Param]] = {}
     for param in params.for_agent(agent):
         groups.setdefault(param.group, []).append(param)
-    out.append(".SH PARAMETERS")
+    out = [".SH PARAMETERS"]
     for group, members in groups.items():
         out += [f".SS {_GROUP_TITLES.get(group, group)}"]
         for param in members:
@@ -69,8 +76,7 @@ def man_page(agent: str, shortdesc: str, longdesc: str, fence: bool) -> str:
                 out += [".br", _troff(param.long)]
             if param.aliases:
                 out += [".br", "Deprecated names: " + _troff(", ".join(param.aliases)) + "."]
-    out += [".SH SEE ALSO", "nova\\-ha(8), fence_ipmilan(8), pacemaker\\-fenced(7)"]
-    return "\n".join(out)
+    return out
 
 
 def cli_man_page(parser: Any) -> str:

@@ -17,21 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-from nova_ha import __version__
 from nova_ha.lib import log, ocf_proto, params
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
 LOG = log.get("evacuate-agent")
 SERVICE_MODULE = "nova_ha.lib.evacuation_service"
 DEFAULT_LOG_DIR = "/var/log/nova-ha"
-
-ACTIONS = [
-    ocf_proto.OcfAction("start", 20),
-    ocf_proto.OcfAction("stop", 30),
-    ocf_proto.OcfAction("monitor", 20, interval=10, depth=0),
-    ocf_proto.OcfAction("validate-all", 20),
-    ocf_proto.OcfAction("meta-data", 5),
-]
 
 
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
@@ -139,23 +130,9 @@ def start(request: OcfRequest) -> int:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     raw = {k[len("OCF_RESKEY_"):]: v for k, v in request.env.items()
            if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_meta")}
-    from nova_ha.lib import evacuation_service
-
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.alive)
-    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        # A session of its own: the executor's process group ends with this action, and
-        # stop ends the service's group (its workers) as one.
-        process = subprocess.Popen(
-            [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
-            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
-            start_new_session=True, env=evacuation_service._worker_env())
-    finally:
-        os.close(fd)
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(raw).encode() + b"\n")
-    process.stdin.close()
+    process = _spawn_service(paths, raw)
     with open(paths.pid, "w") as pid_file:
         pid_file.write(f"{process.pid} {_start_time(process.pid)}\n")
     end = time.monotonic() + max(request.timeout - 3.0, 2.0)
@@ -169,6 +146,27 @@ def start(request: OcfRequest) -> int:
         time.sleep(0.05)
     raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service did not come up in "
                    f"time; see {paths.log}")
+
+
+def _spawn_service(paths: Paths, raw: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The evacuation service, started with the resource's parameters `raw` on its stdin
+    (never on its command line or in its environment) and its output in its log file."""
+    from nova_ha.lib import evacuation_service
+
+    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # A session of its own: the executor's process group ends with this action, and
+        # stop ends the service's group (its workers) as one.
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
+            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
+            start_new_session=True, env=evacuation_service._worker_env())
+    finally:
+        os.close(fd)
+    assert process.stdin is not None  # stdin=PIPE
+    process.stdin.write(json.dumps(raw).encode() + b"\n")
+    process.stdin.close()
+    return process
 
 
 def stop(request: OcfRequest) -> int:
@@ -223,8 +221,6 @@ def monitor(request: OcfRequest) -> int:
     return ocf_proto.OCF_SUCCESS
 
 
-HANDLERS = {"start": start, "stop": stop, "monitor": monitor}
-
 SHORTDESC = "Evacuates the servers of fenced Nova compute hosts, beside Pacemaker"
 LONGDESC = (
     "NovaEvacuate runs on the controllers (one instance). It starts nova-ha's evacuation "
@@ -238,7 +234,6 @@ LONGDESC = (
     "and its workers."
 )
 
-# stop and monitor need no parameter: a broken one must never leave the service running
-# behind Pacemaker's back, or hide it from a probe.
-SPEC = ocf_proto.OcfAgentSpec(params.EVACUATE, __version__, SHORTDESC, LONGDESC, ACTIONS,
-                              HANDLERS, validate, unchecked=frozenset({"stop", "monitor"}))
+SPEC = ocf_proto.service_agent_spec(
+    params.EVACUATE, SHORTDESC, LONGDESC, timeouts=(20, 30, 20), start=start, stop=stop,
+    monitor=monitor, validate=validate)

@@ -25,6 +25,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from nova_ha.lib import handover, lifecycle, log, owners, params
 
 if TYPE_CHECKING:
     from nova_ha.lib.state import HostRecord, StateStore
+    from nova_ha.openstack.compute import Nova
 
 LOG = log.get("evacuation-service")
 RETRY_BACKOFF = (5.0, 15.0, 60.0)  # after Nova could not be reached, by attempt
@@ -254,13 +256,9 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     log.REDACTOR.add(*parsed.secrets())
     service = Service(parsed, raw, state.CibStateStore())
     stopping: list[int] = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select: reap at once
+    wake_r = _catch_signals(stopping)
     sock = handover.listen()
+    watched: list[socket.socket | int] = [sock, wake_r]
     interval = max(0.1, parsed.settings.evacuation.watch_interval)
     LOG.info("evacuation service started (pid %d, reads the records every %g s, socket %s)",
              os.getpid(), interval, handover.socket_path())
@@ -269,7 +267,7 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
             for line in service.tick():
                 LOG.info("%s", line)
             _touch(alive_file)
-            ready, _, _ = select.select([sock, wake_r], [], [], interval)
+            ready, _, _ = select.select(watched, [], [], interval)
             if wake_r in ready:
                 os.read(wake_r, 512)
             if sock in ready:
@@ -285,6 +283,18 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     return 0
 
 
+def _catch_signals(stopping: list[int]) -> int:
+    """SIGTERM and SIGINT go into `stopping`; every signal wakes the main loop's select
+    through the pipe whose read end this returns."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select: reap at once
+    return wake_r
+
+
 def _touch(path: str | None) -> None:
     if path:
         with contextlib.suppress(OSError), open(path, "w") as alive:
@@ -294,17 +304,8 @@ def _touch(path: str | None) -> None:
 def work(stdin: IO[bytes]) -> int:
     """A worker: parameters on the first line, warm up, then the host on the second."""
     from nova_ha.lib import evacuate_runner, proof, state
-    from nova_ha.openstack.compute import Nova
-    from nova_ha.openstack.exceptions import NovaError
 
-    raw = json.loads(stdin.readline(1 << 20) or b"{}")
-    parsed = params.parse(raw, params.EVACUATE)
-    log.REDACTOR.add(*parsed.secrets())
-    nova = Nova.from_params(parsed)
-    try:
-        nova.authenticate()  # while it waits: the token is ready when a host comes
-    except NovaError as err:
-        LOG.debug("warm-up failed (asked again when a host comes): %s", err)
+    parsed, nova = _warmed_up(stdin)
     node = stdin.readline(512).decode("utf-8", "replace").strip()
     if not node:
         return 0  # a spare the service let go
@@ -326,6 +327,23 @@ def work(stdin: IO[bytes]) -> int:
     if after.lease_owner not in (None, handover.SERVICE_OWNER) and after.lease_live():
         return EXIT_LEFT
     return EXIT_INTERRUPTED if after.state == lifecycle.HostState.FENCED else 0
+
+
+def _warmed_up(stdin: IO[bytes]) -> tuple[params.Parsed, Nova]:
+    """A worker's parameters (its first line) and its Nova client, authenticated while the
+    worker waits for a host: the token is ready when one comes."""
+    from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.exceptions import NovaError
+
+    raw = json.loads(stdin.readline(1 << 20) or b"{}")
+    parsed = params.parse(raw, params.EVACUATE)
+    log.REDACTOR.add(*parsed.secrets())
+    nova = Nova.from_params(parsed)
+    try:
+        nova.authenticate()
+    except NovaError as err:
+        LOG.debug("warm-up failed (asked again when a host comes): %s", err)
+    return parsed, nova
 
 
 def main(argv: list[str]) -> int:

@@ -222,22 +222,7 @@ def _run(spec: FenceAgentSpec) -> int:
     action = framework.get("--action", "reboot").strip().lower()
     action = {"meta-data": "metadata"}.get(action, action)
     framework["--action"] = action
-
-    if "--help" in framework:
-        fencing.usage(device_opt)
-        return EC_OK
-    if "--version" in framework:
-        print(fencing.RELEASE_VERSION)
-        return EC_OK
-    if action == "metadata":
-        options = dict(framework, device_opt=device_opt)
-        fencing.metadata(options, device_opt, {
-            "shortdesc": docs.xml_escape(spec.shortdesc),
-            "longdesc": docs.xml_escape(spec.longdesc),
-            "vendorurl": docs.xml_escape(spec.vendorurl)})
-        return EC_OK
-    if action == "manpage":
-        print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=True))
+    if _describe(spec, fencing, framework, device_opt):
         return EC_OK
 
     parsed = params.parse(raw, spec.name)
@@ -253,19 +238,48 @@ def _run(spec: FenceAgentSpec) -> int:
         logger.error("action '%s' is not supported (use one of: %s)", params._printable(action),
                      ", ".join(sorted(list(spec.handlers) + ["metadata", "manpage"])))
         return EC_GENERIC_ERROR
-    problems = parsed.problems + spec.validate(request)
-    delay = framework.get("--delay", "0")
+    problems = _problems(spec, request)
+    if problems:
+        for problem in problems:
+            logger.error(problem)
+        return EC_GENERIC_ERROR
+    if handler is None:  # validate-all with no handler of its own: the checks above are all
+        return EC_OK
+    if action in ("off", "reboot"):
+        fencing.run_delay({"--action": action, "--delay": framework.get("--delay", "0")})
+    return handler(request)
+
+
+def _describe(spec: FenceAgentSpec, fencing: Any, framework: dict[str, str],
+              device_opt: list[str]) -> bool:
+    """Answer the actions that only describe the agent (help, version, metadata, man page),
+    before any parameter is parsed; False when the action is another one."""
+    action = framework["--action"]
+    if "--help" in framework:
+        fencing.usage(device_opt)
+    elif "--version" in framework:
+        print(fencing.RELEASE_VERSION)
+    elif action == "metadata":
+        options = dict(framework, device_opt=device_opt)
+        fencing.metadata(options, device_opt, {
+            "shortdesc": docs.xml_escape(spec.shortdesc),
+            "longdesc": docs.xml_escape(spec.longdesc),
+            "vendorurl": docs.xml_escape(spec.vendorurl)})
+    elif action == "manpage":
+        print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=True))
+    else:
+        return False
+    return True
+
+
+def _problems(spec: FenceAgentSpec, request: FenceRequest) -> list[str]:
+    """Everything wrong with the request: the table's checks, the agent's, and fencing.py's
+    'delay'."""
+    problems = request.params.problems + spec.validate(request)
+    delay = request.framework.get("--delay", "0")
     # ASCII digits: str.isdigit() takes '²', which fencing.run_delay's int() refuses.
     if not (delay.isascii() and delay.isdigit() and len(delay) <= 6
             and int(delay) <= DELAY_MAX):
         problems.append("parameter 'delay': must be a whole number of seconds from 0 to "
                         f"{DELAY_MAX}")
-    if problems:
-        for problem in problems:
-            logger.error(problem)
-        return EC_GENERIC_ERROR
-    if action == "validate-all" and handler is None:
-        return EC_OK
-    if action in ("off", "reboot"):
-        fencing.run_delay({"--action": action, "--delay": framework.get("--delay", "0")})
-    return handler(request)
+    return problems

@@ -173,22 +173,35 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
     if record is not None and record.history and \
             record.history[-1].name == Event.EVACUATION_BLOCKED:
         return False  # raised already, and nothing happened to the host since
+    if store is not None:
+        _record_block(store, verdict, record, release)
+    if notifier is not None:
+        _announce_block(notifier, verdict, host)
+    return True
+
+
+def _announce_block(notifier: Notifier, verdict: Verdict, host: str | None) -> None:
+    notifier.send(Event.EVACUATION_BLOCKED, verdict.node, host=host,
+                  detail=verdict.message(), wave=verdict.wave, limit=verdict.limit,
+                  total_hosts=verdict.total, window=verdict.window,
+                  max_fenced_hosts=verdict.setting)
+
+
+def _record_block(store: StateStore, verdict: Verdict, record: HostRecord | None,
+                  release: str | None) -> None:
+    """The block as an event in the host's history (and `release`'s lease given up, in the
+    same write); an error is logged: the block holds whether it is recorded or not."""
+    from nova_ha.lib import state
+
     detail = (f"{len(verdict.wave)} fenced within {verdict.window:g}s, limit "
               f"{verdict.limit}: {' '.join(verdict.wave)}")[:state.DETAIL_MAX]
-    if store is not None:
-        current = record.state if record is not None else HostState.FENCED
-        ours = release is not None and record is not None and record.lease_owner == release
-        try:
-            store.mark(verdict.node, current, Event.EVACUATION_BLOCKED, detail,
-                       owner=release if ours else None, release=ours)
-        except state.StateError as err:
-            LOG.error("cannot record the block of %s: %s", verdict.node, err)
-    if notifier is not None:
-        notifier.send(Event.EVACUATION_BLOCKED, verdict.node, host=host,
-                      detail=verdict.message(), wave=verdict.wave, limit=verdict.limit,
-                      total_hosts=verdict.total, window=verdict.window,
-                      max_fenced_hosts=verdict.setting)
-    return True
+    current = record.state if record is not None else HostState.FENCED
+    ours = release is not None and record is not None and record.lease_owner == release
+    try:
+        store.mark(verdict.node, current, Event.EVACUATION_BLOCKED, detail,
+                   owner=release if ours else None, release=ours)
+    except state.StateError as err:
+        LOG.error("cannot record the block of %s: %s", verdict.node, err)
 
 
 def screen(store: StateStore | None, records: Mapping[str, HostRecord],

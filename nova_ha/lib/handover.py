@@ -63,7 +63,7 @@ def listen() -> socket.socket:
 
 def received(sock: socket.socket) -> list[str]:
     """Every node name waiting on the socket, without blocking."""
-    names = []
+    names: list[str] = []
     while True:
         try:
             data = sock.recv(NODE_MAX + 1, socket.MSG_DONTWAIT)

@@ -140,6 +140,13 @@ def service_decision(record: HostRecord, now: float, *, me: str, owner_gone: boo
         return Decision(act.LEAVE, f"{other} holds the lease: left to it")
     if now < not_before:
         return Decision(act.WAIT, f"paused after a failure for {not_before - now:.0f} s more")
+    return _service_free_host(record, now, me)
+
+
+def _service_free_host(record: HostRecord, now: float, me: str) -> Decision[ServiceAction]:
+    """service_decision() for a host in an incident that nobody else works, not held, not
+    paused: evacuate it, unless a failed evacuation is too recent to try again."""
+    state, act = record.state, ServiceAction
     if state == HostState.FENCED:
         if record.lease_owner == me and record.lease_live(now):
             return Decision(act.EVACUATE, "recorded fenced and handed over")

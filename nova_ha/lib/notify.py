@@ -213,9 +213,6 @@ def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
          sleep: Callable[[float], None] = time.sleep, kind: str = "") -> str:
     """POST the event; returns what happened, never raises. Retries no answer, 408/425/429
     and 5xx; a redirect is a failure naming its Location."""
-    import urllib.error
-    import urllib.request
-
     log.REDACTOR.add(*url_secrets(url))
     try:
         target, authorization = split_credentials(url)
@@ -231,25 +228,35 @@ def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             sleep(BACKOFF[min(attempt - 2, len(BACKOFF) - 1)])
-        try:
-            request = urllib.request.Request(target, data=body, headers=headers,
-                                             method="POST")
-            with opener.open(request, timeout=timeout) as answer:
-                return f"delivered (HTTP {answer.status}, attempt {attempt})"
-        except urllib.error.HTTPError as err:
-            last = f"HTTP {err.code}"
-            if 300 <= err.code < 400:
-                return f"refused (HTTP {err.code} redirect to {_location(err, target)}, " \
-                       "not followed)"
-            if err.code not in RETRY_STATUSES:
-                return f"refused ({last})"
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            last = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) \
-                else reason
-        except Exception as err:  # InvalidURL and kin: the URL itself is wrong, no retry
-            return f"failed ({type(err).__name__}: {log.REDACTOR.redact(str(err))[:200]})"
+        outcome, last = _post_once(opener, target, body, headers, timeout, attempt)
+        if outcome:
+            return outcome
     return f"failed after {attempts} attempts ({log.REDACTOR.redact(last)[:200]})"
+
+
+def _post_once(opener: Any, target: str, body: bytes, headers: dict[str, str],
+               timeout: float, attempt: int) -> tuple[str, str]:
+    """One POST: (what happened, "") when that is final, ("", why) when worth another try."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(target, data=body, headers=headers, method="POST")
+        with opener.open(request, timeout=timeout) as answer:
+            return f"delivered (HTTP {answer.status}, attempt {attempt})", ""
+    except urllib.error.HTTPError as err:
+        if 300 <= err.code < 400:
+            return f"refused (HTTP {err.code} redirect to {_location(err, target)}, " \
+                   "not followed)", ""
+        if err.code not in RETRY_STATUSES:
+            return f"refused (HTTP {err.code})", ""
+        return "", f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return "", f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) \
+            else reason
+    except Exception as err:  # InvalidURL and kin: the URL itself is wrong, no retry
+        return f"failed ({type(err).__name__}: {log.REDACTOR.redact(str(err))[:200]})", ""
 
 
 def child_env(kind: str, node: str) -> dict[str, str]:
@@ -372,16 +379,18 @@ class Notifier:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
             start_new_session=True, cwd="/",
             env=child_env(str(event.get("event")), str(event.get("node"))))
+        stdin = child.stdin
+        assert stdin is not None  # stdin=PIPE
         try:
-            child.stdin.write(payload)  # a few KiB: fits the pipe, never blocks
+            stdin.write(payload)  # a few KiB: fits the pipe, never blocks
         finally:
-            child.stdin.close()
+            stdin.close()
         # Not waited for: reaped by the next subprocess call of this process, or by init.
         _children.append(child)
         _children[:] = [c for c in _children if c.poll() is None]
 
 
-_children: list[subprocess.Popen] = []
+_children: list[subprocess.Popen[bytes]] = []
 
 
 def send(settings: params.NotifySettings, kind: Event, node: str, source: str,

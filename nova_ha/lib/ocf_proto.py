@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from nova_ha import __version__
 from nova_ha.errors import NovaHaError
 from nova_ha.lib import docs, log, notify, params
 
@@ -85,6 +86,7 @@ class OcfRequest:
         return self.env.get("OCF_RESOURCE_INSTANCE", "")
 
 
+Handler = Callable[[OcfRequest], int]  # an action: returns its exit code
 Validator = Callable[[OcfRequest], list[tuple[int, str]]]
 
 
@@ -95,7 +97,7 @@ class OcfAgentSpec:
     shortdesc: str
     longdesc: str
     actions: list[OcfAction]
-    handlers: dict[str, Callable[[OcfRequest], int]]
+    handlers: Mapping[str, Handler]
     validate: Validator = field(default=lambda request: [])
     # Actions whose handler runs even when validation finds problems (logged as warnings):
     # the handler uses only what it needs and answers from the service's real state. An
@@ -103,6 +105,23 @@ class OcfAgentSpec:
     # code, never a claimed "stopped" or "not running" (resource-agents: only a missing
     # binary may mean "not running", and only when nothing runs, which only a handler knows).
     unchecked: frozenset[str] = frozenset()
+
+
+def service_agent_spec(
+    name: str, shortdesc: str, longdesc: str, *, timeouts: tuple[int, int, int],
+    start: Handler, stop: Handler, monitor: Handler, validate: Validator,
+) -> OcfAgentSpec:
+    """An agent that runs a service: start, stop and monitor (every 10 s) with their default
+    timeouts in seconds, validate-all and meta-data. stop and monitor are unchecked: a broken
+    parameter must never leave the service running behind Pacemaker's back, or hide it from
+    a probe."""
+    start_timeout, stop_timeout, monitor_timeout = timeouts
+    actions = [OcfAction("start", start_timeout), OcfAction("stop", stop_timeout),
+               OcfAction("monitor", monitor_timeout, interval=10, depth=0),
+               OcfAction("validate-all", 20), OcfAction("meta-data", 5)]
+    return OcfAgentSpec(name, __version__, shortdesc, longdesc, actions,
+                        {"start": start, "stop": stop, "monitor": monitor}, validate,
+                        unchecked=frozenset({"stop", "monitor"}))
 
 
 def metadata(spec: OcfAgentSpec) -> str:
@@ -163,16 +182,9 @@ def run(spec: OcfAgentSpec, argv: list[str] | None = None,
 
 def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int:
     action = argv[0] if argv else ""
-    if action in ("meta-data", "metadata"):
-        print(metadata(spec))
-        return OCF_SUCCESS
-    if action == "manpage":
-        print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=False))
-        return OCF_SUCCESS
-    known = set(spec.handlers) | {"validate-all", "meta-data", "usage", "help"}
-    if action in ("usage", "help") or action not in known:
-        print(f"usage: {spec.name} {{{'|'.join(sorted(known))}}}", file=sys.stderr)
-        return OCF_SUCCESS if action in ("usage", "help") else OCF_ERR_UNIMPLEMENTED
+    described = _describe(spec, action)
+    if described is not None:
+        return described
 
     parsed = parse_env(env, spec.name)
     log.REDACTOR.add(*parsed.secrets())
@@ -183,17 +195,7 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
         logger.warning(warning)
     request = OcfRequest(action=action, params=parsed, env=env)
     try:
-        problems = [(OCF_ERR_CONFIGURED, p) for p in parsed.problems] + spec.validate(request)
-        if problems and action in spec.unchecked:
-            for _, problem in problems:
-                logger.warning(problem)
-        elif problems:
-            for _, problem in problems:
-                logger.error(problem)
-            # Not "stopped" nor "not running" for a stop or a probe: that would be a guess
-            # (see OcfAgentSpec.unchecked).
-            code, reason = problems[0]
-            raise OcfError(code, reason)
+        _check(spec, request)
         if action == "validate-all":
             return OCF_SUCCESS
         return spec.handlers[action](request)
@@ -204,3 +206,37 @@ def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int
         logger.debug("details", exc_info=True)
         exit_reason(f"{action} failed: {err}")
         return OCF_ERR_GENERIC
+
+
+def _describe(spec: OcfAgentSpec, action: str) -> int | None:
+    """The exit code of the actions that need no parameter (meta-data, manpage, usage, and
+    an unknown action); None for the agent's own actions."""
+    if action in ("meta-data", "metadata"):
+        print(metadata(spec))
+        return OCF_SUCCESS
+    if action == "manpage":
+        print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=False))
+        return OCF_SUCCESS
+    known = set(spec.handlers) | {"validate-all", "meta-data", "usage", "help"}
+    if action in ("usage", "help") or action not in known:
+        print(f"usage: {spec.name} {{{'|'.join(sorted(known))}}}", file=sys.stderr)
+        return OCF_SUCCESS if action in ("usage", "help") else OCF_ERR_UNIMPLEMENTED
+    return None
+
+
+def _check(spec: OcfAgentSpec, request: OcfRequest) -> None:
+    """Log the request's problems; OcfError (the first problem) unless the action runs
+    anyway (spec.unchecked)."""
+    logger = log.get()
+    problems = [(OCF_ERR_CONFIGURED, p) for p in request.params.problems]
+    problems += spec.validate(request)
+    if problems and request.action in spec.unchecked:
+        for _, problem in problems:
+            logger.warning(problem)
+    elif problems:
+        for _, problem in problems:
+            logger.error(problem)
+        # Not "stopped" nor "not running" for a stop or a probe: that would be a guess
+        # (see OcfAgentSpec.unchecked).
+        code, reason = problems[0]
+        raise OcfError(code, reason)

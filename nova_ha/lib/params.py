@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nova_ha.errors import NovaHaError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 FENCE = "fence_nova_evacuate"
 COMPUTE = "NovaCompute"
@@ -351,40 +354,56 @@ def _shown(param: Param, raw: str) -> str:
 def convert(param: Param, raw: str) -> Any:
     """Typed value of one parameter, or ParamError naming it."""
     value = raw.strip()
-    if param.type in ("string",):
+    if param.type == "string":
         return value
-    if param.type == "boolean":
-        low = value.lower()
-        if low in TRUE_WORDS:
-            return True
-        if low in FALSE_WORDS:
-            return False
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
-                         "(use 1/0, yes/no, true/false)")
-    if param.type == "integer":
-        # ASCII digits only: int() also takes '1_000' and other scripts' digits.
-        if not re.fullmatch(r"[+-]?[0-9]+", value):
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
-                             "integer")
-        # int() refuses thousands of digits; such a number is beyond any bound anyway.
-        number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
-        return _bounded(param, number, raw)
-    if param.type == "second":
-        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
-        if not match:
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
-                             "number of seconds")
-        seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
-        return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
-    if param.type == "select":
-        low = value.lower()
-        if param.name == "os_interface" and low.endswith("url"):
-            low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
-        if low not in param.choices:
-            raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
-                             f"{', '.join(param.choices)}")
-        return low
-    raise AssertionError(f"unknown parameter type {param.type}")
+    try:
+        to_type = _CONVERTERS[param.type]
+    except KeyError:
+        raise AssertionError(f"unknown parameter type {param.type}") from None
+    return to_type(param, value, raw)
+
+
+def _boolean(param: Param, value: str, raw: str) -> bool:
+    low = value.lower()
+    if low in TRUE_WORDS:
+        return True
+    if low in FALSE_WORDS:
+        return False
+    raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
+                     "(use 1/0, yes/no, true/false)")
+
+
+def _integer(param: Param, value: str, raw: str) -> float:
+    # ASCII digits only: int() also takes '1_000' and other scripts' digits.
+    if not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
+                         "integer")
+    # int() refuses thousands of digits; such a number is beyond any bound anyway.
+    number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
+    return _bounded(param, number, raw)
+
+
+def _seconds(param: Param, value: str, raw: str) -> float:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
+    if not match:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
+                         "number of seconds")
+    seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
+    return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
+
+
+def _choice(param: Param, value: str, raw: str) -> str:
+    low = value.lower()
+    if param.name == "os_interface" and low.endswith("url"):
+        low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
+    if low not in param.choices:
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
+                         f"{', '.join(param.choices)}")
+    return low
+
+
+_CONVERTERS: dict[str, Callable[[Param, str, str], Any]] = {
+    "boolean": _boolean, "integer": _integer, "second": _seconds, "select": _choice}
 
 
 def _bounded(param: Param, number: float, raw: str) -> float:
@@ -488,9 +507,7 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
     /etc/nova-ha/nova-ha.conf, so one file serves the command and every agent. Only the
     canonical names are checked here; parse() decides what each agent takes.
     """
-    import errno
     import os
-    import stat
 
     where = _config_where(path)
     if not os.path.isabs(path):
@@ -498,19 +515,42 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         raise ParamError(f"{where} is not an absolute path")
     if "\0" in path:  # os.lstat() would raise ValueError
         raise ParamError(f"{where} is not a valid path")
+    data, mode = _read_config_bytes(_open_config(path, where), where)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParamError(f"{where} is not UTF-8 text") from None
+    entries, problems = _config_lines(text, where)
+    _check_secrets_private(entries, mode, where)
+    return entries, problems
+
+
+def _open_config(path: str, where: str) -> int:
+    """A read-only descriptor of the config_file, refused unless it is a regular file."""
+    import errno
+    import os
+    import stat
+
     try:
         # lstat first: a FIFO or device is refused without being opened at all; the fstat
-        # of the opened file below is what counts (the path may change in between).
+        # of the opened file (_read_config_bytes) is what counts (the path may change in between).
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise ParamError(f"{where} is not a regular file")
         # O_NONBLOCK: opening a FIFO swapped in meanwhile must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == errno.ENOENT:
             raise ParamError(f"{where} does not exist") from None
         if err.errno == errno.ELOOP:
             raise ParamError(f"{where} is not a regular file") from None
         raise ParamError(f"{where} cannot be read ({err.strerror})") from None
+
+
+def _read_config_bytes(fd: int, where: str) -> tuple[bytes, int]:
+    """The file's content and mode, after checking its type, size, owner and mode; closes fd."""
+    import os
+    import stat
+
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -535,10 +575,11 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         os.close(fd)
     if size > CONFIG_FILE_MAX:
         raise ParamError(f"{where} is larger than {CONFIG_FILE_MAX // 1024} KiB")
-    try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParamError(f"{where} is not UTF-8 text") from None
+    return b"".join(chunks), info.st_mode
+
+
+def _config_lines(text: str, where: str) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """The 'name=value' entries of a config_file's text, and the problems of malformed lines."""
     entries, problems = [], []
     # "\n" only: str.splitlines() also splits at \v, \f, \x1c-\x1e, \x85, \u2028...,
     # which would cut a value in two and shift every line number after it.
@@ -555,13 +596,19 @@ def read_config_file(path: str) -> tuple[list[tuple[int, str, str]], list[str]]:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         entries.append((number, name, value))
+    return entries, problems
+
+
+def _check_secrets_private(entries: list[tuple[int, str, str]], mode: int, where: str) -> None:
+    """A file holding a secret must not be readable by group or others."""
+    import stat
+
     # Any agent's secret counts: the file serves all of them.
     secrets = [key for _, n, _ in entries
                if (key := _table_name(n)) is not None and BY_NAME[key].secret]
-    if secrets and info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+    if secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ParamError(f"{where} holds '{secrets[0]}' and is readable by group or others "
                          "(chmod 600)")
-    return entries, problems
 
 
 def _config_where(path: str) -> str:
@@ -851,7 +898,7 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
 # field names its parameter; its value is the parsed one, or the table's default when the
 # parameter is unset or empty: no default is written anywhere but in PARAMETERS.
 
-_S = TypeVar("_S")
+_S = TypeVar("_S", bound="DataclassInstance")
 
 
 def _setting(param: str, convert: Callable[[Any], Any] | None = None, *,
@@ -877,7 +924,7 @@ def table_value(parsed: Parsed, name: str, zero_is_default: bool = False) -> Any
 def _build(cls: type[_S], parsed: Parsed, **extra: Any) -> _S:
     """`cls` with each field read from its parameter; `extra`: the fields that are not."""
     values = dict(extra)
-    for item in fields(cls):  # type: ignore[arg-type]
+    for item in fields(cls):
         meta = item.metadata
         if "param" in meta:
             value = table_value(parsed, meta["param"], meta["zero_is_default"])
@@ -1062,9 +1109,31 @@ class ComputeSettings:
     disable_on_stop: bool = _setting("disable_on_stop")
 
 
+class _Group(Generic[_S]):
+    """A group of Settings, built from the table on first use and then kept: like
+    cached_property, the value lands in the instance's __dict__, which wins from then on."""
+
+    def __init__(self, group: type[_S]) -> None:
+        self.group = group
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> _S:
+        value = _build(self.group, settings._parsed)
+        settings.__dict__[self.name] = value
+        return value
+
+
 class Settings:
     """The typed settings of one run (``parsed.settings``). Each group is built on first
     use, then kept: an agent pays only for the groups it reads."""
+
+    naming = _Group(HostNaming)
+    bmc = _Group(BmcSettings)
+    evacuation = _Group(EvacuationSettings)
+    notify = _Group(NotifySettings)
+    compute = _Group(ComputeSettings)
 
     def __init__(self, parsed: Parsed) -> None:
         self._parsed = parsed
@@ -1075,26 +1144,6 @@ class Settings:
         return table_value(self._parsed, "port") or ""
 
     @cached_property
-    def naming(self) -> HostNaming:
-        return _build(HostNaming, self._parsed)
-
-    @cached_property
-    def bmc(self) -> BmcSettings:
-        return _build(BmcSettings, self._parsed)
-
-    @cached_property
     def openstack(self) -> OpenStackSettings:
         given = frozenset(n for n in self._parsed.given if n.startswith("os_"))
         return _build(OpenStackSettings, self._parsed, given=given)
-
-    @cached_property
-    def evacuation(self) -> EvacuationSettings:
-        return _build(EvacuationSettings, self._parsed)
-
-    @cached_property
-    def notify(self) -> NotifySettings:
-        return _build(NotifySettings, self._parsed)
-
-    @cached_property
-    def compute(self) -> ComputeSettings:
-        return _build(ComputeSettings, self._parsed)

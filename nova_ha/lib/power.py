@@ -322,12 +322,29 @@ class Bmc:
             self.close()
         if self._cmd is not None:
             return self._cmd
+        _bound_pyghmi_stalls()
+        key = _OwnKey(self._cfg.password.encode("utf-8"))
+        login = self._login(key)
+        while True:
+            try:
+                self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
+                return self._cmd
+            except _Timeout:
+                for session in _sessions_keyed(key):
+                    _retire(session)
+                raise self._unreachable(time.monotonic() - started) from None
+            except Exception as exc:
+                error = self._login_error(exc, time.monotonic() - started)
+            # pyghmi gives up a silent BMC after ~5 s; while our budget lasts, try again
+            # (a BMC busy rebooting its network stack may answer the next round).
+            if not isinstance(error, _SilentBmc) or deadline - time.monotonic() < _MIN_LOGIN:
+                raise error from None
+
+    def _login(self, key: _OwnKey) -> Callable[[], Any]:
+        """A call that opens one IPMI session with the BMC (pyghmi's Command)."""
         from pyghmi.ipmi import command as ipmi_command  # lazy: see module docstring
 
-        _bound_pyghmi_stalls()
         cfg = self._cfg
-
-        key = _OwnKey(cfg.password.encode("utf-8"))
 
         def login() -> Any:
             # Bytes, not str: pyghmi 1.6 files a login in Session.initting_sessions under
@@ -343,20 +360,7 @@ class Bmc:
                 privlevel=self._privlevel,
             )
 
-        while True:
-            try:
-                self._cmd = _bounded(login, deadline - time.monotonic(), "ipmi-login")
-                return self._cmd
-            except _Timeout:
-                for session in _sessions_keyed(key):
-                    _retire(session)
-                raise self._unreachable(time.monotonic() - started) from None
-            except Exception as exc:
-                error = self._login_error(exc, time.monotonic() - started)
-            # pyghmi gives up a silent BMC after ~5 s; while our budget lasts, try again
-            # (a BMC busy rebooting its network stack may answer the next round).
-            if not isinstance(error, _SilentBmc) or deadline - time.monotonic() < _MIN_LOGIN:
-                raise error from None
+        return login
 
     def _unreachable(self, elapsed: float) -> PowerError:
         return self._error(
@@ -414,24 +418,8 @@ class Bmc:
             if reused and attempt == 0:
                 # Leave time for a fresh session should this one turn out to be dead.
                 budget /= 2
-
-            def call(cmd: Any = cmd) -> Any:
-                return cmd.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
-
-            try:
-                rsp = _bounded(call, budget, "ipmi-request")
-            except _Timeout:
-                self._abandon(cmd)
-                failure = "no reply"
-                continue
-            except Exception as exc:  # pyghmi: "Session no longer connected" and kin
-                self._cmd = None
-                failure = f"session lost: {exc}"
-                continue
-            if not rsp or rsp.get("code") == _PYGHMI_TIMEOUT:
-                # pyghmi reports its own retries running out as a fake reply.
-                self._cmd = None
-                failure = "no reply"
+            rsp, failure = self._send(cmd, command, data, budget)
+            if rsp is None:
                 continue
             self._last_ok = time.monotonic()
             if rsp.get("code") or "error" in rsp:
@@ -444,3 +432,26 @@ class Bmc:
             f"BMC {self._ep} did not answer {what} (gave up after "
             f"{time.monotonic() - started:.1f} s; {failure})"
         )
+
+    def _send(
+        self, cmd: Any, command: int, data: tuple[int, ...], budget: float
+    ) -> tuple[dict[str, Any] | None, str]:
+        """One raw chassis command on the session cmd, bounded by budget: (the reply, "") or,
+        the session being dropped, (None, why there is no reply)."""
+
+        def call() -> Any:
+            return cmd.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
+
+        try:
+            rsp = _bounded(call, budget, "ipmi-request")
+        except _Timeout:
+            self._abandon(cmd)
+            return None, "no reply"
+        except Exception as exc:  # pyghmi: "Session no longer connected" and kin
+            self._cmd = None
+            return None, f"session lost: {exc}"
+        if not rsp or rsp.get("code") == _PYGHMI_TIMEOUT:
+            # pyghmi reports its own retries running out as a fake reply.
+            self._cmd = None
+            return None, "no reply"
+        return rsp, ""

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol, cast
 
 from nova_ha.errors import NovaHaError
 from nova_ha.lib import log
@@ -100,64 +100,97 @@ def run_capped(argv: Sequence[str], timeout: float, *, stdin: bytes | None = Non
         list(argv), stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE,
         env=clean_env(env), cwd=cwd, close_fds=True)
-    kept = {"stdout": bytearray(), "stderr": bytearray()}
-    names = {}
-    discarded = 0
-    pending = memoryview(stdin or b"")
     with selectors.DefaultSelector() as selector:
-        for name, stream in (("stdout", child.stdout), ("stderr", child.stderr)):
-            if stream is not None:
-                os.set_blocking(stream.fileno(), False)
-                names[stream] = name
-                selector.register(stream, selectors.EVENT_READ)
-        if child.stdin is not None:
-            os.set_blocking(child.stdin.fileno(), False)
-            selector.register(child.stdin, selectors.EVENT_WRITE)
-        exited_at: float | None = None
+        pipes = _Pipes(child, selector, stdin or b"", limit)
         try:
-            while selector.get_map():
-                now = time.monotonic()
-                if now >= deadline:
-                    raise subprocess.TimeoutExpired(list(argv), timeout)
-                if exited_at is None and child.poll() is not None:
-                    exited_at = now
-                if exited_at is not None and now - exited_at > _EXIT_GRACE:
-                    break  # something the child started keeps its pipes open: not ours
-                for key, _ in selector.select(min(deadline - now, 0.2)):
-                    stream = key.fileobj
-                    if stream is child.stdin:
-                        try:
-                            written = os.write(stream.fileno(), pending[:65536])
-                        except BlockingIOError:
-                            continue
-                        except OSError:  # it does not read (EPIPE): nothing more to give
-                            written = len(pending)
-                        pending = pending[written:]
-                        if not pending:
-                            selector.unregister(stream)
-                            stream.close()
-                        continue
-                    try:
-                        chunk = os.read(stream.fileno(), 65536)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        selector.unregister(stream)
-                        continue
-                    buffer = kept[names[stream]]
-                    room = max(limit - len(buffer), 0)
-                    buffer += chunk[:room]
-                    discarded += max(len(chunk) - room, 0)
+            if not pipes.pump_until_done(deadline):
+                raise subprocess.TimeoutExpired(list(argv), timeout)
             returncode = child.wait(max(deadline - time.monotonic(), 0.01))
         except BaseException:
             child.kill()
             child.wait()
             raise
         finally:
-            for stream in (child.stdin, child.stdout, child.stderr):
-                if stream is not None and not stream.closed:
-                    stream.close()
-    return Finished(returncode, bytes(kept["stdout"]), bytes(kept["stderr"]), discarded)
+            pipes.close()
+    return pipes.finished(returncode)
+
+
+class _Pipes:
+    """A child's pipes, none of them blocking: stdin is fed `data`, each output stream is kept
+    up to `limit` bytes and read on (and discarded) past that, so the child never blocks."""
+
+    CHUNK = 65536
+
+    def __init__(self, child: subprocess.Popen[bytes], selector: selectors.BaseSelector,
+                 data: bytes, limit: int) -> None:
+        self.child, self.selector, self.limit = child, selector, limit
+        self.pending = memoryview(data)
+        self.kept: dict[IO[bytes], bytearray] = {}
+        self.discarded = 0  # bytes read past the limit and thrown away
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
+                self.kept[stream] = bytearray()
+                selector.register(stream, selectors.EVENT_READ)
+        if child.stdin is not None:
+            os.set_blocking(child.stdin.fileno(), False)
+            selector.register(child.stdin, selectors.EVENT_WRITE)
+
+    def pump_until_done(self, deadline: float) -> bool:
+        """Until every pipe is done, or _EXIT_GRACE after the child exited; False when
+        `deadline` came first."""
+        exited_at: float | None = None
+        while self.selector.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if exited_at is None and self.child.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > _EXIT_GRACE:
+                break  # something the child started keeps its pipes open: not ours
+            for key, _ in self.selector.select(min(deadline - now, 0.2)):
+                stream = cast(IO[bytes], key.fileobj)
+                if stream is self.child.stdin:
+                    self._feed(stream)
+                else:
+                    self._drain(stream)
+        return True
+
+    def finished(self, returncode: int) -> Finished:
+        """What the child did, with what was kept of its output."""
+        out, err = self.child.stdout, self.child.stderr
+        return Finished(returncode, bytes(self.kept[out]) if out is not None else b"",
+                        bytes(self.kept[err]) if err is not None else b"", self.discarded)
+
+    def close(self) -> None:
+        for stream in (self.child.stdin, self.child.stdout, self.child.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+    def _feed(self, stream: IO[bytes]) -> None:
+        try:
+            written = os.write(stream.fileno(), self.pending[:self.CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # it does not read (EPIPE): nothing more to give
+            written = len(self.pending)
+        self.pending = self.pending[written:]
+        if not self.pending:
+            self.selector.unregister(stream)
+            stream.close()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        try:
+            chunk = os.read(stream.fileno(), self.CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.selector.unregister(stream)
+            return
+        buffer = self.kept[stream]
+        room = max(self.limit - len(buffer), 0)
+        buffer += chunk[:room]
+        self.discarded += max(len(chunk) - room, 0)
 
 
 def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> Finished:
@@ -294,32 +327,33 @@ def problems(start: str | None, stop: str | None, status: str | None, unit: str 
 
     With commands, each role needs its command. With systemd, systemctl is needed for
     everything, an installed unit only to start: systemctl checks and stops a unit by name."""
-    out: list[tuple[str, str]] = []
     commands = {"start": start, "stop": stop, "status": status}
     if any(commands.values()):
-        for role in roles:
-            name, command = f"{role}_command", commands[role]
-            if not command:
-                out.append(("configured", f"parameter '{name}' is required with the other "
-                                          "*_command parameters"))
-                continue
-            try:
-                argv = shlex.split(command)
-            except ValueError as err:
-                out.append(("configured", f"parameter '{name}': {err}"))
-                continue
-            if not argv or shutil.which(argv[0]) is None:
-                out.append(("installed", f"parameter '{name}': {argv[0] if argv else ''!r} "
-                                         "is not an executable"))
-        return out
+        return [found for role in roles
+                if (found := _command_problem(f"{role}_command", commands[role])) is not None]
     if shutil.which("systemctl") is None:
         return [("installed", "systemctl not found: set start_command, stop_command and "
                               "status_command")]
     if "start" in roles and find_unit(unit) is None:
         wanted = unit or " or ".join(DEFAULT_UNITS)
-        out.append(("installed", f"systemd unit {wanted} not found (parameter "
-                                 "'systemd_unit')"))
-    return out
+        return [("installed", f"systemd unit {wanted} not found (parameter "
+                              "'systemd_unit')")]
+    return []
+
+
+def _command_problem(name: str, command: str | None) -> tuple[str, str] | None:
+    """What makes parameter `name`'s command unusable (unset, unparsable, not executable)."""
+    if not command:
+        return ("configured", f"parameter '{name}' is required with the other "
+                              "*_command parameters")
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        return ("configured", f"parameter '{name}': {err}")
+    if not argv or shutil.which(argv[0]) is None:
+        return ("installed", f"parameter '{name}': {argv[0] if argv else ''!r} "
+                             "is not an executable")
+    return None
 
 
 def systemd_absent() -> bool:

@@ -276,6 +276,94 @@ def _check_count(host: str, name: str, value: int | None) -> None:
         raise StateError(f"count must be an integer >= 0, got {value!r}", host, PREFIX + name)
 
 
+def _check_lease_args(
+    host: str, owner: str | None, grant: tuple[str, float] | None, release: bool
+) -> None:
+    if owner is not None:
+        _check_owner(owner)
+    if grant is not None:
+        _check_owner(grant[0])
+    if release and owner is None:
+        raise StateError("releasing the lease needs its owner", host, ATTR_LEASE_OWNER)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What one StateStore.mark() call asks, checked once, applied at each compare-and-swap
+    round to the record as it then is."""
+
+    state: HostState
+    event: Event | None
+    detail: str
+    found: int | None
+    evacuated: int | None
+    failed: int | None
+    mode: str | None
+    service_host: str | None
+    stamp: str  # ISO 8601 UTC: the time of the change and of its event
+
+    @classmethod
+    def checked(
+        cls, host: str, state: HostState, event: Event | None, detail: str, found: int | None,
+        evacuated: int | None, failed: int | None, mode: str | None, service_host: str | None,
+        now: float | None,
+    ) -> _Change:
+        _check_host(host)
+        if not isinstance(state, HostState):
+            raise StateError(f"unknown state {state!r} (not a HostState)", host, ATTR_STATE)
+        if event is not None and not isinstance(event, Event):
+            raise StateError(f"unknown event {event!r} (not an Event)", host, ATTR_HISTORY)
+        if mode is not None and mode not in MODES:
+            raise StateError(f"unknown mode {mode!r}", host, ATTR_MODE)
+        if service_host is not None and service_host != "" and not _NAME_RE.match(service_host):
+            raise StateError(f"invalid service host {service_host!r}", host, ATTR_SERVICE_HOST)
+        for name, value in (("found", found), ("evacuated", evacuated), ("failed", failed)):
+            _check_count(host, name, value)
+        if event == Event.EVACUATION_FINISHED and not detail:
+            detail = f"found={found or 0} evacuated={evacuated or 0} failed={failed or 0}"
+        return cls(state, event, detail[:DETAIL_MAX], found, evacuated, failed, mode,
+                   service_host, clock.iso_utc(_now(now)))
+
+    def check_allowed(self, current: HostRecord, owner: str | None) -> None:
+        """StateError unless `owner` (if any) holds the lease and the move is a transition."""
+        if owner is not None and current.lease_owner != owner:
+            raise StateError(
+                f"lease not held by {owner} (held by {current.lease_owner})",
+                current.host,
+                ATTR_LEASE_OWNER,
+            )
+        if not may_move(current.state, self.state):
+            raise StateError(
+                f"invalid transition {current.state} -> {self.state}", current.host, ATTR_STATE
+            )
+
+    def applied(self, current: HostRecord, history_max: int) -> HostRecord:
+        """`current` with this change made; entering fenced starts a new incident (counts
+        at 0); the event is not added again when it repeats the last one and changes nothing."""
+        new = replace(current, history=list(current.history))
+        if self.state != current.state:
+            new.state, new.since = self.state, self.stamp
+            if self.state == HostState.FENCED:
+                new.found = new.evacuated = new.failed = 0
+        new.found = new.found if self.found is None else self.found
+        new.evacuated = new.evacuated if self.evacuated is None else self.evacuated
+        new.failed = new.failed if self.failed is None else self.failed
+        new.mode = new.mode if self.mode is None else self.mode
+        if self.service_host is not None:
+            new.service_host = (
+                self.service_host if self.service_host not in ("", current.host) else None
+            )
+        last = current.history[-1] if current.history else None
+        duplicate = (
+            last is not None and last.name == self.event and last.detail == self.detail
+            and new == current
+        )
+        if self.event is not None and not duplicate:
+            new.history.append(HistoryEntry(self.stamp, self.event, self.detail))
+            del new.history[: -history_max]
+        return new
+
+
 class StateStore(ABC):
     """Reads and writes host records; subclasses supply three storage primitives.
 
@@ -358,78 +446,45 @@ class StateStore(ABC):
         write: `grant=(owner, ttl)` hands the lease to `owner` unless another owner's lease
         is live (the returned record tells who holds it); `release` (with `owner`) clears it.
         """
-        _check_host(host)
-        if not isinstance(state, HostState):
-            raise StateError(f"unknown state {state!r} (not a HostState)", host, ATTR_STATE)
-        if event is not None and not isinstance(event, Event):
-            raise StateError(f"unknown event {event!r} (not an Event)", host, ATTR_HISTORY)
-        if mode is not None and mode not in MODES:
-            raise StateError(f"unknown mode {mode!r}", host, ATTR_MODE)
-        if service_host is not None and service_host != "" and not _NAME_RE.match(service_host):
-            raise StateError(f"invalid service host {service_host!r}", host, ATTR_SERVICE_HOST)
-        for name, value in (("found", found), ("evacuated", evacuated), ("failed", failed)):
-            _check_count(host, name, value)
-        if owner is not None:
-            _check_owner(owner)
-        if grant is not None:
-            _check_owner(grant[0])
-        if release and owner is None:
-            raise StateError("releasing the lease needs its owner", host, ATTR_LEASE_OWNER)
-        if event == Event.EVACUATION_FINISHED and not detail:
-            detail = f"found={found or 0} evacuated={evacuated or 0} failed={failed or 0}"
-        detail = detail[:DETAIL_MAX]
-        stamp = clock.iso_utc(_now(now))
-
+        change = _Change.checked(
+            host, state, event, detail, found, evacuated, failed, mode, service_host, now
+        )
+        _check_lease_args(host, owner, grant, release)
         for _ in range(CAS_ROUNDS):
-            raw, handle = self._read(host)
-            current = _decode(host, raw)
-            if owner is not None and current.lease_owner != owner:
-                raise StateError(
-                    f"lease not held by {owner} (held by {current.lease_owner})",
-                    host,
-                    ATTR_LEASE_OWNER,
-                )
-            if not may_move(current.state, state):
-                raise StateError(f"invalid transition {current.state} -> {state}", host, ATTR_STATE)
-            new = replace(current, history=list(current.history))
-            if state != current.state:
-                new.state, new.since = state, stamp
-                if state == HostState.FENCED:
-                    new.found = new.evacuated = new.failed = 0
-            new.found = new.found if found is None else found
-            new.evacuated = new.evacuated if evacuated is None else evacuated
-            new.failed = new.failed if failed is None else failed
-            new.mode = new.mode if mode is None else mode
-            if service_host is not None:
-                new.service_host = service_host if service_host not in ("", host) else None
-            last = current.history[-1] if current.history else None
-            duplicate = (
-                last is not None and last.name == event and last.detail == detail and new == current
-            )
-            if event is not None and not duplicate:
-                new.history.append(HistoryEntry(stamp, event, detail))
-                del new.history[: -self.history_max]
-            wanted = _encode(new)
-            expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
-            if grant is not None and not (current.lease_owner not in (None, grant[0])
-                                          and current.lease_live(_now(now), self.skew)):
-                new.lease_owner, new.lease_expires = grant[0], _now(now) + grant[1]
-                wanted[ATTR_LEASE_OWNER] = grant[0]
-                wanted[ATTR_LEASE_EXPIRES] = f"{new.lease_expires:.3f}"
-                expect.update({k: raw.get(k) for k in LEASE_ATTRS})
-            if release:
-                new.lease_owner = new.lease_expires = None
-                wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
-            update = _changes(raw, wanted)
-            if not update:
-                return current
-            if owner is not None:
-                expect[ATTR_LEASE_OWNER] = owner
-            # Cleared attributes stay as empty values (documented as unset): tidying them
-            # away would cost a second write, and so a second scheduler run.
-            if self._swap(host, handle, expect, update, tidy=False):
-                return new
+            written = self._mark_once(host, change, owner, grant, release, now)
+            if written is not None:
+                return written
         raise StateError("record kept changing under us; try again", host, ATTR_STATE)
+
+    def _mark_once(
+        self, host: str, change: _Change, owner: str | None, grant: tuple[str, float] | None,
+        release: bool, now: float | None,
+    ) -> HostRecord | None:
+        """One compare-and-swap round of mark(): the record as written (or as found, when
+        it is already as asked), None when someone else wrote it meanwhile."""
+        raw, handle = self._read(host)
+        current = _decode(host, raw)
+        change.check_allowed(current, owner)
+        new = change.applied(current, self.history_max)
+        wanted = _encode(new)
+        expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
+        if grant is not None and not (current.lease_owner not in (None, grant[0])
+                                      and current.lease_live(_now(now), self.skew)):
+            new.lease_owner, new.lease_expires = grant[0], _now(now) + grant[1]
+            wanted[ATTR_LEASE_OWNER] = grant[0]
+            wanted[ATTR_LEASE_EXPIRES] = f"{new.lease_expires:.3f}"
+            expect.update({k: raw.get(k) for k in LEASE_ATTRS})
+        if release:
+            new.lease_owner = new.lease_expires = None
+            wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
+        update = _changes(raw, wanted)
+        if not update:
+            return current
+        if owner is not None:
+            expect[ATTR_LEASE_OWNER] = owner
+        # Cleared attributes stay as empty values (documented as unset): tidying them
+        # away would cost a second write, and so a second scheduler run.
+        return new if self._swap(host, handle, expect, update, tidy=False) else None
 
     def acquire_lease(self, host: str, owner: str, ttl: float, now: float | None = None) -> bool:
         """Take or renew the lease; False while another owner's lease is live."""
@@ -706,28 +761,9 @@ class CibStateStore(StateStore):
             layout = _layout(node)
         from xml.etree import ElementTree as ET
 
-        top = ET.Element("node", id=layout.node_id)
-        sets: dict[str, ET.Element] = {}
-        for name, value in update.items():
-            if value == "" and name not in layout.nvpair_ids:
-                continue  # clearing what is not there: keep the CIB free of empty nvpairs
-            set_id = layout.sets.get(name, layout.default_set)
-            if set_id not in sets:
-                sets[set_id] = ET.SubElement(top, "instance_attributes", id=set_id)
-            nv_id = layout.nvpair_ids.get(name) or _sanitize_id(f"{set_id}-{name}")
-            ET.SubElement(sets[set_id], "nvpair", id=nv_id, name=name, value=value)
-        conditions = []
-        for name, value in expect.items():
-            if _unset(value):
-                conditions.append(f"[not(instance_attributes/nvpair[@name='{name}'][@value!=''])]")
-            else:
-                conditions.append(
-                    f"[instance_attributes/nvpair[@name='{name}'][@value={_xpath_literal(value)}]]"
-                )
-        xpath = f"/cib/configuration/nodes/node[@id={_xpath_literal(layout.node_id)}]" + "".join(
-            conditions
-        )
-        if not sets:
+        top = _node_update(layout, update)
+        xpath = _node_matching(layout.node_id, expect)
+        if len(top) == 0:
             # Nothing to write, but the caller still needs to know if expectations hold.
             return self._query_xpath(xpath, host) is not None
         code, _, err = self._run(
@@ -838,37 +874,50 @@ class CibStateStore(StateStore):
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(min(0.25 * 2**attempt, 2.0))
-            try:
-                with self._file_lock(exclusive, host):
-                    self.commands_run += 1
-                    proc = subprocess.run(
-                        [self.cibadmin, *args],
-                        capture_output=True,
-                        text=True,
-                        timeout=self.timeout,
-                        env=self._env,
-                        check=False,
-                    )
-            except FileNotFoundError:
-                raise StateError(
-                    f"{self.cibadmin} not found (is pacemaker-cli installed?)", host
-                ) from None
-            except subprocess.TimeoutExpired:
+            proc = self._run_once(args, exclusive, host)
+            if proc is None:
                 last = f"no answer within {self.timeout:g} s"
                 continue
-            disconnected = not self.cib_file and (
-                proc.returncode == _DISCONNECTED or "Could not connect" in proc.stderr
-                or "not connected" in proc.stderr)
-            if disconnected and self.fail_fast:
-                # No CIB manager on this node: no cluster running here. Not a blip worth
-                # seconds of backoff in the middle of a fence; and every later call of this
-                # store fails at once too.
-                self.unreachable = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
-                raise StateError(f"the CIB is out of reach ({self.unreachable})", host)
-            if not disconnected and proc.returncode not in _RETRY_EXIT:
+            if not self._disconnected(proc, host) and proc.returncode not in _RETRY_EXIT:
                 return proc.returncode, proc.stdout, proc.stderr
             last = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
         raise StateError(f"cibadmin {what} failed {self.retries} times, last: {last}", host)
+
+    def _run_once(
+        self, args: list[str], exclusive: bool, host: str | None
+    ) -> subprocess.CompletedProcess[str] | None:
+        """One cibadmin run under the file lock; None when it did not finish in time."""
+        try:
+            with self._file_lock(exclusive, host):
+                self.commands_run += 1
+                return subprocess.run(
+                    [self.cibadmin, *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                    env=self._env,
+                    check=False,
+                )
+        except FileNotFoundError:
+            raise StateError(
+                f"{self.cibadmin} not found (is pacemaker-cli installed?)", host
+            ) from None
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _disconnected(self, proc: subprocess.CompletedProcess[str], host: str | None) -> bool:
+        """True when no CIB manager answered cibadmin (worth another try), or with fail_fast
+        StateError, for this call and every later one."""
+        disconnected = not self.cib_file and (
+            proc.returncode == _DISCONNECTED or "Could not connect" in proc.stderr
+            or "not connected" in proc.stderr)
+        if disconnected and self.fail_fast:
+            # No CIB manager on this node: no cluster running here. Not a blip worth
+            # seconds of backoff in the middle of a fence; and every later call of this
+            # store fails at once too.
+            self.unreachable = f"exit {proc.returncode}: {_first_line(proc.stderr)}"
+            raise StateError(f"the CIB is out of reach ({self.unreachable})", host)
+        return disconnected
 
     @contextlib.contextmanager
     def _file_lock(self, exclusive: bool, host: str | None) -> Iterator[None]:
@@ -892,6 +941,36 @@ class CibStateStore(StateStore):
             yield
         finally:
             os.close(fd)  # releases the flock
+
+
+def _node_update(layout: _Layout, update: Mapping[str, str]) -> Any:
+    """The <node> element that sets the `update` attributes where `layout` says they live."""
+    from xml.etree import ElementTree as ET
+
+    top = ET.Element("node", id=layout.node_id)
+    sets: dict[str, ET.Element] = {}
+    for name, value in update.items():
+        if value == "" and name not in layout.nvpair_ids:
+            continue  # clearing what is not there: keep the CIB free of empty nvpairs
+        set_id = layout.sets.get(name, layout.default_set)
+        if set_id not in sets:
+            sets[set_id] = ET.SubElement(top, "instance_attributes", id=set_id)
+        nv_id = layout.nvpair_ids.get(name) or _sanitize_id(f"{set_id}-{name}")
+        ET.SubElement(sets[set_id], "nvpair", id=nv_id, name=name, value=value)
+    return top
+
+
+def _node_matching(node_id: str, expect: Mapping[str, str | None]) -> str:
+    """XPath of the node, matching only while every `expect` attribute has that value."""
+    conditions = []
+    for name, value in expect.items():
+        if value is None or value == "":
+            conditions.append(f"[not(instance_attributes/nvpair[@name='{name}'][@value!=''])]")
+        else:
+            conditions.append(
+                f"[instance_attributes/nvpair[@name='{name}'][@value={_xpath_literal(value)}]]"
+            )
+    return f"/cib/configuration/nodes/node[@id={_xpath_literal(node_id)}]" + "".join(conditions)
 
 
 def _why(code: int, err: str) -> str:

@@ -120,13 +120,7 @@ class Nova:
                         enable: bool | None = None) -> None:
         """One change to a compute service, by UUID at >= 2.53, by host on older clouds."""
         if self.at_least(deadline, (2, 53)):
-            body: dict[str, Any] = {}
-            if forced_down is not None:
-                body["forced_down"] = forced_down
-            if enable is True:
-                body["status"] = "enabled"
-            elif disabled_reason is not None:
-                body.update(status="disabled", disabled_reason=disabled_reason)
+            body = _service_update(forced_down, disabled_reason, enable)
             self.request("PUT", f"/os-services/{quote_id(svc.id)}", deadline, body=body,
                          parse=False)
             return
@@ -228,9 +222,7 @@ class Nova:
         evacuation migrations. Raises Unavailable only when it was not applied.
         """
         _require(proof, server.host, f"evacuating server {server.id}")
-        spec: dict[str, Any] = {}
-        if target:
-            spec["host"] = target
+        spec: dict[str, Any] = {"host": target} if target else {}
         if not self.at_least(deadline, (2, 14)):
             spec["onSharedStorage"] = False
         asked_at = time.time()
@@ -286,3 +278,16 @@ class Nova:
         return [Migration.from_api(m, what)
                 for m in reply_records(self.request("GET", query, deadline), "migrations",
                                        what, {})]
+
+
+def _service_update(forced_down: bool | None, disabled_reason: str | None,
+                    enable: bool | None) -> dict[str, Any]:
+    """The body of PUT /os-services/{id} (2.53) for one change to a compute service."""
+    body: dict[str, Any] = {}
+    if forced_down is not None:
+        body["forced_down"] = forced_down
+    if enable is True:
+        body["status"] = "enabled"
+    elif disabled_reason is not None:
+        body.update(status="disabled", disabled_reason=disabled_reason)
+    return body

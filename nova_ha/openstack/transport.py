@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -261,6 +261,13 @@ _REFRESH = _Retry(at_once="refresh")
 _NEGOTIATE = _Retry(at_once="negotiate")
 
 
+def _back_off(what: str, problem: str, attempt: int, deadline: Deadline) -> None:
+    """Sleep before the next attempt: exponential with jitter, at most half the time left."""
+    pause = min(0.25 * 2 ** (attempt - 1) * (1 + random.random() / 4), deadline.remaining() / 2)
+    LOG.debug("%s failed (%s); retrying in %.2fs", what, problem, pause)
+    time.sleep(pause)
+
+
 class Transport:
     """Calls to one service (compute) of a Keystone session, at the newest microversion both
     sides support."""
@@ -345,57 +352,65 @@ class Transport:
         reply, a JSON object ({} when empty, and always {} with parse=False: for calls whose
         answer is the status alone, a malformed body does not undo what Nova accepted)."""
         what = printable(f"{method} {path}"[:300])
-        optimistic = microversion is None and self._microversion is None and method == "GET"
-        if optimistic:
-            # Optimistic negotiation: ask at our newest; a 2xx proves Nova supports it
-            # (one round trip less on every fence), a 406 sends us to discovery.
-            microversion = version_text(self._cap)
-        elif microversion is None:
-            microversion = self.microversion(deadline)
-        attempt, refreshed = 0, False  # refreshed: the cached token was dropped once
+        microversion, optimistic = self._first_microversion(method, microversion, deadline)
+        call = _Call(method, path, body, microversion, what, ok, parse, optimistic, False, 0)
+        attempt = 0
         while True:
             attempt += 1
-            generation = self._auth_generation
-            call = _Call(method, path, body, microversion, what, ok, parse, optimistic,
-                         refreshed, generation)
+            call = replace(call, generation=self._auth_generation)
             result = self._attempt(call, deadline)
             if not isinstance(result, _Retry):
-                if optimistic:
-                    self._microversion = microversion
+                if call.optimistic:
+                    self._microversion = call.microversion
                 return result
             if result.at_once == "negotiate":
-                microversion, optimistic = self.microversion(deadline), False
+                call = replace(call, microversion=self.microversion(deadline), optimistic=False)
                 continue
             if result.at_once == "refresh" or (
-                    result.stale and self._refresh(refreshed, generation, result.stale)
+                    result.stale and self._refresh(call.refreshed, call.generation, result.stale)
                     and method in IDEMPOTENT):  # a POST that failed so: within its retries
-                refreshed, attempt = True, attempt - 1
+                call, attempt = replace(call, refreshed=True), attempt - 1
                 continue
             if attempt > retries or deadline.remaining() < 0.5:
                 raise Unavailable(f"{what}: {result.problem}", result.status)
-            pause = min(0.25 * 2 ** (attempt - 1) * (1 + random.random() / 4),
-                        deadline.remaining() / 2)
-            LOG.debug("%s failed (%s); retrying in %.2fs", what, result.problem, pause)
-            time.sleep(pause)
+            _back_off(what, result.problem, attempt, deadline)
+
+    def _first_microversion(self, method: str, microversion: str | None, deadline: Deadline
+                            ) -> tuple[str, bool]:
+        """The microversion to send a call at first, and whether that is optimistic."""
+        if microversion is not None:
+            return microversion, False
+        if self._microversion is None and method == "GET":
+            # Optimistic negotiation: ask at our newest; a 2xx proves Nova supports it
+            # (one round trip less on every fence), a 406 sends us to discovery.
+            return version_text(self._cap), True
+        return self.microversion(deadline), False
 
     def _attempt(self, call: _Call, deadline: Deadline) -> Any:
         """One send of the call: the reply, or a _Retry saying why there is none."""
-        from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
-
         timeout = min(self.timeout, max(deadline.remaining(), 0.5))
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("%s (microversion %s)%s", call.what, call.microversion,
                       f": {excerpt(json.dumps(call.body), DEBUG_EXCERPT)}" if call.body else "")
         started = time.monotonic()
+        resp = self._send(call, timeout)
+        if isinstance(resp, _Retry):
+            return resp
+        return self._judge(call, resp, started + timeout + 1.0)
+
+    def _send(self, call: _Call, timeout: float) -> Any:
+        """keystoneauth1's response to one send of the call (its body not read yet), or a
+        _Retry when there is none."""
+        from keystoneauth1 import exceptions as ks_exc  # noqa: PLC0415
+
         try:
             # stream: the body is read here, bounded in size and time; log=False: it is
             # logged here too, redacted (keystoneauth1 would log adminPass).
-            resp = self._adapter.request(call.path, call.method, json=call.body,
+            return self._adapter.request(call.path, call.method, json=call.body,
                                          raise_exc=False, microversion=call.microversion,
                                          timeout=timeout, connect_retries=0, stream=True,
                                          log=False)
-        except (ks_exc.ConnectFailure, ks_exc.ConnectionError, ks_exc.ConnectTimeout,
-                ks_exc.UnknownConnectionError) as err:
+        except ks_exc.ConnectionError as err:  # ConnectFailure, ConnectTimeout, SSLError...
             problem = f"cannot reach Nova ({type(err).__name__})"
             return _Retry(problem, stale=problem)
         except ks_exc.http.Unauthorized:
@@ -415,7 +430,6 @@ class Transport:
             if self._refresh(call.refreshed, call.generation, reason):
                 return _REFRESH
             raise Unavailable(f"{call.what}: {reason}") from None
-        return self._judge(call, resp, started + timeout + 1.0)
 
     def _judge(self, call: _Call, resp: Any, until: float) -> Any:
         """The reply of one send, read by `until`: its body, a _Retry, or the NovaError

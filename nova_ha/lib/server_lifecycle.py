@@ -37,7 +37,8 @@ every live state                deadline passed              unfinished, give up
 ==============================  ===========================  ==============================
 
 "retry" is: retrying, retry later while attempts and time remain; failed, report otherwise.
-Every other (state, event) pair is refused (``Refused``): the runner never feeds one.
+Every other (state, event) pair is refused with a ValueError: a runner that fed one has a
+bug (so it is no NovaHaError, which nova-ha's callers survive).
 
 What Nova does, and so what the plan step follows (the task and vm states below):
 
@@ -176,10 +177,6 @@ class Step(NamedTuple):
     action: ServerAction
     reason: str  # why, for the log
     detail: str | None = None  # what the outcome says from now on (None: unchanged)
-
-
-class Refused(ValueError):
-    """An event the server's state does not take (a runner bug, never Nova's doing)."""
 
 
 def backoff(attempts: int) -> float:
@@ -336,8 +333,8 @@ TRANSITIONS = _table()
 def step(state: ServerState, event: ServerEvent, facts: Facts) -> Step:
     """The server's next state, the runner's next action and why (the one transition)."""
     rule = TRANSITIONS.get((state, event))
-    if rule is None:
-        raise Refused(f"a server {state} does not take the event '{event}'")
+    if rule is None:  # a bug of the runner's: every pair it feeds is in the table
+        raise ValueError(f"a server {state} does not take the event '{event}'")
     return rule(state, facts)
 
 

@@ -445,6 +445,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     import io
 
     from nova_ha.lib.evacuation import Outcome
+    from nova_ha.lib.server_lifecycle import ServerState
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -455,10 +456,8 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     a, b, c = Outcome("a", "vm-a"), Outcome("b", "vm-b"), Outcome("c", "vm-c")
     for outcome in (a, b, c):
         bar("accepted", outcome)
-    a.result = "evacuated"
-    bar("finished", a)
-    b.result, b.detail = "failed", "no valid host"
-    bar("finished", b)
+    bar("finished", Outcome("a", "vm-a", ServerState.RUNNING))
+    bar("finished", Outcome("b", "vm-b", ServerState.FAILED, detail="no valid host"))
     bar.close()
     text = stream.getvalue()
     assert text.startswith("\r  [") and text.endswith("\n")
@@ -466,8 +465,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     plain = io.StringIO()
     bar = cli.ProgressBar(3, stream=plain, tty=False)
     bar("accepted", c)
-    c.result, c.detail = "evacuated", "ACTIVE on host2"
-    bar("finished", c)
+    bar("finished", Outcome("c", "vm-c", ServerState.RUNNING, detail="ACTIVE on host2"))
     bar.close()
     assert plain.getvalue() == "  evacuated  vm-c (c) - ACTIVE on host2\n"
 

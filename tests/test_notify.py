@@ -144,11 +144,12 @@ def test_secrets_are_redacted_from_events():
 
 def test_summary_fields_list_failures_first():
     from nova_ha.lib.evacuation import Outcome, Summary
+    from nova_ha.lib.server_lifecycle import ServerState
 
-    summary = Summary(host="c1", found=3, selected=3, finished_after=4.25)
-    summary.outcomes = [Outcome("a", "vm-a", result="evacuated", host="c2"),
-                        Outcome("b", "vm-b", result="failed", detail="no valid host"),
-                        Outcome("c", "vm-c", result="skipped", detail="task migrating")]
+    outcomes = (Outcome("a", "vm-a", ServerState.RUNNING, host="c2"),
+                Outcome("b", "vm-b", ServerState.FAILED, detail="no valid host"),
+                Outcome("c", "vm-c", ServerState.SKIPPED, detail="task migrating"))
+    summary = Summary(host="c1", found=3, selected=3, outcomes=outcomes, finished_after=4.25)
     fields = notify.summary_fields(summary)
     assert (fields["found"], fields["evacuated"], fields["failed"], fields["skipped"]) == \
         (3, 1, 1, 1)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from nova_ha.lib import log, owners, params
 
 if TYPE_CHECKING:
-    from nova_ha.lib import evacuation, state
+    from nova_ha.lib import evacuation, recovery, state
     from nova_ha.lib.proof import PowerOffConfirmed
     from nova_ha.openstack.compute import Nova
+    from nova_ha.openstack.transport import Deadline
 
 LOG = log.get("evacuate")
 
@@ -27,15 +28,12 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
     lease, or when Nova could not be reached (recorded for a retry). `record`: the host's
     record as just read. The reads (servers, earlier requests, the service) start at once,
     side by side: each needs only the proof of the power-off."""
-    import concurrent.futures
-
     from nova_ha.lib import evacuation, notify, recovery
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.exceptions import NovaError
     from nova_ha.openstack.transport import Deadline
 
     node, host = proof.node, proof.host
-
     settings = parsed.settings
     mode = mode or settings.evacuation.mode
     if mode not in ("all", "tagged"):
@@ -45,7 +43,6 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
     notifier = notify.Notifier.from_settings(settings.notify, source)
     options = recovery.Options.from_settings(settings.evacuation, mode, notifier)
     deadline = Deadline(settings.evacuation.timeout)
-    owner = lease_owner or owners.name(source)
     try:
         nova = nova or Nova.from_params(parsed)
     except NovaError as err:
@@ -53,8 +50,24 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
         return None
     prefetch = evacuation.Prefetch(nova, deadline, host,
                                    lambda: recovery.incident_start(store, node, record))
-    # A record of this version is written after the force-down; one of an earlier version
-    # may not be: made sure of alongside the reads, not before them.
+    owner = lease_owner or owners.name(source)
+    return _under_lease(nova, store, proof, options, deadline, owner, runner, prefetch,
+                        record)
+
+
+def _under_lease(nova: Nova, store: state.StateStore | None, proof: PowerOffConfirmed,
+                 options: recovery.Options, deadline: Deadline, owner: str,
+                 runner: str | None, prefetch: evacuation.Prefetch,
+                 record: state.HostRecord | None) -> evacuation.Summary | None:
+    """Take the lease and evacuate. A record of this version is written after the
+    force-down; one of an earlier version may not be: made sure of alongside taking the
+    lease, not before it."""
+    import concurrent.futures
+
+    from nova_ha.lib import recovery
+    from nova_ha.openstack.exceptions import NovaError
+
+    node = proof.node
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         forced = pool.submit(recovery.force_down, nova, deadline, proof)
         lease = recovery.Lease(store, node, owner, deadline.remaining() + recovery.LEASE_MARGIN)

@@ -1,28 +1,14 @@
-"""Evacuating a fenced host: plan (which servers, where) and run (bounded concurrency,
-each server followed to a terminal state, failures retried) — one code path for the stonith
-agent, NovaEvacuate and `nova-ha evacuate`.
+"""Evacuating a fenced host: plan (which servers), run (bounded concurrency, each server
+followed to its end, failed attempts retried): one code path for the stonith agent,
+NovaEvacuate and `nova-ha evacuate`.
 
-Precondition everywhere: the host's power-off is confirmed and its service forced down.
+Precondition everywhere: the host's power-off is confirmed (every Nova write here takes the
+``PowerOffConfirmed``) and its service forced down.
 
-Transient task states (the host is off, so work that was running *on it* can never finish):
-* rebuilding / rebuild_block_device_mapping / rebuild_spawning: an evacuation is already under
-  way (an earlier run asked for it): followed, not asked again.
-  Never a second request: Nova does not check the task state of an evacuation (its
-  check_instance_state(task_state=None) disables the check) and two rebuilds of one server
-  break it (seen on Nova 34).
-* host-local tasks (spawning, networking, block_device_mapping, scheduling, rebooting*,
-  powering-on/off, pausing, unpausing, suspending, resuming, rescuing, unrescuing,
-  updating_password, image_*): the work ran on the dead host and can never finish; Nova
-  evacuates such a server as it is and the rebuild replaces the task.
-* vm_state building / paused / suspended / rescued: Nova evacuates only active, stopped and
-  error servers; their state lived in the dead host's memory, so they are reset to 'error'
-  (which also clears the task) and evacuated; Nova rebuilds them ACTIVE elsewhere.
-* From microversion 2.95 Nova lands evacuated servers SHUTOFF (its guard against a source
-  that may still run them); the source is confirmed off, so servers that were running are
-  started again (os-start) and followed until ACTIVE.
-* deleting / soft-deleting, migrations and resizes (migrating, resize_*), shelving*,
-  unshelving, restoring: these involve another host or the user's intent to remove the
-  server; resetting them could lose data, so they are skipped and reported for the operator.
+Each server's evacuation is the state machine of ``server_lifecycle``: the ``Runner`` below
+gathers the facts (Nova's answers, its own counts), feeds the events and carries out the
+actions ``server_lifecycle.step`` returns; it decides nothing itself. The outcomes it returns
+are immutable records built from each server's final state.
 """
 
 from __future__ import annotations
@@ -30,12 +16,13 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import clock, log
-from nova_ha.openstack.exceptions import Conflict, NotFound, NovaError
+from nova_ha.lib import clock, log, server_lifecycle
+from nova_ha.lib.server_lifecycle import FINAL, ServerAction, ServerEvent, ServerState
+from nova_ha.openstack.exceptions import BadRequest, NotFound, NovaError
 from nova_ha.openstack.views import Migration, Server
 
 if TYPE_CHECKING:
@@ -45,44 +32,43 @@ if TYPE_CHECKING:
 
 LOG = log.get("evacuation")
 
-HOST_LOCAL_TASKS = frozenset({
-    "scheduling", "block_device_mapping", "networking", "spawning", "rebooting",
-    "reboot_pending", "reboot_started", "rebooting_hard", "reboot_pending_hard",
-    "reboot_started_hard", "powering-off", "powering-on", "pausing", "unpausing", "suspending",
-    "resuming", "rescuing", "unrescuing", "updating_password", "image_snapshot",
-    "image_snapshot_pending", "image_pending_upload", "image_uploading", "image_backup"})
-RESET_VM_STATES = frozenset({"paused", "suspended", "rescued", "building"})
-EVACUABLE_VM_STATES = frozenset({"active", "stopped", "error"})
 TRUE_VALUES = frozenset({"true", "1", "yes", "on", "y", "t"})
+# The actions that set a server's power state: the newest before its evacuation tells
+# whether it was stopped.
+POWER_ACTIONS = frozenset({"stop", "start", "create", "reboot", "rebuild", "unshelve",
+                           "resume", "unpause", "suspend", "pause", "shelve"})
 POLL_INTERVAL = 0.5
 SINCE_MARGIN = 300.0
+E, A = ServerEvent, ServerAction
+Seen = dict[str, Any]  # what an event brings: fields of server_lifecycle.Facts
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """How one server's evacuation ended (or where it stands)."""
+    """How one server's evacuation ended (or where it stands), from its state."""
 
     server_id: str
     name: str
-    result: str = "pending"  # evacuated | failed | skipped | gone | unfinished | pending
+    state: ServerState = ServerState.FOUND
     host: str | None = None
     status: str | None = None
     detail: str = ""
     attempts: int = 0
-    accepted_at: float | None = None
-    finished_at: float | None = None
-    was_stopped: bool = False
-    start_requested: bool = False
-    needs_request: bool = True
-    next_try: float = 0.0
+    accepted_at: float | None = None  # monotonic: when Nova accepted its evacuation
+    finished_at: float | None = None  # monotonic: when it reached its end
+
+    @property
+    def result(self) -> str:
+        """evacuated | failed | skipped | gone | unfinished | pending"""
+        return server_lifecycle.result(self.state)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Summary:
     host: str
     found: int = 0
     selected: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: tuple[Outcome, ...] = ()
     started: float = field(default_factory=time.monotonic)
     all_accepted_after: float | None = None
     finished_after: float | None = None
@@ -109,8 +95,57 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_VALUES
 
 
+def stopped_before(actions: Iterable[str], default: bool) -> bool:
+    """Was the server stopped before its evacuation? Its newest power action before the
+    newest evacuate, in its instance actions (newest first); `default` when none tells."""
+    seen_evacuate = False
+    for name in actions:
+        if not seen_evacuate:
+            seen_evacuate = name == "evacuate"
+        elif name in POWER_ACTIONS:
+            return name == "stop"
+    return default
+
+
+@dataclass
+class _Tracked:
+    """The runner's working note of one server: the state the lifecycle gave it, its next
+    action, and the runner's own counts. Written by the Runner only."""
+
+    server_id: str
+    name: str
+    host: str | None = None
+    status: str | None = None
+    state: ServerState = ServerState.FOUND
+    action: ServerAction = ServerAction.POLL
+    detail: str = ""
+    attempts: int = 0
+    accepted_at: float | None = None
+    finished_at: float | None = None
+    next_try: float = 0.0
+    listed: Server | None = None  # the listing's view, for the first request
+    listed_stopped: bool = False  # stopped when listed on the source
+    history_stopped: bool | None = None  # stopped before, by its instance actions
+
+    def was_stopped(self) -> bool | None:
+        """Known from the listing when we asked for the evacuation; for one an earlier
+        runner asked for, the listing may have caught it already stopped by Nova (>= 2.95),
+        so its instance actions tell (None until read)."""
+        return self.listed_stopped if self.attempts > 0 else self.history_stopped
+
+    def apply(self, step: server_lifecycle.Step) -> None:
+        self.state, self.action = step.state, step.action
+        if step.detail is not None:
+            self.detail = step.detail
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.server_id, self.name, self.state, self.host, self.status,
+                       self.detail, self.attempts, self.accepted_at, self.finished_at)
+
+
 class Planner:
-    """Which servers of a host to evacuate (evacuate=all|tagged)."""
+    """The facts of the plan step (evacuate=all|tagged): a server's tag, its task and
+    state, whether an earlier runner asked for it."""
 
     def __init__(self, nova: Nova, deadline: Deadline, mode: str, tag: str) -> None:
         self.nova, self.deadline, self.mode, self.tag = nova, deadline, mode, tag
@@ -128,32 +163,55 @@ class Planner:
             self._images[image_id] = self.nova.image_properties(self.deadline, image_id)
         return _truthy(self._images[image_id].get(self.tag, ""))
 
-    def plan(self, servers: list[Server]) -> tuple[list[Outcome], list[Outcome]]:
-        """(to evacuate, skipped) — skipped ones carry the reason."""
-        chosen: list[Outcome] = []
-        skipped: list[Outcome] = []
-        for server in servers:
-            outcome = Outcome(server_id=server.id, name=server.name, host=server.host,
-                              status=server.status)
-            outcome.was_stopped = (server.vm_state == "stopped")
-            task = server.task_state
-            vm_state = server.vm_state or ""
-            if self.mode == "tagged" and not self.tagged(server):
-                outcome.result, outcome.detail = "skipped", f"not tagged {self.tag}"
-            elif server.rebuilding:
-                outcome.needs_request, outcome.detail = False, "evacuation already under way"
-            elif task and task not in HOST_LOCAL_TASKS:
-                outcome.result = "skipped"
-                outcome.detail = f"task {task} involves another host or deletion: left to " \
-                                 "the operator"
-            elif vm_state not in EVACUABLE_VM_STATES | RESET_VM_STATES:
-                outcome.result, outcome.detail = "skipped", f"vm_state {vm_state} not evacuable"
-            (skipped if outcome.result == "skipped" else chosen).append(outcome)
-        return chosen, skipped
+    def facts(self, server: Server, earlier: set[str]) -> Seen:
+        by_tag = self.mode == "tagged"
+        return dict(host=server.host, status=server.status, vm_state=server.vm_state,
+                    task=server.task_state, rebuilding=server.rebuilding,
+                    tag=self.tag if by_tag else None, tagged=by_tag and self.tagged(server),
+                    requested_earlier=server.id in earlier)
+
+    def moved(self, earlier: set[str], listed: list[Server]) -> list[Server]:
+        """Servers an earlier runner (killed mid-way) already moved off the host: followed
+        too, so that those Nova landed SHUTOFF (>= 2.95) are started again."""
+        ids = {s.id for s in listed}
+        moved = []
+        for server_id in sorted(earlier - ids):
+            try:
+                moved.append(self.nova.server(self.deadline, server_id))
+            except NovaError:
+                continue
+        return moved
+
+
+class Targets:
+    """The target hosts (target_hosts), taken in turn; a host that broke a server, or all
+    when Nova found no host, are passed over (None: Nova's scheduler chooses)."""
+
+    def __init__(self, hosts: list[str] | None) -> None:
+        self.hosts = list(hosts or [])
+        self._full: set[str] = set()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def choose(self) -> str | None:
+        with self._lock:
+            usable = [h for h in self.hosts if h not in self._full]
+            if not usable:
+                return None
+            self._next += 1
+            return usable[self._next % len(usable)]
+
+    def observe(self, event: ServerEvent, host: str | None, failed_migration: bool) -> None:
+        with self._lock:
+            if event is E.SHOWS_ERROR and host in self.hosts:
+                self._full.add(host)
+            elif event is E.STILL_ON_SOURCE and failed_migration:
+                self._full.update(self.hosts)
 
 
 class Runner:
-    """Evacuates the chosen servers of one host: concurrent, followed, retried."""
+    """Evacuates the chosen servers of one host: concurrent, followed, retried. Carries out
+    what server_lifecycle.step says, and feeds back what Nova answered."""
 
     def __init__(self, nova: Nova, deadline: Deadline, proof: PowerOffConfirmed,
                  max_parallel: int, retries: int, target_hosts: list[str] | None = None,
@@ -162,93 +220,115 @@ class Runner:
         self.nova, self.deadline, self.proof = nova, deadline, proof
         self.source = proof.host
         self.max_parallel, self.retries = max(1, max_parallel), max(0, retries)
-        self.targets = list(target_hosts or [])
+        self.targets = Targets(target_hosts)
         self.progress = progress or (lambda event, outcome: None)
         self.heartbeat = heartbeat or (lambda: None)
         # The safety gate, checked before every request (e.g. "our lease is still ours").
         self.may_request = may_request or (lambda: True)
-        self._lock = threading.Lock()
         # Lists servers changed since shortly before we began, by Nova's clock: the margin
         # absorbs clock skew between this node and Nova's database.
         self.since = clock.iso_utc(time.time() - SINCE_MARGIN)
-        self._next_target = 0
-        self._full_targets: set[str] = set()
 
-    def _target(self) -> str | None:
-        with self._lock:
-            usable = [h for h in self.targets if h not in self._full_targets]
-            if not usable:
-                return None
-            self._next_target += 1
-            return usable[self._next_target % len(usable)]
+    # -- the state machine's driver ------------------------------------------------------
 
-    def _request(self, outcome: Outcome, server: Server) -> None:
-        if not self.may_request():
-            outcome.detail = "lease lost: another runner owns this host"
-            outcome.result = "unfinished"
-            return
-        outcome.attempts += 1
-        if server.vm_state in RESET_VM_STATES:
-            LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
-                     outcome.server_id, server.vm_state, server.task_state)
-            self.nova.reset_state(self.deadline, server, "error", self.proof)
-        target = self._target()  # None: Nova's scheduler chooses
-        if not self.nova.evacuate(self.deadline, server, self.proof, target=target):
-            # 409: the server's state does not allow it; under way only if it is rebuilding
-            current = self.nova.server(self.deadline, outcome.server_id)
-            if not current.rebuilding:
-                raise Conflict(f"Nova refused the evacuation (409, vm_state "
-                               f"{current.vm_state}, task {current.task_state})", 409)
-            outcome.detail = "already under way (409)"
-        else:
-            outcome.detail = f"requested to {target}" if target else "requested"
-        outcome.accepted_at = time.monotonic()
-        outcome.needs_request = False
-        self.progress("accepted", outcome)
+    def _feed(self, tracked: _Tracked, event: ServerEvent | None, **seen: Any) -> None:
+        """One event for one server: the lifecycle's step, then its action; an action that
+        brings an answer at once (a start, a history read) feeds that as the next event."""
+        while event is not None:
+            facts = server_lifecycle.Facts(
+                attempts=tracked.attempts, retries=self.retries,
+                expired=self.deadline.expired(), was_stopped=tracked.was_stopped(),
+                detail=tracked.detail, **seen)
+            step = server_lifecycle.step(tracked.state, event, facts)
+            level = LOG.warning if step.action is A.RETRY_LATER else LOG.debug
+            level("server %s: %s", tracked.server_id, step.reason)
+            tracked.apply(step)
+            event, more = self._carry_out(tracked, step.action)
+            seen.update(more)
 
-    def _submit(self, outcome: Outcome, server: Server | None = None) -> None:
+    def _carry_out(self, tracked: _Tracked, action: ServerAction) -> tuple[ServerEvent | None,
+                                                                            Seen]:
+        """Do what the step says now. REQUEST waits for the next batch, POLL for the next
+        round, GIVE_UP for the summary."""
+        now = time.monotonic()
+        if action is A.FOLLOW:
+            tracked.accepted_at = now
+            self.progress("accepted", tracked.outcome())
+        elif action is A.RETRY_LATER:
+            tracked.next_try = now + server_lifecycle.backoff(tracked.attempts)
+            self.progress("retry", tracked.outcome())
+        elif action is A.REPORT:
+            tracked.finished_at = now
+            self.progress("finished", tracked.outcome())
+        elif action is A.READ_HISTORY:
+            tracked.history_stopped = self._stopped_before(tracked)
+            return E.LANDED_STOPPED, {}
+        elif action is A.START:
+            try:
+                self.nova.start_server(self.deadline, tracked.server_id)
+            except NovaError as err:
+                return E.START_REFUSED, {"error": str(err)}
+            return E.START_ACCEPTED, {}
+        return None, {}
+
+    # -- planning, requests ----------------------------------------------------------------
+
+    def plan(self, planner: Planner, servers: list[Server],
+             earlier: set[str]) -> list[_Tracked]:
+        """Every server listed on the host, then those asked earlier in this incident that
+        left it, through the plan step: the chosen ones first, the skipped ones after."""
+        tracked = []
+        for server in servers:
+            one = _Tracked(server.id, server.name, server.host, server.status,
+                           listed_stopped=server.vm_state == "stopped")
+            self._feed(one, E.LISTED, **planner.facts(server, earlier))
+            one.listed = server if one.action is A.REQUEST else None
+            tracked.append(one)
+        for server in planner.moved(earlier, servers):
+            one = _Tracked(server.id, server.name, server.host, server.status)
+            self._feed(one, E.MOVED_EARLIER)
+            tracked.append(one)
+        return sorted(tracked, key=lambda t: t.state is ServerState.SKIPPED)
+
+    def _request(self, tracked: _Tracked) -> None:
+        """Carry out REQUEST; what Nova answered is the next event."""
         try:
-            if server is None:
-                server = self.nova.server(self.deadline, outcome.server_id)
-            self._request(outcome, server)
+            event, seen = self._ask(tracked)
         except NotFound:
-            outcome.result, outcome.detail = "gone", "deleted meanwhile"
-            self.progress("finished", outcome)
+            event, seen = E.REFUSED_NOT_FOUND, {}
+        except BadRequest as err:
+            event, seen = E.REFUSED_BAD_REQUEST, {"error": str(err)}
         except NovaError as err:
-            outcome.detail = str(err)
-            self._failed_attempt(outcome)
+            event, seen = E.REQUEST_FAILED, {"error": str(err)}
+        self._feed(tracked, event, **seen)
 
-    def _failed_attempt(self, outcome: Outcome, retriable: bool = True) -> None:
-        """A failed attempt: asked again (with backoff) while retries and time remain, and
-        only while the server is still on the powered-off source: a server that failed on
-        its destination lives on a host that is up, where Nova cannot evacuate it."""
-        if retriable and outcome.attempts <= self.retries and not self.deadline.expired():
-            outcome.needs_request = True
-            outcome.next_try = time.monotonic() + min(2.0 ** outcome.attempts, 10.0)
-            LOG.warning("server %s: attempt %d failed (%s); retrying", outcome.server_id,
-                        outcome.attempts, outcome.detail)
-            self.progress("retry", outcome)
-        else:
-            outcome.result = "failed"
-            outcome.finished_at = time.monotonic()
-            self.progress("finished", outcome)
+    def _ask(self, tracked: _Tracked) -> tuple[ServerEvent, Seen]:
+        """The server's view (listed, or read again), the safety gate, a reset when its
+        state lived in the dead host's memory, the request."""
+        server, tracked.listed = tracked.listed, None
+        if server is None:
+            server = self.nova.server(self.deadline, tracked.server_id)
+        if not self.may_request():
+            return E.LEASE_LOST, {}
+        tracked.attempts += 1
+        if server_lifecycle.needs_reset(server.vm_state):
+            LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
+                     tracked.server_id, server.vm_state, server.task_state)
+            self.nova.reset_state(self.deadline, server, "error", self.proof)
+        target = self.targets.choose()  # None: Nova's scheduler chooses
+        if self.nova.evacuate(self.deadline, server, self.proof, target=target):
+            return E.ACCEPTED, {"target": target}
+        # 409: the server's state does not allow it; under way only if it is rebuilding
+        current = self.nova.server(self.deadline, tracked.server_id)
+        return E.REFUSED_CONFLICT, {"rebuilding": current.rebuilding,
+                                    "vm_state": current.vm_state, "task": current.task_state}
 
-    def _check(self, outcome: Outcome) -> None:
-        """Follow one server after its request was accepted (one GET)."""
-        try:
-            server = self.nova.server(self.deadline, outcome.server_id)
-        except NotFound:
-            outcome.result, outcome.detail = "gone", "deleted meanwhile"
-            self.progress("finished", outcome)
-            return
-        except NovaError:
-            return  # not reachable now: look again next round
-        self._judge(outcome, server)
+    # -- following -------------------------------------------------------------------------
 
-    def _follow(self, pool: concurrent.futures.Executor, following: list[Outcome]) -> None:
+    def _follow(self, pool: concurrent.futures.Executor, following: list[_Tracked]) -> None:
         """One round of following: a single listing of what changed since we started (one
         call whatever the number of servers), or one GET per server if that fails; then
-        the servers are judged in parallel (judging may start a server)."""
+        the servers are looked at in parallel (a look may start a server)."""
         try:
             changed = {s.id: s for s in self.nova.servers_changed_since(
                 self.deadline, self.since)}
@@ -256,74 +336,48 @@ class Runner:
             LOG.debug("changes-since listing failed (%s); asking per server", err)
             list(pool.map(self._check, following))
             return
-        judged = []
-        for outcome in following:
-            server = changed.get(outcome.server_id)
-            if server is None:
-                continue  # unchanged since the evacuation began: still under way
-            if server.status == "DELETED":
-                outcome.result, outcome.detail = "gone", "deleted meanwhile"
-                self.progress("finished", outcome)
-            else:
-                judged.append((outcome, server))
-        back_on_source = [o for o, s in judged if s.host == self.source
-                          and not s.task_state and s.status != "ERROR"]
-        failed = self._failed_migrations() if back_on_source else set()
-        list(pool.map(lambda pair: self._judge(pair[0], pair[1], failed), judged))
+        # Servers not listed are unchanged since the evacuation began: still under way.
+        looks = [(t, changed[t.server_id]) for t in following if t.server_id in changed]
+        events = {self._event(server) for _, server in looks}
+        failed = self._failed_migrations() if E.STILL_ON_SOURCE in events else set()
+        list(pool.map(lambda look: self._look(look[0], look[1], failed), looks))
 
-    def _judge(self, outcome: Outcome, server: Server,
-               failed_migrations: set[str] | None = None) -> None:
-        host, status, task = server.host, server.status, server.task_state
-        outcome.host, outcome.status = host, status
-        if task:
-            return
-        if status == "ERROR":
-            outcome.detail = server.fault or "server in ERROR"
-            if host in self.targets:
-                self._full_targets.add(host)
-            self._failed_attempt(outcome, retriable=host == self.source)
-        elif host != self.source and status == "SHUTOFF" and not outcome.start_requested \
-                and not self._was_stopped(outcome):
-            # From microversion 2.95 Nova stops evacuated servers, guarding against a source
-            # host that might still run them. Ours is confirmed off: start what was running.
-            outcome.start_requested = True
-            try:
-                self.nova.start_server(self.deadline, outcome.server_id)
-            except NovaError as err:
-                outcome.result, outcome.finished_at = "failed", time.monotonic()
-                outcome.detail = f"SHUTOFF on {host}; starting it again failed: {err}"
-                self.progress("finished", outcome)
-        elif host != self.source and status in ("ACTIVE", "SHUTOFF"):
-            outcome.result, outcome.finished_at = "evacuated", time.monotonic()
-            outcome.detail = f"{status} on {host}"
-            self.progress("finished", outcome)
-        elif host == self.source and outcome.server_id in (
-                self._failed_migrations() if failed_migrations is None else failed_migrations):
-            # Nova undid the rebuild (e.g. no valid host): the request failed.
-            outcome.detail = "Nova found no host for it"
-            for target in self.targets:
-                self._full_targets.add(target)
-            self._failed_attempt(outcome)
-
-    def _was_stopped(self, outcome: Outcome) -> bool:
-        """Was the server stopped before its evacuation? Known from our listing when we
-        asked for the evacuation; for one an earlier runner asked for, the listing may have
-        caught it already stopped by Nova (>= 2.95), so its instance actions tell."""
-        if outcome.attempts > 0:
-            return outcome.was_stopped
+    def _check(self, tracked: _Tracked) -> None:
+        """Follow one server (one GET)."""
         try:
-            actions = self.nova.instance_actions(self.deadline, outcome.server_id)
+            server = self.nova.server(self.deadline, tracked.server_id)
+        except NotFound:
+            self._feed(tracked, E.VANISHED)
+            return
         except NovaError:
-            return outcome.was_stopped
-        seen_evacuate = False
-        for name in actions:  # newest first
-            if not seen_evacuate:
-                seen_evacuate = name == "evacuate"
-                continue
-            if name in ("stop", "start", "create", "reboot", "rebuild", "unshelve", "resume",
-                        "unpause", "suspend", "pause", "shelve"):
-                return name == "stop"
-        return outcome.was_stopped
+            return  # not reachable now: look again next round
+        self._look(tracked, server)
+
+    def _event(self, server: Server) -> ServerEvent:
+        return server_lifecycle.observed(server.status, server.task_state,
+                                         server.host == self.source)
+
+    def _look(self, tracked: _Tracked, server: Server,
+              failed_migrations: set[str] | None = None) -> None:
+        """What Nova shows of a followed server, fed as an event."""
+        event = self._event(server)
+        if event is E.VANISHED:
+            self._feed(tracked, event)
+            return
+        tracked.host, tracked.status = server.host, server.status
+        failed = event is E.STILL_ON_SOURCE and tracked.server_id in (
+            self._failed_migrations() if failed_migrations is None else failed_migrations)
+        self.targets.observe(event, server.host, failed)
+        self._feed(tracked, event, host=server.host, status=server.status,
+                   task=server.task_state, fault=server.fault,
+                   on_source=server.host == self.source, failed_migration=failed)
+
+    def _stopped_before(self, tracked: _Tracked) -> bool:
+        try:
+            actions = self.nova.instance_actions(self.deadline, tracked.server_id)
+        except NovaError:
+            return tracked.listed_stopped
+        return stopped_before(actions, tracked.listed_stopped)
 
     def _failed_migrations(self) -> set[str]:
         """Servers whose newest evacuation from the source failed (one call for all):
@@ -338,28 +392,33 @@ class Runner:
                 newest[migration.server_id] = migration
         return {uuid for uuid, m in newest.items() if m.failed}
 
-    def run(self, outcomes: list[Outcome], servers: dict[str, Server]) -> None:
-        pending = [o for o in outcomes if o.result == "pending"]
+    # -- the rounds ------------------------------------------------------------------------
+
+    def run(self, tracked: list[_Tracked]) -> None:
+        """Request the planned servers at once, then round after round: retries that are
+        due, the following; until every server reached its end or the deadline is near."""
+        live = [t for t in tracked if t.state not in FINAL]
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
-            first = [o for o in pending if o.needs_request]
-            list(pool.map(lambda o: self._submit(o, servers.get(o.server_id)), first))
-            while True:
-                live = [o for o in pending if o.result == "pending"]
-                if not live:
-                    return
+            list(pool.map(self._request, [t for t in live if t.action is A.REQUEST]))
+            while live := [t for t in live if t.state not in FINAL]:
                 if self.deadline.remaining() < POLL_INTERVAL:
-                    for outcome in live:
-                        outcome.result = "unfinished"
-                        outcome.detail = outcome.detail or "evacuate_timeout reached"
+                    for one in live:
+                        self._feed(one, E.DEADLINE_PASSED)
                     return
                 time.sleep(POLL_INTERVAL)
                 self.heartbeat()
-                now = time.monotonic()
-                due = [o for o in live if o.needs_request and o.next_try <= now]
-                following = [o for o in live if not o.needs_request]
-                list(pool.map(self._submit, due))
-                if following:
-                    self._follow(pool, following)
+                self._round(pool, live)
+
+    def _round(self, pool: concurrent.futures.Executor, live: list[_Tracked]) -> None:
+        now = time.monotonic()
+        for one in live:
+            if one.action is A.RETRY_LATER and one.next_try <= now:
+                self._feed(one, E.RETRY_DUE)
+        due = [t for t in live if t.action is A.REQUEST]
+        following = [t for t in live if t.action in (A.FOLLOW, A.POLL)]
+        list(pool.map(self._request, due))
+        if following:
+            self._follow(pool, following)
 
 
 def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> set[str]:
@@ -409,50 +468,30 @@ def evacuate_servers(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, m
     `earlier`: servers whose evacuation was requested earlier in this incident
     (requested_since): followed, never requested again.
     """
-    host = proof.host
-    summary = Summary(host=host)
+    started = time.monotonic()
     if servers is None:
-        servers = nova.servers_on(deadline, host)
-    summary.found = len(servers)
-    chosen, skipped = Planner(nova, deadline, mode, tag).plan(servers)
-    if earlier:
-        # Servers an earlier runner (killed mid-way) already moved off the host: followed
-        # too, so that those Nova landed SHUTOFF (>= 2.95) are started again.
-        listed = {s.id for s in servers}
-        for server_id in sorted(earlier - listed):
-            try:
-                moved = nova.server(deadline, server_id)
-            except NovaError:
-                continue
-            outcome = Outcome(server_id=server_id, name=moved.name, host=moved.host,
-                              status=moved.status,
-                              needs_request=False,
-                              detail="evacuation requested earlier in this incident")
-            chosen.append(outcome)
-            servers.append(moved)
-        for outcome in chosen:
-            if outcome.server_id in earlier and outcome.needs_request:
-                outcome.needs_request = False
-                outcome.detail = "evacuation requested earlier in this incident"
-    summary.selected = len(chosen)
-    summary.outcomes = chosen + skipped
-    for outcome in skipped:
-        if progress:
-            progress("finished", outcome)
-    if target_hosts:
-        _enable_targets(nova, deadline, target_hosts)
+        servers = nova.servers_on(deadline, proof.host)
     runner = Runner(nova, deadline, proof, max_parallel, retries, target_hosts, progress,
                     heartbeat, may_request)
-    runner.run(chosen, {s.id: s for s in servers})
-    accepted = [o.accepted_at for o in chosen if o.accepted_at is not None]
-    if accepted:
-        summary.all_accepted_after = max(accepted) - summary.started
-    summary.finished_after = time.monotonic() - summary.started
+    tracked = runner.plan(Planner(nova, deadline, mode, tag), servers, earlier or set())
+    if target_hosts:
+        _enable_targets(nova, deadline, target_hosts)
+    runner.run(tracked)
+    summary = _summary(proof.host, len(servers), [t.outcome() for t in tracked], started)
     for outcome in summary.outcomes:
         LOG.info("server %s (%s): %s%s", outcome.server_id, outcome.name, outcome.result,
                  f" - {outcome.detail}" if outcome.detail else "")
     LOG.info(summary.line())
     return summary
+
+
+def _summary(host: str, found: int, outcomes: list[Outcome], started: float) -> Summary:
+    accepted = [o.accepted_at for o in outcomes if o.accepted_at is not None]
+    return Summary(host=host, found=found,
+                   selected=sum(1 for o in outcomes if o.state is not ServerState.SKIPPED),
+                   outcomes=tuple(outcomes), started=started,
+                   all_accepted_after=max(accepted) - started if accepted else None,
+                   finished_after=time.monotonic() - started)
 
 
 def _enable_targets(nova: Nova, deadline: Deadline, hosts: list[str]) -> None:

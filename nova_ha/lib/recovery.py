@@ -165,12 +165,18 @@ class Lease:
 
 
 def _record_outcome(store: state.StateStore | None, lease: Lease, outcome: lifecycle.Outcome,
-                    detail: str, counts: dict[str, int]) -> None:
-    """The outcome and the lease's release, in one write (one scheduler run); only while
-    the lease is ours, so a runner that lost it never overwrites its successor's outcome."""
+                    detail: str, summary: evacuation.Summary | None = None) -> None:
+    """The outcome (with the summary's counts) and the lease's release, in one write (one
+    scheduler run); only while the lease is ours, so a runner that lost it never overwrites
+    its successor's outcome."""
     node, owner = lease.node, lease.owner
+    found = evacuated = failed = None
+    if summary is not None:
+        found, evacuated, failed = (summary.found, summary.count("evacuated"),
+                                    summary.count("failed"))
     if record(store, lambda s: s.mark(node, outcome.state, outcome.event, detail, owner=owner,
-                                      release=True, **counts), "outcome"):
+                                      release=True, found=found, evacuated=evacuated,
+                                      failed=failed), "outcome"):
         lease.held = False
 
 
@@ -197,34 +203,46 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffCon
     if not lease.held:
         LOG.info("%s: %s", node, lease.start.reason)
         return None
+    who = runner or owner
     # No record write here: the lease is what keeps other runners away, and every write is
     # a scheduler run. The start goes to the log and the notification channel.
-    LOG.info("evacuation of %s started by %s", node, runner or owner)
-    if options.notifier is not None:
-        options.notifier.send(Event.EVACUATION_STARTED, node, host=host,
-                              detail=f"by {runner or owner}")
+    LOG.info("evacuation of %s started by %s", node, who)
+    _notify(options, Event.EVACUATION_STARTED, proof, detail=f"by {who}")
     try:
-        summary = evacuation.evacuate_servers(
-            nova, deadline, proof, options.mode, options.tag, options.max_parallel,
-            options.retries, options.target_hosts, progress=progress,
-            heartbeat=lease.heartbeat, may_request=lambda: lease.held,
-            servers=prefetch.servers(), earlier=prefetch.earlier())
+        summary = _evacuate(nova, deadline, proof, options, lease, prefetch, progress)
     except NovaError as err:
         outcome = lifecycle.INTERRUPTED
-        _record_outcome(store, lease, outcome, f"{outcome.reason}; by {runner or owner}", {})
-        if options.notifier is not None:
-            options.notifier.send(outcome.event, node, host=host, state=outcome.state,
-                                  detail=f"interrupted, will resume: {err}")
+        _record_outcome(store, lease, outcome, f"{outcome.reason}; by {who}")
+        _notify(options, outcome.event, proof, state=outcome.state,
+                detail=f"interrupted, will resume: {err}")
         raise
-    counts = dict(found=summary.found, evacuated=summary.count("evacuated"),
-                  failed=summary.count("failed"))
+    _finished(store, lease, options, proof, summary, who)
+    return summary
+
+
+def _evacuate(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, options: Options,
+              lease: Lease, prefetch: evacuation.Prefetch,
+              progress: evacuation.Progress | None) -> evacuation.Summary:
+    """The servers' evacuation, new requests only while the lease is ours."""
+    return evacuation.evacuate_servers(
+        nova, deadline, proof, options.mode, options.tag, options.max_parallel,
+        options.retries, options.target_hosts, progress=progress,
+        heartbeat=lease.heartbeat, may_request=lambda: lease.held,
+        servers=prefetch.servers(), earlier=prefetch.earlier())
+
+
+def _notify(options: Options, event: Event, proof: PowerOffConfirmed, **fields: Any) -> None:
+    if options.notifier is not None:
+        options.notifier.send(event, proof.node, host=proof.host, **fields)
+
+
+def _finished(store: state.StateStore | None, lease: Lease, options: Options,
+              proof: PowerOffConfirmed, summary: evacuation.Summary, who: str) -> None:
+    """The evacuation ran: its outcome recorded (the lease released with it) and sent."""
     outcome = lifecycle.evacuation_outcome(summary.count("failed"), summary.count("unfinished"))
     took = summary.finished_after or time.monotonic() - summary.started
     _record_outcome(store, lease, outcome,
-                    f"{summary.found} found, {counts['evacuated']} evacuated, "
-                    f"{counts['failed']} failed, {summary.count('unfinished')} unfinished in "
-                    f"{took:.1f}s; by {runner or owner}", counts)
-    if options.notifier is not None:
-        options.notifier.send(outcome.event, node, host=host, summary=summary,
-                              state=outcome.state)
-    return summary
+                    f"{summary.found} found, {summary.count('evacuated')} evacuated, "
+                    f"{summary.count('failed')} failed, {summary.count('unfinished')} "
+                    f"unfinished in {took:.1f}s; by {who}", summary)
+    _notify(options, outcome.event, proof, summary=summary, state=outcome.state)

@@ -15,6 +15,10 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from nova_ha import cli
+from nova_ha.cli import sources
+from nova_ha.cli.context import load_context, read_config
+from nova_ha.cli.output import ProgressBar
+from nova_ha.cli.status import build_rows, collect_status, render_status
 from nova_ha.lib import guard, params, state
 from nova_ha.lib.lifecycle import Event, HostState
 from testbed.observe import Observer
@@ -117,10 +121,10 @@ def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypa
     store = _store(bed)
     for host in ("host1", "host2"):
         store.mark(host, HostState.FENCED, Event.FENCED, "test", mode="all")
-    args = cli._parser().parse_args(["status", "--no-cib", "--config",
+    args = cli.parser().parse_args(["status", "--no-cib", "--config",
                                      _config(tmp_path, bed.os_params())])
-    ctx = cli.load_context(args)
-    data = cli.collect_status(ctx, with_power=False)
+    ctx = load_context(args)
+    data = collect_status(ctx, with_power=False)
     assert ctx.store().commands_run == 1
     rows = {r["node"]: r for r in data["hosts"]}
     assert rows["host1"]["record"]["state"] == "fenced" and rows["host3"]["record"]["state"] \
@@ -128,7 +132,7 @@ def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypa
     # two of three hosts fenced at once: the default guard (25%, at least 1) holds them
     assert rows["host1"]["held"] and rows["host2"]["held"] and not rows["host3"]["held"]
     assert rows["host1"]["guard"]["wave"] == ["host1", "host2"]
-    text = cli.render_status(data, colour=False)
+    text = render_status(data, colour=False)
     assert "fenced HELD" in text and "nova-ha evacuate HOST" in text
 
 
@@ -232,7 +236,7 @@ _CRM_MON = b"""<pacemaker-result api-version="2.25" request="crm_mon --output-as
 
 
 def test_pacemaker_states_from_crm_mon():
-    nodes, why = cli.parse_crm_mon(_CRM_MON)
+    nodes, why = sources.parse_crm_mon(_CRM_MON)
     assert why == ""
     assert {n: v["state"] for n, v in nodes.items()} == {
         "c1": "online", "compute1": "fenced", "compute2": "unclean", "compute3": "standby",
@@ -240,7 +244,7 @@ def test_pacemaker_states_from_crm_mon():
     assert nodes["compute1"]["last_fenced"] == "2026-11-22 14:03:00Z"
     offline_cib = subprocess.run(["crm_mon", "--output-as=xml", "-1"], capture_output=True,
                                  env=dict(os.environ, CIB_file="/nonexistent.xml"))
-    assert cli.parse_crm_mon(offline_cib.stdout)[0] is None
+    assert sources.parse_crm_mon(offline_cib.stdout)[0] is None
     stopped = b"""<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml -1">
   <status code="102" message="Not connected">
     <errors>
@@ -249,9 +253,9 @@ def test_pacemaker_states_from_crm_mon():
     </errors>
   </status>
 </pacemaker-result>"""  # crm_mon 2.1.5 on a node whose cluster is stopped
-    assert cli.parse_crm_mon(stopped, 102) == \
+    assert sources.parse_crm_mon(stopped, 102) == \
         (None, "crm_mon: error: Could not connect to launcher: Connection refused")
-    assert cli.parse_crm_mon(b"not xml", 102, "crm_mon: connection refused") == \
+    assert sources.parse_crm_mon(b"not xml", 102, "crm_mon: connection refused") == \
         (None, "crm_mon: crm_mon: connection refused")
 
 
@@ -265,15 +269,15 @@ def test_rows_join_pacemaker_nova_and_records_by_node_name():
                 Service("2", "compute2.dc", "enabled", "up", False, None)]
     servers = [Server("a", host="compute2.dc", status="ACTIVE"),
                Server("b", host=None, status="ERROR")]
-    nodes, _ = cli.parse_crm_mon(_CRM_MON)
+    nodes, _ = sources.parse_crm_mon(_CRM_MON)
     parsed = params.parse({"domain": "dc"}, params.CLI)
-    rows = {r["node"]: r for r in cli.build_rows(store.all(), nodes, services, servers,
+    rows = {r["node"]: r for r in build_rows(store.all(), nodes, services, servers,
                                                  {"compute1": "off"}, parsed)}
     assert sorted(rows) == ["compute1", "compute2", "compute3", "compute4"]  # not c1
     assert rows["compute1"]["nova_host"] == "compute1.dc" and rows["compute1"]["power"] == "off"
     assert rows["compute2"]["servers"] == {"total": 1, "by_status": {"ACTIVE": 1}}
     assert rows["compute2"]["pacemaker"] == "unclean" and rows["compute2"]["record"] is None
-    text = cli.render_status({"hosts": list(rows.values()), "problems": []}, colour=False)
+    text = render_status({"hosts": list(rows.values()), "problems": []}, colour=False)
     assert text.splitlines()[1].startswith("compute1 (compute1.dc)  fenced     off  ")
 
 
@@ -452,7 +456,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
             return True
 
     stream = Tty()
-    bar = cli.ProgressBar(3, stream=stream)
+    bar = ProgressBar(3, stream=stream)
     a, b, c = Outcome("a", "vm-a"), Outcome("b", "vm-b"), Outcome("c", "vm-c")
     for outcome in (a, b, c):
         bar("accepted", outcome)
@@ -463,7 +467,7 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     assert text.startswith("\r  [") and text.endswith("\n")
     assert "2/3 done, 1 evacuated, 1 failed, 1 in flight" in text
     plain = io.StringIO()
-    bar = cli.ProgressBar(3, stream=plain, tty=False)
+    bar = ProgressBar(3, stream=plain, tty=False)
     bar("accepted", c)
     bar("finished", Outcome("c", "vm-c", ServerState.RUNNING, detail="ACTIVE on host2"))
     bar.close()
@@ -478,10 +482,10 @@ def test_config_file_syntax_and_warnings(tmp_path, capsys, monkeypatch, cib_file
     path.write_text("# comment\n; other comment\n\nos_cloud = 'overcloud'\n"
                     "max_parallel=8\nos_password = \"p w\"\nbogus_name = 1\n")
     path.chmod(0o644)
-    assert cli.read_config(str(path)) == [("os_cloud", "overcloud"), ("max_parallel", "8"),
+    assert read_config(str(path)) == [("os_cloud", "overcloud"), ("max_parallel", "8"),
                                           ("os_password", "p w"), ("bogus_name", "1")]
-    args = cli._parser().parse_args(["history", "--config", str(path), "--no-cib"])
-    ctx = cli.load_context(args)
+    args = cli.parser().parse_args(["history", "--config", str(path), "--no-cib"])
+    ctx = load_context(args)
     assert ctx.parsed["max_parallel"] == 8 and ctx.parsed["os_password"] == "p w"
     assert any("readable by others" in w for w in ctx.warnings)
     assert any("ignoring unknown parameter 'bogus_name'" in w for w in ctx.warnings)
@@ -547,11 +551,11 @@ def test_device_parameters_and_cibsecret(tmp_path, monkeypatch):
     secrets = tmp_path / "secrets"
     (secrets / "fence-c1").mkdir(parents=True)
     (secrets / "fence-c1" / "os_password").write_text("from-cibsecret\n")
-    monkeypatch.setattr(cli, "CIBSECRET_DIR", str(secrets))
-    assert dict(cli.device_params(resources)) == {
+    monkeypatch.setattr(sources, "CIBSECRET_DIR", str(secrets))
+    assert dict(sources.device_params(resources)) == {
         "evacuate": "tagged", "os_password": "from-cibsecret",
         "os_auth_url": "http://keystone/v3"}
-    devices = cli.bmc_devices(resources)
+    devices = sources.bmc_devices(resources)
     assert sorted(devices) == ["c1", "c2"] and devices["c2"]["ipaddr"] == "10.0.0.2"
 
 

@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from nova_ha import cli
+from nova_ha.cli.context import read_config
 from nova_ha.lib import log, params, state
 
 
@@ -44,7 +45,7 @@ def test_debug_file_is_private(tmp_path):
 def test_cli_config_lines_end_at_newlines_only(tmp_path, separator):
     path = tmp_path / "nova-ha.conf"
     path.write_text(f"os_cloud = a{separator}os_auth_url=http://evil\nevacuate = all\n")
-    assert ("os_auth_url", "http://evil") not in cli.read_config(str(path))
+    assert ("os_auth_url", "http://evil") not in read_config(str(path))
 
 
 @pytest.mark.parametrize("args", [["evacuate", "host1", "--timeout", "1e10"],

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from nova_ha import cli
+from nova_ha.cli.output import ProgressBar, table
+from nova_ha.cli.status import render_status
 from nova_ha.lib import fence_proto, fencer, log, params, state
 from nova_ha.lib.lifecycle import Event, HostState
 from tests.helpers import (
@@ -254,17 +255,17 @@ def test_fence_list_keeps_each_nova_host_on_its_own_line(action):
 
 
 def test_the_nova_ha_command_shows_nova_strings_on_one_line():
-    out = cli.table(["NODE", "DETAIL"], [["host1", "evacuated vm\nhost9  fenced"],
+    out = table(["NODE", "DETAIL"], [["host1", "evacuated vm\nhost9  fenced"],
                                          ["host2\u2028host8", "x"]], False)
     assert len(out.splitlines()) == 3, out
     stream = io.StringIO()
-    bar = cli.ProgressBar(2, stream=stream, tty=False)
+    bar = ProgressBar(2, stream=stream, tty=False)
     bar("finished", SimpleNamespace(server_id="id-1", result="evacuated", detail="",
                                     name="vm\n  failed     other-vm (id-2)"))
     bar("finished", SimpleNamespace(server_id="id-2", result="failed", name="vm2",
                                     detail="Nova said\r\nall fine"))
     assert len(stream.getvalue().splitlines()) == 2, stream.getvalue()
-    text = cli.render_status({"hosts": [], "problems": ["Nova: bad\nhost9  online"]}, False)
+    text = render_status({"hosts": [], "problems": ["Nova: bad\nhost9  online"]}, False)
     assert text.splitlines() == ["no compute host found", "note: Nova: bad\\nhost9  online"]
 
 

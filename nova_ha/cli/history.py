@@ -12,9 +12,10 @@ from nova_ha.cli.context import EXIT_OK, CliError, Context
 from nova_ha.cli.output import escaped, table, use_colour
 from nova_ha.lib.lifecycle import Event
 
-_TONES = {Event.FENCED: "red", Event.EVACUATION_FAILED: "red",
-          Event.EVACUATION_BLOCKED: "red", Event.EVACUATION_FINISHED: "green",
-          Event.REJOINED: "green", Event.RESET: "yellow"}
+# Keyed by str: the events' names come from JSON (an Event is a str and looks the same up).
+_TONES: dict[str, str] = {Event.FENCED: "red", Event.EVACUATION_FAILED: "red",
+                          Event.EVACUATION_BLOCKED: "red", Event.EVACUATION_FINISHED: "green",
+                          Event.REJOINED: "green", Event.RESET: "yellow"}
 
 
 def events_newest_first(records: dict[str, Any]) -> list[dict[str, str]]:

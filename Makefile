@@ -42,6 +42,7 @@ $(REMOTED): | deps venv
 test: deps venv nova-venv $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy nova_ha
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
@@ -50,6 +51,7 @@ demo: deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The figures of the README, side by side with the anchors (the live-cluster ones need root).
 bench: deps venv nova-venv $(REMOTED)

@@ -18,7 +18,10 @@ setup(
         "PyYAML>=6.0",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "mypy>=1.8"]},
-    scripts=["agents/fence/fence_nova_evacuate", "agents/ocf/NovaCompute",
-             "agents/ocf/NovaEvacuate"],
+    scripts=[
+        "agents/fence/fence_nova_evacuate",
+        "agents/ocf/NovaCompute",
+        "agents/ocf/NovaEvacuate",
+    ],
     entry_points={"console_scripts": ["nova-ha = nova_ha.cli:main"]},
 )

@@ -72,26 +72,49 @@ class Api:
     independent of both agents' clients."""
 
     def __init__(self, auth_url: str, username: str, password: str, project: str) -> None:
-        body = {"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": username, "password": password, "domain": {"name": "Default"}}}},
-            "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": username,
+                            "password": password,
+                            "domain": {"name": "Default"},
+                        }
+                    },
+                },
+                "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+            }
+        }
         request = urllib.request.Request(
-            auth_url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            auth_url.rstrip("/") + "/auth/tokens",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=30) as resp:
             self.token = resp.headers["X-Subject-Token"]
             catalog = json.load(resp)["token"]["catalog"]
         self.compute_url = next(
-            endpoint["url"] for service in catalog if service["type"] == "compute"
-            for endpoint in service["endpoints"] if endpoint["interface"] == "public")
+            endpoint["url"]
+            for service in catalog
+            if service["type"] == "compute"
+            for endpoint in service["endpoints"]
+            if endpoint["interface"] == "public"
+        )
 
     def call(self, method: str, path: str, body: Any = None, microversion: str = "2.53") -> Any:
         request = urllib.request.Request(
-            self.compute_url.rstrip("/") + path, method=method,
+            self.compute_url.rstrip("/") + path,
+            method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"X-Auth-Token": self.token, "Content-Type": "application/json",
-                     "OpenStack-API-Version": f"compute {microversion}"})
+            headers={
+                "X-Auth-Token": self.token,
+                "Content-Type": "application/json",
+                "OpenStack-API-Version": f"compute {microversion}",
+            },
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as resp:
                 raw = resp.read()
@@ -103,15 +126,21 @@ class Api:
         """What an earlier fencing level does: force the host's nova-compute down, disable it."""
         service = self.call("GET", f"/os-services?binary=nova-compute&host={host}")["services"][0]
         self.call("PUT", f"/os-services/{service['id']}", {"forced_down": True})
-        self.call("PUT", f"/os-services/{service['id']}",
-                  {"status": "disabled", "disabled_reason": "benchmark: host crashed"})
+        self.call(
+            "PUT",
+            f"/os-services/{service['id']}",
+            {"status": "disabled", "disabled_reason": "benchmark: host crashed"},
+        )
 
     def placements(self) -> dict[str, Placement]:
         """Every server: id -> (host, status, task_state)."""
-        servers = self.call("GET", "/servers/detail?all_tenants=1&limit=1000",
-                            microversion="2.1")["servers"]
-        return {s["id"]: (s.get("OS-EXT-SRV-ATTR:host"), s["status"],
-                          s.get("OS-EXT-STS:task_state")) for s in servers}
+        servers = self.call("GET", "/servers/detail?all_tenants=1&limit=1000", microversion="2.1")[
+            "servers"
+        ]
+        return {
+            s["id"]: (s.get("OS-EXT-SRV-ATTR:host"), s["status"], s.get("OS-EXT-STS:task_state"))
+            for s in servers
+        }
 
 
 class _FrontHandler(BaseHTTPRequestHandler):
@@ -148,9 +177,10 @@ class ImageFront:
         self._server = _FrontServer(("127.0.0.1", 0), _FrontHandler)
         self._server.front = self
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self.auth_url = self.base + auth_url[len(self.upstream):]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, daemon=True)
+        self.auth_url = self.base + auth_url[len(self.upstream) :]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
 
     def __enter__(self) -> ImageFront:
         self._thread.start()
@@ -166,13 +196,21 @@ class ImageFront:
         body = handler.rfile.read(length) if length else None
         if handler.path.startswith("/image"):
             time.sleep(self.latency)
-            self._reply(handler, 200, {"Content-Type": "application/json"},
-                        json.dumps({"images": []}).encode())
+            self._reply(
+                handler,
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"images": []}).encode(),
+            )
             return
-        headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in ("host", "content-length", "connection")}
-        request = urllib.request.Request(self.upstream + handler.path, data=body,
-                                         headers=headers, method=handler.command)
+        headers = {
+            k: v
+            for k, v in handler.headers.items()
+            if k.lower() not in ("host", "content-length", "connection")
+        }
+        request = urllib.request.Request(
+            self.upstream + handler.path, data=body, headers=headers, method=handler.command
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as resp:
                 status, reply_headers, raw = resp.status, resp.headers, resp.read()
@@ -184,19 +222,31 @@ class ImageFront:
             document["token"].setdefault("catalog", []).append(self._image_service())
             raw = json.dumps(document).encode()
         keep = ("content-type", "x-subject-token", "vary", "openstack-api-version")
-        self._reply(handler, status, {k: v for k, v in reply_headers.items()
-                                      if k.lower() in keep}, raw)
+        self._reply(
+            handler, status, {k: v for k, v in reply_headers.items() if k.lower() in keep}, raw
+        )
 
     def _image_service(self) -> dict[str, Any]:
-        return {"type": "image", "name": "glance", "id": "bench-image",
-                "endpoints": [{"id": f"bench-image-{iface}", "interface": iface,
-                               "region": "RegionOne", "region_id": "RegionOne",
-                               "url": f"{self.base}/image"}
-                              for iface in ("public", "internal", "admin")]}
+        return {
+            "type": "image",
+            "name": "glance",
+            "id": "bench-image",
+            "endpoints": [
+                {
+                    "id": f"bench-image-{iface}",
+                    "interface": iface,
+                    "region": "RegionOne",
+                    "region_id": "RegionOne",
+                    "url": f"{self.base}/image",
+                }
+                for iface in ("public", "internal", "admin")
+            ],
+        }
 
     @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
-               raw: bytes) -> None:
+    def _reply(
+        handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], raw: bytes
+    ) -> None:
         handler.send_response(status)
         for key, value in headers.items():
             handler.send_header(key, value)
@@ -308,18 +358,26 @@ def sim_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
                 entry["answered"] = time.time()
             return response
 
-    with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, \
-            TimedSim(hosts=HOSTS, host_capacity=10 * servers + 100) as sim, _our_bmc() as bmc:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp,
+        TimedSim(hosts=HOSTS, host_capacity=10 * servers + 100) as sim,
+        _our_bmc() as bmc,
+    ):
         ids = sim.create_servers(SOURCE, servers)
         sim.crash(SOURCE)
         cloud = Cloud(
-            auth_url=sim.auth_url, username=sim.username, password=sim.password,
-            project=sim.project_name, request_log=sim.request_log, poll_interval=0.1,
+            auth_url=sim.auth_url,
+            username=sim.username,
+            password=sim.password,
+            project=sim.project_name,
+            request_log=sim.request_log,
+            poll_interval=0.1,
             latency=SIM_LATENCY,
             placements=lambda wanted: {i: _sim_placement(sim.server(i)) for i in wanted},
             answer_times=lambda log: [entry.get("answered") for entry in log],
             environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
-            bmc=bmc)
+            bmc=bmc,
+        )
         cloud.api().fence_service(SOURCE)
         sim.clear_log()
         sim.latency = SIM_LATENCY
@@ -376,8 +434,7 @@ def box_unavailable() -> str | None:
     if not hasattr(nova_box, "NovaBox"):
         return "testbed/nova_box has no NovaBox yet"
     if not nova_box.available():
-        return (f"{nova_box.venv_python()} missing (run bash "
-                "testbed/nova_box/setup-venv.sh)")
+        return f"{nova_box.venv_python()} missing (run bash testbed/nova_box/setup-venv.sh)"
     return None
 
 
@@ -387,8 +444,11 @@ def box_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
     from testbed.cib import write_cib
     from testbed.nova_box import FLAVOR_EVACUABLE, NovaBox
 
-    with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, \
-            NovaBox(hosts=HOSTS) as box, _our_bmc() as bmc:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp,
+        NovaBox(hosts=HOSTS) as box,
+        _our_bmc() as bmc,
+    ):
         # The evacuable flavor: fence_evacuate evacuates only tagged servers as soon as any
         # flavor or image is tagged (the box has one of each); ours evacuates all anyway.
         ids = box.create_servers(SOURCE, servers, flavor=FLAVOR_EVACUABLE, timeout=600)
@@ -397,13 +457,19 @@ def box_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
         api.fence_service(SOURCE)
         box.clear_request_log()
         cloud = Cloud(
-            auth_url=box.auth_url, username=box.username, password=box.password,
-            project=box.project_name, request_log=box.request_log, poll_interval=1.0,
-            latency=0.0, placements=lambda wanted: api.placements(),
+            auth_url=box.auth_url,
+            username=box.username,
+            password=box.password,
+            project=box.project_name,
+            request_log=box.request_log,
+            poll_interval=1.0,
+            latency=0.0,
+            placements=lambda wanted: api.placements(),
             answer_times=_NovaRequestLog(box.log_path).answer_times,
             cpu_seconds=lambda: _process_cpu_seconds(box.pid),
             environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
-            bmc=bmc)
+            bmc=bmc,
+        )
         yield cloud, ids
 
 
@@ -432,25 +498,39 @@ class Run:
     output: str  # the agent's stdout + stderr
 
 
-def _command(agent: str, cloud: Cloud, auth_url: str,
-             max_parallel: int | None) -> tuple[list[str], str, dict[str, str]]:
+def _command(
+    agent: str, cloud: Cloud, auth_url: str, max_parallel: int | None
+) -> tuple[list[str], str, dict[str, str]]:
     """argv, stdin and environment of one agent's `off` of host1."""
     if agent == OURS:
         bmc = cloud.bmc
         params = {
-            "action": "off", "port": SOURCE, "os_auth_url": auth_url,
-            "os_username": cloud.username, "os_password": cloud.password,
-            "os_project_name": cloud.project, "os_interface": "public",
-            "ip": "127.0.0.1", "ipport": bmc.port, "username": bmc.username,
-            "password": bmc.password, "evacuate_timeout": 600}
+            "action": "off",
+            "port": SOURCE,
+            "os_auth_url": auth_url,
+            "os_username": cloud.username,
+            "os_password": cloud.password,
+            "os_project_name": cloud.project,
+            "os_interface": "public",
+            "ip": "127.0.0.1",
+            "ipport": bmc.port,
+            "username": bmc.username,
+            "password": bmc.password,
+            "evacuate_timeout": 600,
+        }
         if max_parallel:
             params["max_parallel"] = max_parallel
-        return ([sys.executable, OUR_AGENT], _stdin(params),
-                dict(os.environ, **cloud.environment))
+        return ([sys.executable, OUR_AGENT], _stdin(params), dict(os.environ, **cloud.environment))
     params = {
-        "action": "off", "port": SOURCE, "auth_url": auth_url,
-        "username": cloud.username, "password": cloud.password,
-        "tenant_name": cloud.project, "endpoint_type": "public", "no_shared_storage": 1}
+        "action": "off",
+        "port": SOURCE,
+        "auth_url": auth_url,
+        "username": cloud.username,
+        "password": cloud.password,
+        "tenant_name": cloud.project,
+        "endpoint_type": "public",
+        "no_shared_storage": 1,
+    }
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = ANCHOR_PATCH
     return [ANCHOR_PYTHON, ANCHOR], _stdin(params), env
@@ -461,8 +541,12 @@ def _stdin(params: dict[str, Any]) -> str:
 
 
 def _settled(placement: Placement | None) -> bool:
-    return placement is not None and placement[0] not in (None, SOURCE) \
-        and placement[1] == "ACTIVE" and placement[2] is None
+    return (
+        placement is not None
+        and placement[0] not in (None, SOURCE)
+        and placement[1] == "ACTIVE"
+        and placement[2] is None
+    )
 
 
 @dataclass
@@ -478,16 +562,30 @@ class _Watch:
     placements: dict[str, Placement] = field(default_factory=dict)
 
 
-def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: list[str],
-           timeout: float, grace: float = 0.0) -> _Watch:
+def _watch(
+    cmd: list[str],
+    stdin: str,
+    env: dict[str, str],
+    cloud: Cloud,
+    ids: list[str],
+    timeout: float,
+    grace: float = 0.0,
+) -> _Watch:
     """Run the agent; meanwhile poll the cloud until every server is ACTIVE elsewhere, or,
     once the agent has exited (and `grace` seconds more: our fence action hands the
     evacuation over to a service), until nothing moves any more (no server has a task)."""
     waiting = set(ids)
     with tempfile.TemporaryFile() as out:
         watch = _Watch(started=time.time())
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
-                                cwd="/", start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
         try:
             proc.stdin.write(stdin.encode())
             proc.stdin.close()
@@ -505,9 +603,11 @@ def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: l
                     waiting -= {i for i in waiting if _settled(seen.get(i))}
                     if not waiting:
                         watch.active_at = time.time()
-                    elif watch.usage is not None and time.time() - watch.ended > grace \
-                            and all(seen.get(i, (None, "", None))[2] is None
-                                    for i in waiting):
+                    elif (
+                        watch.usage is not None
+                        and time.time() - watch.ended > grace
+                        and all(seen.get(i, (None, "", None))[2] is None for i in waiting)
+                    ):
                         idle_polls += 1  # the agent is gone: is Nova still moving any?
                         if idle_polls >= 3:
                             break
@@ -527,8 +627,15 @@ def _watch(cmd: list[str], stdin: str, env: dict[str, str], cloud: Cloud, ids: l
 
 def _monitor_first(cmd: list[str], stdin: str, env: dict[str, str]) -> None:
     """Our device's monitor, as Pacemaker runs it before any fence (not timed)."""
-    done = subprocess.run(cmd, input=stdin.replace("action=off", "action=monitor"), env=env,
-                          capture_output=True, text=True, timeout=60, cwd="/")
+    done = subprocess.run(
+        cmd,
+        input=stdin.replace("action=off", "action=monitor"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     if done.returncode != 0:
         raise RuntimeError(f"monitor of {OURS} failed: {done.stderr[-500:]}")
 
@@ -539,20 +646,21 @@ def _evacuation_service(stdin: str, env: dict[str, str]) -> Iterator[str]:
     from nova_ha.lib import params as table
 
     values = dict(line.split("=", 1) for line in stdin.splitlines() if "=" in line)
-    ocf = {f"OCF_RESKEY_{k}": v for k, v in values.items()
-           if table.canonical_name(k, table.EVACUATE)}
+    ocf = {
+        f"OCF_RESKEY_{k}": v for k, v in values.items() if table.canonical_name(k, table.EVACUATE)
+    }
     ocf["OCF_RESKEY_evacuate"] = "all"
     agent = [sys.executable, os.path.join(ROOT, "agents", "ocf", "NovaEvacuate")]
     service_env = dict(env, OCF_ROOT="/usr/lib/ocf", **ocf)
-    started = subprocess.run(agent + ["start"], env=service_env, capture_output=True,
-                             text=True, timeout=60, cwd="/")
+    started = subprocess.run(
+        agent + ["start"], env=service_env, capture_output=True, text=True, timeout=60, cwd="/"
+    )
     if started.returncode != 0:
         raise RuntimeError(f"NovaEvacuate start failed: {started.stderr[-500:]}")
     try:
         yield os.path.join(env["NOVA_HA_LOG_DIR"], "NovaEvacuate.log")
     finally:
-        subprocess.run(agent + ["stop"], env=service_env, capture_output=True, timeout=60,
-                       cwd="/")
+        subprocess.run(agent + ["stop"], env=service_env, capture_output=True, timeout=60, cwd="/")
 
 
 def _read(path: str) -> str:
@@ -563,8 +671,14 @@ def _read(path: str) -> str:
         return ""
 
 
-def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
-             max_parallel: int | None = None, cold_token: bool = False) -> Run:
+def run_once(
+    agent: str,
+    cloud: Cloud,
+    ids: list[str],
+    timeout: float,
+    max_parallel: int | None = None,
+    cold_token: bool = False,
+) -> Run:
     """One agent's `off` of host1 on a prepared cloud, measured."""
     with contextlib.ExitStack() as stack:
         cpu = stack.enter_context(_CpuSampler(cloud.cpu_seconds))
@@ -576,20 +690,25 @@ def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
         if agent == OURS:
             tokens = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-tokens-"))
             run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-svc-"))
-            env = dict(env, NOVA_HA_TOKEN_DIR=tokens, NOVA_HA_RUN_DIR=run_dir,
-                       NOVA_HA_LOG_DIR=run_dir, HA_RSCTMP=run_dir)
+            env = dict(
+                env,
+                NOVA_HA_TOKEN_DIR=tokens,
+                NOVA_HA_RUN_DIR=run_dir,
+                NOVA_HA_LOG_DIR=run_dir,
+                HA_RSCTMP=run_dir,
+            )
             if not cold_token:
                 _monitor_first(cmd, stdin, env)
             # The fence action hands the evacuation over to NovaEvacuate's service, which
             # runs beside Pacemaker: started before the failure, as in a cluster.
             service_log = stack.enter_context(_evacuation_service(stdin, env))
-        watch = _watch(cmd, stdin, env, cloud, ids, timeout,
-                       grace=10.0 if agent == OURS else 0.0)
+        watch = _watch(cmd, stdin, env, cloud, ids, timeout, grace=10.0 if agent == OURS else 0.0)
         if service_log is not None:
             watch.output += _read(service_log)
     placements = dict(watch.placements, **cloud.placements(ids))
-    log = [e for e in cloud.request_log()
-           if "/identity" not in e["path"] and e["t"] >= watch.started]
+    log = [
+        e for e in cloud.request_log() if "/identity" not in e["path"] and e["t"] >= watch.started
+    ]
     for entry, answered in zip(log, cloud.answer_times(log), strict=True):
         entry["answered"] = answered
     evacuations = [e for e in log if e.get("action") == "evacuate"]
@@ -605,17 +724,25 @@ def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float,
         return None if moment is None else moment - watch.started
 
     return Run(
-        agent=agent, exit_code=watch.exit_code, total=watch.ended - watch.started,
-        accepted=since_start(accepted_at), first_evacuate=since_start(first_at),
+        agent=agent,
+        exit_code=watch.exit_code,
+        total=watch.ended - watch.started,
+        accepted=since_start(accepted_at),
+        first_evacuate=since_start(first_at),
         active=since_start(watch.active_at),
-        active_count=sum(1 for i in ids if _settled(placements.get(i))), servers=len(ids),
-        evacuations_ok=len(ok), evacuations_sent=len(evacuations), compute_calls=len(log),
+        active_count=sum(1 for i in ids if _settled(placements.get(i))),
+        servers=len(ids),
+        evacuations_ok=len(ok),
+        evacuations_sent=len(evacuations),
+        compute_calls=len(log),
         max_rss_mb=watch.usage.ru_maxrss / 1024,
         cpu_seconds=watch.usage.ru_utime + watch.usage.ru_stime,
-        cloud_cores=cores, machine_busy=busy,
+        cloud_cores=cores,
+        machine_busy=busy,
         answers_known=all(e["answered"] is not None for e in ok),
         spread=dict(sorted(spread.items())),
-        output=watch.output)
+        output=watch.output,
+    )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -640,8 +767,9 @@ def _optional(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def report(title: str, start_state: str, runs: dict[str, list[Run]], goal: float,
-           notes: list[str]) -> None:
+def report(
+    title: str, start_state: str, runs: dict[str, list[Run]], goal: float, notes: list[str]
+) -> None:
     """One table: medians side by side with the ratio, then per-run facts."""
     ours, theirs = runs[OURS], runs[THEIRS]
 
@@ -660,8 +788,7 @@ def report(title: str, start_state: str, runs: dict[str, list[Run]], goal: float
     print(header)
     print("   " + "-" * (len(header) - 3))
     timed: list[tuple[str, Callable[[Run], float | None], str]] = [
-        ("start -> all evacuations accepted (s)", lambda r: r.accepted,
-         f">= {goal:g}x sooner"),
+        ("start -> all evacuations accepted (s)", lambda r: r.accepted, f">= {goal:g}x sooner"),
         ("  start -> first evacuate request (s)", lambda r: r.first_evacuate, ""),
         ("  first evacuate -> last accepted (s)", phase, ""),
         ("start -> all servers ACTIVE elsewhere (s)", lambda r: r.active, ""),
@@ -671,24 +798,31 @@ def report(title: str, start_state: str, runs: dict[str, list[Run]], goal: float
         mine, other = med(measure, ours), med(measure, theirs)
         if goal_text and mine and other:
             goal_text += ": MET" if other / mine >= goal else ": NOT MET"
-        print(f"   {name:<44} {_optional(mine, '.2f'):>20} {_optional(other, '.2f'):>15} "
-              f"{_ratio(mine, other):>7}  {goal_text if mine and other else ''}")
+        print(
+            f"   {name:<44} {_optional(mine, '.2f'):>20} {_optional(other, '.2f'):>15} "
+            f"{_ratio(mine, other):>7}  {goal_text if mine and other else ''}"
+        )
     rss = med(lambda r: r.max_rss_mb, ours)
     rss_goal = f"ours <= {RSS_GOAL_MB:g} MB: " + (
-        "MET" if rss is not None and rss <= RSS_GOAL_MB else "NOT MET")
-    print(f"   {'agent peak RSS, max of ru_maxrss (MB)':<44} {_optional(rss, '.1f'):>20} "
-          f"{_optional(med(lambda r: r.max_rss_mb, theirs), '.1f'):>15} {'':>7}  {rss_goal}")
+        "MET" if rss is not None and rss <= RSS_GOAL_MB else "NOT MET"
+    )
+    print(
+        f"   {'agent peak RSS, max of ru_maxrss (MB)':<44} {_optional(rss, '.1f'):>20} "
+        f"{_optional(med(lambda r: r.max_rss_mb, theirs), '.1f'):>15} {'':>7}  {rss_goal}"
+    )
     facts: list[tuple[str, Callable[[Run], str]]] = [
         ("exit codes", lambda r: str(r.exit_code)),
         ("servers ACTIVE elsewhere", lambda r: f"{r.active_count}/{r.servers}"),
         ("evacuate requests 2xx/sent", lambda r: f"{r.evacuations_ok}/{r.evacuations_sent}"),
         ("compute API calls", lambda r: str(r.compute_calls)),
         ("agent CPU time (s)", lambda r: f"{r.cpu_seconds:.1f}"),
-        ("while accepting: cloud process CPU (cores)",
-         lambda r: _optional(r.cloud_cores, ".2f")),
-        (f"while accepting: machine CPU busy ({os.cpu_count()} cores)",
-         lambda r: _optional(None if r.machine_busy is None else 100 * r.machine_busy, ".0f")
-         + "%"),
+        ("while accepting: cloud process CPU (cores)", lambda r: _optional(r.cloud_cores, ".2f")),
+        (
+            f"while accepting: machine CPU busy ({os.cpu_count()} cores)",
+            lambda r: (
+                _optional(None if r.machine_busy is None else 100 * r.machine_busy, ".0f") + "%"
+            ),
+        ),
     ]
     for name, fmt in facts:
         print(f"   {name:<44} {_each(ours, fmt):>20} {_each(theirs, fmt):>15}")
@@ -701,11 +835,14 @@ def report(title: str, start_state: str, runs: dict[str, list[Run]], goal: float
         if not run.answers_known:
             print(f"   ! {run.agent}: some answer times unknown; their arrival was used")
         if run.exit_code != 0 or run.active_count != run.servers:
-            with tempfile.NamedTemporaryFile("w", prefix=f"{run.agent}-", suffix=".log",
-                                             delete=False) as saved:
+            with tempfile.NamedTemporaryFile(
+                "w", prefix=f"{run.agent}-", suffix=".log", delete=False
+            ) as saved:
                 saved.write(run.output)
-            print(f"   ! {run.agent} exit {run.exit_code}, {run.active_count}/{run.servers} "
-                  f"ACTIVE elsewhere; its output: {saved.name}; last lines:")
+            print(
+                f"   ! {run.agent} exit {run.exit_code}, {run.active_count}/{run.servers} "
+                f"ACTIVE elsewhere; its output: {saved.name}; last lines:"
+            )
             for line in run.output.strip().splitlines()[-5:]:
                 print(f"     {line[:160]}")
 
@@ -722,30 +859,41 @@ class Options:
     cold_token: bool = False  # ours without the monitor before (no cached Keystone token)
 
 
-START_STATE = (f"{SOURCE} crashed, its nova-compute forced down + disabled beforehand; its "
-               "BMC already reports off (ours confirms that over IPMI; fence_evacuate has no "
-               "BMC step)")
-WARM_NOTE = ("ours: the device's monitor ran before the fence, as Pacemaker runs it (at device "
-             "start and every 60 s), so Keystone's token is cached (os_token_cache); "
-             "--cold-token measures without")
+START_STATE = (
+    f"{SOURCE} crashed, its nova-compute forced down + disabled beforehand; its "
+    "BMC already reports off (ours confirms that over IPMI; fence_evacuate has no "
+    "BMC step)"
+)
+WARM_NOTE = (
+    "ours: the device's monitor ran before the fence, as Pacemaker runs it (at device "
+    "start and every 60 s), so Keystone's token is cached (os_token_cache); "
+    "--cold-token measures without"
+)
 COLD_NOTE = "ours: no monitor before the fence: the fence asks Keystone for a token"
 
 
-def measure(make_cloud: Callable[[int], Any], options: Options,
-            timeout: float) -> dict[str, list[Run]]:
+def measure(
+    make_cloud: Callable[[int], Any], options: Options, timeout: float
+) -> dict[str, list[Run]]:
     """Alternate the agents (ours first), each on a freshly prepared cloud."""
     plan = ((OURS, options.runs), (THEIRS, options.anchor_runs))
-    order = [agent for i in range(max(options.runs, options.anchor_runs))
-             for agent, count in plan if i < count]
+    order = [
+        agent
+        for i in range(max(options.runs, options.anchor_runs))
+        for agent, count in plan
+        if i < count
+    ]
     results: dict[str, list[Run]] = {OURS: [], THEIRS: []}
     for agent in order:
         with make_cloud(options.servers) as (cloud, ids):
-            run = run_once(agent, cloud, ids, timeout, options.max_parallel,
-                           options.cold_token)
+            run = run_once(agent, cloud, ids, timeout, options.max_parallel, options.cold_token)
         results[agent].append(run)
-        print(f"   ... {agent}: accepted {_optional(run.accepted, '.2f')} s, ACTIVE "
-              f"{_optional(run.active, '.2f')} s, exit {run.exit_code} after "
-              f"{run.total:.2f} s", flush=True)
+        print(
+            f"   ... {agent}: accepted {_optional(run.accepted, '.2f')} s, ACTIVE "
+            f"{_optional(run.active, '.2f')} s, exit {run.exit_code} after "
+            f"{run.total:.2f} s",
+            flush=True,
+        )
     return results
 
 
@@ -754,14 +902,23 @@ def _parallel_note(options: Options) -> str:
 
 
 def scenario_sim(options: Options) -> None:
-    print(f"(a) simulator: {options.servers} servers, load average "
-          f"{os.getloadavg()[0]:.1f} ...", flush=True)
+    print(
+        f"(a) simulator: {options.servers} servers, load average {os.getloadavg()[0]:.1f} ...",
+        flush=True,
+    )
     results = measure(sim_cloud, options, timeout=300)
-    report(f"(a) NovaSim: {options.servers} servers on {SOURCE} of {len(HOSTS)} hosts, "
-           f"{SIM_LATENCY} s per API call, evacuate_delay 0.3 s, ours {_parallel_note(options)}",
-           START_STATE, results, SIM_GOAL_ACCEPTED,
-           ["accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
-            "every 0.1 s in-process", COLD_NOTE if options.cold_token else WARM_NOTE])
+    report(
+        f"(a) NovaSim: {options.servers} servers on {SOURCE} of {len(HOSTS)} hosts, "
+        f"{SIM_LATENCY} s per API call, evacuate_delay 0.3 s, ours {_parallel_note(options)}",
+        START_STATE,
+        results,
+        SIM_GOAL_ACCEPTED,
+        [
+            "accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
+            "every 0.1 s in-process",
+            COLD_NOTE if options.cold_token else WARM_NOTE,
+        ],
+    )
 
 
 def scenario_box(options: Options) -> None:
@@ -769,30 +926,54 @@ def scenario_box(options: Options) -> None:
     if why:
         print(f"\n== (b) real Nova box: SKIPPED: {why}")
         return
-    print(f"(b) real Nova 34 box: {options.servers} servers, load average "
-          f"{os.getloadavg()[0]:.1f} ...", flush=True)
+    print(
+        f"(b) real Nova 34 box: {options.servers} servers, load average "
+        f"{os.getloadavg()[0]:.1f} ...",
+        flush=True,
+    )
     results = measure(box_cloud, options, timeout=600)
-    report(f"(b) real Nova 34 box (FakeDriver): {options.servers} servers on {SOURCE} of "
-           f"{len(HOSTS)} hosts, no added latency, ours {_parallel_note(options)}",
-           START_STATE, results, BOX_GOAL_ACCEPTED,
-           ["accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
+    report(
+        f"(b) real Nova 34 box (FakeDriver): {options.servers} servers on {SOURCE} of "
+        f"{len(HOSTS)} hosts, no added latency, ours {_parallel_note(options)}",
+        START_STATE,
+        results,
+        BOX_GOAL_ACCEPTED,
+        [
+            "accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
             "ACTIVE polled every 1 s over the API (one server listing per poll)",
             "the box is one Python process (API, conductor, scheduler, placement, computes)",
-            COLD_NOTE if options.cold_token else WARM_NOTE])
+            COLD_NOTE if options.cold_token else WARM_NOTE,
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=("sim", "box", "all"), default="all")
-    parser.add_argument("--servers", type=int, default=None,
-                        help="servers on the failed host (default: sim 100, box 20)")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=None,
+        help="servers on the failed host (default: sim 100, box 20)",
+    )
     parser.add_argument("--runs", type=int, default=2, help="runs of our agent (default 2)")
-    parser.add_argument("--anchor-runs", type=int, default=None,
-                        help="runs of fence_evacuate (default: sim 2, box 1)")
-    parser.add_argument("--max-parallel", type=int, default=None,
-                        help="our agent's max_parallel (default: not passed, i.e. 16)")
-    parser.add_argument("--cold-token", action="store_true",
-                        help="no monitor before our fence: it asks Keystone for a token")
+    parser.add_argument(
+        "--anchor-runs",
+        type=int,
+        default=None,
+        help="runs of fence_evacuate (default: sim 2, box 1)",
+    )
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="our agent's max_parallel (default: not passed, i.e. 16)",
+    )
+    parser.add_argument(
+        "--cold-token",
+        action="store_true",
+        help="no monitor before our fence: it asks Keystone for a token",
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: the finally blocks stop the agent, BMC, simulator and box.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -802,13 +983,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def options(servers: int, anchor_runs: int) -> Options:
         runs = args.anchor_runs if args.anchor_runs is not None else anchor_runs
-        return Options(servers=args.servers or servers, runs=args.runs,
-                       anchor_runs=runs if anchor else 0, max_parallel=args.max_parallel,
-                       cold_token=args.cold_token)
+        return Options(
+            servers=args.servers or servers,
+            runs=args.runs,
+            anchor_runs=runs if anchor else 0,
+            max_parallel=args.max_parallel,
+            cold_token=args.cold_token,
+        )
 
     failed = False
-    for name, scenario, chosen in (("sim", scenario_sim, options(100, 2)),
-                                   ("box", scenario_box, options(20, 1))):
+    for name, scenario, chosen in (
+        ("sim", scenario_sim, options(100, 2)),
+        ("box", scenario_box, options(20, 1)),
+    ):
         if args.scenario not in (name, "all"):
             continue
         try:

@@ -37,10 +37,8 @@ with bmc:
 
 
 def _one(port: int, user: str, password: str, unbounded: bool) -> float:
-    code = _CHILD.format(root=ROOT, port=port, user=user, password=password,
-                         unbounded=unbounded)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = _CHILD.format(root=ROOT, port=port, user=user, password=password, unbounded=unbounded)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-500:])
     return float(done.stdout.split()[-1])
@@ -59,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.runs):
             for name in results:
-                results[name].append(_one(with_sim.port, with_sim.username,
-                                          with_sim.password, name != "nova-ha"))
+                results[name].append(
+                    _one(with_sim.port, with_sim.username, with_sim.password, name != "nova-ha")
+                )
     finally:
         with_sim.stop()
     print(f"off-and-confirm, BMC already off, {args.runs} fresh processes each (seconds)")
@@ -69,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         ordered = sorted(values)
         p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
         stalled = sum(1 for v in values if v > STALL)
-        print(f"{name:<16}{statistics.median(values):>8.3f}{p90:>8.3f}{max(values):>8.3f}"
-              f"  {stalled}/{len(values)}")
+        print(
+            f"{name:<16}{statistics.median(values):>8.3f}{p90:>8.3f}{max(values):>8.3f}"
+            f"  {stalled}/{len(values)}"
+        )
     return 0
 
 

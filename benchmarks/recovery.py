@@ -45,8 +45,17 @@ import statistics
 import sys
 import time
 
-PHASES = ("detection", "power-off", "forced down", "fence done", "first evacuation",
-          "evacuations", "restarts", "servers running", "rejoined")
+PHASES = (
+    "detection",
+    "power-off",
+    "forced down",
+    "fence done",
+    "first evacuation",
+    "evacuations",
+    "restarts",
+    "servers running",
+    "rejoined",
+)
 COUNTS = ("record writes", "scheduler runs")
 OLD_DESIGN = {"servers running": 26.0, "record writes": 5, "second: fence request": 9.4}
 GOAL = 30.0
@@ -70,8 +79,13 @@ def _one_run(bed, servers: int) -> dict[str, float]:
     while rejoined is None and time.monotonic() < deadline:
         svc = observer.service(node)
         record = records(bed.cluster).get(node)
-        if svc.state == "up" and not svc.forced_down and svc.status == "enabled" \
-                and record is not None and record.state == "ok":
+        if (
+            svc.state == "up"
+            and not svc.forced_down
+            and svc.status == "enabled"
+            and record is not None
+            and record.state == "ok"
+        ):
             rejoined = time.time()
         else:
             time.sleep(0.5)
@@ -103,8 +117,12 @@ def _wait_running(bed, ids: list[str], failed: set[str], timeout: float = 180) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         listed = {s["id"]: s for s in observer.servers()}
-        if all(listed.get(i, {}).get("status") == "ACTIVE"
-               and listed[i]["host"] not in failed and not listed[i]["task"] for i in ids):
+        if all(
+            listed.get(i, {}).get("status") == "ACTIVE"
+            and listed[i]["host"] not in failed
+            and not listed[i]["task"]
+            for i in ids
+        ):
             return time.time()
         time.sleep(0.5)
     return None
@@ -123,34 +141,46 @@ def _epoch(bed) -> int:
 def _scheduler_runs(bed, start: float, end: float) -> int:
     from testbed.cluster import log_lines
 
-    return sum(1 for name in bed.cluster.controllers
-               for t, _ in log_lines(bed.pacemaker_log(name), "Calculated transition", start)
-               if t <= end)
+    return sum(
+        1
+        for name in bed.cluster.controllers
+        for t, _ in log_lines(bed.pacemaker_log(name), "Calculated transition", start)
+        if t <= end
+    )
 
 
 def _second_failure(bed, delay: float) -> dict[str, float]:
     """compute2 killed 1.5 s after compute1, while compute1's evacuation is slow."""
-    servers = {"compute1": bed.box.create_servers("compute1", 10, name_prefix="b1"),
-               "compute2": bed.box.create_servers("compute2", 3, name_prefix="b2")}
+    servers = {
+        "compute1": bed.box.create_servers("compute1", 10, name_prefix="b1"),
+        "compute2": bed.box.create_servers("compute2", 3, name_prefix="b2"),
+    }
     bed.box.set_rebuild_delay(delay)
     try:
         time.sleep(2)
         t0 = bed.cluster.kill_remote("compute1", signal.SIGKILL)
         time.sleep(1.5)
         second = bed.cluster.kill_remote("compute2", signal.SIGKILL)
-        running = _wait_running(bed, servers["compute1"] + servers["compute2"], set(servers),
-                                timeout=300)
+        running = _wait_running(
+            bed, servers["compute1"] + servers["compute2"], set(servers), timeout=300
+        )
     finally:
         bed.box.set_rebuild_delay(0)
     request = (bed.fence_requests("compute2", second) or [float("nan")])[0]
     off = (bed.off_times("compute2", second) or [float("nan")])[0]
-    return {"second: fence request": request - second, "second: power-off": off - second,
-            "both: servers running": (running or float("nan")) - t0}
+    return {
+        "second: fence request": request - second,
+        "second: power-off": off - second,
+        "both: servers running": (running or float("nan")) - t0,
+    }
 
 
 def _table(runs: list[dict[str, float]]) -> str:
-    head = f"{'phase (seconds after kill -9)':<32}" + "".join(
-        f"{f'run {i + 1}':>9}" for i in range(len(runs))) + f"{'median':>9}{'step':>8}"
+    head = (
+        f"{'phase (seconds after kill -9)':<32}"
+        + "".join(f"{f'run {i + 1}':>9}" for i in range(len(runs)))
+        + f"{'median':>9}{'step':>8}"
+    )
     lines = [head, "-" * len(head)]
     previous = 0.0
     for phase in [p for p in runs[0] if p not in COUNTS] + [c for c in COUNTS if c in runs[0]]:
@@ -158,8 +188,9 @@ def _table(runs: list[dict[str, float]]) -> str:
         median = statistics.median(values)
         step = f"{median - previous:>+8.2f}" if phase in PHASES else f"{'':>8}"
         old = f"   (old design {OLD_DESIGN[phase]:g})" if phase in OLD_DESIGN else ""
-        lines.append(f"{phase:<32}" + "".join(f"{v:>9.2f}" for v in values)
-                     + f"{median:>9.2f}{step}{old}")
+        lines.append(
+            f"{phase:<32}" + "".join(f"{v:>9.2f}" for v in values) + f"{median:>9.2f}{step}{old}"
+        )
         previous = median if phase in PHASES else previous
     return "\n".join(lines)
 
@@ -168,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--servers", type=int, default=20)
-    parser.add_argument("--second", action="store_true",
-                        help="a second failure during a slow evacuation (see above)")
+    parser.add_argument(
+        "--second",
+        action="store_true",
+        help="a second failure during a slow evacuation (see above)",
+    )
     parser.add_argument("--rebuild-delay", type=float, default=8.0)
     args = parser.parse_args(argv)
 
@@ -182,34 +216,44 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with E2EBed() as bed:
         env = bed.env
-        print(f"bed up in {bed.timings['bed start']:.1f} s; fence device: power_timeout="
-              f"{env['NHA_POWER_TIMEOUT']} evacuate_timeout={env['NHA_EVACUATE_TIMEOUT']} "
-              f"max_parallel={env['NHA_MAX_PARALLEL']}; remote monitor "
-              f"{env['NHA_REMOTE_MONITOR_INTERVAL']}/{env['NHA_REMOTE_MONITOR_TIMEOUT']}",
-              flush=True)
+        print(
+            f"bed up in {bed.timings['bed start']:.1f} s; fence device: power_timeout="
+            f"{env['NHA_POWER_TIMEOUT']} evacuate_timeout={env['NHA_EVACUATE_TIMEOUT']} "
+            f"max_parallel={env['NHA_MAX_PARALLEL']}; remote monitor "
+            f"{env['NHA_REMOTE_MONITOR_INTERVAL']}/{env['NHA_REMOTE_MONITOR_TIMEOUT']}",
+            flush=True,
+        )
         for n in range(args.runs):
             if args.second:
                 runs.append(_second_failure(bed, args.rebuild_delay))
-                print(f"run {n + 1}: compute2's fence request "
-                      f"{runs[-1]['second: fence request']:.2f} s after its kill", flush=True)
+                print(
+                    f"run {n + 1}: compute2's fence request "
+                    f"{runs[-1]['second: fence request']:.2f} s after its kill",
+                    flush=True,
+                )
             else:
                 runs.append(_one_run(bed, args.servers))
-                print(f"run {n + 1}: servers running after "
-                      f"{runs[-1]['servers running']:.2f} s", flush=True)
+                print(
+                    f"run {n + 1}: servers running after {runs[-1]['servers running']:.2f} s",
+                    flush=True,
+                )
             bed.restore()
     print()
     if args.second:
-        print(f"second failure 1.5 s after the first, rebuilds {args.rebuild_delay:g} s, "
-              f"live cluster, {args.runs} run(s):")
+        print(
+            f"second failure 1.5 s after the first, rebuilds {args.rebuild_delay:g} s, "
+            f"live cluster, {args.runs} run(s):"
+        )
         print(_table(runs))
         return 0
-    print(f"recovery of compute1 ({args.servers} servers), live cluster, "
-          f"{args.runs} run(s):")
+    print(f"recovery of compute1 ({args.servers} servers), live cluster, {args.runs} run(s):")
     print(_table(runs))
     total = statistics.median(r["servers running"] for r in runs)
     verdict = "met" if total <= GOAL else "NOT met"
-    print(f"\nkill -9 -> all servers running elsewhere: median {total:.2f} s "
-          f"(goal <= {GOAL:.0f} s: {verdict})")
+    print(
+        f"\nkill -9 -> all servers running elsewhere: median {total:.2f} s "
+        f"(goal <= {GOAL:.0f} s: {verdict})"
+    )
     return 0
 
 

@@ -107,14 +107,25 @@ CLOUD = "overcloud"
 SUBNET = "192.168.124"  # the bed's (testbed.netns.SUBNET)
 REMOTE_BASE = 100  # the k-th remote node of the bed has address .(100+k)
 MAX_NODES = 150  # the bed's /24: remotes at .101 ...
-DAEMONS = ("corosync", "pacemakerd", "pacemaker-based", "pacemaker-fenced", "pacemaker-execd",
-           "pacemaker-attrd", "pacemaker-schedulerd", "pacemaker-controld")
-FENCE_OK = re.compile(r"targeting \S+ (?:by \S+ )?(?:on behalf|for).*: OK|"
-                      r"targeting \S+ using \S+ returned 0")
+DAEMONS = (
+    "corosync",
+    "pacemakerd",
+    "pacemaker-based",
+    "pacemaker-fenced",
+    "pacemaker-execd",
+    "pacemaker-attrd",
+    "pacemaker-schedulerd",
+    "pacemaker-controld",
+)
+FENCE_OK = re.compile(
+    r"targeting \S+ (?:by \S+ )?(?:on behalf|for).*: OK|"
+    r"targeting \S+ using \S+ returned 0"
+)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the configuration, as nova-ha.pcs makes it --------------------------------------------
+
 
 def node_names(n: int) -> list[str]:
     return [f"compute{k}" for k in range(1, n + 1)]
@@ -127,10 +138,10 @@ def overrides(n: int, layout: str) -> list[str]:
         "NHA_FENCING=nova",
         f"NHA_DEVICE_LAYOUT={layout}",
         f"NHA_CONFIG_FILE={CONFIG_FILE if layout == 'shared' else ''}",
-        "NHA_COMPUTE_NODES=" + " ".join(f"{name}:{SUBNET}.{REMOTE_BASE + k}"
-                                        for k, name in enumerate(names, 1)),
-        "NHA_BMCS=" + " ".join(f"{name}:10.20.{k // 256}.{k % 256}"
-                               for k, name in enumerate(names, 1)),
+        "NHA_COMPUTE_NODES="
+        + " ".join(f"{name}:{SUBNET}.{REMOTE_BASE + k}" for k, name in enumerate(names, 1)),
+        "NHA_BMCS="
+        + " ".join(f"{name}:10.20.{k // 256}.{k % 256}" for k, name in enumerate(names, 1)),
         "NHA_HOST_MAP=" + " ".join(f"{name}:{name}.{DOMAIN}" for name in names),
         f"NHA_OS_CLOUD={CLOUD}",
         "NHA_BMC_PASSWORD_SCRIPT=/etc/nova-ha/bmc-password",
@@ -140,9 +151,12 @@ def overrides(n: int, layout: str) -> list[str]:
 
 def pcs_dry_run(n: int, layout: str, steps: list[str]) -> list[list[str]]:
     """The pcs commands nova-ha.pcs prints with -n, split into argv lists."""
-    res = subprocess.run(["bash", str(PCS_SCRIPT), "-e", str(ENV_EXAMPLE), "-n",
-                          *overrides(n, layout), *steps], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        ["bash", str(PCS_SCRIPT), "-e", str(ENV_EXAMPLE), "-n", *overrides(n, layout), *steps],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"nova-ha.pcs -n failed: {res.stderr.strip()}")
     return [shlex.split(line) for line in res.stdout.splitlines() if line.startswith("pcs ")]
@@ -188,13 +202,19 @@ def translate(commands: list[list[str]]) -> list:
         prim = etree.Element("primitive", id=rid, **attrs)
         inst = etree.SubElement(prim, "instance_attributes", id=f"{rid}-instance_attributes")
         for key in sorted(params):
-            etree.SubElement(inst, "nvpair", id=f"{rid}-instance_attributes-{key}",
-                             name=key, value=params[key])
+            etree.SubElement(
+                inst, "nvpair", id=f"{rid}-instance_attributes-{key}", name=key, value=params[key]
+            )
         operations = etree.SubElement(prim, "operations")
         for name, values in ops:
             values = {"interval": "0s", **values}
-            etree.SubElement(operations, "op", id=f"{rid}-{name}-interval-{values['interval']}",
-                             name=name, **values)
+            etree.SubElement(
+                operations,
+                "op",
+                id=f"{rid}-{name}-interval-{values['interval']}",
+                name=name,
+                **values,
+            )
         out.append(prim)
     return out
 
@@ -220,8 +240,9 @@ def check_translation(n: int = 3) -> list[str]:
         ours = etree.Element("resources")
         ours.extend(translate(pcs_dry_run(n, layout, steps)))
         if canonical(made) != canonical(ours):
-            problems.append(f"{layout}: pcs -f makes\n{canonical(made)}\nwe make\n"
-                            f"{canonical(ours)}")
+            problems.append(
+                f"{layout}: pcs -f makes\n{canonical(made)}\nwe make\n{canonical(ours)}"
+            )
     return problems
 
 
@@ -270,18 +291,23 @@ def device_params(cib: bytes) -> list[dict[str, str]]:
     from lxml import etree
 
     root = etree.fromstring(cib)
-    return [{nv.get("name"): nv.get("value") for nv in prim.iter("nvpair")}
-            for prim in root.iter("primitive") if prim.get("class") == "stonith"]
+    return [
+        {nv.get("name"): nv.get("value") for nv in prim.iter("nvpair")}
+        for prim in root.iter("primitive")
+        if prim.get("class") == "stonith"
+    ]
 
 
 # -- 7: one device monitor's CPU -------------------------------------------------------------
+
 
 def run_cpu(argv: list[str], stdin: str, env: dict[str, str]) -> tuple[float, float, int, str]:
     """(CPU seconds user+sys, wall seconds, exit code, stderr) of one child, via wait4."""
     with tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env, cwd="/")
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd="/"
+        )
         proc.stdin.write(stdin.encode())
         proc.stdin.close()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -321,7 +347,8 @@ class MonitorBench:
             f"clouds:\n  {CLOUD}:\n    auth:\n      auth_url: {cloud.auth_url}\n"
             f"      username: {cloud.username}\n      password: {cloud.password}\n"
             f"      project_name: {cloud.project_name}\n      user_domain_name: Default\n"
-            "      project_domain_name: Default\n    interface: public\n")
+            "      project_domain_name: Default\n    interface: public\n"
+        )
         shutil.copy(PASSWORD_SCRIPT, self.tmp / "bmc-password")
         os.chmod(self.tmp / "bmc-password", 0o755)
         passwords = self.tmp / "bmc-passwords"
@@ -338,8 +365,11 @@ class MonitorBench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, OS_CLIENT_CONFIG_FILE=str(self.tmp / "clouds.yaml"),
-                    NOVA_HA_TOKEN_DIR=str(self.tmp / "tokens"))
+        return dict(
+            os.environ,
+            OS_CLIENT_CONFIG_FILE=str(self.tmp / "clouds.yaml"),
+            NOVA_HA_TOKEN_DIR=str(self.tmp / "tokens"),
+        )
 
     def stdin_for(self, n: int, layout: str, params: dict[str, str]) -> str:
         """The device's parameters, pointed at the simulators, as the fencer passes them
@@ -347,25 +377,29 @@ class MonitorBench:
         values = {k: v for k, v in params.items() if not k.startswith("pcmk_")}
         script = str(self.tmp / "bmc-password")
         if layout == "per-node":
-            values.update(ip="127.0.0.1", ipport=str(self.bmc.port),
-                          password_script=f"{script} compute1")
+            values.update(
+                ip="127.0.0.1", ipport=str(self.bmc.port), password_script=f"{script} compute1"
+            )
         else:
             entries = values["bmc_map"].split()
             entries[0] = f"compute1=127.0.0.1:{self.bmc.port}"
             values["bmc_map"] = " ".join(entries)
             values["password_script"] = script
             conf = self.tmp / f"nova-ha-{n}.conf"
-            made = subprocess.run(["bash", str(PCS_SCRIPT), "-e", str(ENV_EXAMPLE),
-                                   *overrides(n, layout), "-c"], capture_output=True,
-                                  text=True, check=True, timeout=60).stdout
+            made = subprocess.run(
+                ["bash", str(PCS_SCRIPT), "-e", str(ENV_EXAMPLE), *overrides(n, layout), "-c"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
             conf.write_text(made)
             os.chmod(conf, 0o600)
             values["config_file"] = str(conf)
         values["action"] = "monitor"
         return "".join(f"{k}={v}\n" for k, v in values.items())
 
-    def measure(self, argv: list[str], stdins: dict[str, str],
-                runs: int) -> dict[str, MonitorCost]:
+    def measure(self, argv: list[str], stdins: dict[str, str], runs: int) -> dict[str, MonitorCost]:
         """Each layout's monitor: a first run with no cached token, then `runs` runs with
         the layouts taking turns (so that a change of the machine's load hits both)."""
         env = self.env()
@@ -386,10 +420,15 @@ class MonitorBench:
         for _ in range(runs):
             for layout, stdin in stdins.items():
                 done[layout].append(one(stdin))
-        return {layout: MonitorCost(statistics.median(c for c, _ in done[layout]),
-                                    statistics.median(w for _, w in done[layout]),
-                                    first[layout], [c for c, _ in done[layout]])
-                for layout in stdins}
+        return {
+            layout: MonitorCost(
+                statistics.median(c for c, _ in done[layout]),
+                statistics.median(w for _, w in done[layout]),
+                first[layout],
+                [c for c, _ in done[layout]],
+            )
+            for layout in stdins
+        }
 
 
 def fence_agent_argv() -> list[str]:
@@ -407,12 +446,12 @@ def test_agent_cpu(runs: int) -> float:
         agent = Path(tmp) / "fence_nha_testbed"
         agent.write_text(TEST_AGENT_SCRIPT)
         os.chmod(agent, 0o755)
-        cpus = [run_cpu([str(agent)], "action=monitor\n", dict(os.environ))[0]
-                for _ in range(runs)]
+        cpus = [run_cpu([str(agent)], "action=monitor\n", dict(os.environ))[0] for _ in range(runs)]
     return statistics.median(cpus)
 
 
 # -- the live bed --------------------------------------------------------------------------
+
 
 def log_stamp(line: str) -> float | None:
     """time.time() of a Pacemaker log line ("Dec 01 17:39:23.406 c1 ...")."""
@@ -421,8 +460,8 @@ def log_stamp(line: str) -> float | None:
         return None
     try:
         return datetime.datetime.strptime(
-            f"{time.localtime().tm_year} {parts[0]} {parts[1]} {parts[2]}",
-            "%Y %b %d %H:%M:%S.%f").timestamp()
+            f"{time.localtime().tm_year} {parts[0]} {parts[1]} {parts[2]}", "%Y %b %d %H:%M:%S.%f"
+        ).timestamp()
     except ValueError:
         return None
 
@@ -552,8 +591,11 @@ def apply_layout(bed, resources: bytes, constraints: bytes) -> None:
             conf.append(new)
         else:
             conf.replace(old, new)
-    bed.run(["cibadmin", "--replace", "--scope", "configuration", "--xml-pipe"],
-            input=etree.tostring(conf).decode(), timeout=300)
+    bed.run(
+        ["cibadmin", "--replace", "--scope", "configuration", "--xml-pipe"],
+        input=etree.tostring(conf).decode(),
+        timeout=300,
+    )
 
 
 def profile(files: list[Path], repeat: int) -> list[float]:
@@ -565,8 +607,12 @@ def profile(files: list[Path], repeat: int) -> list[float]:
             data = src.read_bytes()
             dst.write_bytes(bz2.decompress(data) if src.suffix == ".bz2" else data)
             names.append(dst.name)
-        res = subprocess.run(["crm_simulate", "--profile", tmp, "--repeat", str(repeat)],
-                             capture_output=True, text=True, timeout=3600)
+        res = subprocess.run(
+            ["crm_simulate", "--profile", tmp, "--repeat", str(repeat)],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         times = dict(re.findall(r"Testing \S*?(\d+\.xml) \.\.\. ([\d.]+) secs", res.stdout))
     return [float(times[name]) / repeat for name in names if name in times]
 
@@ -584,15 +630,20 @@ class Incident:
     profiled: list[float] = field(default_factory=list)
 
 
-def incident(bed, tail: LogTail, node: str, names: list[str], devices: list[str],
-             timeout: float) -> Incident:
+def incident(
+    bed, tail: LogTail, node: str, names: list[str], devices: list[str], timeout: float
+) -> Incident:
     tail.skip()
     before = daemon_cpu(bed)
     t0 = bed.kill_remote(node, signal.SIGKILL)
-    request = tail.wait(lambda line: "wants to fence" in line and f") {node} " in line + " ",
-                        120, f"the fence request for {node}")
-    fenced = tail.wait(lambda line: f"targeting {node} " in line and FENCE_OK.search(line),
-                       120, f"{node} fenced")
+    request = tail.wait(
+        lambda line: "wants to fence" in line and f") {node} " in line + " ",
+        120,
+        f"the fence request for {node}",
+    )
+    fenced = tail.wait(
+        lambda line: f"targeting {node} " in line and FENCE_OK.search(line), 120, f"{node} fenced"
+    )
     bed.power_off(node)  # what a reboot does to whatever ran there
     bed.start_remote(node)
     wait_settled(bed, names, devices, timeout)
@@ -602,11 +653,21 @@ def incident(bed, tail: LogTail, node: str, names: list[str], devices: list[str]
     window = [line for stamp, line in tail.lines if t0 <= stamp <= back]
     transitions = [line for line in window if "Calculated transition" in line]
     pengine = bed.run_dir / "c1" / "var-lib-pacemaker" / "pengine"
-    inputs = [pengine / Path(m.group(1)).name for line in transitions
-              if (m := re.search(r"saving inputs in (\S+)", line))]
-    return Incident(node, request - t0, fenced - t0, back - t0, len(transitions),
-                    used.get("pacemaker-schedulerd", 0.0), sum(used.values()),
-                    [p for p in inputs if p.exists()])
+    inputs = [
+        pengine / Path(m.group(1)).name
+        for line in transitions
+        if (m := re.search(r"saving inputs in (\S+)", line))
+    ]
+    return Incident(
+        node,
+        request - t0,
+        fenced - t0,
+        back - t0,
+        len(transitions),
+        used.get("pacemaker-schedulerd", 0.0),
+        sum(used.values()),
+        [p for p in inputs if p.exists()],
+    )
 
 
 @dataclass
@@ -624,8 +685,9 @@ class LayoutResult:
     monitors_per_min: int = 0
 
 
-def bed_layout(bed, tail: LogTail, n: int, layout: str, cib: bytes, result: LayoutResult,
-               args, first: bool) -> None:
+def bed_layout(
+    bed, tail: LogTail, n: int, layout: str, cib: bytes, result: LayoutResult, args, first: bool
+) -> None:
     names = node_names(n)
     devices = [f"fence-{name}" for name in names] if layout == "per-node" else ["fence-nova"]
     resources, constraints = for_bed(cib)
@@ -633,8 +695,11 @@ def bed_layout(bed, tail: LogTail, n: int, layout: str, cib: bytes, result: Layo
     apply_layout(bed, resources, constraints)
     wait_settled(bed, names, devices, 60 + 8 * n)
     result.settle = time.monotonic() - t0
-    print(f"  {layout}: applied and settled in {result.settle:.1f} s"
-          + (" (the remote connections' start included)" if first else ""), flush=True)
+    print(
+        f"  {layout}: applied and settled in {result.settle:.1f} s"
+        + (" (the remote connections' start included)" if first else ""),
+        flush=True,
+    )
     time.sleep(5)  # let the last monitors of the switch finish
     wait_settled(bed, names, devices, 60 + 4 * n)
     # 3 and 4: the live CIB, idle
@@ -655,8 +720,11 @@ def bed_layout(bed, tail: LogTail, n: int, layout: str, cib: bytes, result: Layo
         used = cpu_delta(daemon_cpu(bed), before)
         t_end = time.time()
         tail.poll()
-        runs = sum(1 for stamp, line in tail.lines
-                   if t_start <= stamp <= t_end and "Calculated transition" in line)
+        runs = sum(
+            1
+            for stamp, line in tail.lines
+            if t_start <= stamp <= t_end and "Calculated transition" in line
+        )
         per_min = 60.0 / (t_end - t_start)
         result.idle_transitions = runs * per_min
         result.idle_cpu = {k: v * per_min for k, v in used.items()}
@@ -670,9 +738,12 @@ def bed_layout(bed, tail: LogTail, n: int, layout: str, cib: bytes, result: Layo
         bed.crm_resource("--cleanup", "--resource", node, check=False)
         bed.stonith_admin("--cleanup", "--history", node, check=False)
         wait_settled(bed, names, devices, 120 + 4 * n)
-        print(f"    run {i + 1} ({node}): fence request {inc.request:.3f} s, fenced "
-              f"{inc.fenced:.3f} s, back {inc.back:.1f} s, {inc.transitions} scheduler runs, "
-              f"schedulerd CPU {inc.schedulerd_cpu:.2f} s", flush=True)
+        print(
+            f"    run {i + 1} ({node}): fence request {inc.request:.3f} s, fenced "
+            f"{inc.fenced:.3f} s, back {inc.back:.1f} s, {inc.transitions} scheduler runs, "
+            f"schedulerd CPU {inc.schedulerd_cpu:.2f} s",
+            flush=True,
+        )
 
 
 def run_bed(n: int, cibs: dict[str, bytes], results: dict[str, LayoutResult], args) -> float:
@@ -686,11 +757,13 @@ def run_bed(n: int, cibs: dict[str, bytes], results: dict[str, LayoutResult], ar
         for k, name in enumerate(names, 1):
             remote = bed.add_remote(name, via="none", wait=False)
             if remote.address != f"{SUBNET}.{REMOTE_BASE + k}":
-                raise RuntimeError(f"{name} is at {remote.address}, not where nova-ha.pcs "
-                                   "was told")
+                raise RuntimeError(f"{name} is at {remote.address}, not where nova-ha.pcs was told")
         started = time.monotonic() - t0
-        print(f"N={n}: controller up in {bed.timings['cluster_start']:.1f} s, {n} remoteds "
-              f"started in {started:.1f} s", flush=True)
+        print(
+            f"N={n}: controller up in {bed.timings['cluster_start']:.1f} s, {n} remoteds "
+            f"started in {started:.1f} s",
+            flush=True,
+        )
         tail = LogTail(bed.run_dir / "c1" / "log" / "pacemaker" / "pacemaker.log")
         # Shared first: the layout applied second finds the first one's devices as orphans
         # in the status section; one orphan (fence-nova) weighs nothing, 128 would.
@@ -702,6 +775,7 @@ def run_bed(n: int, cibs: dict[str, bytes], results: dict[str, LayoutResult], ar
 
 
 # -- report ----------------------------------------------------------------------------------
+
 
 def _med(values: list[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
@@ -724,6 +798,7 @@ def table(n: int, results: dict[str, LayoutResult], bed: bool) -> list[str]:
     per, sha = results["per-node"], results["shared"]
     rows: list[tuple[str, float, float, str]] = []  # label, per-node, shared, kind
     if bed:
+
         def inc(attr: str, r: LayoutResult) -> float:
             return _med([getattr(i, attr) for i in r.incidents])
 
@@ -738,16 +813,18 @@ def table(n: int, results: dict[str, LayoutResult], bed: bool) -> list[str]:
             ("  schedulerd CPU per incident, median (s)", "schedulerd_cpu", "s"),
             ("  controller daemons' CPU per incident (s)", "daemons_cpu", "s"),
         )
-        rows += [(label, inc(attr, per), inc(attr, sha), kind)
-                 for label, attr, kind in per_incident]
         rows += [
-            ("3 scheduler run, live CIB, profiled (s)", per.live_profile, sha.live_profile,
-             "s"),
+            (label, inc(attr, per), inc(attr, sha), kind) for label, attr, kind in per_incident
+        ]
+        rows += [
+            ("3 scheduler run, live CIB, profiled (s)", per.live_profile, sha.live_profile, "s"),
             ("  incident's scheduler inputs, profiled, sum (s)", prof(per), prof(sha), "s"),
         ]
-    rows.append(("4 CIB configuration as nova-ha.pcs makes it (B)", per.conf_cib,
-                 sha.conf_cib, "bytes"))
+    rows.append(
+        ("4 CIB configuration as nova-ha.pcs makes it (B)", per.conf_cib, sha.conf_cib, "bytes")
+    )
     if bed:
+
         def idle(r: LayoutResult, daemon: str | None = None) -> float:
             if not r.idle_cpu:
                 return math.nan
@@ -755,12 +832,24 @@ def table(n: int, results: dict[str, LayoutResult], bed: bool) -> list[str]:
 
         rows += [
             ("  live CIB, bed agents, with status (B)", per.live_cib, sha.live_cib, "bytes"),
-            ("5 idle: scheduler runs per minute", per.idle_transitions,
-             sha.idle_transitions, "count"),
-            ("  idle: schedulerd CPU per minute (s)", idle(per, "pacemaker-schedulerd"),
-             idle(sha, "pacemaker-schedulerd"), "s"),
-            ("  idle: fenced CPU per minute, bed agent (s)", idle(per, "pacemaker-fenced"),
-             idle(sha, "pacemaker-fenced"), "s"),
+            (
+                "5 idle: scheduler runs per minute",
+                per.idle_transitions,
+                sha.idle_transitions,
+                "count",
+            ),
+            (
+                "  idle: schedulerd CPU per minute (s)",
+                idle(per, "pacemaker-schedulerd"),
+                idle(sha, "pacemaker-schedulerd"),
+                "s",
+            ),
+            (
+                "  idle: fenced CPU per minute, bed agent (s)",
+                idle(per, "pacemaker-fenced"),
+                idle(sha, "pacemaker-fenced"),
+                "s",
+            ),
             ("  idle: controller daemons' CPU per minute (s)", idle(per), idle(sha), "s"),
         ]
     pm, sm = per.monitor, sha.monitor
@@ -768,10 +857,18 @@ def table(n: int, results: dict[str, LayoutResult], bed: bool) -> list[str]:
         ("6 device monitors per minute", per.monitors_per_min, sha.monitors_per_min, "count"),
         ("7 fence_nova_evacuate monitor, CPU per run (s)", pm.cpu, sm.cpu, "s"),
         ("  same, first run (no cached token) (s)", pm.first_cpu, sm.first_cpu, "s"),
-        ("  device monitors' CPU per minute (s)", per.monitors_per_min * pm.cpu,
-         sha.monitors_per_min * sm.cpu, "s"),
-        ("  = cores busy with device monitors", per.monitors_per_min * pm.cpu / 60,
-         sha.monitors_per_min * sm.cpu / 60, "cores"),
+        (
+            "  device monitors' CPU per minute (s)",
+            per.monitors_per_min * pm.cpu,
+            sha.monitors_per_min * sm.cpu,
+            "s",
+        ),
+        (
+            "  = cores busy with device monitors",
+            per.monitors_per_min * pm.cpu / 60,
+            sha.monitors_per_min * sm.cpu / 60,
+            "cores",
+        ),
     ]
     width = max(len(r[0]) for r in rows) + 2
     head = f"{f'N = {n} compute nodes':<{width}}{'per-node':>12}{'shared':>12}{'ratio':>9}"
@@ -793,10 +890,12 @@ def recommendation(all_results: dict[int, dict[str, LayoutResult]], bed: bool) -
     threshold = math.ceil(0.1 * 60 / cpu) if cpu > 0 else 0
     per_cores = biggest * per.monitor.cpu / 60
     shared_cores = sha.monitor.cpu / 60
-    facts = [f"per-node device monitors alone pass 0.1 core from N = {threshold} "
-             f"({cpu:.2f} s CPU each, one per node per minute)",
-             f"at N = {biggest} per-node costs {per_cores:.2f} cores of monitors against "
-             f"{shared_cores:.3f} and a {per.conf_cib / sha.conf_cib:.1f}x larger CIB"]
+    facts = [
+        f"per-node device monitors alone pass 0.1 core from N = {threshold} "
+        f"({cpu:.2f} s CPU each, one per node per minute)",
+        f"at N = {biggest} per-node costs {per_cores:.2f} cores of monitors against "
+        f"{shared_cores:.3f} and a {per.conf_cib / sha.conf_cib:.1f}x larger CIB",
+    ]
     shared_wins = per.conf_cib > sha.conf_cib and per_cores > shared_cores
     if bed and per.incidents and sha.incidents:
         a = _med([i.request for i in per.incidents])
@@ -804,8 +903,10 @@ def recommendation(all_results: dict[int, dict[str, LayoutResult]], bed: bool) -
         facts.append(f"kill -9 -> fence request {a:.2f} s against {b:.2f} s")
         shared_wins = shared_wins and b <= a * 1.1 + 0.05
     if shared_wins:
-        choice = (f"the shared layout (NHA_DEVICE_LAYOUT=shared, NHA_CONFIG_FILE) from "
-                  f"N = {threshold} compute nodes")
+        choice = (
+            f"the shared layout (NHA_DEVICE_LAYOUT=shared, NHA_CONFIG_FILE) from "
+            f"N = {threshold} compute nodes"
+        )
     else:
         choice = "no layout is better on every figure: read the table"
     return f"Recommendation: {choice}. " + "; ".join(facts) + "."
@@ -813,16 +914,27 @@ def recommendation(all_results: dict[int, dict[str, LayoutResult]], bed: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", default="32,128",
-                        help="comma-separated compute node counts (default 32,128)")
-    parser.add_argument("--runs", type=int, default=3,
-                        help="incidents per layout and N; crm_simulate repetitions")
-    parser.add_argument("--idle", type=float, default=60.0,
-                        help="seconds of the idle window (default 60; 0 skips it)")
-    parser.add_argument("--monitor-runs", type=int, default=5,
-                        help="fence_nova_evacuate monitor runs timed (median)")
-    parser.add_argument("--no-bed", action="store_true",
-                        help="offline figures only: CIB size, monitors, their CPU")
+    parser.add_argument(
+        "--nodes", default="32,128", help="comma-separated compute node counts (default 32,128)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="incidents per layout and N; crm_simulate repetitions"
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=60.0,
+        help="seconds of the idle window (default 60; 0 skips it)",
+    )
+    parser.add_argument(
+        "--monitor-runs",
+        type=int,
+        default=5,
+        help="fence_nova_evacuate monitor runs timed (median)",
+    )
+    parser.add_argument(
+        "--no-bed", action="store_true", help="offline figures only: CIB size, monitors, their CPU"
+    )
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.nodes.split(",") if x.strip()]
     if not counts or min(counts) < 1 or max(counts) > MAX_NODES:
@@ -833,23 +945,31 @@ def main(argv: list[str] | None = None) -> int:
 
         missing = missing_requirements()
         if missing:
-            print("cannot run the cluster bed: missing " + ", ".join(missing),
-                  file=sys.stderr)
+            print("cannot run the cluster bed: missing " + ", ".join(missing), file=sys.stderr)
             return 2
-    if not Path("/usr/lib/ocf/resource.d/nova-ha/NovaCompute").is_file() \
-            or not INSTALLED_AGENT.is_file():
-        print("nova-ha's agents are not installed (pcs reads their metadata): run "
-              ".venv/bin/nova-ha install-agents --python .venv/bin/python", file=sys.stderr)
+    if (
+        not Path("/usr/lib/ocf/resource.d/nova-ha/NovaCompute").is_file()
+        or not INSTALLED_AGENT.is_file()
+    ):
+        print(
+            "nova-ha's agents are not installed (pcs reads their metadata): run "
+            ".venv/bin/nova-ha install-agents --python .venv/bin/python",
+            file=sys.stderr,
+        )
         return 2
 
     t_all = time.monotonic()
     problems = check_translation()
     if problems:
-        print("translation of nova-ha.pcs -n differs from pcs -f:\n" + "\n".join(problems),
-              file=sys.stderr)
+        print(
+            "translation of nova-ha.pcs -n differs from pcs -f:\n" + "\n".join(problems),
+            file=sys.stderr,
+        )
         return 1
-    print("nova-ha.pcs -n translated to CIB XML: identical to pcs -f (3 nodes, both layouts)",
-          flush=True)
+    print(
+        "nova-ha.pcs -n translated to CIB XML: identical to pcs -f (3 nodes, both layouts)",
+        flush=True,
+    )
 
     all_results: dict[int, dict[str, LayoutResult]] = {}
     cibs: dict[int, dict[str, bytes]] = {}
@@ -872,11 +992,13 @@ def main(argv: list[str] | None = None) -> int:
             for layout in LAYOUTS:
                 result = all_results[n][layout]
                 result.monitor = costs[layout]
-                print(f"N={n} {layout}: CIB {result.conf_cib:,} B, "
-                      f"{result.monitors_per_min} device(s), monitor CPU "
-                      f"{result.monitor.cpu:.3f} s (first {result.monitor.first_cpu:.3f}, "
-                      f"then {', '.join(f'{c:.3f}' for c in result.monitor.runs)})",
-                      flush=True)
+                print(
+                    f"N={n} {layout}: CIB {result.conf_cib:,} B, "
+                    f"{result.monitors_per_min} device(s), monitor CPU "
+                    f"{result.monitor.cpu:.3f} s (first {result.monitor.first_cpu:.3f}, "
+                    f"then {', '.join(f'{c:.3f}' for c in result.monitor.runs)})",
+                    flush=True,
+                )
     floor = test_agent_cpu(args.monitor_runs)
 
     bed_times, failures = {}, {}
@@ -891,16 +1013,20 @@ def main(argv: list[str] | None = None) -> int:
             bed_times[n] = time.monotonic() - t0
 
     print()
-    print(f"Configuration that scales: {len(counts)} size(s), {args.runs} incident(s) per "
-          f"layout, idle window {args.idle:.0f} s; monitor CPU: median of "
-          f"{args.monitor_runs} ({' '.join(agent)}); the bed's fence_nha_testbed monitor: "
-          f"{floor:.4f} s CPU")
+    print(
+        f"Configuration that scales: {len(counts)} size(s), {args.runs} incident(s) per "
+        f"layout, idle window {args.idle:.0f} s; monitor CPU: median of "
+        f"{args.monitor_runs} ({' '.join(agent)}); the bed's fence_nha_testbed monitor: "
+        f"{floor:.4f} s CPU"
+    )
     for n in counts:
         print()
         print("\n".join(table(n, all_results[n], not args.no_bed)))
         if n in bed_times:
-            print(f"(bed for N={n}: {bed_times[n]:.0f} s, start to stop"
-                  + (f"; FAILED: {failures[n]})" if n in failures else ")"))
+            print(
+                f"(bed for N={n}: {bed_times[n]:.0f} s, start to stop"
+                + (f"; FAILED: {failures[n]})" if n in failures else ")")
+            )
     print()
     print(recommendation(all_results, not args.no_bed))
     print(f"\nwhole run: {time.monotonic() - t_all:.0f} s")

@@ -29,11 +29,16 @@ def _time(cmd: list[str], stdin: str | None) -> float:
 def main() -> int:
     rows = []
     ours = [
-        ("fence_nova_evacuate metadata",
-         [sys.executable, os.path.join(ROOT, "agents/fence/fence_nova_evacuate")],
-         "action=metadata\n"),
-        ("NovaCompute meta-data",
-         [sys.executable, os.path.join(ROOT, "agents/ocf/NovaCompute"), "meta-data"], None),
+        (
+            "fence_nova_evacuate metadata",
+            [sys.executable, os.path.join(ROOT, "agents/fence/fence_nova_evacuate")],
+            "action=metadata\n",
+        ),
+        (
+            "NovaCompute meta-data",
+            [sys.executable, os.path.join(ROOT, "agents/ocf/NovaCompute"), "meta-data"],
+            None,
+        ),
     ]
     for name, cmd, stdin in ours:
         rows.append((name, _time(cmd, stdin)))

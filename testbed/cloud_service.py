@@ -15,9 +15,12 @@ import urllib.request
 
 
 def _call(base: str, path: str, method: str = "GET") -> dict:
-    request = urllib.request.Request(f"{base.rstrip('/')}/_testbed{path}", method=method,
-                                     data=b"{}" if method == "POST" else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base.rstrip('/')}/_testbed{path}",
+        method=method,
+        data=b"{}" if method == "POST" else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         body = response.read()
     return json.loads(body) if body else {}

@@ -76,9 +76,20 @@ BASE = Path(os.environ.get("NOVA_HA_TESTBED_DIR", "/tmp/nova-ha-testbed"))
 STATE = BASE / "state.json"
 TEST_AGENT = Path("/usr/sbin/fence_nha_testbed")
 _AGENT_MARKER = "# nova-ha test bed fence agent"
-REQUIRED_BINARIES = ("corosync", "corosync-keygen", "corosync-quorumtool", "pacemakerd",
-                     "crm_mon", "cibadmin", "crm_attribute", "stonith_admin", "pcs",
-                     "ip", "nsenter", "unshare")
+REQUIRED_BINARIES = (
+    "corosync",
+    "corosync-keygen",
+    "corosync-quorumtool",
+    "pacemakerd",
+    "crm_mon",
+    "cibadmin",
+    "crm_attribute",
+    "stonith_admin",
+    "pcs",
+    "ip",
+    "nsenter",
+    "unshare",
+)
 CONTROLLER_BASE = 10  # controller cN in a namespace has address .(10+N)
 REMOTE_BASE = 100  # the k-th remote node (k from 1) has address .(100+k)
 KEEP_RUNS = 2  # earlier runs' directories (logs) kept under BASE
@@ -92,6 +103,7 @@ _ACTIVE: Cluster | None = None  # the started bed of this process
 
 
 # -- processes ------------------------------------------------------------------------
+
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot, None if it is gone."""
@@ -130,8 +142,11 @@ def _bed_pids() -> list[int]:
                 for line in f:
                     pre, _, post = line.partition(" - ")
                     fields = pre.split()
-                    if len(fields) > 4 and fields[4] == "/run" and \
-                            post.split()[:2] == ["tmpfs", RUN_TMPFS]:
+                    if (
+                        len(fields) > 4
+                        and fields[4] == "/run"
+                        and post.split()[:2] == ["tmpfs", RUN_TMPFS]
+                    ):
                         found.append(int(entry))
                         break
         except OSError:
@@ -224,7 +239,8 @@ _AGENT_PARAMETERS = "\n".join(
     f'<parameter name="{name}" unique="0" required="0"><getopt mixed="{getopt}"/>'
     f'<content type="{kind}"' + (f' default="{default}"' if default else "") + "/>"
     f'<shortdesc lang="en">{desc}</shortdesc></parameter>'
-    for name, getopt, kind, default, desc in _AGENT_PARAMS)
+    for name, getopt, kind, default, desc in _AGENT_PARAMS
+)
 TEST_AGENT_SCRIPT = f"""#!/bin/sh
 {_AGENT_MARKER}: records each request and succeeds. Removed when the bed stops.
 action=; port=; record=; fail=; delay=0
@@ -308,6 +324,7 @@ def read_fence_records(path: Path | str) -> list[FenceRecord]:
 
 # -- requirements ---------------------------------------------------------------------
 
+
 def ensure_remoted() -> Path:
     """Debian's pacemaker-remoted, extracted from its package into the repository's cache.
 
@@ -316,14 +333,16 @@ def ensure_remoted() -> Path:
     and unpacked with dpkg-deb -x."""
     if REMOTED.is_file():
         return REMOTED
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "pacemaker"],
-                             capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "pacemaker"], capture_output=True, text=True
+    ).stdout.strip()
     spec = f"pacemaker-remote={version}" if version else "pacemaker-remote"
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # apt's _apt user downloads into it
         for attempt in (1, 2):
-            res = subprocess.run(["apt-get", "download", spec], cwd=tmp,
-                                 capture_output=True, text=True, timeout=300)
+            res = subprocess.run(
+                ["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True, timeout=300
+            )
             if res.returncode == 0 or attempt == 2:
                 break
             # A fresh machine may have no package lists yet.
@@ -332,8 +351,7 @@ def ensure_remoted() -> Path:
         if res.returncode != 0 or not debs:
             raise RuntimeError(f"apt-get download {spec} failed: {res.stderr.strip()}")
         REMOTED_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(REMOTED_DIR)], check=True,
-                       timeout=120)
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(REMOTED_DIR)], check=True, timeout=120)
     if not REMOTED.is_file():
         raise RuntimeError(f"{REMOTED} missing after extracting the package")
     return REMOTED
@@ -361,6 +379,7 @@ def missing_requirements() -> list[str]:
 
 
 # -- state of the bed, for crash recovery ---------------------------------------------------
+
 
 def _load_state() -> dict:
     try:
@@ -406,8 +425,10 @@ def _foreign_cluster_daemons() -> list[str]:
             continue
         try:
             comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            if comm in ("corosync", "pacemakerd") and \
-                    os.readlink(f"/proc/{entry}/ns/net") == own_net:
+            if (
+                comm in ("corosync", "pacemakerd")
+                and os.readlink(f"/proc/{entry}/ns/net") == own_net
+            ):
                 found.append(f"{comm} (pid {entry})")
         except OSError:
             continue
@@ -415,6 +436,7 @@ def _foreign_cluster_daemons() -> list[str]:
 
 
 # -- nodes ------------------------------------------------------------------------------
+
 
 def _chown(path: Path, user: str = "hacluster", group: str = "haclient") -> None:
     os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
@@ -439,8 +461,11 @@ class _Host:
         """argv prefix that runs a command in this node (network, mounts, hostname)."""
         if self.holder is None or not self.holder.alive():
             raise ClusterError(f"{self.name} is not running (powered off?)")
-        return ["nsenter", "-t", str(self.holder.pid), "-m", "-u"] + (
-            ["-n"] if self.netns else []) + ["--"]
+        return (
+            ["nsenter", "-t", str(self.holder.pid), "-m", "-u"]
+            + (["-n"] if self.netns else [])
+            + ["--"]
+        )
 
     def mount_script(self) -> str:
         lines = ["set -e"]
@@ -473,9 +498,11 @@ def _make_dirs(node_dir: Path, controller: bool) -> dict[str, Path]:
     os.chmod(log_pcmk, 0o770)
     binds["/var/log/pacemaker"] = log_pcmk
     if controller:
-        for mount, sub in (("/etc/corosync", "etc-corosync"),
-                           ("/var/lib/corosync", "var-lib-corosync"),
-                           ("/var/log/corosync", "log/corosync")):
+        for mount, sub in (
+            ("/etc/corosync", "etc-corosync"),
+            ("/var/lib/corosync", "var-lib-corosync"),
+            ("/var/log/corosync", "log/corosync"),
+        ):
             (node_dir / sub).mkdir(parents=True, exist_ok=True)
             if Path(mount).is_dir():  # a bind needs an existing mount point
                 binds[mount] = node_dir / sub
@@ -539,8 +566,9 @@ def log_lines(path: Path, contains: str, after: float = 0.0) -> list[tuple[float
             continue
         month, day, clock = line.split(None, 3)[:3]
         try:
-            stamp = datetime.datetime.strptime(f"{year} {month} {day} {clock}",
-                                               "%Y %b %d %H:%M:%S.%f").timestamp()
+            stamp = datetime.datetime.strptime(
+                f"{year} {month} {day} {clock}", "%Y %b %d %H:%M:%S.%f"
+            ).timestamp()
         except ValueError:
             continue
         if stamp >= after:
@@ -554,10 +582,17 @@ class Cluster(Managed):
 
     Use as a context manager; `timings` collects what the bed measured (seconds)."""
 
-    def __init__(self, controllers: int = 1, *, prefix: str = netns.PREFIX,
-                 subnet: str = netns.SUBNET, token_ms: int = 1000,
-                 properties: dict[str, str] | None = None,
-                 cluster_name: str = "nha", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        controllers: int = 1,
+        *,
+        prefix: str = netns.PREFIX,
+        subnet: str = netns.SUBNET,
+        token_ms: int = 1000,
+        properties: dict[str, str] | None = None,
+        cluster_name: str = "nha",
+        env: dict[str, str] | None = None,
+    ) -> None:
         if controllers not in (1, 2):
             raise ValueError("controllers must be 1 or 2")
         self.n_controllers = controllers
@@ -610,9 +645,13 @@ class Cluster(Managed):
         for host in hosts:
             for proc in ([host.holder] if host.holder else []) + list(host.procs.values()):
                 procs.append({"pid": proc.pid, "start": proc.start, "what": proc.what})
-        state = {"owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
-                 "run_dir": str(self.run_dir), "prefix": self.prefix, "processes": procs,
-                 "agents": [str(TEST_AGENT)] if self._agent_installed else []}
+        state = {
+            "owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+            "run_dir": str(self.run_dir),
+            "prefix": self.prefix,
+            "processes": procs,
+            "agents": [str(TEST_AGENT)] if self._agent_installed else [],
+        }
         with self._lock:
             tmp = STATE.with_suffix(".tmp")
             tmp.write_text(json.dumps(state, indent=1))
@@ -634,8 +673,7 @@ class Cluster(Managed):
         if foreign and self.n_controllers == 1:
             raise ClusterError("a cluster already runs on this machine: " + ", ".join(foreign))
         self._prune_runs()
-        self.run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"),
-                                             dir=BASE))
+        self.run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=BASE))
         os.chmod(self.run_dir, 0o755)
         fence_dir = self.run_dir / "fence"
         fence_dir.mkdir()
@@ -671,8 +709,14 @@ class Cluster(Managed):
             address = f"{self.network.subnet}.{CONTROLLER_BASE + index}"
             ns = self.network.add_node(name, CONTROLLER_BASE + index).netns
         binds = _make_dirs(node_dir, controller=True)
-        host = _Host(name=name, dir=node_dir, address=address, netns=ns, binds=binds,
-                     private_shm=ns is not None)
+        host = _Host(
+            name=name,
+            dir=node_dir,
+            address=address,
+            netns=ns,
+            binds=binds,
+            private_shm=ns is not None,
+        )
         self._write_corosync_conf(host)
         self._write_cib(host)
         return host
@@ -681,20 +725,28 @@ class Cluster(Managed):
         etc = host.dir / "etc-corosync"
         nodes = []
         for i, name in enumerate(self.controller_names, start=1):
-            addr = "127.0.0.1" if self.n_controllers == 1 else \
-                f"{self.network.subnet}.{CONTROLLER_BASE + i}"
+            addr = (
+                "127.0.0.1"
+                if self.n_controllers == 1
+                else f"{self.network.subnet}.{CONTROLLER_BASE + i}"
+            )
             # corosync.conf: one setting per line; `node { name: c1` is a syntax error.
-            nodes.append(textwrap.dedent(f"""\
+            nodes.append(
+                textwrap.dedent(f"""\
                 node {{
                     ring0_addr: {addr}
                     name: {name}
                     nodeid: {i}
-                }}"""))
+                }}""")
+            )
         two_node = "    two_node: 1\n" if self.n_controllers == 2 else ""
         # /var/log/corosync (made by the corosync package) is bind-mounted to the node's own
         # directory; without it, corosync logs next to pacemaker.
-        logfile = "/var/log/corosync/corosync.log" if "/var/log/corosync" in host.binds \
+        logfile = (
+            "/var/log/corosync/corosync.log"
+            if "/var/log/corosync" in host.binds
             else "/var/log/pacemaker/corosync.log"
+        )
         conf = (
             "totem {\n"
             "    version: 2\n"
@@ -704,8 +756,7 @@ class Cluster(Managed):
             "    crypto_cipher: aes256\n"
             "    crypto_hash: sha256\n"
             "}\n"
-            "nodelist {\n"
-            + textwrap.indent("\n".join(nodes), "    ") + "\n"
+            "nodelist {\n" + textwrap.indent("\n".join(nodes), "    ") + "\n"
             "}\n"
             "quorum {\n"
             "    provider: corosync_votequorum\n"
@@ -724,8 +775,12 @@ class Cluster(Managed):
         if not key.exists():
             shared = self.run_dir / "corosync-authkey"  # every controller needs the same key
             if not shared.exists():
-                subprocess.run(["corosync-keygen", "-l", "-k", str(shared)], check=True,
-                               capture_output=True, timeout=60)
+                subprocess.run(
+                    ["corosync-keygen", "-l", "-k", str(shared)],
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
             shutil.copy2(shared, key)
             os.chmod(key, 0o400)
 
@@ -733,27 +788,41 @@ class Cluster(Managed):
         """A first CIB with the cluster properties already set: with dc-deadtime in the CIB
         from the start, the first DC election takes ~2 s instead of the default 20 s.
         (Without cib.xml.sig, pacemaker-based only warns that no digest is present.)"""
-        empty = subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True,
-                               check=True, timeout=30).stdout
+        empty = subprocess.run(
+            ["cibadmin", "--empty"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
         nvpairs = "".join(
             f'<nvpair id="cib-bootstrap-options-{k}" name="{k}" value="{v}"/>'
-            for k, v in self.properties.items())
-        crm_config = ('<crm_config><cluster_property_set id="cib-bootstrap-options">'
-                      f"{nvpairs}</cluster_property_set></crm_config>")
+            for k, v in self.properties.items()
+        )
+        crm_config = (
+            '<crm_config><cluster_property_set id="cib-bootstrap-options">'
+            f"{nvpairs}</cluster_property_set></crm_config>"
+        )
         text = empty.replace("<crm_config/>", crm_config)
         cib = host.dir / "var-lib-pacemaker" / "cib" / "cib.xml"
         cib.write_text(text)
         _chown(cib)
         os.chmod(cib, 0o600)
 
-    def _popen(self, host: _Host, what: str, argv: Sequence[str], env: dict | None = None,
-               log_name: str | None = None) -> Proc:
+    def _popen(
+        self,
+        host: _Host,
+        what: str,
+        argv: Sequence[str],
+        env: dict | None = None,
+        log_name: str | None = None,
+    ) -> Proc:
         out = open(host.dir / f"{log_name or what}.out", "ab")  # noqa: SIM115
         try:
             popen = subprocess.Popen(
-                [*host.enter(), *argv], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
-                start_new_session=True)  # a ^C to pytest must not kill the daemons first
+                [*host.enter(), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, **(env or {})),
+                start_new_session=True,
+            )  # a ^C to pytest must not kill the daemons first
         finally:
             out.close()
         proc = Proc(what, popen, _start_time(popen.pid))
@@ -762,12 +831,17 @@ class Cluster(Managed):
         return proc
 
     def _start_holder(self, host: _Host) -> None:
-        argv = ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c",
-                host.mount_script()]
+        argv = ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", host.mount_script()]
         if host.netns:
             argv = netns.exec_argv(host.netns, argv)
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         host.holder = Proc(f"{host.name} holder", popen, _start_time(popen.pid))
         self._save_state()
         line = popen.stdout.readline().strip()
@@ -782,9 +856,13 @@ class Cluster(Managed):
         self._save_state()
 
     def _pcmk_env(self) -> dict[str, str]:
-        return {"PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
-                "PCMK_logfacility": "none",  # no syslog: every line goes to the bed's file
-                "PCMK_debug": "no", "PCMK_blackbox": "no", **self.env}
+        return {
+            "PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
+            "PCMK_logfacility": "none",  # no syslog: every line goes to the bed's file
+            "PCMK_debug": "no",
+            "PCMK_blackbox": "no",
+            **self.env,
+        }
 
     def _start_corosync(self, host: _Host) -> None:
         self._popen(host, "corosync", ["corosync", "-f"], env=self.env)
@@ -798,10 +876,15 @@ class Cluster(Managed):
                 host = self.controllers[name]
                 proc = host.procs["corosync"]
                 if not proc.alive():
-                    raise ClusterError(f"corosync on {name} exited: "
-                                       + self._tail(host.dir / "corosync.out", 20))
-                res = subprocess.run([*host.enter(), "corosync-quorumtool", "-s"],
-                                     capture_output=True, text=True, timeout=30)
+                    raise ClusterError(
+                        f"corosync on {name} exited: " + self._tail(host.dir / "corosync.out", 20)
+                    )
+                res = subprocess.run(
+                    [*host.enter(), "corosync-quorumtool", "-s"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 if re.search(r"^Quorate:\s+Yes", res.stdout, re.M):
                     pending.discard(name)
             if pending:
@@ -921,23 +1004,42 @@ class Cluster(Managed):
         if node is not None:
             return self.controllers[node]
         for host in self.controllers.values():
-            if host.holder and host.holder.alive() and "pacemakerd" in host.procs \
-                    and host.procs["pacemakerd"].alive():
+            if (
+                host.holder
+                and host.holder.alive()
+                and "pacemakerd" in host.procs
+                and host.procs["pacemakerd"].alive()
+            ):
                 return host
         raise ClusterError("no controller is running")
 
-    def run(self, cmd: str | Sequence[str], *, node: str | None = None, check: bool = True,
-            input: str | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        node: str | None = None,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a command on a controller (its namespaces: the bed's /etc/corosync, etc.)."""
         argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
         host = self.controller(node)
         base = {k: v for k, v in os.environ.items() if k != "CIB_file"}  # the live CIB
-        res = subprocess.run([*host.enter(), *argv], input=input, capture_output=True,
-                             text=True, timeout=timeout, env=dict(base, **(env or {})))
+        res = subprocess.run(
+            [*host.enter(), *argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(base, **(env or {})),
+        )
         if check and res.returncode != 0:
-            raise ClusterError(f"{' '.join(argv)} on {host.name} exited {res.returncode}: "
-                               f"{res.stderr.strip() or res.stdout.strip()}")
+            raise ClusterError(
+                f"{' '.join(argv)} on {host.name} exited {res.returncode}: "
+                f"{res.stderr.strip() or res.stdout.strip()}"
+            )
         return res
 
     def crm_mon(self, node: str | None = None):
@@ -947,26 +1049,35 @@ class Cluster(Managed):
         res = self.run(["crm_mon", "-1", "--output-as=xml", "--include=all"], node=node)
         return etree.fromstring(res.stdout.encode())
 
-    def cibadmin(self, *args: str, input: str | None = None, node: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess:
+    def cibadmin(
+        self, *args: str, input: str | None = None, node: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return self.run(["cibadmin", *args], input=input, node=node, check=check)
 
-    def pcs(self, *args: str, cib_file: str | Path | None = None, node: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+    def pcs(
+        self,
+        *args: str,
+        cib_file: str | Path | None = None,
+        node: str | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
         """Live pcs (no pcsd needed for resource/stonith/property commands), or `pcs -f`."""
         pre = ["-f", str(cib_file)] if cib_file else []
         return self.run(["pcs", *pre, *args], node=node, check=check, timeout=120)
 
-    def stonith_admin(self, *args: str, node: str | None = None,
-                      check: bool = True) -> subprocess.CompletedProcess:
+    def stonith_admin(
+        self, *args: str, node: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return self.run(["stonith_admin", *args], node=node, check=check)
 
-    def crm_attribute(self, *args: str, node: str | None = None,
-                      check: bool = True) -> subprocess.CompletedProcess:
+    def crm_attribute(
+        self, *args: str, node: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return self.run(["crm_attribute", *args], node=node, check=check)
 
-    def crm_resource(self, *args: str, node: str | None = None,
-                     check: bool = True) -> subprocess.CompletedProcess:
+    def crm_resource(
+        self, *args: str, node: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return self.run(["crm_resource", *args], node=node, check=check)
 
     def set_property(self, name: str, value: str) -> None:
@@ -1016,18 +1127,25 @@ class Cluster(Managed):
             return False
         nodes = self.nodes(mon=mon)
         state = nodes.get(name, {})
-        if state.get("online") != "true" or state.get("unclean") == "true" \
-                or state.get("pending") == "true":
+        if (
+            state.get("online") != "true"
+            or state.get("unclean") == "true"
+            or state.get("pending") == "true"
+        ):
             return False
         if state.get("type") != "remote":
             return True
         rsc = self.resources(mon=mon).get(name, {})
-        return rsc.get("role") == "Started" and rsc.get("failed") == "false" \
-            and bool(rsc["nodes"]) and all(
-                nodes.get(n, {}).get("online") == "true" for n in rsc["nodes"])
+        return (
+            rsc.get("role") == "Started"
+            and rsc.get("failed") == "false"
+            and bool(rsc["nodes"])
+            and all(nodes.get(n, {}).get("online") == "true" for n in rsc["nodes"])
+        )
 
-    def wait_for(self, what: Callable[[], object], timeout: float, desc: str,
-                 interval: float = 0.1) -> float:
+    def wait_for(
+        self, what: Callable[[], object], timeout: float, desc: str, interval: float = 0.1
+    ) -> float:
         """Poll `what` until truthy; the seconds it took. ClusterError (with the log tails)
         on timeout."""
         t0 = time.monotonic()
@@ -1035,12 +1153,14 @@ class Cluster(Managed):
             if what():
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
-                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {desc}\n"
-                                   + self.log_tail(30))
+                raise ClusterError(
+                    f"timed out after {timeout:.0f} s waiting for {desc}\n" + self.log_tail(30)
+                )
             time.sleep(interval)
 
     def wait_online(self, timeout: float = 60) -> float:
         """Every running controller online and a DC elected."""
+
         def ready() -> bool:
             for name, host in self.controllers.items():
                 if host.procs.get("pacemakerd") and not host.procs["pacemakerd"].alive():
@@ -1048,24 +1168,41 @@ class Cluster(Managed):
             nodes = self.nodes()
             if nodes.get("_dc", {}).get("present") != "true":
                 return False
-            alive = [n for n, h in self.controllers.items()
-                     if "pacemakerd" in h.procs and h.procs["pacemakerd"].alive()]
+            alive = [
+                n
+                for n, h in self.controllers.items()
+                if "pacemakerd" in h.procs and h.procs["pacemakerd"].alive()
+            ]
             return all(nodes.get(n, {}).get("online") == "true" for n in alive)
+
         return self.wait_for(ready, timeout, "the controllers to be online")
 
-    def wait_node(self, name: str, online: bool = True, timeout: float = 60,
-                  node: str | None = None) -> float:
+    def wait_node(
+        self, name: str, online: bool = True, timeout: float = 60, node: str | None = None
+    ) -> float:
         """Wait until `name` is online (and clean), or known to be offline."""
         if online:
-            return self.wait_for(lambda: self.is_online(name, node), timeout,
-                                 f"{name} to be online")
-        return self.wait_for(lambda: self.nodes(node).get(name, {}).get("online") == "false",
-                             timeout, f"{name} to be offline")
+            return self.wait_for(
+                lambda: self.is_online(name, node), timeout, f"{name} to be online"
+            )
+        return self.wait_for(
+            lambda: self.nodes(node).get(name, {}).get("online") == "false",
+            timeout,
+            f"{name} to be offline",
+        )
 
     # -- remote nodes -------------------------------------------------------------------
-    def add_remote(self, name: str, *, monitor_interval: str = "5s",
-                   monitor_timeout: str = "10s", reconnect_interval: str = "5s",
-                   wait: bool = True, timeout: float = 60, via: str = "cibadmin") -> RemoteNode:
+    def add_remote(
+        self,
+        name: str,
+        *,
+        monitor_interval: str = "5s",
+        monitor_timeout: str = "10s",
+        reconnect_interval: str = "5s",
+        wait: bool = True,
+        timeout: float = 60,
+        via: str = "cibadmin",
+    ) -> RemoteNode:
         """A compute node: namespace `nha-<name>`, pacemaker-remoted in it, and an
         ocf:pacemaker:remote resource for it (`via`: cibadmin or pcs; "none" when the
         configuration under test creates it). A cut link is detected after about
@@ -1076,21 +1213,41 @@ class Cluster(Managed):
         t0 = time.monotonic()
         number = REMOTE_BASE + len(self.remotes) + 1
         node = self.network.add_node(name, number)
-        host = _Host(name=name, dir=self.run_dir / name, address=node.address,
-                     netns=node.netns, binds=_make_dirs(self.run_dir / name, controller=False),
-                     private_shm=True)
-        remote = RemoteNode(name=name, address=node.address, netns=node.netns, host=host,
-                            monitor_interval=monitor_interval, monitor_timeout=monitor_timeout,
-                            reconnect_interval=reconnect_interval)
+        host = _Host(
+            name=name,
+            dir=self.run_dir / name,
+            address=node.address,
+            netns=node.netns,
+            binds=_make_dirs(self.run_dir / name, controller=False),
+            private_shm=True,
+        )
+        remote = RemoteNode(
+            name=name,
+            address=node.address,
+            netns=node.netns,
+            host=host,
+            monitor_interval=monitor_interval,
+            monitor_timeout=monitor_timeout,
+            reconnect_interval=reconnect_interval,
+        )
         self.remotes[name] = remote
         self.start_remote(name, wait=False)
         if via == "pcs":
             # Without pcsd, `pcs cluster node add-remote` cannot work; `--force` lets pcs
             # create the connection resource directly.
-            self.pcs("resource", "create", name, "ocf:pacemaker:remote",
-                     f"server={node.address}", f"reconnect_interval={reconnect_interval}",
-                     "op", "monitor", f"interval={monitor_interval}",
-                     f"timeout={monitor_timeout}", "--force")
+            self.pcs(
+                "resource",
+                "create",
+                name,
+                "ocf:pacemaker:remote",
+                f"server={node.address}",
+                f"reconnect_interval={reconnect_interval}",
+                "op",
+                "monitor",
+                f"interval={monitor_interval}",
+                f"timeout={monitor_timeout}",
+                "--force",
+            )
         elif via == "cibadmin":
             self.cib_create("resources", self.remote_resource_xml(remote))
         if wait:
@@ -1108,10 +1265,11 @@ class Cluster(Managed):
             f' value="{remote.address}"/>'
             f'<nvpair id="{n}-instance_attributes-reconnect_interval"'
             f' name="reconnect_interval" value="{remote.reconnect_interval}"/>'
-            f'</instance_attributes><operations>'
+            f"</instance_attributes><operations>"
             f'<op id="{n}-monitor-interval-{remote.monitor_interval}" name="monitor"'
             f' interval="{remote.monitor_interval}" timeout="{remote.monitor_timeout}"/>'
-            f'</operations></primitive>')
+            f"</operations></primitive>"
+        )
 
     def start_remote(self, name: str, wait: bool = False, timeout: float = 60) -> float | None:
         """(Re)start the node's pacemaker-remoted, as after a power-on: a fresh holder
@@ -1166,17 +1324,32 @@ class Cluster(Managed):
 
     power_off = kill_namespace_processes
 
-    def run_on_remote(self, name: str, cmd: str | Sequence[str], *, check: bool = True,
-                      input: str | None = None, timeout: float = 60,
-                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run_on_remote(
+        self,
+        name: str,
+        cmd: str | Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a command inside a remote node (its network, mounts and hostname)."""
         argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
         host = self.remotes[name].host
-        res = subprocess.run([*host.enter(), *argv], input=input, capture_output=True,
-                             text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+        res = subprocess.run(
+            [*host.enter(), *argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ, **(env or {})),
+        )
         if check and res.returncode != 0:
-            raise ClusterError(f"{' '.join(argv)} on {name} exited {res.returncode}: "
-                               f"{res.stderr.strip() or res.stdout.strip()}")
+            raise ClusterError(
+                f"{' '.join(argv)} on {name} exited {res.returncode}: "
+                f"{res.stderr.strip() or res.stdout.strip()}"
+            )
         return res
 
     # -- controllers (two-node variant) ---------------------------------------------
@@ -1222,9 +1395,15 @@ class Cluster(Managed):
                 TEST_AGENT.unlink()
         self._agent_installed = False
 
-    def add_test_stonith(self, device: str = "st-testbed", hosts: Sequence[str] = (),
-                         *, fail_file: str | Path | None = None, delay: float = 0,
-                         extra: dict[str, str] | None = None) -> Path:
+    def add_test_stonith(
+        self,
+        device: str = "st-testbed",
+        hosts: Sequence[str] = (),
+        *,
+        fail_file: str | Path | None = None,
+        delay: float = 0,
+        extra: dict[str, str] | None = None,
+    ) -> Path:
         """A stonith device (fence_nha_testbed) for `hosts` (all remote and controller
         nodes when empty) that records each request in `self.fence_record` and succeeds.
         Returns the record file."""
@@ -1238,12 +1417,16 @@ class Cluster(Managed):
         if fail_file:
             params["fail_file"] = str(fail_file)
         params.update(extra or {})
-        nvpairs = "".join(f'<nvpair id="{device}-instance_attributes-{k}" name="{k}"'
-                          f' value="{v}"/>' for k, v in params.items())
-        xml = (f'<primitive id="{device}" class="stonith" type="{TEST_AGENT.name}">'
-               f'<instance_attributes id="{device}-instance_attributes">{nvpairs}'
-               f'</instance_attributes><operations><op id="{device}-monitor-interval-60s"'
-               f' name="monitor" interval="60s"/></operations></primitive>')
+        nvpairs = "".join(
+            f'<nvpair id="{device}-instance_attributes-{k}" name="{k}" value="{v}"/>'
+            for k, v in params.items()
+        )
+        xml = (
+            f'<primitive id="{device}" class="stonith" type="{TEST_AGENT.name}">'
+            f'<instance_attributes id="{device}-instance_attributes">{nvpairs}'
+            f'</instance_attributes><operations><op id="{device}-monitor-interval-60s"'
+            f' name="monitor" interval="60s"/></operations></primitive>'
+        )
         self.cib_create("resources", xml)
         return self.fence_record
 
@@ -1251,8 +1434,9 @@ class Cluster(Managed):
         recs = read_fence_records(self.fence_record) if self.fence_record else []
         return [r for r in recs if target is None or r.target == target]
 
-    def wait_fence_request(self, target: str, *, after: float = 0.0,
-                           timeout: float = 60) -> FenceRecord:
+    def wait_fence_request(
+        self, target: str, *, after: float = 0.0, timeout: float = 60
+    ) -> FenceRecord:
         """The first request for `target` recorded by the test device at or after `after`
         (a time.time())."""
         found: list[FenceRecord] = []
@@ -1260,6 +1444,7 @@ class Cluster(Managed):
         def check() -> bool:
             found[:] = [r for r in self.fence_records(target) if r.at >= after]
             return bool(found)
+
         self.wait_for(check, timeout, f"a fence request for {target}", interval=0.02)
         return found[0]
 
@@ -1301,6 +1486,7 @@ class Cluster(Managed):
 
 # -- pytest -------------------------------------------------------------------------------
 
+
 def cluster_fixture(scope: str = "module", **kwargs):
     """A pytest fixture giving a started `Cluster(**kwargs)`, stopped at the end of `scope`.
 
@@ -1321,8 +1507,10 @@ def cluster_fixture(scope: str = "module", **kwargs):
                 yield bed
             finally:
                 if request.session.testsfailed > failed_before:
-                    to_terminal(request.config, f"\ncluster test bed logs ({bed.run_dir}, "
-                                "kept):\n" + bed.log_tail(40))
+                    to_terminal(
+                        request.config,
+                        f"\ncluster test bed logs ({bed.run_dir}, kept):\n" + bed.log_tail(40),
+                    )
 
     return _cluster
 

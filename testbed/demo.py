@@ -103,8 +103,10 @@ class Screen:
         if moved == self.moved:
             return
         self.moved = moved
-        text = (f"{time.time() - self.started:6.2f}s  servers running elsewhere "
-                f"{_bar(moved, len(self.victims))}")
+        text = (
+            f"{time.time() - self.started:6.2f}s  servers running elsewhere "
+            f"{_bar(moved, len(self.victims))}"
+        )
         print(("\r" + text) if TTY else text, end="" if TTY else "\n", flush=True)
 
 
@@ -114,8 +116,10 @@ def describe(event: Event) -> str:
     if kind == "evacuation_started":
         return f"evacuation of {event['node']} {event.get('detail', '')}".rstrip()
     if kind in ("evacuation_finished", "evacuation_failed") and "found" in event:
-        return (f"{event.get('evacuated', 0)} of {event['found']} servers evacuated, "
-                f"{event.get('failed', 0)} failed, in {event.get('seconds', '?')}s")
+        return (
+            f"{event.get('evacuated', 0)} of {event['found']} servers evacuated, "
+            f"{event.get('failed', 0)} failed, in {event.get('seconds', '?')}s"
+        )
     return str(event.get("detail", ""))
 
 
@@ -130,11 +134,16 @@ def _bar(done: int, total: int, width: int = 32) -> str:
 
 # ---- the cloud and the agents ------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def bmcs_for(cloud: NovaSim) -> Iterator[dict[str, BmcSim]]:
     """A BMC per host: powering a host off crashes its compute in the cloud."""
-    bmcs = {h: BmcSim(h, on_power_off=lambda h=h: cloud.crash(h),
-                      on_power_on=lambda h=h: cloud.start(h)) for h in HOSTS}
+    bmcs = {
+        h: BmcSim(
+            h, on_power_off=lambda h=h: cloud.crash(h), on_power_on=lambda h=h: cloud.start(h)
+        )
+        for h in HOSTS
+    }
     try:
         for bmc in bmcs.values():
             bmc.start()
@@ -147,48 +156,73 @@ def bmcs_for(cloud: NovaSim) -> Iterator[dict[str, BmcSim]]:
 def openstack_params(cloud: NovaSim, events: Path) -> dict[str, object]:
     """What the fence device and NovaEvacuate share: the cloud, and the event sink."""
     sink = shlex.join([sys.executable, str(SINK), str(events)])
-    return {"os_auth_url": cloud.auth_url, "os_username": cloud.username,
-            "os_password": cloud.password, "os_project_name": cloud.project_name,
-            "os_interface": "public", "notify_command": sink}
+    return {
+        "os_auth_url": cloud.auth_url,
+        "os_username": cloud.username,
+        "os_password": cloud.password,
+        "os_project_name": cloud.project_name,
+        "os_interface": "public",
+        "notify_command": sink,
+    }
 
 
 def fence_params(common: dict[str, object], bmc: BmcSim) -> dict[str, object]:
-    return {"action": "off", "port": FAILED, **common, "ip": "127.0.0.1",
-            "ipport": bmc.port, "username": bmc.username, "password": bmc.password,
-            "evacuate_timeout": 60}
+    return {
+        "action": "off",
+        "port": FAILED,
+        **common,
+        "ip": "127.0.0.1",
+        "ipport": bmc.port,
+        "username": bmc.username,
+        "password": bmc.password,
+        "evacuate_timeout": 60,
+    }
 
 
 def environment(tmp: Path) -> dict[str, str]:
     """The agents' environment: the CIB file for the records, private run and log folders."""
-    return dict(os.environ, CIB_file=write_cib(tmp / "cib.xml", HOSTS),
-                NOVA_HA_RUN_DIR=str(tmp), NOVA_HA_LOG_DIR=str(tmp),
-                NOVA_HA_TOKEN_DIR=str(tmp / "tokens"), HA_RSCTMP=str(tmp))
+    return dict(
+        os.environ,
+        CIB_file=write_cib(tmp / "cib.xml", HOSTS),
+        NOVA_HA_RUN_DIR=str(tmp),
+        NOVA_HA_LOG_DIR=str(tmp),
+        NOVA_HA_TOKEN_DIR=str(tmp / "tokens"),
+        HA_RSCTMP=str(tmp),
+    )
 
 
 @contextlib.contextmanager
 def evacuation_service(common: dict[str, object], env: dict[str, str]) -> Iterator[None]:
     """NovaEvacuate started before the failure and stopped after, through its OCF agent."""
     params = {**common, "evacuate": "all"}
-    ocf_env = dict(env, OCF_ROOT="/usr/lib/ocf",
-                   **{f"OCF_RESKEY_{k}": str(v) for k, v in params.items()})
+    ocf_env = dict(
+        env, OCF_ROOT="/usr/lib/ocf", **{f"OCF_RESKEY_{k}": str(v) for k, v in params.items()}
+    )
     agent = [sys.executable, str(EVACUATE_AGENT)]
-    started = subprocess.run(agent + ["start"], env=ocf_env, capture_output=True, text=True,
-                             timeout=60, cwd="/")
+    started = subprocess.run(
+        agent + ["start"], env=ocf_env, capture_output=True, text=True, timeout=60, cwd="/"
+    )
     if started.returncode != 0:
         raise RuntimeError(f"NovaEvacuate start failed: {started.stderr[-500:]}")
     try:
         yield
     finally:
-        subprocess.run(agent + ["stop"], env=ocf_env, capture_output=True, timeout=60,
-                       cwd="/")
+        subprocess.run(agent + ["stop"], env=ocf_env, capture_output=True, timeout=60, cwd="/")
 
 
-def start_fence(params: dict[str, object], env: dict[str, str],
-                log: Path) -> subprocess.Popen[bytes]:
+def start_fence(
+    params: dict[str, object], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     """fence_nova_evacuate as Pacemaker's fencer runs it: parameters on stdin, no argv."""
     with open(log, "wb") as out:
-        agent = subprocess.Popen([sys.executable, str(FENCE_AGENT)], stdin=subprocess.PIPE,
-                                 stdout=out, stderr=out, env=env, cwd="/")
+        agent = subprocess.Popen(
+            [sys.executable, str(FENCE_AGENT)],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd="/",
+        )
     assert agent.stdin is not None
     agent.stdin.write("".join(f"{k}={v}\n" for k, v in params.items()).encode())
     agent.stdin.close()
@@ -197,8 +231,10 @@ def start_fence(params: dict[str, object], env: dict[str, str],
 
 # ---- the story ---------------------------------------------------------------------------
 
-def follow(agent: subprocess.Popen[bytes], events: EventFile, screen: Screen, run: Run,
-           timeout: float) -> None:
+
+def follow(
+    agent: subprocess.Popen[bytes], events: EventFile, screen: Screen, run: Run, timeout: float
+) -> None:
     """Show each event as it comes, until the evacuation's outcome (or the fence failed).
 
     An event reaches the file a moment after it happened (its delivery is detached): the
@@ -208,8 +244,11 @@ def follow(agent: subprocess.Popen[bytes], events: EventFile, screen: Screen, ru
         if run.exit_code is None and agent.poll() is not None:
             run.exit_code, run.agent_seconds = agent.returncode, time.time() - run.started
         for event in events.new():
-            if not exit_shown and run.agent_seconds is not None \
-                    and run.since(event) > run.agent_seconds:
+            if (
+                not exit_shown
+                and run.agent_seconds is not None
+                and run.since(event) > run.agent_seconds
+            ):
                 exit_shown = show_exit(screen, run)
             run.events.append(event)
             screen.event(run, event)
@@ -236,20 +275,28 @@ def summary(run: Run, cloud: NovaSim, victims: list[str], bmc: BmcSim) -> bool:
     servers = [cloud.server(i) for i in victims]
     for server in servers:
         print(f"{server['name']:<16} {FAILED:<7} {server['host']:<7} {server['status']:<8}")
-    print("\nevents: " + (" -> ".join(f"{e['event']} ({run.since(e):.2f}s)"
-                                     for e in run.events) or "none"))
+    print(
+        "\nevents: "
+        + (" -> ".join(f"{e['event']} ({run.since(e):.2f}s)" for e in run.events) or "none")
+    )
     moved = collections.Counter(s["host"] for s in servers if runs_elsewhere(s))
     spread = ", ".join(f"{host}: {count}" for host, count in sorted(moved.items()))
     if moved.total() == len(victims):
         print(f"Nova: all {len(victims)} servers of {FAILED} run on other hosts ({spread})")
     else:
-        print(f"Nova: {moved.total()} of {len(victims)} servers of {FAILED} run on other "
-              f"hosts ({spread or 'none'})")
+        print(
+            f"Nova: {moved.total()} of {len(victims)} servers of {FAILED} run on other "
+            f"hosts ({spread or 'none'})"
+        )
     took = "" if run.agent_seconds is None else f" after {run.agent_seconds:.1f}s"
     print(f"fence action: exit code {run.exit_code}{took}; {FAILED} power: {bmc.power_state}")
     outcome = run.outcome()
-    return (run.exit_code == 0 and outcome is not None
-            and outcome["event"] == "evacuation_finished" and moved.total() == len(victims))
+    return (
+        run.exit_code == 0
+        and outcome is not None
+        and outcome["event"] == "evacuation_finished"
+        and moved.total() == len(victims)
+    )
 
 
 def show_logs(tmp: Path) -> None:
@@ -260,15 +307,26 @@ def show_logs(tmp: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testbed.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rebuild-seconds", type=float, default=1.5,
-                        help="how long Nova takes to rebuild a server (default 1.5)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="give up after this many seconds (default 60)")
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--rebuild-seconds",
+        type=float,
+        default=1.5,
+        help="how long Nova takes to rebuild a server (default 1.5)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="nova-ha-demo-") as folder, \
-            NovaSim(hosts=HOSTS) as cloud, bmcs_for(cloud) as bmcs:
+    with (
+        tempfile.TemporaryDirectory(prefix="nova-ha-demo-") as folder,
+        NovaSim(hosts=HOSTS) as cloud,
+        bmcs_for(cloud) as bmcs,
+    ):
         cloud.evacuate_delay = args.rebuild_seconds  # a rebuild takes a moment, as on a cloud
         cloud.latency = 0.02
         ok = play(cloud, bmcs, Path(folder), args.timeout)
@@ -278,18 +336,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def play(cloud: NovaSim, bmcs: dict[str, BmcSim], tmp: Path, timeout: float) -> bool:
-    victims = {h: cloud.create_servers(h, n, name_prefix=f"{h}-vm")
-               for h, n in LAYOUT.items()}[FAILED]
-    print(f"cloud: {len(HOSTS)} hosts, {sum(LAYOUT.values())} servers ({len(victims)} on "
-          f"{FAILED}); a BMC per host on 127.0.0.1")
+    victims = {h: cloud.create_servers(h, n, name_prefix=f"{h}-vm") for h, n in LAYOUT.items()}[
+        FAILED
+    ]
+    print(
+        f"cloud: {len(HOSTS)} hosts, {sum(LAYOUT.values())} servers ({len(victims)} on "
+        f"{FAILED}); a BMC per host on 127.0.0.1"
+    )
     events = EventFile(tmp / "events.jsonl")
     common, env = openstack_params(cloud, events.path), environment(tmp)
     with evacuation_service(common, env):
         print("NovaEvacuate's evacuation service runs (started as Pacemaker starts it)")
         print(f"Pacemaker fences {FAILED}: fence_nova_evacuate action=off port={FAILED}\n")
         run = Run(started=time.time())
-        agent = start_fence(fence_params(common, bmcs[FAILED]), env,
-                            tmp / "fence_nova_evacuate.log")
+        agent = start_fence(
+            fence_params(common, bmcs[FAILED]), env, tmp / "fence_nova_evacuate.log"
+        )
         follow(agent, events, Screen(cloud, victims, run.started), run, timeout)
     return summary(run, cloud, victims, bmcs[FAILED])
 

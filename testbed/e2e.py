@@ -64,19 +64,29 @@ CLOUD_SERVICE = ROOT / "testbed" / "cloud_service.py"
 E2E_DIR = bedlib.BASE / "e2e"  # the example env file's paths point here
 BOX_ADDRESS = "192.168.124.1"  # the bridge's host side (netns.SUBNET + ".1")
 BOX_PORT = 18774
-AGENTS = (Path("/usr/sbin/fence_nova_evacuate"),
-          Path("/usr/lib/ocf/resource.d/nova-ha/NovaCompute"),
-          Path("/usr/lib/ocf/resource.d/nova-ha/NovaEvacuate"))
+AGENTS = (
+    Path("/usr/sbin/fence_nova_evacuate"),
+    Path("/usr/lib/ocf/resource.d/nova-ha/NovaCompute"),
+    Path("/usr/lib/ocf/resource.d/nova-ha/NovaEvacuate"),
+)
 
 
 # -- the env file -----------------------------------------------------------------------
 
+
 def read_env(path: Path | str = ENV_EXAMPLE, overrides: Iterable[str] = ()) -> dict[str, str]:
     """The NHA_* variables of an env file, as nova-ha.pcs sees them (sourced by bash)."""
-    script = ('. "$1"; shift; for a in "$@"; do printf -v "${a%%=*}" %s "${a#*=}"; done; '
-              'for v in ${!NHA_@}; do printf "%s=%s\\0" "$v" "${!v}"; done')
-    out = subprocess.run(["bash", "-c", script, "read_env", str(path), *overrides],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
+    script = (
+        '. "$1"; shift; for a in "$@"; do printf -v "${a%%=*}" %s "${a#*=}"; done; '
+        'for v in ${!NHA_@}; do printf "%s=%s\\0" "$v" "${!v}"; done'
+    )
+    out = subprocess.run(
+        ["bash", "-c", script, "read_env", str(path), *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     return dict(item.split("=", 1) for item in out.split("\0") if item)
 
 
@@ -95,6 +105,7 @@ def address_port(value: str, default: int = 623) -> tuple[str, int]:
 
 
 # -- configuration as XML ------------------------------------------------------------------
+
 
 def canonical(element) -> str:
     """An lxml element as text with attributes sorted, children sorted by (tag, id, ...),
@@ -125,9 +136,12 @@ def configuration_part(cib_xml: str | bytes, *, stonith_only: bool = False):
     conf = root if root.tag == "configuration" else root.find("configuration")
     conf = etree.fromstring(etree.tostring(conf))
     for el in list(conf):
-        if not isinstance(el.tag, str) or el.tag == "nodes" or (
-                stonith_only and el.tag not in ("resources", "fencing-topology")) or (
-                len(el) == 0 and not el.attrib):
+        if (
+            not isinstance(el.tag, str)
+            or el.tag == "nodes"
+            or (stonith_only and el.tag not in ("resources", "fencing-topology"))
+            or (len(el) == 0 and not el.attrib)
+        ):
             conf.remove(el)
     if stonith_only:
         resources = conf.find("resources")
@@ -137,20 +151,32 @@ def configuration_part(cib_xml: str | bytes, *, stonith_only: bool = False):
     return conf
 
 
-def pcs_configuration(overrides: Sequence[str] = (), steps: Sequence[str] = (),
-                      env_file: Path = ENV_EXAMPLE, workdir: Path | None = None) -> bytes:
+def pcs_configuration(
+    overrides: Sequence[str] = (),
+    steps: Sequence[str] = (),
+    env_file: Path = ENV_EXAMPLE,
+    workdir: Path | None = None,
+) -> bytes:
     """What nova-ha.pcs makes of an empty CIB (pcs -f): the whole CIB as XML."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cib = Path(tmp) / "cib.xml"
-        cib.write_text(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True,
-                                      check=True, timeout=30).stdout)
-        res = subprocess.run(["bash", str(PCS_SCRIPT), "-e", str(env_file), "-f", str(cib),
-                              *overrides, *steps], capture_output=True, text=True, timeout=300)
+        cib.write_text(
+            subprocess.run(
+                ["cibadmin", "--empty"], capture_output=True, text=True, check=True, timeout=30
+            ).stdout
+        )
+        res = subprocess.run(
+            ["bash", str(PCS_SCRIPT), "-e", str(env_file), "-f", str(cib), *overrides, *steps],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if res.returncode != 0:
-            raise RuntimeError(f"nova-ha.pcs failed ({res.returncode}):\n{res.stdout}\n"
-                               f"{res.stderr}")
+            raise RuntimeError(
+                f"nova-ha.pcs failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+            )
         return cib.read_bytes()
 
 
@@ -169,8 +195,10 @@ def records(cluster: Cluster) -> dict:
 
     out = cluster.cibadmin("--query", "--scope", "nodes").stdout
     root = etree.fromstring(out.encode())
-    return {n.get("uname"): state._decode(n.get("uname"), state._node_attrs(n))
-            for n in root.iter("node")}
+    return {
+        n.get("uname"): state._decode(n.get("uname"), state._node_attrs(n))
+        for n in root.iter("node")
+    }
 
 
 def started_on(mon, rsc_id: str) -> set[str]:
@@ -184,6 +212,7 @@ def started_on(mon, rsc_id: str) -> set[str]:
 
 # -- the bed ------------------------------------------------------------------------------
 
+
 @dataclass
 class PowerEvent:
     at: float
@@ -195,8 +224,14 @@ class PowerEvent:
 class E2EBed(bedlib.Managed):
     """Cluster + Nova box + BMCs + the crm-config configuration; a context manager."""
 
-    def __init__(self, controllers: int = 1, *, env_file: Path = ENV_EXAMPLE,
-                 apply: str = "pcs", service_down_time: int = 5) -> None:
+    def __init__(
+        self,
+        controllers: int = 1,
+        *,
+        env_file: Path = ENV_EXAMPLE,
+        apply: str = "pcs",
+        service_down_time: int = 5,
+    ) -> None:
         if apply not in ("pcs", "xml"):
             raise ValueError("apply is 'pcs' or 'xml'")
         self.controllers = controllers
@@ -238,20 +273,30 @@ class E2EBed(bedlib.Managed):
         self._write_files()
         # In the environment of corosync, pacemakerd and every pacemaker-remoted the bed
         # starts: the agents they run inherit it.
-        self.cluster = Cluster(controllers=self.controllers,
-                               env={"OS_CLIENT_CONFIG_FILE": str(E2E_DIR / "clouds.yaml"),
-                                    # The evacuation service's log: in each controller's
-                                    # own (bind-mounted) log folder.
-                                    "NOVA_HA_LOG_DIR": SERVICE_LOG_DIR})
+        self.cluster = Cluster(
+            controllers=self.controllers,
+            env={
+                "OS_CLIENT_CONFIG_FILE": str(E2E_DIR / "clouds.yaml"),
+                # The evacuation service's log: in each controller's
+                # own (bind-mounted) log folder.
+                "NOVA_HA_LOG_DIR": SERVICE_LOG_DIR,
+            },
+        )
         self.cluster.start()
         self.timings["cluster start"] = time.monotonic() - t0
         if self.cluster.host_address != BOX_ADDRESS:
-            raise ClusterError(f"the bridge's address is {self.cluster.host_address}, the "
-                               f"env file expects {BOX_ADDRESS}")
+            raise ClusterError(
+                f"the bridge's address is {self.cluster.host_address}, the "
+                f"env file expects {BOX_ADDRESS}"
+            )
         t1 = time.monotonic()
-        self.box = NovaBox(hosts=self.nodes, binds=(BOX_ADDRESS,), port=BOX_PORT,
-                           state_dir=self.cluster.run_dir / "nova-box",
-                           service_down_time=self.service_down_time)
+        self.box = NovaBox(
+            hosts=self.nodes,
+            binds=(BOX_ADDRESS,),
+            port=BOX_PORT,
+            state_dir=self.cluster.run_dir / "nova-box",
+            service_down_time=self.service_down_time,
+        )
         self.box.boot()
         self.timings["box boot"] = time.monotonic() - t1
         self._start_bmcs()
@@ -324,7 +369,8 @@ class E2EBed(bedlib.Managed):
         # NovaCompute's start/stop/status commands: this node's compute in the box (the
         # node's hostname is its name). start and stop are logged with the time.
         service = E2E_DIR / "compute-service"
-        service.write_text(textwrap.dedent(f"""\
+        service.write_text(
+            textwrap.dedent(f"""\
             #!/bin/sh
             # nova-ha e2e test bed: nova-compute of this node, in the Nova box
             case "$1" in start|stop)
@@ -332,10 +378,14 @@ class E2EBed(bedlib.Managed):
             esac
             exec {sys.executable} {CLOUD_SERVICE} http://{BOX_ADDRESS}:{BOX_PORT} \\
                 "$(hostname)" "$1"
-            """))
+            """)
+        )
         os.chmod(service, 0o755)
-        for key in ("NHA_COMPUTE_START_COMMAND", "NHA_COMPUTE_STOP_COMMAND",
-                    "NHA_COMPUTE_STATUS_COMMAND"):
+        for key in (
+            "NHA_COMPUTE_START_COMMAND",
+            "NHA_COMPUTE_STOP_COMMAND",
+            "NHA_COMPUTE_STATUS_COMMAND",
+        ):
             if not env.get(key, "").startswith(str(service)):
                 raise ClusterError(f"{key} must run {service} on the bed")
 
@@ -353,17 +403,22 @@ class E2EBed(bedlib.Managed):
         env = self.env
         prefix = env.get("NHA_LEVEL2_KEY_PREFIX", "")
         for kind, table, store, key in (
-                ("bmc", entries(env["NHA_BMCS"]), self.bmcs, ""),
-                ("level2", entries(env.get("NHA_LEVEL2", "")), self.level2, prefix)):
+            ("bmc", entries(env["NHA_BMCS"]), self.bmcs, ""),
+            ("level2", entries(env.get("NHA_LEVEL2", "")), self.level2, prefix),
+        ):
             for node in self.nodes:
                 if node not in table:
                     continue
                 address, port = address_port(table[node])
-                sim = BmcSim(f"{kind}-{node}", address=address, port=port,
-                             username=env["NHA_BMC_USERNAME"],
-                             password=self.bmc_password(key + node),
-                             on_power_off=lambda n=node, k=kind: self._power_off(n, k),
-                             on_power_on=lambda n=node, k=kind: self._power_on(n, k))
+                sim = BmcSim(
+                    f"{kind}-{node}",
+                    address=address,
+                    port=port,
+                    username=env["NHA_BMC_USERNAME"],
+                    password=self.bmc_password(key + node),
+                    on_power_off=lambda n=node, k=kind: self._power_off(n, k),
+                    on_power_on=lambda n=node, k=kind: self._power_on(n, k),
+                )
                 sim.start()
                 store[node] = sim
 
@@ -401,12 +456,15 @@ class E2EBed(bedlib.Managed):
         its connection resource."""
         env = self.env
         node = self.cluster.add_remote(
-            name, monitor_interval=env["NHA_REMOTE_MONITOR_INTERVAL"],
+            name,
+            monitor_interval=env["NHA_REMOTE_MONITOR_INTERVAL"],
             monitor_timeout=env["NHA_REMOTE_MONITOR_TIMEOUT"],
-            reconnect_interval=env["NHA_REMOTE_RECONNECT_INTERVAL"], wait=False, via="none")
+            reconnect_interval=env["NHA_REMOTE_RECONNECT_INTERVAL"],
+            wait=False,
+            via="none",
+        )
         if node.address != address:
-            raise ClusterError(f"{name} got address {node.address}; the env file says "
-                               f"{address}")
+            raise ClusterError(f"{name} got address {node.address}; the env file says {address}")
 
     # -- configuration ---------------------------------------------------------------------
     def apply_configuration(self) -> None:
@@ -414,8 +472,7 @@ class E2EBed(bedlib.Managed):
         if self.apply == "pcs":
             cib = E2E_DIR / "cib.xml"
             c.pcs("cluster", "cib", str(cib))
-            c.run(["bash", str(PCS_SCRIPT), "-e", str(self.env_file), "-f", str(cib)],
-                  timeout=300)
+            c.run(["bash", str(PCS_SCRIPT), "-e", str(self.env_file), "-f", str(cib)], timeout=300)
             c.pcs("cluster", "cib-push", str(cib), "--config")
         else:
             c.cibadmin("--modify", "--allow-create", "--xml-file", str(CIB_XML))
@@ -426,8 +483,11 @@ class E2EBed(bedlib.Managed):
         if res.returncode == 0 and not res.stderr.strip():
             return ""
         detail = self.cluster.run(["crm_verify", "-L", "-VVVV"], check=False)
-        lines = [line for line in (detail.stdout + detail.stderr).splitlines()
-                 if "warning" in line or "error" in line]
+        lines = [
+            line
+            for line in (detail.stdout + detail.stderr).splitlines()
+            if "warning" in line or "error" in line
+        ]
         return f"exit {res.returncode}: {res.stdout}{res.stderr}" + "\n".join(lines)
 
     def stonith_ids(self, path: Path) -> list[str]:
@@ -440,6 +500,7 @@ class E2EBed(bedlib.Managed):
         def started() -> bool:
             mon = self.cluster.crm_mon()
             return all(started_on(mon, rsc) for rsc in ids)
+
         return self.wait_for(started, timeout, f"{', '.join(ids)} to be started")
 
     def use_topology(self) -> None:
@@ -469,8 +530,9 @@ class E2EBed(bedlib.Managed):
 
     def set_device_params(self, device: str, **params: object) -> None:
         for name, value in params.items():
-            self.cluster.crm_resource("--resource", device, "--set-parameter", name,
-                                      "--parameter-value", str(value))
+            self.cluster.crm_resource(
+                "--resource", device, "--set-parameter", name, "--parameter-value", str(value)
+            )
 
     def reset_device_params(self, device: str, *names: str) -> None:
         """Back to the values of the configuration (nova-ha.cib.xml)."""
@@ -504,8 +566,12 @@ class E2EBed(bedlib.Managed):
     def wait_ready(self, timeout: float = 120, nodes: Iterable[str] | None = None) -> float:
         """Every compute node (or `nodes`) online with NovaCompute started, NovaEvacuate
         started."""
-        return self.cluster.wait_for(lambda: self.ready(nodes), timeout, "the compute nodes "
-                                     "and nova-ha resources to be started", interval=0.5)
+        return self.cluster.wait_for(
+            lambda: self.ready(nodes),
+            timeout,
+            "the compute nodes and nova-ha resources to be started",
+            interval=0.5,
+        )
 
     def wait_for(self, what, timeout: float, desc: str, interval: float = 0.2) -> float:
         return self.cluster.wait_for(what, timeout, desc, interval=interval)
@@ -532,9 +598,14 @@ class E2EBed(bedlib.Managed):
         nova = observer.nova
         for server in nova.servers.list(search_opts={"all_tenants": 1}):
             nova.servers.delete(server.id)
-        self.wait_for(lambda: not nova.servers.list(search_opts={"all_tenants": 1}), timeout,
-                      "the servers to be deleted", interval=0.5)
+        self.wait_for(
+            lambda: not nova.servers.list(search_opts={"all_tenants": 1}),
+            timeout,
+            "the servers to be deleted",
+            interval=0.5,
+        )
         for name in self.nodes:
+
             def healthy(name: str = name) -> bool:
                 if not self.box.hosts()[name]["running"]:
                     self.box.start(name)
@@ -546,9 +617,16 @@ class E2EBed(bedlib.Managed):
                         nova.services.enable(svc.id)
                 svc = observer.service(name)
                 return svc.state == "up" and not svc.forced_down and svc.status == "enabled"
+
             self.wait_for(healthy, timeout, f"{name} back in service", interval=1)
-        c.cibadmin("--delete-all", "--force", "--xpath", "/cib/configuration/nodes/node/"
-                   "instance_attributes/nvpair[starts-with(@name,'nova-ha-')]", check=False)
+        c.cibadmin(
+            "--delete-all",
+            "--force",
+            "--xpath",
+            "/cib/configuration/nodes/node/"
+            "instance_attributes/nvpair[starts-with(@name,'nova-ha-')]",
+            check=False,
+        )
         c.crm_resource("--cleanup", check=False)
         c.stonith_admin("--history", "*", "--cleanup", check=False)
         self.box.clear_request_log()
@@ -565,8 +643,10 @@ class E2EBed(bedlib.Managed):
 
     def accepted_evacuations(self, after: float = 0.0) -> collections.Counter:
         return collections.Counter(
-            r["path"].split("/")[-2] for r in self.requests(after)
-            if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300)
+            r["path"].split("/")[-2]
+            for r in self.requests(after)
+            if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300
+        )
 
     def compute_starts(self, node: str, after: float = 0.0) -> list[float]:
         """When NovaCompute ran the start command on `node` (compute-service.log)."""
@@ -583,17 +663,22 @@ class E2EBed(bedlib.Managed):
 
     def fence_agent_pids(self) -> list[tuple[int, str]]:
         """(pid, controller) of every fence_nova_evacuate the bed's controllers run."""
-        return [(pid, name) for name in self.cluster.controllers
-                for pid, _ in self.cluster.processes(name, "fence_nova_evacuate")]
+        return [
+            (pid, name)
+            for name in self.cluster.controllers
+            for pid, _ in self.cluster.processes(name, "fence_nova_evacuate")
+        ]
 
     def fence_requests(self, node: str, after: float = 0.0) -> list[float]:
         """When the fencer of any controller was asked to fence `node` (its log line
         "... wants to fence (reboot) NODE"), as time.time() values since `after`."""
         found = []
         for name in self.cluster.controllers:
-            found += [t for t, line in bedlib.log_lines(self.pacemaker_log(name),
-                                                         "wants to fence", after)
-                      if f") {node} " in line + " "]
+            found += [
+                t
+                for t, line in bedlib.log_lines(self.pacemaker_log(name), "wants to fence", after)
+                if f") {node} " in line + " "
+            ]
         return sorted(found)
 
     def fence_done(self, node: str, after: float = 0.0) -> list[float]:
@@ -601,11 +686,16 @@ class E2EBed(bedlib.Managed):
         on any controller), as time.time() values since `after`."""
         found = []
         for name in self.cluster.controllers:
-            found += [t for t, line in bedlib.log_lines(self.pacemaker_log(name), "Operation",
-                                                         after)
-                      if f"targeting {node} " in line + " " and re.search(
-                          r"targeting \S+ (?:by \S+ )?(?:on behalf|for).*: OK|"
-                          r"targeting \S+ using \S+ returned 0", line)]
+            found += [
+                t
+                for t, line in bedlib.log_lines(self.pacemaker_log(name), "Operation", after)
+                if f"targeting {node} " in line + " "
+                and re.search(
+                    r"targeting \S+ (?:by \S+ )?(?:on behalf|for).*: OK|"
+                    r"targeting \S+ using \S+ returned 0",
+                    line,
+                )
+            ]
         return sorted(found)
 
     def pacemaker_log(self, node: str) -> Path:
@@ -617,13 +707,19 @@ class E2EBed(bedlib.Managed):
 
     def set_role(self, resource: str, role: str) -> None:
         """target-role of a resource: Stopped / Started."""
-        self.cluster.crm_resource("--resource", resource, "--meta", "--set-parameter",
-                                  "target-role", "--parameter-value", role)
+        self.cluster.crm_resource(
+            "--resource",
+            resource,
+            "--meta",
+            "--set-parameter",
+            "target-role",
+            "--parameter-value",
+            role,
+        )
 
     def service_log(self, node: str) -> str:
         """The evacuation service's log on controller `node` ('' if it never ran there)."""
-        path = self.cluster.run_dir / node / "log" / "pacemaker" / "nova-ha" / \
-            "nova-evacuate.log"
+        path = self.cluster.run_dir / node / "log" / "pacemaker" / "nova-ha" / "nova-evacuate.log"
         try:
             return path.read_text(errors="replace")
         except FileNotFoundError:
@@ -634,10 +730,14 @@ class E2EBed(bedlib.Managed):
         services' logs ("NODE: ...; evacuating (worker PID)"), still running."""
         found = []
         for name in self.cluster.controllers:
-            running = {pid for pid, argv in self.cluster.processes(name, "")
-                       if "nova_ha.lib.evacuation_service" in argv and "worker" in argv}
-            for node, pid in re.findall(r"INFO: (\S+): [^\n]*; evacuating \(worker (\d+)\)",
-                                        self.service_log(name)):
+            running = {
+                pid
+                for pid, argv in self.cluster.processes(name, "")
+                if "nova_ha.lib.evacuation_service" in argv and "worker" in argv
+            }
+            for node, pid in re.findall(
+                r"INFO: (\S+): [^\n]*; evacuating \(worker (\d+)\)", self.service_log(name)
+            ):
                 if int(pid) in running:
                     found.append((int(pid), name, node))
         return found
@@ -655,8 +755,10 @@ class E2EBed(bedlib.Managed):
     def log_tail(self, lines: int = 40) -> str:
         parts = [self.cluster.log_tail(lines)] if self.cluster else []
         if self.box is not None:
-            parts.append(f"==== nova box ({self.box.log_path}) ====\n"
-                         + bedlib.Cluster._tail(Path(self.box.log_path), lines))
+            parts.append(
+                f"==== nova box ({self.box.log_path}) ====\n"
+                + bedlib.Cluster._tail(Path(self.box.log_path), lines)
+            )
         if self.callback_errors:
             parts.append("==== BMC callback errors ====\n" + "\n".join(self.callback_errors))
         return "\n".join(parts)

@@ -24,9 +24,13 @@ def main(argv: list[str]) -> int:
     if action == "start":
         if _pid(pidfile):
             return 0
-        proc = subprocess.Popen(["sleep", "86400"], start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["sleep", "86400"],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with open(pidfile, "w") as out:
             out.write(str(proc.pid))
         return 0

@@ -36,8 +36,11 @@ def ip(*args: str, check: bool = True, netns: str | None = None) -> subprocess.C
 def _sysctl(key: str, value: str, netns: str | None = None) -> None:
     path = f"/proc/sys/{key.replace('.', '/')}"
     if netns:
-        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", f"echo {value} > {path}"],
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "sh", "-c", f"echo {value} > {path}"],
+            capture_output=True,
+            timeout=30,
+        )
     else:
         try:
             with open(path, "w") as f:
@@ -156,8 +159,13 @@ class Network:
         if not 2 <= number <= 254:
             raise ValueError(f"node number {number} outside 2..254")
         self.up()
-        node = Node(name=name, netns=f"{self.prefix}{name}", number=number,
-                    address=f"{self.subnet}.{number}", host_if=f"{self.prefix}v{number}")
+        node = Node(
+            name=name,
+            netns=f"{self.prefix}{name}",
+            number=number,
+            address=f"{self.subnet}.{number}",
+            host_if=f"{self.prefix}v{number}",
+        )
         if node.netns in list_namespaces(self.prefix):
             raise RuntimeError(f"namespace {node.netns} already exists")
         ip("netns", "add", node.netns)

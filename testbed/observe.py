@@ -12,32 +12,49 @@ class Observer:
         from keystoneauth1.identity import v3
         from novaclient import client
 
-        auth = v3.Password(auth_url=cloud.auth_url, username=cloud.username,
-                           password=cloud.password, project_name=cloud.project_name,
-                           user_domain_name="Default", project_domain_name="Default")
-        self.nova = client.Client(microversion, session=session.Session(auth=auth, timeout=30),
-                                  endpoint_type="public")
+        auth = v3.Password(
+            auth_url=cloud.auth_url,
+            username=cloud.username,
+            password=cloud.password,
+            project_name=cloud.project_name,
+            user_domain_name="Default",
+            project_domain_name="Default",
+        )
+        self.nova = client.Client(
+            microversion, session=session.Session(auth=auth, timeout=30), endpoint_type="public"
+        )
 
     def server(self, server_id: str) -> dict[str, Any]:
         server = self.nova.servers.get(server_id)
-        return {"id": server.id, "host": getattr(server, "OS-EXT-SRV-ATTR:host"),
-                "status": server.status, "task": getattr(server, "OS-EXT-STS:task_state"),
-                "name": server.name}
+        return {
+            "id": server.id,
+            "host": getattr(server, "OS-EXT-SRV-ATTR:host"),
+            "status": server.status,
+            "task": getattr(server, "OS-EXT-STS:task_state"),
+            "name": server.name,
+        }
 
     def servers(self, host: str | None = None) -> list[dict[str, Any]]:
         opts: dict[str, Any] = {"all_tenants": 1}
         if host:
             opts["host"] = host
-        return [{"id": s.id, "host": getattr(s, "OS-EXT-SRV-ATTR:host"), "status": s.status,
-                 "task": getattr(s, "OS-EXT-STS:task_state")}
-                for s in self.nova.servers.list(search_opts=opts)]
+        return [
+            {
+                "id": s.id,
+                "host": getattr(s, "OS-EXT-SRV-ATTR:host"),
+                "status": s.status,
+                "task": getattr(s, "OS-EXT-STS:task_state"),
+            }
+            for s in self.nova.servers.list(search_opts=opts)
+        ]
 
     def service(self, host: str) -> Any:
         return self.nova.services.list(host=host, binary="nova-compute")[0]
 
     def evacuations(self, source: str) -> list[Any]:
-        return [m for m in self.nova.migrations.list(migration_type="evacuation",
-                                                     source_compute=source)]
+        return [
+            m for m in self.nova.migrations.list(migration_type="evacuation", source_compute=source)
+        ]
 
 
 IN_FLIGHT = ("accepted", "pre-migrating", "running", "migrating", "queued", "preparing")
@@ -55,8 +72,10 @@ def back_in_service(cloud: Any, host: str, timeout: float = 180.0) -> None:
     # A server broken on purpose (two evacuations at once) keeps its migration in flight
     # for good: wait a while, not forever.
     patience = time.monotonic() + min(60.0, timeout / 3)
-    while any(m.status in IN_FLIGHT for m in observer.evacuations(host)) \
-            and time.monotonic() < patience:
+    while (
+        any(m.status in IN_FLIGHT for m in observer.evacuations(host))
+        and time.monotonic() < patience
+    ):
         time.sleep(0.5)
     cloud.start(host)
     restarted_at = time.monotonic()

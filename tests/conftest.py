@@ -19,8 +19,9 @@ from tests.helpers import EVACUATE_AGENT, run_fence, run_ocf, wait_until
 pytest_plugins = ["testbed.nova_box.fixtures"]
 
 HOSTS = ["host1", "host2", "host3"]
-CLOUD_SERVICE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "testbed", "cloud_service.py")
+CLOUD_SERVICE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testbed", "cloud_service.py"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,20 +63,31 @@ class Bed:
     def fence_params(self, host: str = "host1", **extra) -> dict:
         bmc = self.bmcs[host]
         values = {
-            "action": "off", "port": host,
-            "os_auth_url": self.cloud.auth_url, "os_username": self.cloud.username,
-            "os_password": self.cloud.password, "os_project_name": self.cloud.project_name,
+            "action": "off",
+            "port": host,
+            "os_auth_url": self.cloud.auth_url,
+            "os_username": self.cloud.username,
+            "os_password": self.cloud.password,
+            "os_project_name": self.cloud.project_name,
             "os_interface": "public",
-            "ip": "127.0.0.1", "ipport": bmc.port, "username": bmc.username,
-            "password": bmc.password, "power_timeout": 10, "evacuate_timeout": 60,
+            "ip": "127.0.0.1",
+            "ipport": bmc.port,
+            "username": bmc.username,
+            "password": bmc.password,
+            "power_timeout": 10,
+            "evacuate_timeout": 60,
         }
         values.update(extra)
         return {k: v for k, v in values.items() if v is not None}
 
     def os_params(self, **extra) -> dict:
-        values = {"os_auth_url": self.cloud.auth_url, "os_username": self.cloud.username,
-                  "os_password": self.cloud.password,
-                  "os_project_name": self.cloud.project_name, "os_interface": "public"}
+        values = {
+            "os_auth_url": self.cloud.auth_url,
+            "os_username": self.cloud.username,
+            "os_password": self.cloud.password,
+            "os_project_name": self.cloud.project_name,
+            "os_interface": "public",
+        }
         values.update(extra)
         return {k: v for k, v in values.items() if v is not None}
 
@@ -83,9 +95,12 @@ class Bed:
         """NovaCompute parameters whose commands drive `host`'s compute in the cloud."""
         base = self.cloud.auth_url.rsplit("/identity", 1)[0]
         command = f"{sys.executable} {CLOUD_SERVICE} {base} {host} {{}}"
-        return self.os_params(start_command=command.format("start"),
-                              stop_command=command.format("stop"),
-                              status_command=command.format("status"), **extra)
+        return self.os_params(
+            start_command=command.format("start"),
+            stop_command=command.format("stop"),
+            status_command=command.format("status"),
+            **extra,
+        )
 
     def clouds_yaml(self, path, name: str) -> str:
         """A clouds.yaml naming this cloud `name` (for os_cloud); returns its path."""
@@ -108,9 +123,13 @@ class Bed:
         """The agents' environment: the bed's CIB file, and the evacuation service's socket
         and log in the bed's own folder."""
         base = os.path.dirname(self.cib)
-        return dict(os.environ, CIB_file=self.cib, NOVA_HA_RUN_DIR=os.path.join(base, "run"),
-                    NOVA_HA_LOG_DIR=os.path.join(base, "log"),
-                    HA_RSCTMP=os.path.join(base, "rsctmp"))
+        return dict(
+            os.environ,
+            CIB_file=self.cib,
+            NOVA_HA_RUN_DIR=os.path.join(base, "run"),
+            NOVA_HA_LOG_DIR=os.path.join(base, "log"),
+            HA_RSCTMP=os.path.join(base, "rsctmp"),
+        )
 
     @contextlib.contextmanager
     def evacuation_service(self, env: dict | None = None, **extra) -> Iterator[EvacService]:
@@ -119,8 +138,11 @@ class Bed:
         from nova_ha.lib import params as table
 
         env = env or self.env()
-        given = {k: v for k, v in extra.items()
-                 if table.canonical_name(k, table.EVACUATE) and v is not None}
+        given = {
+            k: v
+            for k, v in extra.items()
+            if table.canonical_name(k, table.EVACUATE) and v is not None
+        }
         if given.get("evacuate") not in ("all", "tagged"):
             given.pop("evacuate", None)  # the device's none/record: the service's own mode
         values = self.os_params(**{"evacuate": "all", **given})
@@ -136,8 +158,9 @@ class Bed:
     def fence(self, host: str = "host1", **extra) -> subprocess.CompletedProcess[str]:
         return self.fence_with(self.fence_params(host, **extra), **extra)
 
-    def fence_with(self, values: dict, env: dict | None = None, timeout: float = 120,
-                   **extra) -> subprocess.CompletedProcess[str]:
+    def fence_with(
+        self, values: dict, env: dict | None = None, timeout: float = 120, **extra
+    ) -> subprocess.CompletedProcess[str]:
         """One fence action, as Pacemaker runs it, beside an evacuation service; returns
         once the service has recorded the outcome. stderr holds the fence agent's log, then
         the service's."""
@@ -147,8 +170,9 @@ class Bed:
             if done.returncode == 0 and values.get("action", "off") in ("off", "reboot"):
                 service.wait_settled(values["port"], timeout)
             log = service.log()
-        return subprocess.CompletedProcess(done.args, done.returncode, done.stdout,
-                                           done.stderr + log)
+        return subprocess.CompletedProcess(
+            done.args, done.returncode, done.stdout, done.stderr + log
+        )
 
     def off_time(self, host: str) -> float:
         offs = [t for t, what in self.bmcs[host].power_log if what == "off"]
@@ -156,9 +180,12 @@ class Bed:
         return offs[0]
 
     def requests(self, action: str | None = None, method: str | None = None) -> list[dict]:
-        return [r for r in self.cloud.request_log()
-                if (action is None or r.get("action") == action)
-                and (method is None or r["method"] == method)]
+        return [
+            r
+            for r in self.cloud.request_log()
+            if (action is None or r.get("action") == action)
+            and (method is None or r["method"] == method)
+        ]
 
 
 @dataclass
@@ -185,8 +212,11 @@ class EvacService:
 
         def settled() -> bool:
             record = store.get(node)
-            return not (record.state in ("fenced", "evacuating")
-                        and record.lease_owner == handover.SERVICE_OWNER)
+            return not (
+                record.state in ("fenced", "evacuating")
+                and record.lease_owner == handover.SERVICE_OWNER
+            )
+
         wait_until(settled, timeout, interval=0.1)
 
 

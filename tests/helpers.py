@@ -28,10 +28,14 @@ def stdin_text(params: Mapping[str, object] | Iterable[tuple[str, object]]) -> s
     return "".join(f"{k}={v}\n" for k, v in items)
 
 
-def run_fence(params: Mapping[str, object] | Iterable[tuple[str, object]] | None = None,
-              args: list[str] | None = None, stdin: bytes | str | None = None,
-              user: str | None = None, timeout: float = 120,
-              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_fence(
+    params: Mapping[str, object] | Iterable[tuple[str, object]] | None = None,
+    args: list[str] | None = None,
+    stdin: bytes | str | None = None,
+    user: str | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run fence_nova_evacuate as Pacemaker does: parameters on stdin, no argv."""
     if stdin is None:
         stdin = stdin_text(params or {})
@@ -40,19 +44,30 @@ def run_fence(params: Mapping[str, object] | Iterable[tuple[str, object]] | None
     cmd = [PYTHON, FENCE_AGENT] + (args or [])
     if user:
         cmd = ["runuser", "-u", user, "--"] + cmd
-    done = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout,
-                          env=dict(env if env is not None else os.environ), cwd="/")
-    return subprocess.CompletedProcess(done.args, done.returncode,
-                                       done.stdout.decode(errors="replace"),
-                                       done.stderr.decode(errors="replace"))
+    done = subprocess.run(
+        cmd,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env=dict(env if env is not None else os.environ),
+        cwd="/",
+    )
+    return subprocess.CompletedProcess(
+        done.args,
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+    )
 
 
 EVACUATE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaEvacuate")
 
 
-def ocf_env(params: Mapping[str, object] | None = None,
-            meta: Mapping[str, object] | None = None,
-            base: Mapping[str, str] | None = None) -> dict[str, str]:
+def ocf_env(
+    params: Mapping[str, object] | None = None,
+    meta: Mapping[str, object] | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The environment Pacemaker's executor gives an OCF agent."""
     env = {k: v for k, v in (base or os.environ).items() if not k.startswith("OCF_")}
     env["OCF_ROOT"] = "/usr/lib/ocf"
@@ -61,16 +76,20 @@ def ocf_env(params: Mapping[str, object] | None = None,
     return env
 
 
-def run_ocf(agent: str, action: str, params: Mapping[str, object] | None = None,
-            meta: Mapping[str, object] | None = None, timeout: float = 120,
-            user: str | None = None, env: Mapping[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_ocf(
+    agent: str,
+    action: str,
+    params: Mapping[str, object] | None = None,
+    meta: Mapping[str, object] | None = None,
+    timeout: float = 120,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = ocf_env(params, meta, env)
     cmd = [PYTHON, agent, action]
     if user:
         cmd = ["runuser", "-u", user, "--"] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd="/")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2):

@@ -29,10 +29,12 @@ OTHER_PROJECT = "0123456789abcdef0123456789abcdef"
 
 # ---- helpers --------------------------------------------------------------------------------
 
+
 def _config(tmp_path, values: dict, name: str = "nova-ha.conf") -> str:
     path = tmp_path / name
-    path.write_text("# written by the test\n\n" + "".join(f"{k} = {v}\n"
-                                                          for k, v in values.items()))
+    path.write_text(
+        "# written by the test\n\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+    )
     path.chmod(0o600)
     return str(path)
 
@@ -41,28 +43,51 @@ def _empty_config(tmp_path) -> str:
     return _config(tmp_path, {}, "empty.conf")
 
 
-def _nova_ha(bed_or_env, *args: str, timeout: float = 120,
-             stdout: int | None = None) -> subprocess.CompletedProcess:
+def _nova_ha(
+    bed_or_env, *args: str, timeout: float = 120, stdout: int | None = None
+) -> subprocess.CompletedProcess:
     env = bed_or_env if isinstance(bed_or_env, dict) else bed_or_env.env()
     env = dict(env, PYTHONPATH=ROOT)
-    return subprocess.run([PYTHON, "-m", "nova_ha.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd="/")
+    return subprocess.run(
+        [PYTHON, "-m", "nova_ha.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd="/",
+    )
 
 
 def _add_fence_devices(bed, **os_overrides) -> None:
     """One fence_nova_evacuate device per host, as `pcs stonith create` makes them: the
     OpenStack credentials and the host's BMC, in the CIB."""
     for host, bmc in bed.bmcs.items():
-        values = dict(bed.os_params(**os_overrides), pcmk_host_list=host, ip="127.0.0.1",
-                      ipport=bmc.port, username=bmc.username, password=bmc.password,
-                      evacuate="record", max_parallel=4)
-        pairs = "".join(f'<nvpair id="fence-{host}-{k}" name="{k}" value={quoteattr(str(v))}/>'
-                        for k, v in values.items())
-        xml = (f'<primitive id="fence-{host}" class="stonith" type="fence_nova_evacuate">'
-               f'<instance_attributes id="fence-{host}-ia">{pairs}</instance_attributes>'
-               f'</primitive>')
-        done = subprocess.run(["cibadmin", "--create", "--scope", "resources", "--xml-text",
-                               xml], env=bed.env(), capture_output=True, text=True, timeout=30)
+        values = dict(
+            bed.os_params(**os_overrides),
+            pcmk_host_list=host,
+            ip="127.0.0.1",
+            ipport=bmc.port,
+            username=bmc.username,
+            password=bmc.password,
+            evacuate="record",
+            max_parallel=4,
+        )
+        pairs = "".join(
+            f'<nvpair id="fence-{host}-{k}" name="{k}" value={quoteattr(str(v))}/>'
+            for k, v in values.items()
+        )
+        xml = (
+            f'<primitive id="fence-{host}" class="stonith" type="fence_nova_evacuate">'
+            f'<instance_attributes id="fence-{host}-ia">{pairs}</instance_attributes>'
+            f"</primitive>"
+        )
+        done = subprocess.run(
+            ["cibadmin", "--create", "--scope", "resources", "--xml-text", xml],
+            env=bed.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
 
 
@@ -71,8 +96,11 @@ def _store(bed) -> state.CibStateStore:
 
 
 def _requests(bed, suffix: str, method: str = "GET") -> list[dict]:
-    return [r for r in bed.cloud.request_log()
-            if r["method"] == method and r["path"].rstrip("/").endswith(suffix)]
+    return [
+        r
+        for r in bed.cloud.request_log()
+        if r["method"] == method and r["path"].rstrip("/").endswith(suffix)
+    ]
 
 
 def _rows(output: str) -> dict[str, dict]:
@@ -80,6 +108,7 @@ def _rows(output: str) -> dict[str, dict]:
 
 
 # ---- status ---------------------------------------------------------------------------------
+
 
 def test_status_asks_each_source_once_with_credentials_from_the_cib(sim_bed, tmp_path):
     bed = sim_bed
@@ -111,8 +140,9 @@ def test_status_asks_each_source_once_with_credentials_from_the_cib(sim_bed, tmp
     assert len(_requests(bed, "/os-services")) == 1
     assert len(_requests(bed, "/servers/detail")) == 1
     assert not [r for r in bed.cloud.request_log() if "host=" in (r.get("query") or "")]
-    assert not [r for r in bed.cloud.request_log() if r["method"] != "GET"
-                and "/identity/" not in r["path"]]
+    assert not [
+        r for r in bed.cloud.request_log() if r["method"] != "GET" and "/identity/" not in r["path"]
+    ]
 
 
 def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypatch):
@@ -121,14 +151,14 @@ def test_status_reads_the_records_with_one_cib_query(sim_bed, tmp_path, monkeypa
     store = _store(bed)
     for host in ("host1", "host2"):
         store.mark(host, HostState.FENCED, Event.FENCED, "test", mode="all")
-    args = cli.parser().parse_args(["status", "--no-cib", "--config",
-                                     _config(tmp_path, bed.os_params())])
+    args = cli.parser().parse_args(
+        ["status", "--no-cib", "--config", _config(tmp_path, bed.os_params())]
+    )
     ctx = load_context(args)
     data = collect_status(ctx, with_power=False)
     assert ctx.store().commands_run == 1
     rows = {r["node"]: r for r in data["hosts"]}
-    assert rows["host1"]["record"]["state"] == "fenced" and rows["host3"]["record"]["state"] \
-        == "ok"
+    assert rows["host1"]["record"]["state"] == "fenced" and rows["host3"]["record"]["state"] == "ok"
     # two of three hosts fenced at once: the default guard (25%, at least 1) holds them
     assert rows["host1"]["held"] and rows["host2"]["held"] and not rows["host3"]["held"]
     assert rows["host1"]["guard"]["wave"] == ["host1", "host2"]
@@ -159,8 +189,16 @@ def test_status_table_is_plain_unless_a_terminal(sim_bed, tmp_path):
     assert plain.returncode == 0, plain.stderr
     assert "\x1b[" not in plain.stdout
     lines = plain.stdout.splitlines()
-    assert lines[0].split() == ["NODE", "PACEMAKER", "NOVA", "SERVERS", "NOVA-HA", "SINCE",
-                                "LEASE", "FOUND/EVAC/FAIL"]
+    assert lines[0].split() == [
+        "NODE",
+        "PACEMAKER",
+        "NOVA",
+        "SERVERS",
+        "NOVA-HA",
+        "SINCE",
+        "LEASE",
+        "FOUND/EVAC/FAIL",
+    ]
     host1 = next(line for line in lines if line.startswith("host1"))
     assert "down, forced down, disabled by nova-ha" in host1 and " evacuated " in host1
     assert "1 (1 ERROR)" in next(line for line in lines if line.startswith("host2"))
@@ -170,8 +208,13 @@ def test_status_table_is_plain_unless_a_terminal(sim_bed, tmp_path):
     main, secondary = pty.openpty()
     env = dict(bed.env(), PYTHONPATH=ROOT)
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([PYTHON, "-m", "nova_ha.cli", "status", "--config", config],
-                            stdout=secondary, stderr=subprocess.PIPE, env=env, cwd="/")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "nova_ha.cli", "status", "--config", config],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd="/",
+    )
     os.close(secondary)
     output = b""
     while True:
@@ -190,9 +233,16 @@ def test_status_table_is_plain_unless_a_terminal(sim_bed, tmp_path):
 def test_status_when_nova_and_the_cluster_cannot_be_asked(tmp_path, cib_file):
     store = state.CibStateStore(cib_file)
     store.mark("host1", HostState.FENCED, Event.FENCED, "test", mode="all")
-    config = _config(tmp_path, {"os_auth_url": "http://127.0.0.1:9/v3", "os_username": "a",
-                                "os_password": "pw-never-shown", "os_project_name": "p",
-                                "os_api_timeout": "1"})
+    config = _config(
+        tmp_path,
+        {
+            "os_auth_url": "http://127.0.0.1:9/v3",
+            "os_username": "a",
+            "os_password": "pw-never-shown",
+            "os_project_name": "p",
+            "os_api_timeout": "1",
+        },
+    )
     env = dict(os.environ, CIB_file=cib_file)
     done = _nova_ha(env, "status", "--config", config, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -205,8 +255,7 @@ def test_status_when_nova_and_the_cluster_cannot_be_asked(tmp_path, cib_file):
     done = _nova_ha(env, "status", "--json", "--config", config, timeout=60)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["hosts"] == [] and any(p.startswith("cluster records:")
-                                       for p in data["problems"])
+    assert data["hosts"] == [] and any(p.startswith("cluster records:") for p in data["problems"])
 
 
 _CRM_MON = b"""<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml -1">
@@ -239,11 +288,18 @@ def test_pacemaker_states_from_crm_mon():
     nodes, why = sources.parse_crm_mon(_CRM_MON)
     assert why == ""
     assert {n: v["state"] for n, v in nodes.items()} == {
-        "c1": "online", "compute1": "fenced", "compute2": "unclean", "compute3": "standby",
-        "compute4": "offline"}
+        "c1": "online",
+        "compute1": "fenced",
+        "compute2": "unclean",
+        "compute3": "standby",
+        "compute4": "offline",
+    }
     assert nodes["compute1"]["last_fenced"] == "2026-11-22 14:03:00Z"
-    offline_cib = subprocess.run(["crm_mon", "--output-as=xml", "-1"], capture_output=True,
-                                 env=dict(os.environ, CIB_file="/nonexistent.xml"))
+    offline_cib = subprocess.run(
+        ["crm_mon", "--output-as=xml", "-1"],
+        capture_output=True,
+        env=dict(os.environ, CIB_file="/nonexistent.xml"),
+    )
     assert sources.parse_crm_mon(offline_cib.stdout)[0] is None
     stopped = b"""<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml -1">
   <status code="102" message="Not connected">
@@ -253,26 +309,37 @@ def test_pacemaker_states_from_crm_mon():
     </errors>
   </status>
 </pacemaker-result>"""  # crm_mon 2.1.5 on a node whose cluster is stopped
-    assert sources.parse_crm_mon(stopped, 102) == \
-        (None, "crm_mon: error: Could not connect to launcher: Connection refused")
-    assert sources.parse_crm_mon(b"not xml", 102, "crm_mon: connection refused") == \
-        (None, "crm_mon: crm_mon: connection refused")
+    assert sources.parse_crm_mon(stopped, 102) == (
+        None,
+        "crm_mon: error: Could not connect to launcher: Connection refused",
+    )
+    assert sources.parse_crm_mon(b"not xml", 102, "crm_mon: connection refused") == (
+        None,
+        "crm_mon: crm_mon: connection refused",
+    )
 
 
 def test_rows_join_pacemaker_nova_and_records_by_node_name():
     from nova_ha.openstack.views import Server, Service
 
     store = state.MemoryStateStore()
-    store.mark("compute1", HostState.FENCED, Event.FENCED, "x", mode="all",
-               service_host="compute1.dc")
-    services = [Service("1", "compute1.dc", "disabled", "down", True, "nova-ha: fenced"),
-                Service("2", "compute2.dc", "enabled", "up", False, None)]
-    servers = [Server("a", host="compute2.dc", status="ACTIVE"),
-               Server("b", host=None, status="ERROR")]
+    store.mark(
+        "compute1", HostState.FENCED, Event.FENCED, "x", mode="all", service_host="compute1.dc"
+    )
+    services = [
+        Service("1", "compute1.dc", "disabled", "down", True, "nova-ha: fenced"),
+        Service("2", "compute2.dc", "enabled", "up", False, None),
+    ]
+    servers = [
+        Server("a", host="compute2.dc", status="ACTIVE"),
+        Server("b", host=None, status="ERROR"),
+    ]
     nodes, _ = sources.parse_crm_mon(_CRM_MON)
     parsed = params.parse({"domain": "dc"}, params.CLI)
-    rows = {r["node"]: r for r in build_rows(store.all(), nodes, services, servers,
-                                                 {"compute1": "off"}, parsed)}
+    rows = {
+        r["node"]: r
+        for r in build_rows(store.all(), nodes, services, servers, {"compute1": "off"}, parsed)
+    }
     assert sorted(rows) == ["compute1", "compute2", "compute3", "compute4"]  # not c1
     assert rows["compute1"]["nova_host"] == "compute1.dc" and rows["compute1"]["power"] == "off"
     assert rows["compute2"]["servers"] == {"total": 1, "by_status": {"ACTIVE": 1}}
@@ -283,6 +350,7 @@ def test_rows_join_pacemaker_nova_and_records_by_node_name():
 
 # ---- history --------------------------------------------------------------------------------
 
+
 def test_history_newest_first(sim_bed, tmp_path):
     bed = sim_bed
     store = _store(bed)
@@ -290,8 +358,9 @@ def test_history_newest_first(sim_bed, tmp_path):
     store.mark("host1", HostState.FENCED, Event.FENCED, "power off", now=t)
     store.mark("host2", HostState.FENCED, Event.FENCED, "power off", now=t + 1)
     store.mark("host1", HostState.EVACUATING, Event.EVACUATION_STARTED, "by x", now=t + 2)
-    store.mark("host1", HostState.EVACUATED, Event.EVACUATION_FINISHED, now=t + 3, found=2,
-               evacuated=2)
+    store.mark(
+        "host1", HostState.EVACUATED, Event.EVACUATION_FINISHED, now=t + 3, found=2, evacuated=2
+    )
     store.mark("host1", HostState.OK, Event.REJOINED, "service up", now=t + 4)
     config = _empty_config(tmp_path)
     done = _nova_ha(bed, "history", "--config", config, "--no-cib")
@@ -299,30 +368,51 @@ def test_history_newest_first(sim_bed, tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["TIME", "NODE", "EVENT", "DETAIL"]
     assert [line.split()[2] for line in lines[1:]] == [
-        "rejoined", "evacuation_finished", "evacuation_started", "fenced", "fenced"]
+        "rejoined",
+        "evacuation_finished",
+        "evacuation_started",
+        "fenced",
+        "fenced",
+    ]
     assert lines[4].split()[1] == "host2"
     assert "found=2 evacuated=2 failed=0" in lines[2]
     only = json.loads(_nova_ha(bed, "history", "host2", "--json", "--config", config).stdout)
-    assert only == [{"time": "2027-01-15T08:00:01Z", "node": "host2", "event": "fenced",
-                     "detail": "power off"}]
-    assert len(json.loads(_nova_ha(bed, "history", "-n", "2", "--json", "--config",
-                                   config).stdout)) == 2
-    assert "no recorded event for host3" in _nova_ha(bed, "history", "host3", "--config",
-                                                     config).stdout
+    assert only == [
+        {"time": "2027-01-15T08:00:01Z", "node": "host2", "event": "fenced", "detail": "power off"}
+    ]
+    assert (
+        len(json.loads(_nova_ha(bed, "history", "-n", "2", "--json", "--config", config).stdout))
+        == 2
+    )
+    assert (
+        "no recorded event for host3"
+        in _nova_ha(bed, "history", "host3", "--config", config).stdout
+    )
 
 
 # ---- reset ----------------------------------------------------------------------------------
 
-def test_reset_refuses_a_live_lease_unless_forced_and_says_what_changed(sim_bed, tmp_path,
-                                                                        webhook):
+
+def test_reset_refuses_a_live_lease_unless_forced_and_says_what_changed(sim_bed, tmp_path, webhook):
     bed = sim_bed
     store = _store(bed)
     store.mark("host1", HostState.FENCED, Event.FENCED, "power off", mode="all")
     assert store.acquire_lease("host1", "NovaEvacuate@other-controller", ttl=300)
-    store.mark("host1", HostState.EVACUATING, Event.EVACUATION_STARTED, "by other",
-               owner="NovaEvacuate@other-controller")
-    store.mark("host1", HostState.EVACUATING, found=4, evacuated=1, failed=1,
-               owner="NovaEvacuate@other-controller")
+    store.mark(
+        "host1",
+        HostState.EVACUATING,
+        Event.EVACUATION_STARTED,
+        "by other",
+        owner="NovaEvacuate@other-controller",
+    )
+    store.mark(
+        "host1",
+        HostState.EVACUATING,
+        found=4,
+        evacuated=1,
+        failed=1,
+        owner="NovaEvacuate@other-controller",
+    )
     config = _config(tmp_path, {"notify_url": webhook.url})
     refused = _nova_ha(bed, "reset", "host1", "--config", config)
     assert refused.returncode == 1
@@ -330,8 +420,7 @@ def test_reset_refuses_a_live_lease_unless_forced_and_says_what_changed(sim_bed,
     assert "--force" in refused.stderr
     record = store.get("host1")
     assert record.state == "evacuating" and record.lease_owner == "NovaEvacuate@other-controller"
-    done = _nova_ha(bed, "reset", "host1", "--force", "--note", "disk replaced",
-                    "--config", config)
+    done = _nova_ha(bed, "reset", "host1", "--force", "--note", "disk replaced", "--config", config)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "host1: state evacuating -> ok" in out
@@ -356,20 +445,23 @@ def test_reset_needs_no_force_once_the_lease_expired(sim_bed, tmp_path):
     store = _store(bed)
     store.mark("host2", HostState.FENCED, Event.FENCED, "power off", mode="all")
     store.mark("host2", HostState.FAILED, Event.EVACUATION_FAILED, "no valid host", failed=2)
-    assert store.acquire_lease("host2", "fence_nova_evacuate@c1:1", ttl=1,
-                               now=time.time() - 3600)
+    assert store.acquire_lease("host2", "fence_nova_evacuate@c1:1", ttl=1, now=time.time() - 3600)
     done = _nova_ha(bed, "reset", "host2", "--config", _empty_config(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "state failed -> ok" in done.stdout and "(expired) released" in done.stdout
     unknown = _nova_ha(bed, "reset", "nosuchhost", "--config", _empty_config(tmp_path))
     assert unknown.returncode == 1
-    assert "nosuchhost is not a compute node of this cluster (known: host1, host2, host3)" \
+    assert (
+        "nosuchhost is not a compute node of this cluster (known: host1, host2, host3)"
         in unknown.stderr
-    assert _nova_ha(bed, "reset", "HOST2", "--config", _empty_config(tmp_path)).stdout \
-        .startswith("host2: nothing to reset")
+    )
+    assert _nova_ha(bed, "reset", "HOST2", "--config", _empty_config(tmp_path)).stdout.startswith(
+        "host2: nothing to reset"
+    )
 
 
 # ---- evacuate -------------------------------------------------------------------------------
+
 
 def test_evacuate_refuses_hosts_that_are_not_fenced(sim_bed, tmp_path):
     bed = sim_bed
@@ -386,8 +478,13 @@ def test_evacuate_refuses_hosts_that_are_not_fenced(sim_bed, tmp_path):
     assert refused.returncode == 1 and "already evacuated" in refused.stderr
     store.mark("host3", HostState.FENCED, Event.FENCED, "x", mode="all")
     assert store.acquire_lease("host3", "NovaEvacuate@other-controller", ttl=300)
-    store.mark("host3", HostState.EVACUATING, Event.EVACUATION_STARTED, "by other",
-               owner="NovaEvacuate@other-controller")
+    store.mark(
+        "host3",
+        HostState.EVACUATING,
+        Event.EVACUATION_STARTED,
+        "by other",
+        owner="NovaEvacuate@other-controller",
+    )
     refused = _nova_ha(bed, "evacuate", "host3", "--config", config)
     assert refused.returncode == 1
     assert "being evacuated by NovaEvacuate@other-controller" in refused.stderr
@@ -404,8 +501,14 @@ def test_evacuate_by_hand_after_record_only_fencing(sim_bed, tmp_path):
     # The fence handed the host over to NovaEvacuate, which is not running here.
     refused = _nova_ha(bed, "evacuate", "host1", "--config", _config(tmp_path, bed.os_params()))
     assert refused.returncode == 1 and "--take-over" in refused.stderr, refused.stderr
-    done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--config",
-                    _config(tmp_path, dict(bed.os_params(), max_parallel=3)))
+    done = _nova_ha(
+        bed,
+        "evacuate",
+        "host1",
+        "--take-over",
+        "--config",
+        _config(tmp_path, dict(bed.os_params(), max_parallel=3)),
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "host1: recorded 'fenced'; 6 servers on host1; evacuating (all, at most 3" in out
@@ -432,8 +535,7 @@ def test_evacuate_by_hand_while_the_guard_holds_the_host(sim_bed, tmp_path, webh
         store.mark(host, HostState.FENCED, Event.FENCED, "power off", mode="record")
     parsed = params.parse({"max_fenced_hosts": "2"}, params.CLI)
     assert guard.check(store.all(), parsed.settings.evacuation, "host1").blocked
-    config = _config(tmp_path, dict(bed.os_params(), max_fenced_hosts=2,
-                                    notify_url=webhook.url))
+    config = _config(tmp_path, dict(bed.os_params(), max_fenced_hosts=2, notify_url=webhook.url))
     done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--config", config)
     assert done.returncode == 0, done.stderr
     assert "note: the mass-failure guard holds host1" in done.stdout
@@ -476,14 +578,21 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
 
 # ---- where the parameters come from ---------------------------------------------------------
 
+
 def test_config_file_syntax_and_warnings(tmp_path, capsys, monkeypatch, cib_file):
     monkeypatch.setenv("CIB_file", cib_file)
     path = tmp_path / "conf"
-    path.write_text("# comment\n; other comment\n\nos_cloud = 'overcloud'\n"
-                    "max_parallel=8\nos_password = \"p w\"\nbogus_name = 1\n")
+    path.write_text(
+        "# comment\n; other comment\n\nos_cloud = 'overcloud'\n"
+        'max_parallel=8\nos_password = "p w"\nbogus_name = 1\n'
+    )
     path.chmod(0o644)
-    assert read_config(str(path)) == [("os_cloud", "overcloud"), ("max_parallel", "8"),
-                                          ("os_password", "p w"), ("bogus_name", "1")]
+    assert read_config(str(path)) == [
+        ("os_cloud", "overcloud"),
+        ("max_parallel", "8"),
+        ("os_password", "p w"),
+        ("bogus_name", "1"),
+    ]
     args = cli.parser().parse_args(["history", "--config", str(path), "--no-cib"])
     ctx = load_context(args)
     assert ctx.parsed["max_parallel"] == 8 and ctx.parsed["os_password"] == "p w"
@@ -503,8 +612,9 @@ def test_os_cloud_from_clouds_yaml(sim_bed, tmp_path):
     bed = sim_bed
     clouds = bed.clouds_yaml(tmp_path / "clouds.yaml", "testcloud")
     env = dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds)
-    done = _nova_ha(env, "status", "--json", "--os-cloud", "testcloud", "--config",
-                    _empty_config(tmp_path))
+    done = _nova_ha(
+        env, "status", "--json", "--os-cloud", "testcloud", "--config", _empty_config(tmp_path)
+    )
     assert done.returncode == 0, done.stderr
     assert not [p for p in json.loads(done.stdout)["problems"] if p.startswith("Nova")]
     assert _rows(done.stdout)["host1"]["nova"]["state"] == "up"
@@ -553,13 +663,16 @@ def test_device_parameters_and_cibsecret(tmp_path, monkeypatch):
     (secrets / "fence-c1" / "os_password").write_text("from-cibsecret\n")
     monkeypatch.setattr(sources, "CIBSECRET_DIR", str(secrets))
     assert dict(sources.device_params(resources)) == {
-        "evacuate": "tagged", "os_password": "from-cibsecret",
-        "os_auth_url": "http://keystone/v3"}
+        "evacuate": "tagged",
+        "os_password": "from-cibsecret",
+        "os_auth_url": "http://keystone/v3",
+    }
     devices = sources.bmc_devices(resources)
     assert sorted(devices) == ["c1", "c2"] and devices["c2"]["ipaddr"] == "10.0.0.2"
 
 
 # ---- the real Nova --------------------------------------------------------------------------
+
 
 def test_status_against_the_real_nova(box_bed, tmp_path):
     bed = box_bed
@@ -581,9 +694,13 @@ def test_status_against_the_real_nova(box_bed, tmp_path):
 
 def test_notify_module_is_light():
     """Agents import notify on their hot path: no HTTP library until a webhook is sent."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                           "import nova_ha.lib.notify, nova_ha.lib.guard"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import nova_ha.lib.notify, nova_ha.lib.guard"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     for heavy in ("urllib.request", "keystoneauth1", "lxml", "pyghmi"):
         assert f" {heavy}\n" not in done.stderr, heavy
@@ -596,8 +713,17 @@ def test_evacuate_by_hand_on_the_real_nova(box_bed, tmp_path):
     try:
         done = run_fence(bed.fence_params(evacuate="record"), env=bed.env())
         assert done.returncode == 0, done.stderr
-        done = _nova_ha(bed, "evacuate", "host1", "--take-over", "--timeout", "120", "--config",
-                        _config(tmp_path, bed.os_params()), timeout=180)
+        done = _nova_ha(
+            bed,
+            "evacuate",
+            "host1",
+            "--take-over",
+            "--timeout",
+            "120",
+            "--config",
+            _config(tmp_path, bed.os_params()),
+            timeout=180,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         # The box is shared by the session: servers another test left on host1 move too.
         found = int(re.search(r"(\d+) servers found", done.stdout).group(1))

@@ -29,9 +29,13 @@ cluster2 = cluster_fixture(scope="class", controllers=2)
 MEASURED: dict[str, float] = {}
 SEEN_PIDS: set[tuple[int, str | None]] = set()  # every daemon PID the beds ran
 BEDS: dict[int, Cluster] = {}
-HOST_FILES = ("/etc/corosync/corosync.conf", "/etc/corosync/authkey",
-              "/var/lib/pacemaker/cib/cib.xml", "/var/log/pacemaker/pacemaker.log",
-              "/var/log/corosync/corosync.log")
+HOST_FILES = (
+    "/etc/corosync/corosync.conf",
+    "/etc/corosync/authkey",
+    "/var/lib/pacemaker/cib/cib.xml",
+    "/var/log/pacemaker/pacemaker.log",
+    "/var/log/corosync/corosync.log",
+)
 
 
 def _fingerprint() -> dict[str, str | None]:
@@ -42,8 +46,11 @@ def _fingerprint() -> dict[str, str | None]:
             out[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         except FileNotFoundError:
             out[path] = None
-    out["/var/lib/pacemaker/cib/"] = " ".join(sorted(os.listdir("/var/lib/pacemaker/cib"))) \
-        if os.path.isdir("/var/lib/pacemaker/cib") else None
+    out["/var/lib/pacemaker/cib/"] = (
+        " ".join(sorted(os.listdir("/var/lib/pacemaker/cib")))
+        if os.path.isdir("/var/lib/pacemaker/cib")
+        else None
+    )
     return out
 
 
@@ -75,8 +82,9 @@ class TestOneController:
         assert nodes["_dc"]["name"] == "c1"
         MEASURED["one controller: start -> Online"] = cluster.timings["cluster_start"]
         assert cluster.timings["cluster_start"] < 30  # dc-deadtime=2s in the first CIB
-        props = cluster.run("crm_attribute --type crm_config --name dc-deadtime --query "
-                            "--quiet").stdout.strip()
+        props = cluster.run(
+            "crm_attribute --type crm_config --name dc-deadtime --query --quiet"
+        ).stdout.strip()
         assert props == "2s"
         _remember(cluster)
 
@@ -90,10 +98,9 @@ class TestOneController:
         os.chmod(tmp_path, 0o755)
         cluster.pcs("property", "set", "batch-limit=30", cib_file=cib)
         assert 'name="batch-limit" value="30"' in cib.read_text()
-        assert 'batch-limit' not in cluster.cibadmin("--query").stdout
+        assert "batch-limit" not in cluster.cibadmin("--query").stdout
         cluster.pcs("property", "set", "batch-limit=0")  # live
-        assert cluster.run("crm_attribute -t crm_config -n batch-limit -q -G").stdout.strip() \
-            == "0"
+        assert cluster.run("crm_attribute -t crm_config -n batch-limit -q -G").stdout.strip() == "0"
         cluster.crm_attribute("--type", "crm_config", "--name", "batch-limit", "--delete")
 
     def test_remotes_online(self, cluster: Cluster):
@@ -138,8 +145,9 @@ class TestOneController:
         r2 = cluster.remotes["remote2"]
         at = cluster.cut_link("remote2")
         rec = cluster.wait_fence_request("remote2", after=at, timeout=60)
-        MEASURED[f"cut link -> fence request (monitor {r2.monitor_interval}"
-                 f"/{r2.monitor_timeout})"] = rec.at - at
+        MEASURED[
+            f"cut link -> fence request (monitor {r2.monitor_interval}/{r2.monitor_timeout})"
+        ] = rec.at - at
         cluster.wait_node("remote2", online=False, timeout=30)
         assert r2.pid  # "fenced", but nothing powered it off: it still runs
         cluster.kill_namespace_processes("remote2")
@@ -148,19 +156,25 @@ class TestOneController:
         assert cluster.is_online("remote1") and cluster.is_online("remote2")
         _remember(cluster)
 
-
     def test_failing_fence_is_retried(self, cluster: Cluster, tmp_path):
         """The test device's fail_file: while it exists, fencing fails (and Pacemaker
         retries); once it is gone, the node is fenced."""
         fail = tmp_path / "fail"
         fail.touch()
-        cluster.crm_resource("--resource", "st-testbed", "--set-parameter", "fail_file",
-                             "--parameter-value", str(fail))
+        cluster.crm_resource(
+            "--resource",
+            "st-testbed",
+            "--set-parameter",
+            "fail_file",
+            "--parameter-value",
+            str(fail),
+        )
         time.sleep(1)
         at = cluster.kill_remote("remote1")
 
         def results() -> list[str]:
             return [r.result for r in cluster.fence_records("remote1") if r.at >= at]
+
         cluster.wait_for(lambda: results()[:1] == ["failed"], 30, "a failed fence request")
         assert cluster.nodes()["remote1"]["unclean"] == "true"
         fail.unlink()
@@ -185,8 +199,9 @@ class TestTwoControllers:
     def test_remote_and_controller_failover(self, cluster2: Cluster):
         cluster2.add_test_stonith()
         cluster2.add_remote("remote1")
-        MEASURED["two controllers: remote add -> Online"] = \
-            cluster2.timings["remote_online:remote1"]
+        MEASURED["two controllers: remote add -> Online"] = cluster2.timings[
+            "remote_online:remote1"
+        ]
         _remember(cluster2)
         mon = cluster2.crm_mon()
         where = mon.find("resources/resource[@id='remote1']/node").get("name")
@@ -196,8 +211,11 @@ class TestTwoControllers:
         rec = cluster2.wait_fence_request(victim, after=at, timeout=30)
         MEASURED["kill controller -> fence request"] = rec.at - at
         cluster2.wait_node(victim, online=False, timeout=30, node=survivor)
-        cluster2.wait_for(lambda: cluster2.is_online("remote1", node=survivor), 60,
-                          "remote1 online through the survivor")
+        cluster2.wait_for(
+            lambda: cluster2.is_online("remote1", node=survivor),
+            60,
+            "remote1 online through the survivor",
+        )
         MEASURED["kill controller -> remote Online via survivor"] = time.time() - at
         mon = cluster2.crm_mon(node=survivor)
         assert mon.find("summary/current_dc").get("name") == survivor
@@ -205,8 +223,11 @@ class TestTwoControllers:
         assert not any(r.target == "remote1" for r in cluster2.fence_records())
         # Power the controller on again: it rejoins.
         MEASURED["controller power-on -> Online"] = cluster2.start_controller(victim)
-        cluster2.wait_for(lambda: cluster2.nodes(node=survivor).get(victim, {}).get("online")
-                          == "true", 30, f"{victim} online in {survivor}'s view")
+        cluster2.wait_for(
+            lambda: cluster2.nodes(node=survivor).get(victim, {}).get("online") == "true",
+            30,
+            f"{victim} online in {survivor}'s view",
+        )
         assert cluster2.is_online("remote1")
 
 
@@ -229,8 +250,13 @@ def test_crashed_run_is_cleaned_up():
     cleanup_leftovers first)."""
     missing = bed.missing_requirements()
     need(not missing, "cluster test bed: " + ", ".join(missing))
-    res = subprocess.run([sys.executable, "-c", CRASHING_RUN], cwd=bed.ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN],
+        cwd=bed.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr
     pids = json.loads(res.stdout.splitlines()[-1])
     left = [p for p in bed._bed_pids()]
@@ -273,6 +299,7 @@ def test_teardown_leaves_nothing():
                 if comm.startswith(("corosync", "pacemaker")):
                     found.append(f"{comm} (pid {entry})")
         return found
+
     deadline = time.monotonic() + 5
     while daemons() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -30,8 +30,12 @@ def test_make_demo_tells_the_fence_and_the_evacuation_from_the_events() -> None:
     assert took < 50, f"the demo took {took:.1f}s"
 
     # The summary names nova-ha's events in the order they happened, with their times.
-    order = re.search(rf"^events: fenced {SECONDS} -> evacuation_started {SECONDS} -> "
-                      rf"evacuation_finished {SECONDS}$", out, re.MULTILINE)
+    order = re.search(
+        rf"^events: fenced {SECONDS} -> evacuation_started {SECONDS} -> "
+        rf"evacuation_finished {SECONDS}$",
+        out,
+        re.MULTILINE,
+    )
     assert order, out
     times = [float(t) for t in order.groups()]
     assert times == sorted(times), out
@@ -42,10 +46,16 @@ def test_make_demo_tells_the_fence_and_the_evacuation_from_the_events() -> None:
     assert "(the fence action exits with code 0)" in out, out
 
     # Nova's view: every server of host1 is ACTIVE on another host.
-    assert re.search(r"^Nova: all 16 servers of host1 run on other hosts \(host2: \d+, "
-                     r"host3: \d+\)$", out, re.MULTILINE), out
+    assert re.search(
+        r"^Nova: all 16 servers of host1 run on other hosts \(host2: \d+, "
+        r"host3: \d+\)$",
+        out,
+        re.MULTILINE,
+    ), out
     rows = re.findall(r"^host1-vm-\d+\s+host1\s+(\S+)\s+(\S+)\s*$", out, re.MULTILINE)
-    assert len(rows) == 16 and all(to in ("host2", "host3") and status == "ACTIVE"
-                                   for to, status in rows), out
-    assert re.search(r"^fence action: exit code 0 after [\d.]+s; host1 power: off$", out,
-                     re.MULTILINE), out
+    assert len(rows) == 16 and all(
+        to in ("host2", "host3") and status == "ACTIVE" for to, status in rows
+    ), out
+    assert re.search(
+        r"^fence action: exit code 0 after [\d.]+s; host1 power: off$", out, re.MULTILINE
+    ), out

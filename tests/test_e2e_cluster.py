@@ -43,14 +43,18 @@ def _bed_fixture(scope: str = "class", **kwargs):
         need(not missing, "e2e bed: " + ", ".join(missing))
         failed_before = request.session.testsfailed
         with E2EBed(**kwargs) as bed:
-            MEASURED.update({f"{bed.controllers} controller(s): {k}": v
-                             for k, v in bed.timings.items()})
+            MEASURED.update(
+                {f"{bed.controllers} controller(s): {k}": v for k, v in bed.timings.items()}
+            )
             try:
                 yield bed
             finally:
                 if request.session.testsfailed > failed_before:
-                    to_terminal(request.config, f"\ne2e bed logs ({bed.cluster.run_dir}, "
-                                "kept):\n" + bed.log_tail(40))
+                    to_terminal(
+                        request.config,
+                        f"\ne2e bed logs ({bed.cluster.run_dir}, kept):\n" + bed.log_tail(40),
+                    )
+
     return _bed
 
 
@@ -69,6 +73,7 @@ def report(request):
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def _create(bed: E2EBed, node: str, count: int, prefix: str) -> list[str]:
     return bed.box.create_servers(node, count, name_prefix=prefix)
 
@@ -85,9 +90,11 @@ def _wait_moved(bed: E2EBed, ids: list[str], failed: set[str], timeout: float = 
             if server["status"] != "ACTIVE" or server["host"] in failed or server["task"]:
                 return False
         return True
+
     try:
-        return bed.wait_for(moved, timeout, f"the servers of {sorted(failed)} to run "
-                            "elsewhere", interval=0.5)
+        return bed.wait_for(
+            moved, timeout, f"the servers of {sorted(failed)} to run elsewhere", interval=0.5
+        )
     except ClusterError as err:
         states = [observer.server(i) for i in ids]
         raise AssertionError(f"{err}\nservers: {states}") from None
@@ -101,8 +108,9 @@ def _incident(record) -> list[str]:
 
 
 def _service_ids(bed: E2EBed) -> dict[str, str]:
-    return {svc.host: str(svc.id) for svc in bed.observer().nova.services.list(
-        binary="nova-compute")}
+    return {
+        svc.host: str(svc.id) for svc in bed.observer().nova.services.list(binary="nova-compute")
+    }
 
 
 def _assert_incident(bed: E2EBed, t0: float, servers: dict[str, list[str]]) -> None:
@@ -116,11 +124,15 @@ def _assert_incident(bed: E2EBed, t0: float, servers: dict[str, list[str]]) -> N
         offs = bed.off_times(node, t0)
         assert offs, f"no power device of {node} reported it off"
         # Nothing asked of Nova about this node before its power-off was confirmed.
-        puts = [r["t"] for r in requests
-                if r["method"] == "PUT" and r["path"].endswith(services[node])]
+        puts = [
+            r["t"] for r in requests if r["method"] == "PUT" and r["path"].endswith(services[node])
+        ]
         assert puts and min(puts) >= offs[0], (node, offs, puts)
-        evacuations = [r["t"] for r in requests if r.get("action") == "evacuate"
-                       and r["path"].split("/")[-2] in ids]
+        evacuations = [
+            r["t"]
+            for r in requests
+            if r.get("action") == "evacuate" and r["path"].split("/")[-2] in ids
+        ]
         assert evacuations and min(evacuations) >= offs[0], (node, offs[0], min(evacuations))
         # Each server accepted exactly once, and running on a healthy node (or failed).
         assert {i: accepted[i] for i in ids} == {i: 1 for i in ids}, accepted
@@ -144,8 +156,14 @@ def _wait_rejoined(bed: E2EBed, node: str, timeout: float = 120) -> float:
     def back() -> bool:
         svc = observer.service(node)
         record = records(bed.cluster).get(node)
-        return (svc.state == "up" and not svc.forced_down and svc.status == "enabled"
-                and record is not None and record.state == "ok")
+        return (
+            svc.state == "up"
+            and not svc.forced_down
+            and svc.status == "enabled"
+            and record is not None
+            and record.state == "ok"
+        )
+
     took = bed.wait_for(back, timeout, f"{node} to rejoin", interval=0.5)
     bed.wait_ready(timeout, nodes=[node])
     return took
@@ -162,8 +180,11 @@ def _assert_rejoined(bed: E2EBed, node: str, t0: float) -> None:
     starts = bed.compute_starts(node, t0)
     assert len(starts) == 1, starts
     assert all(m.status == "completed" for m in observer.evacuations(node))
-    accepted = [r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate"
-                and r["status"] and 200 <= r["status"] < 300]
+    accepted = [
+        r["t"]
+        for r in bed.requests(t0)
+        if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300
+    ]
     assert not accepted or starts[0] > max(accepted)
 
 
@@ -175,18 +196,21 @@ def _no_nova_change(bed: E2EBed, t0: float) -> list[dict]:
 
 # -- configuration ---------------------------------------------------------------------------
 
+
 def test_xml_equivalent_to_pcs_script(tmp_path):
     """nova-ha.cib.xml and nova-ha-topology.cib.xml are what nova-ha.pcs makes of the example
     env file (pcs -f on an empty CIB): same elements, ids and values."""
     missing = E2EBed.missing()
     need(not missing, "e2e bed: " + ", ".join(missing))
     made = e2e.configuration_part(e2e.pcs_configuration(workdir=tmp_path))
-    assert e2e.canonical(made) == e2e.canonical(e2e.configuration_part(
-        e2e.CIB_XML.read_bytes()))
-    made = e2e.configuration_part(e2e.pcs_configuration(
-        ["NHA_FENCING=topology"], ["remotes", "fencing"], workdir=tmp_path), stonith_only=True)
-    assert e2e.canonical(made) == e2e.canonical(e2e.configuration_part(
-        e2e.TOPOLOGY_XML.read_bytes(), stonith_only=True))
+    assert e2e.canonical(made) == e2e.canonical(e2e.configuration_part(e2e.CIB_XML.read_bytes()))
+    made = e2e.configuration_part(
+        e2e.pcs_configuration(["NHA_FENCING=topology"], ["remotes", "fencing"], workdir=tmp_path),
+        stonith_only=True,
+    )
+    assert e2e.canonical(made) == e2e.canonical(
+        e2e.configuration_part(e2e.TOPOLOGY_XML.read_bytes(), stonith_only=True)
+    )
 
 
 class _Restored:
@@ -232,19 +256,22 @@ class TestOneController(_Restored):
         assert e2e.canonical(conf) == e2e.canonical(expected)
         for secret in ["secret"] + [bed.bmc_password(n) for n in bed.nodes]:
             assert secret not in live
-        MEASURED["1 controller: configuration applied -> all started"] = \
-            bed.timings["configuration applied -> ready"]
+        MEASURED["1 controller: configuration applied -> all started"] = bed.timings[
+            "configuration applied -> ready"
+        ]
 
     def test_1_kill_remoted_twenty_servers(self, bed1: E2EBed):
         bed = bed1
         ids = _create(bed, "compute1", 20, "s1")
         t0 = time.time()
         bed.cluster.kill_remote("compute1", signal.SIGKILL)
-        MEASURED["s1: kill -9 -> 20 servers ACTIVE elsewhere"] = _wait_moved(
-            bed, ids, {"compute1"})
+        MEASURED["s1: kill -9 -> 20 servers ACTIVE elsewhere"] = _wait_moved(bed, ids, {"compute1"})
         # The agent records its summary once every server is followed to the end.
-        bed.wait_for(lambda: records(bed.cluster)["compute1"].state in ("evacuated", "ok"),
-                     60, "compute1 recorded evacuated")
+        bed.wait_for(
+            lambda: records(bed.cluster)["compute1"].state in ("evacuated", "ok"),
+            60,
+            "compute1 recorded evacuated",
+        )
         record = records(bed.cluster)["compute1"]
         # Two record writes in the incident: 'fenced' (with the hand-over) and the outcome.
         assert _incident(record) == ["fenced", "evacuation_finished"], record.history
@@ -287,16 +314,20 @@ class TestOneController(_Restored):
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
             # Both levels fail: a failed fencing operation, and nothing done in Nova.
-            bed.wait_for(lambda: "failed" in bed.cluster.fence_history("compute1"), 90,
-                         "the fencing of compute1 to fail")
+            bed.wait_for(
+                lambda: "failed" in bed.cluster.fence_history("compute1"),
+                90,
+                "the fencing of compute1 to fail",
+            )
             assert bed.level2["compute1"].count("off") >= 1
             assert bed.bmcs["compute1"].dropped > 0
             assert not bed.off_times("compute1", t0)
             assert not _no_nova_change(bed, t0)
-            assert records(bed.cluster).get("compute1") is None or \
-                records(bed.cluster)["compute1"].state == "ok"
-            assert all(s["host"] == "compute1" for s in
-                       (bed.observer().server(i) for i in ids))
+            assert (
+                records(bed.cluster).get("compute1") is None
+                or records(bed.cluster)["compute1"].state == "ok"
+            )
+            assert all(s["host"] == "compute1" for s in (bed.observer().server(i) for i in ids))
             # The second level's power device answers again: the next attempt succeeds.
             bed.level2["compute1"].refuse = False
             _wait_moved(bed, ids, {"compute1"})
@@ -322,11 +353,16 @@ class TestOneController(_Restored):
             bed.box.set_api_down(True)
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
-            bed.wait_for(lambda: bed.bmcs["compute1"].count("off") >= 2, 90,
-                         "the fence to be run again after failing")
+            bed.wait_for(
+                lambda: bed.bmcs["compute1"].count("off") >= 2,
+                90,
+                "the fence to be run again after failing",
+            )
             assert not [r for r in _no_nova_change(bed, t0) if r["status"] != 503]
-            assert records(bed.cluster).get("compute1") is None or \
-                records(bed.cluster)["compute1"].state == "ok"
+            assert (
+                records(bed.cluster).get("compute1") is None
+                or records(bed.cluster)["compute1"].state == "ok"
+            )
             bed.box.set_api_down(False)
             up = time.time()
             _wait_moved(bed, ids, {"compute1"})
@@ -349,17 +385,23 @@ class TestOneController(_Restored):
             bed.wait_ready()
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
-            bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
-                         "the first evacuations")
+            bed.wait_for(
+                lambda: len(bed.accepted_evacuations(t0)) >= 2, 60, "the first evacuations"
+            )
             assert bed.fence_done("compute1", t0), "the fence action is not over"
             workers = [w for w in bed.service_workers() if w[2] == "compute1"]
             assert workers, bed.service_log("c1")
             os.kill(workers[0][0], signal.SIGKILL)
             killed = time.time()
             assert len(bed.accepted_evacuations(t0)) < len(ids)
-            bed.wait_for(lambda: [w for w in bed.service_workers()
-                                  if w[2] == "compute1" and w[0] != workers[0][0]],
-                         10, "a new worker for compute1", interval=0.05)
+            bed.wait_for(
+                lambda: [
+                    w for w in bed.service_workers() if w[2] == "compute1" and w[0] != workers[0][0]
+                ],
+                10,
+                "a new worker for compute1",
+                interval=0.05,
+            )
             MEASURED["s5: worker killed -> new worker at work"] = time.time() - killed
             _wait_moved(bed, ids, {"compute1"})
             _assert_incident(bed, t0, {"compute1": ids})
@@ -389,8 +431,10 @@ class TestOneController(_Restored):
         Both hosts' servers end up running elsewhere, each requested once, none before its
         host's power-off."""
         bed = bed1
-        servers = {"compute1": _create(bed, "compute1", 6, "s9a"),
-                   "compute2": _create(bed, "compute2", 3, "s9b")}
+        servers = {
+            "compute1": _create(bed, "compute1", 6, "s9a"),
+            "compute2": _create(bed, "compute2", 3, "s9b"),
+        }
         bed.box.set_rebuild_delay(4.0)
         try:
             t0 = time.time()
@@ -398,8 +442,9 @@ class TestOneController(_Restored):
             time.sleep(1.5)
             second = time.time()
             bed.cluster.kill_remote("compute2")
-            bed.wait_for(lambda: bed.fence_requests("compute2", second), 30,
-                         "compute2's fence request")
+            bed.wait_for(
+                lambda: bed.fence_requests("compute2", second), 30, "compute2's fence request"
+            )
             asked = bed.fence_requests("compute2", second)[0] - second
             # Before the evacuation left the fence action this waited for compute1's whole
             # evacuation (>= one 4 s rebuild here; 9.4 s measured with 8 s rebuilds). What
@@ -407,13 +452,12 @@ class TestOneController(_Restored):
             assert asked < 3.0, asked
             MEASURED["s9: second kill during a slow evacuation -> fence request"] = asked
             bed.wait_for(lambda: bed.off_times("compute2", second), 30, "compute2 off")
-            MEASURED["s9: second kill -> powered off"] = \
+            MEASURED["s9: second kill -> powered off"] = (
                 bed.off_times("compute2", second)[0] - second
-            _wait_moved(bed, servers["compute1"] + servers["compute2"], set(servers),
-                        timeout=180)
+            )
+            _wait_moved(bed, servers["compute1"] + servers["compute2"], set(servers), timeout=180)
             _assert_incident(bed, t0, servers)
-            MEASURED["s9: first kill -> all servers of both running elsewhere"] = \
-                time.time() - t0
+            MEASURED["s9: first kill -> all servers of both running elsewhere"] = time.time() - t0
         finally:
             bed.box.set_rebuild_delay(0)
         for node in servers:
@@ -426,18 +470,30 @@ class TestOneController(_Restored):
         bed = bed1
 
         def service_processes() -> list[int]:
-            return [pid for pid, argv in bed.cluster.processes("c1", "")
-                    if "nova_ha.lib.evacuation_service" in argv]
+            return [
+                pid
+                for pid, argv in bed.cluster.processes("c1", "")
+                if "nova_ha.lib.evacuation_service" in argv
+            ]
+
         assert len(service_processes()) >= 2  # the service and its warm spare
         began = time.time()
         bed.set_role("nova-evacuate", "Stopped")
         try:
-            bed.wait_for(lambda: not e2e.started_on(bed.cluster.crm_mon(), "nova-evacuate"),
-                         60, "NovaEvacuate to stop")
+            bed.wait_for(
+                lambda: not e2e.started_on(bed.cluster.crm_mon(), "nova-evacuate"),
+                60,
+                "NovaEvacuate to stop",
+            )
             # crm_mon may show it stopped while the stop still runs: the stop's end is the
             # result line in the controller's log.
-            bed.wait_for(lambda: log_lines(bed.pacemaker_log("c1"), "Result of stop operation "
-                                           "for nova-evacuate", began), 60, "the stop's result")
+            bed.wait_for(
+                lambda: log_lines(
+                    bed.pacemaker_log("c1"), "Result of stop operation for nova-evacuate", began
+                ),
+                60,
+                "the stop's result",
+            )
             assert service_processes() == []
         finally:
             bed.set_role("nova-evacuate", "Started")
@@ -463,24 +519,37 @@ class TestOneController(_Restored):
         try:
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
-            bed.wait_for(lambda: [e for e in bed.power_events if e.at >= t0 and e.what == "on"],
-                         90, "compute1 to be powered on")
+            bed.wait_for(
+                lambda: [e for e in bed.power_events if e.at >= t0 and e.what == "on"],
+                90,
+                "compute1 to be powered on",
+            )
             on = [e.at for e in bed.power_events if e.at >= t0 and e.what == "on"][0]
             assert records(bed.cluster)["compute1"].state == "fenced"
             assert not bed.accepted_evacuations(t0)
             # NovaCompute's start on compute1 refuses, with the reason, and is tried again.
-            bed.wait_for(lambda: _start_refusals(bed, "compute1", on), 90,
-                         "NovaCompute's start on compute1 to fail with the reason")
+            bed.wait_for(
+                lambda: _start_refusals(bed, "compute1", on),
+                90,
+                "NovaCompute's start on compute1 to fail with the reason",
+            )
             # Pacemaker is not held up: another node that dies now is fenced at once.
             killed = time.time()
             bed.cluster.kill_remote("compute2")
-            bed.wait_for(lambda: bed.off_times("compute2", killed), 30,
-                         "compute2 to be fenced while compute1 waits")
-            MEASURED["s8: compute2 killed while compute1 waits -> powered off"] = \
+            bed.wait_for(
+                lambda: bed.off_times("compute2", killed),
+                30,
+                "compute2 to be fenced while compute1 waits",
+            )
+            MEASURED["s8: compute2 killed while compute1 waits -> powered off"] = (
                 bed.off_times("compute2", killed)[0] - killed
+            )
             _wait_rejoined(bed, "compute2")
-            bed.wait_for(lambda: len(_start_refusals(bed, "compute1", on)) >= 2, 90,
-                         "NovaCompute's start on compute1 to be tried again")
+            bed.wait_for(
+                lambda: len(_start_refusals(bed, "compute1", on)) >= 2,
+                90,
+                "NovaCompute's start on compute1 to be tried again",
+            )
             assert not bed.compute_starts("compute1", t0)
             assert records(bed.cluster)["compute1"].state == "fenced"
             released = time.time()
@@ -492,8 +561,11 @@ class TestOneController(_Restored):
             history = records(bed.cluster)["compute1"].history
             assert history[-2].name == "evacuation_finished", history
             assert "NovaEvacuate@c1" in history[-2].detail, history
-            assert min(r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate") \
-                > released > on
+            assert (
+                min(r["t"] for r in bed.requests(t0) if r.get("action") == "evacuate")
+                > released
+                > on
+            )
             MEASURED["s8: lease released -> compute1 rejoined"] = time.time() - released
         finally:
             with contextlib.suppress(state.StateError):
@@ -503,8 +575,9 @@ class TestOneController(_Restored):
 def _start_refusals(bed: E2EBed, node: str, after: float) -> list[str]:
     """NovaCompute's starts on `node` that failed with the reason "recorded 'fenced'" since
     `after`, from the node's Pacemaker log (the executor logs each result with its reason)."""
-    needle = f"exited with status 1 (not starting nova-compute on {node}: the host is " \
-             "recorded 'fenced'"
+    needle = (
+        f"exited with status 1 (not starting nova-compute on {node}: the host is recorded 'fenced'"
+    )
     return [line for _, line in log_lines(bed.pacemaker_log(node), needle, after)]
 
 
@@ -515,8 +588,9 @@ class TestTwoControllers(_Restored):
 
     def test_configuration_live(self, bed2: E2EBed):
         assert bed2.verify() == ""
-        MEASURED["2 controllers: configuration applied -> all started"] = \
-            bed2.timings["configuration applied -> ready"]
+        MEASURED["2 controllers: configuration applied -> all started"] = bed2.timings[
+            "configuration applied -> ready"
+        ]
 
     def test_7_controller_failover_mid_evacuation(self, bed2: E2EBed):
         """The controller running the evacuation service dies mid-evacuation: the survivor
@@ -529,18 +603,22 @@ class TestTwoControllers(_Restored):
             bed.wait_ready()
             t0 = time.time()
             bed.cluster.kill_remote("compute1")
-            bed.wait_for(lambda: len(bed.accepted_evacuations(t0)) >= 2, 60,
-                         "the first evacuations")
+            bed.wait_for(
+                lambda: len(bed.accepted_evacuations(t0)) >= 2, 60, "the first evacuations"
+            )
             workers = bed.service_workers()
             assert workers
             victim = workers[0][1]
             survivor = next(n for n in bed.cluster.controller_names if n != victim)
             killed = bed.cluster.kill_controller(victim)
             assert len(bed.accepted_evacuations(t0)) < len(ids)
-            bed.wait_for(lambda: [w for w in bed.service_workers() if w[1] == survivor], 120,
-                         f"the service on {survivor} to take compute1 up", interval=0.2)
-            MEASURED["s7: controller killed -> survivor's worker at work"] = \
-                time.time() - killed
+            bed.wait_for(
+                lambda: [w for w in bed.service_workers() if w[1] == survivor],
+                120,
+                f"the service on {survivor} to take compute1 up",
+                interval=0.2,
+            )
+            MEASURED["s7: controller killed -> survivor's worker at work"] = time.time() - killed
             _wait_moved(bed, ids, {"compute1"}, timeout=180)
             _assert_incident(bed, t0, {"compute1": ids})
             history = records(bed.cluster)["compute1"].history
@@ -548,8 +626,9 @@ class TestTwoControllers(_Restored):
             assert outcome and f"NovaEvacuate@{survivor}" in outcome[-1].detail, history
             _wait_rejoined(bed, "compute1", timeout=180)
             _assert_rejoined(bed, "compute1", t0)
-            MEASURED["s7: controller killed mid-evacuation -> all moved, rejoined"] = \
+            MEASURED["s7: controller killed mid-evacuation -> all moved, rejoined"] = (
                 time.time() - t0
+            )
             bed.cluster.start_controller(victim)
         finally:
             with contextlib.suppress(ClusterError):

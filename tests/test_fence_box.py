@@ -17,16 +17,16 @@ from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf, wait_until
 START_META = {"on_node": "host1", "timeout": 300000}
 
 
-
-
 def _since(bed, t0: float) -> list[dict]:
     return [r for r in bed.cloud.request_log() if r["t"] >= t0]
 
 
 def _accepted(bed, t0: float) -> collections.Counter:
-    return collections.Counter(r["path"].split("/")[-2] for r in _since(bed, t0)
-                               if r.get("action") == "evacuate" and r["status"]
-                               and 200 <= r["status"] < 300)
+    return collections.Counter(
+        r["path"].split("/")[-2]
+        for r in _since(bed, t0)
+        if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300
+    )
 
 
 def _assert_safe_and_moved(bed, t0: float, ids: list[str]) -> None:
@@ -43,14 +43,16 @@ def _assert_safe_and_moved(bed, t0: float, ids: list[str]) -> None:
 
 def _rejoin_and_use_host1(bed, ids: list[str]) -> None:
     """NovaCompute start on host1, then: service up, evacuated servers kept, host usable."""
-    done = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META,
-                   env=bed.env(), timeout=330)
+    done = run_ocf(
+        COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META, env=bed.env(), timeout=330
+    )
     assert done.returncode == 0, done.stderr
     observer = Observer(bed.cloud)
     svc = observer.service("host1")
     assert svc.state == "up" and not svc.forced_down and svc.status == "enabled"
-    assert all(m.status == "completed" for m in observer.evacuations("host1")
-               if m.instance_uuid in ids)
+    assert all(
+        m.status == "completed" for m in observer.evacuations("host1") if m.instance_uuid in ids
+    )
     for server_id in ids:  # the restarted source did not delete the evacuated servers
         server = observer.server(server_id)
         assert server["host"] != "host1" and server["status"] == "ACTIVE", server
@@ -74,8 +76,7 @@ def test_fence_evacuates_twenty_servers_then_host_rejoins(box_bed):
     svc = observer.service("host1")
     assert svc.forced_down and svc.status == "disabled"
     assert svc.disabled_reason.startswith("nova-ha: fenced at")
-    assert {m.status for m in observer.evacuations("host1") if m.instance_uuid in ids} \
-        == {"done"}
+    assert {m.status for m in observer.evacuations("host1") if m.instance_uuid in ids} == {"done"}
     assert state.CibStateStore(bed.cib).get("host1").state == "evacuated"
     # Nova refuses to lift the force-down while 'done' evacuations remain: `on` leaves it.
     assert run_fence(bed.fence_params(action="on"), env=bed.env()).returncode == 0
@@ -108,14 +109,21 @@ def test_killed_worker_is_replaced_at_once_and_host_waits(box_bed):
         os.kill(worker, signal.SIGKILL)
         killed = time.time()
         assert len(_accepted(bed, t0)) < 20
-        replaced = wait_until(lambda: _busy_worker(service.log(), "host1") != worker, 10,
-                              interval=0.05)
+        replaced = wait_until(
+            lambda: _busy_worker(service.log(), "host1") != worker, 10, interval=0.05
+        )
         assert replaced and "died (signal 9)" in service.log()
         # host1 is powered on meanwhile and Pacemaker starts NovaCompute there: it refuses
         # (after start_wait) while the evacuation runs.
         bed.bmcs["host1"].power_state = "on"
-        refused = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=1),
-                          START_META, env=bed.env(), timeout=330)
+        refused = run_ocf(
+            COMPUTE_AGENT,
+            "start",
+            bed.compute_params("host1", start_wait=1),
+            START_META,
+            env=bed.env(),
+            timeout=330,
+        )
         assert refused.returncode == 1, refused.stderr
         assert "ocf-exit-reason:not starting nova-compute on host1" in refused.stderr
         assert not bed.cloud.hosts()["host1"]["running"]  # nova-compute was not started
@@ -160,11 +168,11 @@ def test_unreachable_bmc_touches_nothing_in_real_nova(box_bed):
 def test_tagged_mode_reads_flavor_image_and_metadata_tags(box_bed):
     bed = box_bed
     before = {s["id"] for s in Observer(bed.cloud).servers("host1")}
-    by_flavor = bed.cloud.create_servers("host1", 1, name_prefix="tf",
-                                         flavor_extra_specs={"evacuable": "true"})
+    by_flavor = bed.cloud.create_servers(
+        "host1", 1, name_prefix="tf", flavor_extra_specs={"evacuable": "true"}
+    )
     by_image = bed.cloud.create_servers("host1", 1, name_prefix="ti", image="evacuable")
-    by_meta = bed.cloud.create_servers("host1", 1, name_prefix="tm",
-                                       metadata={"evacuable": "yes"})
+    by_meta = bed.cloud.create_servers("host1", 1, name_prefix="tm", metadata={"evacuable": "yes"})
     plain = bed.cloud.create_servers("host1", 1, name_prefix="tp")
     done = bed.fence(evacuate="tagged", timeout=300)
     assert done.returncode == 0, done.stderr

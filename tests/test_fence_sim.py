@@ -155,10 +155,16 @@ def test_status_on_and_list(sim_bed):
     assert listing.returncode == 0
     rows = dict(line.split(",", 1) for line in listing.stdout.split())
     assert rows["host1"] == "host1,off" and rows["host2"] == "host2,on"
-    assert run_fence(dict(params, action="monitor", ipport=bed.bmcs["host2"].port),
-                     env=bed.env()).returncode == 0
-    assert run_fence(dict(params, action="monitor", os_password="wrong"),
-                     env=bed.env()).returncode == 1
+    assert (
+        run_fence(
+            dict(params, action="monitor", ipport=bed.bmcs["host2"].port), env=bed.env()
+        ).returncode
+        == 0
+    )
+    assert (
+        run_fence(dict(params, action="monitor", os_password="wrong"), env=bed.env()).returncode
+        == 1
+    )
 
 
 def test_topology_level_without_bmc(sim_bed):
@@ -238,29 +244,45 @@ def test_secrets_from_scripts_and_application_credentials(sim_bed, tmp_path):
     bmc_script = tmp_path / "bmc-pass"
     bmc_script.write_text(f"#!/bin/sh\necho '{bed.bmcs['host1'].password}'\n")
     bmc_script.chmod(stat.S_IRWXU)
-    params = bed.fence_params(os_password=None, os_password_script=str(script),
-                              password=None, password_script=str(bmc_script), verbose=1)
+    params = bed.fence_params(
+        os_password=None,
+        os_password_script=str(script),
+        password=None,
+        password_script=str(bmc_script),
+        verbose=1,
+    )
     done = bed.fence_with(params)
     assert done.returncode == 0, done.stderr
     assert bed.cloud.password not in done.stderr + done.stdout
-    appcred = bed.fence_params(action="monitor", os_username=None, os_password=None,
-                               os_project_name=None,
-                               os_application_credential_id=bed.cloud.app_cred_id,
-                               os_application_credential_secret=bed.cloud.app_cred_secret)
+    appcred = bed.fence_params(
+        action="monitor",
+        os_username=None,
+        os_password=None,
+        os_project_name=None,
+        os_application_credential_id=bed.cloud.app_cred_id,
+        os_application_credential_secret=bed.cloud.app_cred_secret,
+    )
     assert run_fence(appcred, env=bed.env()).returncode == 0
 
 
 def test_os_cloud_from_clouds_yaml(sim_bed, tmp_path):
     bed = sim_bed
     clouds = bed.clouds_yaml(tmp_path / "clouds.yaml", "overcloud")
-    params = bed.fence_params(action="list", os_auth_url=None, os_username=None,
-                              os_password=None, os_project_name=None, os_interface=None,
-                              os_cloud="overcloud")
+    params = bed.fence_params(
+        action="list",
+        os_auth_url=None,
+        os_username=None,
+        os_password=None,
+        os_project_name=None,
+        os_interface=None,
+        os_cloud="overcloud",
+    )
     done = run_fence(params, env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds))
     assert done.returncode == 0, done.stderr
     assert "host1,host1" in done.stdout
-    missing = run_fence(dict(params, os_cloud="nope"),
-                        env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds))
+    missing = run_fence(
+        dict(params, os_cloud="nope"), env=dict(bed.env(), OS_CLIENT_CONFIG_FILE=clouds)
+    )
     assert missing.returncode == 1 and "os_cloud" in missing.stderr
 
 
@@ -331,8 +353,7 @@ def test_agent_against_openipmi_ipmi_sim(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 3)
     with IpmiSim("host1", on_power_off=lambda: bed.cloud.crash("host1")) as bmc:
-        params = bed.fence_params(ipport=bmc.port, username=bmc.username,
-                                  password=bmc.password)
+        params = bed.fence_params(ipport=bmc.port, username=bmc.username, password=bmc.password)
         assert run_fence(dict(params, action="status"), env=bed.env()).returncode == 0
         done = bed.fence_with(params)
         assert done.returncode == 0, done.stderr
@@ -361,8 +382,9 @@ def test_one_device_for_many_nodes_with_a_bmc_map(sim_bed):
     bed = sim_bed
     ids = bed.cloud.create_servers("host2", 2)
     shared = {f"host{i}": f"127.0.0.1:{bed.bmcs[f'host{i}'].port}" for i in (1, 2)}
-    params = bed.fence_params("host2", ip=None, ipport=None,
-                              bmc_map=";".join(f"{n}={a}" for n, a in shared.items()))
+    params = bed.fence_params(
+        "host2", ip=None, ipport=None, bmc_map=";".join(f"{n}={a}" for n, a in shared.items())
+    )
     done = bed.fence_with(params)
     assert done.returncode == 0, done.stderr
     assert bed.bmcs["host2"].power_state == "off" and bed.bmcs["host1"].power_state == "on"

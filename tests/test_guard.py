@@ -11,8 +11,12 @@ from nova_ha.lib.lifecycle import Event, HostState
 from tests.helpers import run_fence
 
 T0 = 1_800_000_000.0  # some fixed epoch
-AUTH = {"os_auth_url": "http://127.0.0.1:1/v3", "os_username": "admin",
-        "os_password": "x", "os_project_name": "admin"}
+AUTH = {
+    "os_auth_url": "http://127.0.0.1:1/v3",
+    "os_username": "admin",
+    "os_password": "x",
+    "os_project_name": "admin",
+}
 
 
 def _parsed(**values) -> params.Parsed:
@@ -59,8 +63,7 @@ def test_three_hosts_fenced_outside_the_window_are_not_held():
     store = _store()
     for i, offset in enumerate((0, 500, 1200), 1):
         _fence(store, f"host{i}", T0 + offset)
-    assert not any(guard.check(store.all(), limits, h).blocked
-                   for h in ("host1", "host2", "host3"))
+    assert not any(guard.check(store.all(), limits, h).blocked for h in ("host1", "host2", "host3"))
 
 
 def test_the_decision_does_not_lapse_with_the_window():
@@ -89,18 +92,21 @@ def test_a_host_never_fenced_is_never_held():
     assert not verdict.blocked and verdict.wave == []
 
 
-@pytest.mark.parametrize("setting,hosts,fenced,blocked", [
-    ("25%", 3, 1, False),   # one host alone: never held (the limit is at least 1)
-    ("25%", 3, 2, True),    # 25% of 3, rounded down, at least 1 -> 1
-    ("25%", 10, 2, False),  # 25% of 10 -> 2
-    ("25%", 10, 3, True),
-    ("50%", 10, 5, False),
-    ("50%", 10, 6, True),
-    ("100%", 4, 4, False),  # more than every host: never
-    ("2", 100, 2, False),
-    ("2", 100, 3, True),
-    ("0", 3, 3, False),     # off
-])
+@pytest.mark.parametrize(
+    "setting,hosts,fenced,blocked",
+    [
+        ("25%", 3, 1, False),  # one host alone: never held (the limit is at least 1)
+        ("25%", 3, 2, True),  # 25% of 3, rounded down, at least 1 -> 1
+        ("25%", 10, 2, False),  # 25% of 10 -> 2
+        ("25%", 10, 3, True),
+        ("50%", 10, 5, False),
+        ("50%", 10, 6, True),
+        ("100%", 4, 4, False),  # more than every host: never
+        ("2", 100, 2, False),
+        ("2", 100, 3, True),
+        ("0", 3, 3, False),  # off
+    ],
+)
 def test_count_and_percent(setting, hosts, fenced, blocked):
     store = _store(hosts)
     for i in range(1, fenced + 1):
@@ -152,8 +158,10 @@ def test_hold_records_and_raises_once(monkeypatch):
     assert events[0]["wave"] == ["host1", "host2", "host3"] and events[0]["limit"] == 2
     # a new incident (fenced again) may be held again
     _fence(store, "host3", T0 + 20)
-    assert guard.hold(store, guard.check(store.all(), _limits(max_fenced_hosts=2), "host3"),
-                      notifier) is True
+    assert (
+        guard.hold(store, guard.check(store.all(), _limits(max_fenced_hosts=2), "host3"), notifier)
+        is True
+    )
 
 
 def test_check_store_reads_the_cib_once(cib_file):
@@ -174,10 +182,16 @@ def test_check_store_without_records_does_not_hold(tmp_path):
     assert guard.check_store(None, _limits(), "host1") is None
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("3", (3, False)), ("25%", (25.0, True)), (" 12.5 % ", (12.5, True)), ("0", (0, False)),
-    ("", (0, False)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3", (3, False)),
+        ("25%", (25.0, True)),
+        (" 12.5 % ", (12.5, True)),
+        ("0", (0, False)),
+        ("", (0, False)),
+    ],
+)
 def test_parse_host_limit(text, expected):
     assert params.parse_host_limit(text) == expected
 
@@ -202,8 +216,9 @@ def test_screen_holds_new_starts_only_and_counts_hosts_once(monkeypatch):
     store = _store(5)
     for i in (1, 2, 3, 4):
         _fence(store, f"host{i}", T0 + i)
-    store.mark("host2", HostState.EVACUATING, Event.EVACUATION_STARTED, "by a killed agent",
-               now=T0 + 9)
+    store.mark(
+        "host2", HostState.EVACUATING, Event.EVACUATION_STARTED, "by a killed agent", now=T0 + 9
+    )
     store.mark("host3", HostState.EVACUATING, now=T0 + 9)
     store.mark("host3", HostState.FAILED, Event.EVACUATION_FAILED, "no room", now=T0 + 20)
     calls = []
@@ -213,15 +228,27 @@ def test_screen_holds_new_starts_only_and_counts_hosts_once(monkeypatch):
         return 8  # 25% of 8: 2 hosts; 4 were fenced within the window
 
     records = store.all()
-    held = guard.screen(store, records, _limits(), ["host1", "host2", "host3", "host5"],
-                        notify.Notifier(source=params.EVACUATE), total_hosts=count)
+    held = guard.screen(
+        store,
+        records,
+        _limits(),
+        ["host1", "host2", "host3", "host5"],
+        notify.Notifier(source=params.EVACUATE),
+        total_hosts=count,
+    )
     assert sorted(held) == ["host1", "host3"]  # host2 resumes; host5 was never fenced
     assert calls == [1]
     assert held["host1"].limit == 2 and held["host1"].total == 8
     assert store.get("host3").state == "failed"
     assert store.get("host3").history[-1].name == Event.EVACUATION_BLOCKED
-    again = guard.screen(store, store.all(), _limits(), ["host1", "host3"],
-                         notify.Notifier(source=params.EVACUATE), total_hosts=count)
+    again = guard.screen(
+        store,
+        store.all(),
+        _limits(),
+        ["host1", "host3"],
+        notify.Notifier(source=params.EVACUATE),
+        total_hosts=count,
+    )
     assert sorted(again) == ["host1", "host3"]
     blocked = f'"event":"{Event.EVACUATION_BLOCKED}"'
     assert sum(1 for line in lines if blocked in line) == 2  # once each

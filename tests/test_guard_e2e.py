@@ -36,38 +36,52 @@ def test_wave_is_held_notified_and_evacuated_by_hand(sim_bed, tmp_path, webhook)
     evacuated = {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")}
     assert not evacuated & set(ids["host3"])
     hook.wait(8)
-    assert _events(hook) == sorted([
-        ("fenced", "host1"), ("fenced", "host2"), ("fenced", "host3"),
-        ("evacuation_started", "host1"), ("evacuation_started", "host2"),
-        ("evacuation_finished", "host1"), ("evacuation_finished", "host2"),
-        ("evacuation_blocked", "host3")])
+    assert _events(hook) == sorted(
+        [
+            ("fenced", "host1"),
+            ("fenced", "host2"),
+            ("fenced", "host3"),
+            ("evacuation_started", "host1"),
+            ("evacuation_started", "host2"),
+            ("evacuation_finished", "host1"),
+            ("evacuation_finished", "host2"),
+            ("evacuation_blocked", "host3"),
+        ]
+    )
 
     # NovaEvacuate, started again, respects the hold and raises no second event
     with bed.evacuation_service(**guarded) as service:
         time.sleep(3)  # a few looks at the records
         assert "held by the mass-failure guard" in service.log()
-    assert not {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")} \
-        & set(ids["host3"])
+    assert not {r["path"].split("/")[-2] for r in bed.requests(action="evacuate")} & set(
+        ids["host3"]
+    )
     assert len(hook.received) == 8
 
     # host1 rejoins through NovaCompute: 'rejoined' is announced
     bed.bmcs["host1"].power_state = "on"
-    done = run_ocf(COMPUTE_AGENT, "start",
-                   dict(bed.compute_params("host1"), notify_url=hook.url),
-                   {"on_node": "host1", "timeout": 120000}, env=bed.env())
+    done = run_ocf(
+        COMPUTE_AGENT,
+        "start",
+        dict(bed.compute_params("host1"), notify_url=hook.url),
+        {"on_node": "host1", "timeout": 120000},
+        env=bed.env(),
+    )
     assert done.returncode == 0, done.stderr
     rejoined = hook.wait(9)
-    assert any(e["event"] == "rejoined" and e["node"] == "host1"
-               and e["source"] == "NovaCompute" for e in rejoined), rejoined
+    assert any(
+        e["event"] == "rejoined" and e["node"] == "host1" and e["source"] == "NovaCompute"
+        for e in rejoined
+    ), rejoined
 
     # the operator evacuates the held host by hand: the guard does not stop that
-    config = _config(tmp_path, dict(bed.os_params(), notify_url=hook.url,
-                                    max_fenced_hosts=2))
+    config = _config(tmp_path, dict(bed.os_params(), notify_url=hook.url, max_fenced_hosts=2))
     done = _nova_ha(bed, "evacuate", "host3", "--config", config)
     assert done.returncode == 0, done.stdout + done.stderr
     hook.wait(11)
     time.sleep(2)  # a duplicate event would arrive by now
-    finished = [e for e in hook.received
-                if e["node"] == "host3" and e["event"] == "evacuation_finished"]
+    finished = [
+        e for e in hook.received if e["node"] == "host3" and e["event"] == "evacuation_finished"
+    ]
     assert len(finished) == 1 and finished[0]["source"] == "nova-ha"
     assert store.get("host3").state == "evacuated"

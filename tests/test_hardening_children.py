@@ -25,7 +25,7 @@ def test_cibadmin_gets_no_secret(monkeypatch):
 def test_password_script_gets_no_other_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("OCF_RESKEY_os_password", "s3cret")
     script = tmp_path / "pw"
-    script.write_text("#!/bin/sh\necho \"bmc-${OCF_RESKEY_os_password:-none}\"\n")
+    script.write_text('#!/bin/sh\necho "bmc-${OCF_RESKEY_os_password:-none}"\n')
     script.chmod(stat.S_IRWXU)
     assert params.run_secret_script("password_script", str(script)) == "bmc-none"
 
@@ -48,10 +48,15 @@ def test_cli_config_lines_end_at_newlines_only(tmp_path, separator):
     assert ("os_auth_url", "http://evil") not in read_config(str(path))
 
 
-@pytest.mark.parametrize("args", [["evacuate", "host1", "--timeout", "1e10"],
-                                  ["evacuate", "host1", "--timeout", "nan"],
-                                  ["evacuate", "host1", "--timeout", "-1"],
-                                  ["history", "-n", "99999999999"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evacuate", "host1", "--timeout", "1e10"],
+        ["evacuate", "host1", "--timeout", "nan"],
+        ["evacuate", "host1", "--timeout", "-1"],
+        ["history", "-n", "99999999999"],
+    ],
+)
 def test_cli_numbers_are_bounded(args, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(args)
@@ -63,9 +68,11 @@ def test_ocf_timeout_is_bounded():
     from nova_ha.lib.ocf_proto import OcfRequest
 
     def timeout(value: str) -> float:
-        request = OcfRequest("monitor", params.parse({}, params.EVACUATE),
-                             {"OCF_RESKEY_CRM_meta_timeout": value})
+        request = OcfRequest(
+            "monitor", params.parse({}, params.EVACUATE), {"OCF_RESKEY_CRM_meta_timeout": value}
+        )
         return request.timeout
+
     assert timeout("20000") == 20.0
     assert timeout("99999999999999") == 86400.0
     assert timeout("-5") == 1.0

@@ -33,8 +33,12 @@ from tests.helpers import (
     run_ocf,
 )
 
-AUTH = {"os_auth_url": "http://127.0.0.1:9/identity/v3", "os_username": "admin",
-        "os_password": "s3cr3t-os-pass", "os_project_name": "admin"}
+AUTH = {
+    "os_auth_url": "http://127.0.0.1:9/identity/v3",
+    "os_username": "admin",
+    "os_password": "s3cr3t-os-pass",
+    "os_project_name": "admin",
+}
 NUMERIC = [p for p in params.PARAMETERS if p.type in ("integer", "second")]
 # Every character at which str.splitlines() ends a line besides "\n" and "\r".
 LINE_BREAKS = ["\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
@@ -46,11 +50,23 @@ def _limit(param: params.Param) -> str:
 
 # ---- class 6: numbers are bounded where they are parsed ---------------------------------------
 
+
 def test_every_number_of_the_table_has_a_maximum_that_is_shown():
     assert {p.name for p in NUMERIC} >= {
-        "os_api_timeout", "power_timeout", "power_wait", "evacuate_timeout", "notify_timeout",
-        "start_wait", "watch_interval", "fenced_window", "max_parallel", "evacuate_retries",
-        "max_hosts", "ipport", "cipher"}
+        "os_api_timeout",
+        "power_timeout",
+        "power_wait",
+        "evacuate_timeout",
+        "notify_timeout",
+        "start_wait",
+        "watch_interval",
+        "fenced_window",
+        "max_parallel",
+        "evacuate_retries",
+        "max_hosts",
+        "ipport",
+        "cipher",
+    }
     for param in NUMERIC:
         assert param.maximum is not None, param.name
         # well below what the runtime can wait for or turn into a date
@@ -77,8 +93,10 @@ def test_a_number_above_the_maximum_is_refused_naming_the_parameter_and_limit(pa
             params.convert(param, f"{int(param.maximum) * 1000 + 1000}ms")
 
 
-@pytest.mark.parametrize("name,below", [("ipport", "0"), ("max_parallel", "0"),
-                                        ("max_hosts", "0"), ("evacuate_retries", "-1")])
+@pytest.mark.parametrize(
+    "name,below",
+    [("ipport", "0"), ("max_parallel", "0"), ("max_hosts", "0"), ("evacuate_retries", "-1")],
+)
 def test_ports_and_counts_have_a_minimum(name, below):
     with pytest.raises(params.ParamError, match=f"^parameter '{name}': "):
         params.convert(params.BY_NAME[name], below)
@@ -90,17 +108,20 @@ def test_integers_are_plain_ascii_digits(raw):
         params.convert(params.BY_NAME["max_parallel"], raw)
 
 
-@pytest.mark.parametrize("bad,name,limit", [
-    ({"power_timeout": "10000000000"}, "power_timeout", "600"),
-    ({"evacuate_timeout": "10000000000"}, "evacuate_timeout", "86400"),
-    ({"notify_timeout": "9999999999.5"}, "notify_timeout", "300"),
-    ({"os_api_timeout": "100000000000000000000"}, "os_api_timeout", "300"),
-    ({"fenced_window": "10000000000"}, "fenced_window", "86400"),
-    ({"max_parallel": "100000"}, "max_parallel", "256"),
-    ({"ipport": "70000"}, "ipport", "65535"),
-    ({"delay": "10000000000"}, "delay", "3600"),
-    ({"delay": "\u00b2"}, "delay", "3600"),  # str.isdigit() says yes, int() says no
-])
+@pytest.mark.parametrize(
+    "bad,name,limit",
+    [
+        ({"power_timeout": "10000000000"}, "power_timeout", "600"),
+        ({"evacuate_timeout": "10000000000"}, "evacuate_timeout", "86400"),
+        ({"notify_timeout": "9999999999.5"}, "notify_timeout", "300"),
+        ({"os_api_timeout": "100000000000000000000"}, "os_api_timeout", "300"),
+        ({"fenced_window": "10000000000"}, "fenced_window", "86400"),
+        ({"max_parallel": "100000"}, "max_parallel", "256"),
+        ({"ipport": "70000"}, "ipport", "65535"),
+        ({"delay": "10000000000"}, "delay", "3600"),
+        ({"delay": "\u00b2"}, "delay", "3600"),  # str.isdigit() says yes, int() says no
+    ],
+)
 def test_fence_validate_all_refuses_numbers_that_would_crash_later(bad, name, limit):
     done = run_fence(dict(AUTH, port="compute1", action="validate-all", **bad))
     assert done.returncode == 1
@@ -109,8 +130,13 @@ def test_fence_validate_all_refuses_numbers_that_would_crash_later(bad, name, li
 
 
 def test_ocf_validate_all_refuses_numbers_that_would_crash_later():
-    compute = dict(AUTH, start_command="/bin/true", stop_command="/bin/true",
-                   status_command="/bin/false", start_wait="10000000000")
+    compute = dict(
+        AUTH,
+        start_command="/bin/true",
+        stop_command="/bin/true",
+        status_command="/bin/false",
+        start_wait="10000000000",
+    )
     done = run_ocf(COMPUTE_AGENT, "validate-all", compute)
     assert done.returncode == 6
     assert "parameter 'start_wait'" in done.stderr and "3600" in done.stderr
@@ -127,16 +153,20 @@ def test_config_file_numbers_are_bounded_too(tmp_path):
     path.write_text("os_cloud=overcloud\nfenced_window = 10000000000\n")
     path.chmod(0o600)
     parsed = params.parse([("config_file", str(path))], params.EVACUATE)
-    assert any("line 2" in p and "parameter 'fenced_window'" in p and "86400" in p
-               for p in parsed.problems), parsed.problems
+    assert any(
+        "line 2" in p and "parameter 'fenced_window'" in p and "86400" in p for p in parsed.problems
+    ), parsed.problems
 
 
 # ---- class 8: lines end at "\n" only ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("brk", LINE_BREAKS, ids=lambda c: f"U+{ord(c):04X}")
 def test_a_value_cannot_smuggle_parameters_in_at_another_line_break(brk):
-    data = (f"action=validate-all\r\nport=compute1\nos_cloud=overcloud{brk}port=compute2{brk}"
-            f"ip=10.6.6.6{brk}action=off\nusername=root\r\n").encode()
+    data = (
+        f"action=validate-all\r\nport=compute1\nos_cloud=overcloud{brk}port=compute2{brk}"
+        f"ip=10.6.6.6{brk}action=off\nusername=root\r\n"
+    ).encode()
     raw, framework, _, _ = fence_proto.parse_input(fencer.SPEC, [], data)
     parsed = params.parse(raw, params.FENCE)
     assert parsed["port"] == "compute1"
@@ -148,9 +178,13 @@ def test_a_value_cannot_smuggle_parameters_in_at_another_line_break(brk):
 
 def test_the_agent_reads_only_newline_separated_parameters():
     # The whole agent, as Pacemaker runs it: a smuggled 'action=off' would fence.
-    done = run_fence(stdin=("action=validate-all\nport=compute1\nos_auth_url=http://127.0.0.1:9/v3"
-                            "\u2028action=off\nos_username=admin\nos_password=x\n"
-                            "os_project_name=admin\n").encode())
+    done = run_fence(
+        stdin=(
+            "action=validate-all\nport=compute1\nos_auth_url=http://127.0.0.1:9/v3"
+            "\u2028action=off\nos_username=admin\nos_password=x\n"
+            "os_project_name=admin\n"
+        ).encode()
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
 
@@ -170,6 +204,7 @@ def test_a_password_script_is_read_up_to_the_first_newline(tmp_path):
 
 
 # ---- class 9: Nova's strings are data, not lines ------------------------------------------------
+
 
 @pytest.fixture
 def captured_log():
@@ -212,12 +247,16 @@ def test_log_escaping_keeps_redaction_and_covers_tracebacks(captured_log):
 
 
 def test_escape_is_idempotent_and_leaves_ordinary_text_alone():
-    assert log.escape("compute1.example.com: 3 servers, évacué ✓") == \
-        "compute1.example.com: 3 servers, évacué ✓"
+    assert (
+        log.escape("compute1.example.com: 3 servers, évacué ✓")
+        == "compute1.example.com: 3 servers, évacué ✓"
+    )
     once = log.escape("a\nb\u2028c\x00d\u202ee")
     assert once == "a\\nb\\u2028c\\x00d\\u202ee" and log.escape(once) == once
-    assert log.escape("evil\ncompute7,compute8 c9;c10\tx", field=True) == \
-        "evil\\ncompute7\\x2ccompute8\\x20c9\\x3bc10\\tx"
+    assert (
+        log.escape("evil\ncompute7,compute8 c9;c10\tx", field=True)
+        == "evil\\ncompute7\\x2ccompute8\\x20c9\\x3bc10\\tx"
+    )
 
 
 def _pacemaker_host_list(output: str) -> set[str]:
@@ -236,13 +275,19 @@ def _pacemaker_host_list(output: str) -> set[str]:
 def test_fence_list_keeps_each_nova_host_on_its_own_line(action):
     from testbed.nova_sim import NovaSim
 
-    hostile = ["evil\ncompute7", "x,compute8 compute9;c10", "y\u2028compute11",
-               "z\rcompute12"]
+    hostile = ["evil\ncompute7", "x,compute8 compute9;c10", "y\u2028compute11", "z\rcompute12"]
     with NovaSim(hosts=["host1", *hostile]) as cloud:
-        done = run_fence({"action": action, "os_auth_url": cloud.auth_url,
-                          "os_username": cloud.username, "os_password": cloud.password,
-                          "os_project_name": cloud.project_name, "os_interface": "public",
-                          "os_token_cache": "0"})
+        done = run_fence(
+            {
+                "action": action,
+                "os_auth_url": cloud.auth_url,
+                "os_username": cloud.username,
+                "os_password": cloud.password,
+                "os_project_name": cloud.project_name,
+                "os_interface": "public",
+                "os_token_cache": "0",
+            }
+        )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     assert lines[-1] == "" and len(lines[:-1]) == 1 + len(hostile), done.stdout
@@ -255,15 +300,26 @@ def test_fence_list_keeps_each_nova_host_on_its_own_line(action):
 
 
 def test_the_nova_ha_command_shows_nova_strings_on_one_line():
-    out = table(["NODE", "DETAIL"], [["host1", "evacuated vm\nhost9  fenced"],
-                                         ["host2\u2028host8", "x"]], False)
+    out = table(
+        ["NODE", "DETAIL"],
+        [["host1", "evacuated vm\nhost9  fenced"], ["host2\u2028host8", "x"]],
+        False,
+    )
     assert len(out.splitlines()) == 3, out
     stream = io.StringIO()
     bar = ProgressBar(2, stream=stream, tty=False)
-    bar("finished", SimpleNamespace(server_id="id-1", result="evacuated", detail="",
-                                    name="vm\n  failed     other-vm (id-2)"))
-    bar("finished", SimpleNamespace(server_id="id-2", result="failed", name="vm2",
-                                    detail="Nova said\r\nall fine"))
+    bar(
+        "finished",
+        SimpleNamespace(
+            server_id="id-1", result="evacuated", detail="", name="vm\n  failed     other-vm (id-2)"
+        ),
+    )
+    bar(
+        "finished",
+        SimpleNamespace(
+            server_id="id-2", result="failed", name="vm2", detail="Nova said\r\nall fine"
+        ),
+    )
     assert len(stream.getvalue().splitlines()) == 2, stream.getvalue()
     text = render_status({"hosts": [], "problems": ["Nova: bad\nhost9  online"]}, False)
     assert text.splitlines() == ["no compute host found", "note: Nova: bad\\nhost9  online"]
@@ -271,19 +327,28 @@ def test_the_nova_ha_command_shows_nova_strings_on_one_line():
 
 # ---- class 13: a reader that leaves early ------------------------------------------------------
 
-def _into_closed_pipe(argv: list[str], stdin: bytes | None = None,
-                      env: dict | None = None) -> subprocess.CompletedProcess[str]:
+
+def _into_closed_pipe(
+    argv: list[str], stdin: bytes | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run with stdout a pipe whose reader is gone (`| head -0`): every write gets EPIPE."""
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        done = subprocess.run(argv, stdout=writer, stderr=subprocess.PIPE, input=stdin,
-                              env=dict(env or os.environ, PYTHONPATH=ROOT), timeout=120,
-                              cwd="/")
+        done = subprocess.run(
+            argv,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            input=stdin,
+            env=dict(env or os.environ, PYTHONPATH=ROOT),
+            timeout=120,
+            cwd="/",
+        )
     finally:
         os.close(writer)
-    return subprocess.CompletedProcess(done.args, done.returncode, "",
-                                       done.stderr.decode(errors="replace"))
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, "", done.stderr.decode(errors="replace")
+    )
 
 
 def test_nova_ha_output_into_a_closed_pipe_is_quiet():
@@ -292,8 +357,7 @@ def test_nova_ha_output_into_a_closed_pipe_is_quiet():
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
-def test_nova_ha_reset_into_a_closed_pipe_does_all_its_work(tmp_path, cib_file, webhook,
-                                                            buffered):
+def test_nova_ha_reset_into_a_closed_pipe_does_all_its_work(tmp_path, cib_file, webhook, buffered):
     store = state.CibStateStore(cib_file)
     store.mark("host1", HostState.FENCED, Event.FENCED, "power off", mode="all")
     config = tmp_path / "nova-ha.conf"
@@ -302,8 +366,10 @@ def test_nova_ha_reset_into_a_closed_pipe_does_all_its_work(tmp_path, cib_file, 
     env = dict(os.environ, CIB_file=cib_file)
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"  # the first line already meets the closed pipe
-    done = _into_closed_pipe([PYTHON, "-m", "nova_ha.cli", "reset", "host1", "--no-cib",
-                              "--config", str(config)], env=env)
+    done = _into_closed_pipe(
+        [PYTHON, "-m", "nova_ha.cli", "reset", "host1", "--no-cib", "--config", str(config)],
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
     assert "Broken pipe" not in done.stderr
@@ -320,10 +386,15 @@ def test_fence_list_into_a_closed_pipe_keeps_its_result(buffered):
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
     with NovaSim(hosts=["host1", "host2", "host3"]) as cloud:
-        values = {"action": "list", "os_auth_url": cloud.auth_url,
-                  "os_username": cloud.username, "os_password": cloud.password,
-                  "os_project_name": cloud.project_name, "os_interface": "public",
-                  "os_token_cache": "0"}
+        values = {
+            "action": "list",
+            "os_auth_url": cloud.auth_url,
+            "os_username": cloud.username,
+            "os_password": cloud.password,
+            "os_project_name": cloud.project_name,
+            "os_interface": "public",
+            "os_token_cache": "0",
+        }
         stdin = "".join(f"{k}={v}\n" for k, v in values.items()).encode()
         done = _into_closed_pipe([PYTHON, FENCE_AGENT], stdin=stdin, env=env)
     assert done.returncode == fence_proto.EC_OK, done.stderr

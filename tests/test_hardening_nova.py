@@ -27,19 +27,34 @@ from nova_ha.openstack.transport import Deadline
 from nova_ha.openstack.views import Server
 from tests.helpers import FENCE_AGENT, PYTHON, run_fence, stdin_text
 
-VERSION_DOC = {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.104",
-                           "min_version": "2.1", "links": []}}
+VERSION_DOC = {
+    "version": {
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": "2.104",
+        "min_version": "2.1",
+        "links": [],
+    }
+}
 
 
 # ---- a hostile Nova: any status, body, length, pace -----------------------------------------
+
 
 class Reply:
     """What the hostile Nova answers: `body` (bytes, or JSON-encoded), sent whole, cut after
     `cut` bytes (the connection closed short of Content-Length), or `pace` seconds a byte."""
 
-    def __init__(self, body: object = b"", status: int = 200, *, cut: int | None = None,
-                 pace: float = 0.0, length: int | None = None,
-                 content_type: str = "application/json") -> None:
+    def __init__(
+        self,
+        body: object = b"",
+        status: int = 200,
+        *,
+        cut: int | None = None,
+        pace: float = 0.0,
+        length: int | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.status, self.cut, self.pace, self.length = status, cut, pace, length
         self.content_type = content_type
@@ -70,8 +85,9 @@ class HostileNova:
                 body = reply.body
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(reply.length if reply.length is not None
-                                                       else len(body)))
+                self.send_header(
+                    "Content-Length", str(reply.length if reply.length is not None else len(body))
+                )
                 if reply.cut is not None or reply.pace:
                     self.send_header("Connection", "close")
                     self.close_connection = True
@@ -83,7 +99,7 @@ class HostileNova:
                             self.wfile.flush()
                             time.sleep(reply.pace)
                     else:
-                        self.wfile.write(body if reply.cut is None else body[:reply.cut])
+                        self.wfile.write(body if reply.cut is None else body[: reply.cut])
                     self.wfile.flush()
                 except OSError:
                     self.close_connection = True
@@ -93,8 +109,7 @@ class HostileNova:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/compute/v2.1"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def reply(self, method: str, path: str) -> Reply:
         for want, regex, reply in self.routes:
@@ -111,8 +126,12 @@ class HostileNova:
         from keystoneauth1 import session, token_endpoint
 
         auth = token_endpoint.Token(self.url, "a-token")
-        return Nova(session.Session(auth=auth), interface="public", timeout=timeout,
-                    endpoint_override=self.url)
+        return Nova(
+            session.Session(auth=auth),
+            interface="public",
+            timeout=timeout,
+            endpoint_override=self.url,
+        )
 
     def __enter__(self) -> HostileNova:
         self._thread.start()
@@ -138,12 +157,28 @@ def _assert_short_and_printable(err: BaseException) -> None:
 
 # ---- class 2: every reply parsed defensively ---------------------------------------------------
 
-HTML = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\x1b[31m\r\n"
-        b"<body>\xe2\x80\xa8forged line\x00" + b"x" * 5000 + b"</body></html>")
-GOOD_SERVICE = {"id": "e5b7", "host": "host1", "binary": "nova-compute", "status": "enabled",
-                "state": "up", "forced_down": False, "disabled_reason": None}
-GOOD_SERVER = {"id": "s-1", "name": "vm", "status": "ACTIVE", "OS-EXT-SRV-ATTR:host": "host1",
-               "flavor": {"extra_specs": {}}, "metadata": {}, "image": ""}
+HTML = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\x1b[31m\r\n"
+    b"<body>\xe2\x80\xa8forged line\x00" + b"x" * 5000 + b"</body></html>"
+)
+GOOD_SERVICE = {
+    "id": "e5b7",
+    "host": "host1",
+    "binary": "nova-compute",
+    "status": "enabled",
+    "state": "up",
+    "forced_down": False,
+    "disabled_reason": None,
+}
+GOOD_SERVER = {
+    "id": "s-1",
+    "name": "vm",
+    "status": "ACTIVE",
+    "OS-EXT-SRV-ATTR:host": "host1",
+    "flavor": {"extra_specs": {}},
+    "metadata": {},
+    "image": "",
+}
 
 # (what is called, the path it reads, a malformed reply)
 MALFORMED = [
@@ -172,8 +207,11 @@ MALFORMED = [
     ("servers_on", r"/servers/detail", Reply({"servers": [GOOD_SERVER], "servers_links": [1]})),
     ("servers_on", r"/servers/detail", Reply({"servers": [dict(GOOD_SERVER, metadata=[])]})),
     ("migrations", r"/os-migrations", Reply({"migrations": [{"instance_uuid": 5}]})),
-    ("migrations", r"/os-migrations", Reply({"migrations": [{"instance_uuid": "s",
-                                                             "created_at": 17}]})),
+    (
+        "migrations",
+        r"/os-migrations",
+        Reply({"migrations": [{"instance_uuid": "s", "created_at": 17}]}),
+    ),
     ("migrations", r"/os-migrations", Reply({"migrations": None})),
     ("actions", r"/os-instance-actions", Reply({"instanceActions": {"action": "stop"}})),
     ("actions", r"/os-instance-actions", Reply({"instanceActions": ["stop"]})),
@@ -194,8 +232,9 @@ def _call(client: Nova, name: str, deadline: Deadline) -> object:
     }[name]()
 
 
-@pytest.mark.parametrize(("call", "path", "reply"), MALFORMED,
-                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(MALFORMED)])
+@pytest.mark.parametrize(
+    ("call", "path", "reply"), MALFORMED, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(MALFORMED)]
+)
 def test_malformed_reply_is_a_short_nova_error(hostile, call, path, reply):
     hostile.on("GET", path, reply)
     with pytest.raises(NovaError) as raised:
@@ -214,8 +253,15 @@ def test_error_pages_are_quoted_short_and_escaped(hostile):
 
 
 def test_a_cut_body_is_retried_then_a_nova_error(hostile):
-    hostile.on("GET", r"/os-services", lambda n: Reply({"services": [GOOD_SERVICE]}, cut=None)
-               if n > 2 else Reply({"services": [GOOD_SERVICE]}, cut=12))
+    hostile.on(
+        "GET",
+        r"/os-services",
+        lambda n: (
+            Reply({"services": [GOOD_SERVICE]}, cut=None)
+            if n > 2
+            else Reply({"services": [GOOD_SERVICE]}, cut=12)
+        ),
+    )
     assert [s.host for s in hostile.client().services(Deadline(10))] == ["host1"]
     hostile.on("GET", r"/os-services", Reply({"services": [GOOD_SERVICE]}, cut=12))
     with pytest.raises(Unavailable) as raised:
@@ -258,15 +304,26 @@ def test_malformed_keystone_replies_are_nova_errors(monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Keystone)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for reply in [(b"[1, 2]", True), (b"7", True), (b'{"token": {}}', False),
-                      (b'{"token": "x"}', True), (b'{"token": {"catalog": 3}}', True),
-                      (b"<html>", True),
-                      (b'{"token": {"x": "' + b"a" * (100 << 10) + b'"}}', True)]:
+        for reply in [
+            (b"[1, 2]", True),
+            (b"7", True),
+            (b'{"token": {}}', False),
+            (b'{"token": "x"}', True),
+            (b'{"token": {"catalog": 3}}', True),
+            (b"<html>", True),
+            (b'{"token": {"x": "' + b"a" * (100 << 10) + b'"}}', True),
+        ]:
             Keystone.replies[:] = [reply]
-            parsed = params.parse({"os_auth_url": f"http://127.0.0.1:{server.server_port}/v3",
-                                   "os_username": "u", "os_password": "p",
-                                   "os_project_name": "p", "os_token_cache": "0"},
-                                  params.FENCE)
+            parsed = params.parse(
+                {
+                    "os_auth_url": f"http://127.0.0.1:{server.server_port}/v3",
+                    "os_username": "u",
+                    "os_password": "p",
+                    "os_project_name": "p",
+                    "os_token_cache": "0",
+                },
+                params.FENCE,
+            )
             client = Nova.from_params(parsed)
             with pytest.raises(NovaError) as raised:
                 client.services(Deadline(1.5))
@@ -291,6 +348,7 @@ def sim_cloud() -> Iterator[object]:
 
 
 # ---- class 7: bounded replies and paging --------------------------------------------------------
+
 
 def test_reply_size_is_capped(hostile, monkeypatch):
     assert transport.MAX_BODY == 16 << 20
@@ -318,8 +376,10 @@ def test_a_trickling_reply_is_bounded_in_time(hostile):
 
 
 def test_paging_that_loops_stops_at_the_repeat(hostile):
-    page = {"servers": [GOOD_SERVER, dict(GOOD_SERVER, id="s-2")],
-            "servers_links": [{"rel": "next", "href": "http://nova/servers/detail?marker=s-2"}]}
+    page = {
+        "servers": [GOOD_SERVER, dict(GOOD_SERVER, id="s-2")],
+        "servers_links": [{"rel": "next", "href": "http://nova/servers/detail?marker=s-2"}],
+    }
     # (after 20 requests, errors: a client without the check fails instead of looping)
     hostile.on("GET", r"/servers/detail", lambda n: Reply(page) if n <= 20 else Reply({}, 503))
     with pytest.raises(NovaError) as raised:
@@ -332,8 +392,12 @@ def test_paging_has_a_page_cap_and_the_deadline(hostile, monkeypatch):
     def endless(n: int) -> Reply:
         if n > 30:  # a client without the bounds fails here instead of listing forever
             return Reply({}, 503)
-        return Reply({"servers": [dict(GOOD_SERVER, id=f"s-{n}")],
-                      "servers_links": [{"rel": "next", "href": "x"}]})
+        return Reply(
+            {
+                "servers": [dict(GOOD_SERVER, id=f"s-{n}")],
+                "servers_links": [{"rel": "next", "href": "x"}],
+            }
+        )
 
     hostile.on("GET", r"/servers/detail", endless)
     monkeypatch.setattr(compute, "MAX_PAGES", 5)
@@ -352,15 +416,19 @@ def test_paging_has_a_page_cap_and_the_deadline(hostile, monkeypatch):
 
 
 def test_a_marker_is_quoted_into_the_next_query(hostile):
-    first = {"servers": [dict(GOOD_SERVER, id="a&host=other")],
-             "servers_links": [{"rel": "next", "href": "x"}]}
-    hostile.on("GET", r"/servers/detail", lambda n: Reply(first) if n == 1 else
-               Reply({"servers": []}))
+    first = {
+        "servers": [dict(GOOD_SERVER, id="a&host=other")],
+        "servers_links": [{"rel": "next", "href": "x"}],
+    }
+    hostile.on(
+        "GET", r"/servers/detail", lambda n: Reply(first) if n == 1 else Reply({"servers": []})
+    )
     hostile.client().servers_on(Deadline(5), "host1")
     assert "marker=a%26host%3Dother" in hostile.log[-1][1]
 
 
 # ---- class 10: adminPass is never logged -----------------------------------------------------
+
 
 @pytest.fixture
 def verbose_log() -> Iterator[io.StringIO]:
@@ -390,10 +458,17 @@ def test_admin_pass_of_an_evacuation_is_not_logged(verbose_log):
         server_id = cloud.create_servers("host1", 1)[0]
         cloud.crash("host1")
         cloud.force_down("host1")
-        parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
-                               "os_password": cloud.password,
-                               "os_project_name": cloud.project_name,
-                               "os_interface": "public", "os_token_cache": "0"}, params.FENCE)
+        parsed = params.parse(
+            {
+                "os_auth_url": cloud.auth_url,
+                "os_username": cloud.username,
+                "os_password": cloud.password,
+                "os_project_name": cloud.project_name,
+                "os_interface": "public",
+                "os_token_cache": "0",
+            },
+            params.FENCE,
+        )
         client = Nova.from_params(parsed)
         server = client.server(Deadline(30), server_id)
         assert client.evacuate(Deadline(30), server, proof.by_bmc("host1", "host1")) is True
@@ -404,27 +479,41 @@ def test_admin_pass_of_an_evacuation_is_not_logged(verbose_log):
 
 
 def test_password_like_keys_are_redacted_in_logged_bodies():
-    for body in ('{"adminPass": "s3cr3t-value", "id": 1}', '{"admin_password":"s3cr3t-value"}',
-                 '{"server": {"password": "s3cr3t-value"}}', "secret=s3cr3t-value&x=1",
-                 '{"auth": {"token": "s3cr3t-value"}}', '{"adminPass": "s3cr3t-val'):
+    for body in (
+        '{"adminPass": "s3cr3t-value", "id": 1}',
+        '{"admin_password":"s3cr3t-value"}',
+        '{"server": {"password": "s3cr3t-value"}}',
+        "secret=s3cr3t-value&x=1",
+        '{"auth": {"token": "s3cr3t-value"}}',
+        '{"adminPass": "s3cr3t-val',
+    ):
         shown = transport.excerpt(body)
         assert "s3cr3t" not in shown, shown
         assert "******" in shown
-    assert transport.excerpt('{"name": "vm-1", "status": "ACTIVE"}') == \
-        '{"name": "vm-1", "status": "ACTIVE"}'
+    assert (
+        transport.excerpt('{"name": "vm-1", "status": "ACTIVE"}')
+        == '{"name": "vm-1", "status": "ACTIVE"}'
+    )
 
 
 # ---- class 3: a cached token never blocks fencing -------------------------------------------
 
+
 def _token_posts(bed) -> int:
-    return len([r for r in bed.cloud.request_log()
-                if r["method"] == "POST" and r["path"].endswith("/auth/tokens")])
+    return len(
+        [
+            r
+            for r in bed.cloud.request_log()
+            if r["method"] == "POST" and r["path"].endswith("/auth/tokens")
+        ]
+    )
 
 
 def _entry(bed) -> str:
     """The cache file the fence agent uses for the bed's credentials."""
-    parsed = params.parse({k: str(v) for k, v in bed.fence_params(action="monitor").items()},
-                          params.FENCE)
+    parsed = params.parse(
+        {k: str(v) for k, v in bed.fence_params(action="monitor").items()}, params.FENCE
+    )
     session = auth.make_session(auth.auth_settings(parsed.settings.openstack))
     return token_cache.TokenCache(session.auth).path
 
@@ -451,9 +540,13 @@ def test_cached_catalog_of_a_moved_endpoint_is_replaced(sim_bed):
     assert live in good
     dead = good.replace(live, f"127.0.0.1:{_dead_port()}/compute/v2.1")
     moved = good.replace(live, f"127.0.0.1:{bed.cloud.port}/moved/v2.1")  # answers 404
-    runs = [(dead, monitor), (dead, dict(monitor, action="list")),
-            (dead, bed.fence_params("host1", evacuate="none")),
-            (moved, monitor), (moved, bed.fence_params("host2", evacuate="none"))]
+    runs = [
+        (dead, monitor),
+        (dead, dict(monitor, action="list")),
+        (dead, bed.fence_params("host1", evacuate="none")),
+        (moved, monitor),
+        (moved, bed.fence_params("host2", evacuate="none")),
+    ]
     for planted, values in runs:
         _plant(path, planted)
         before = _token_posts(bed)
@@ -480,14 +573,22 @@ def test_damaged_cache_entries_are_dropped(sim_bed):
     def variant(**changes) -> str:
         return json.dumps(dict(good, body={"token": dict(token, **changes)}))
 
-    damaged = ["{not json", "[]", "null", '"text"', json.dumps({"auth_token": good["auth_token"]}),
-               json.dumps(dict(good, body={"token": {}})), json.dumps(dict(good, body=[1])),
-               variant(catalog="garbage"), variant(catalog=[{"type": "compute",
-                                                             "endpoints": "x"}]),
-               variant(catalog=[s for s in token["catalog"] if s["type"] != "compute"]),
-               variant(expires_at="soon"), variant(project=["p"]), "\udcff" * 10]
-    actions = {0: dict(monitor, action="list"),
-               7: bed.fence_params("host3", evacuate="none")}
+    damaged = [
+        "{not json",
+        "[]",
+        "null",
+        '"text"',
+        json.dumps({"auth_token": good["auth_token"]}),
+        json.dumps(dict(good, body={"token": {}})),
+        json.dumps(dict(good, body=[1])),
+        variant(catalog="garbage"),
+        variant(catalog=[{"type": "compute", "endpoints": "x"}]),
+        variant(catalog=[s for s in token["catalog"] if s["type"] != "compute"]),
+        variant(expires_at="soon"),
+        variant(project=["p"]),
+        "\udcff" * 10,
+    ]
+    actions = {0: dict(monitor, action="list"), 7: bed.fence_params("host3", evacuate="none")}
     for number, text in enumerate(damaged):
         with open(path, "w", errors="surrogateescape") as f:
             f.write(text)
@@ -503,10 +604,16 @@ def test_damaged_cache_entries_are_dropped(sim_bed):
 def test_damaged_state_in_process_is_retried_once(sim_cloud, token_dir):
     """The state passes set_auth_state, the catalog check too, yet keystoneauth1 trips over
     it later: the call drops it and succeeds with a new token."""
-    parsed = params.parse({"os_auth_url": sim_cloud.auth_url, "os_username": sim_cloud.username,
-                           "os_password": sim_cloud.password,
-                           "os_project_name": sim_cloud.project_name, "os_interface": "public"},
-                          params.FENCE)
+    parsed = params.parse(
+        {
+            "os_auth_url": sim_cloud.auth_url,
+            "os_username": sim_cloud.username,
+            "os_password": sim_cloud.password,
+            "os_project_name": sim_cloud.project_name,
+            "os_interface": "public",
+        },
+        params.FENCE,
+    )
     first = Nova.from_params(parsed)
     first.services(Deadline(10))
     client = Nova.from_params(parsed)
@@ -515,17 +622,25 @@ def test_damaged_state_in_process_is_retried_once(sim_cloud, token_dir):
     access._data["token"]["expires_at"] = ["not", "a", "time"]  # damaged after loading
     posts = len([r for r in sim_cloud.request_log() if r["path"].endswith("/auth/tokens")])
     assert [s.host for s in client.services(Deadline(10))] == ["host1", "host2"]
-    assert len([r for r in sim_cloud.request_log()
-                if r["path"].endswith("/auth/tokens")]) == posts + 1
+    assert (
+        len([r for r in sim_cloud.request_log() if r["path"].endswith("/auth/tokens")]) == posts + 1
+    )
 
 
 # ---- class 11: the token cache's files and directories -----------------------------------------
 
+
 def _plugin(auth_url: str = "http://127.0.0.1:9/v3"):
     from keystoneauth1.identity import v3
 
-    return v3.Password(auth_url=auth_url, username="u", password="p", project_name="p",
-                       user_domain_name="Default", project_domain_name="Default")
+    return v3.Password(
+        auth_url=auth_url,
+        username="u",
+        password="p",
+        project_name="p",
+        user_domain_name="Default",
+        project_domain_name="Default",
+    )
 
 
 def _state() -> str:
@@ -535,14 +650,30 @@ def _state() -> str:
     now = datetime.datetime.now(datetime.UTC)
     domain = {"id": "default", "name": "Default"}
     token = {
-        "methods": ["password"], "user": {"id": "u1", "name": "u", "domain": domain},
+        "methods": ["password"],
+        "user": {"id": "u1", "name": "u", "domain": domain},
         "project": {"id": "p1", "name": "p", "domain": domain},
         "roles": [{"id": "r1", "name": "admin"}],
         "issued_at": now.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
         "expires_at": (now + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
-        "catalog": [{"type": "compute", "id": "c1", "name": "nova", "endpoints": [
-            {"id": f"e-{i}", "interface": i, "region": "R", "region_id": "R",
-             "url": "http://127.0.0.1:9/compute/v2.1"} for i in ("public", "internal")]}]}
+        "catalog": [
+            {
+                "type": "compute",
+                "id": "c1",
+                "name": "nova",
+                "endpoints": [
+                    {
+                        "id": f"e-{i}",
+                        "interface": i,
+                        "region": "R",
+                        "region_id": "R",
+                        "url": "http://127.0.0.1:9/compute/v2.1",
+                    }
+                    for i in ("public", "internal")
+                ],
+            }
+        ],
+    }
     return json.dumps({"auth_token": "tok", "body": {"token": token}})
 
 
@@ -607,9 +738,12 @@ def test_damaged_entries_are_deleted(tmp_path):
     directory = tmp_path / "tokens"
     directory.mkdir(mode=0o700)
     good = json.loads(_state())
-    for text in ["{", "[]", json.dumps({"auth_token": "t", "body": {"token": {}}}),
-                 json.dumps(dict(good, body={"token": dict(good["body"]["token"],
-                                                           catalog="x")}))]:
+    for text in [
+        "{",
+        "[]",
+        json.dumps({"auth_token": "t", "body": {"token": {}}}),
+        json.dumps(dict(good, body={"token": dict(good["body"]["token"], catalog="x")})),
+    ]:
         cache = token_cache.TokenCache(_plugin(), str(directory))
         _plant(cache.path, text)
         assert cache.load() is False
@@ -655,12 +789,14 @@ def test_cache_directories_are_made_private_whatever_the_umask(tmp_path, monkeyp
 
 # ---- class 14: where clouds.yaml is read ------------------------------------------------------
 
+
 def test_clouds_yaml_in_the_working_directory_is_not_read(tmp_path, monkeypatch):
     planted = tmp_path / "cwd"
     planted.mkdir()
     (planted / "clouds.yaml").write_text(
         "clouds:\n  planted:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n"
-        "      username: u\n      password: p\n")
+        "      username: u\n      password: p\n"
+    )
     monkeypatch.chdir(planted)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("OS_CLIENT_CONFIG_FILE", raising=False)
@@ -689,13 +825,19 @@ def test_a_planted_clouds_yaml_gets_no_password(tmp_path, sim_cloud):
     (cwd / "clouds.yaml").write_text(
         f"clouds:\n  overcloud:\n    auth:\n      auth_url: {sim_cloud.auth_url}\n"
         f"      username: {sim_cloud.username}\n      password: {sim_cloud.password}\n"
-        f"      project_name: {sim_cloud.project_name}\n    interface: public\n")
+        f"      project_name: {sim_cloud.project_name}\n    interface: public\n"
+    )
     sim_cloud.clear_log()
     env = {k: v for k, v in os.environ.items() if k != "OS_CLIENT_CONFIG_FILE"}
     env["HOME"] = str(tmp_path / "home")
-    done = subprocess.run([PYTHON, FENCE_AGENT], input=stdin_text(
-        {"action": "monitor", "os_cloud": "overcloud"}).encode(), capture_output=True,
-        timeout=60, env=env, cwd=str(cwd))
+    done = subprocess.run(
+        [PYTHON, FENCE_AGENT],
+        input=stdin_text({"action": "monitor", "os_cloud": "overcloud"}).encode(),
+        capture_output=True,
+        timeout=60,
+        env=env,
+        cwd=str(cwd),
+    )
     assert done.returncode != 0
     assert "not found" in done.stderr.decode()
     assert not sim_cloud.request_log()
@@ -704,8 +846,13 @@ def test_a_planted_clouds_yaml_gets_no_password(tmp_path, sim_cloud):
 def test_malformed_clouds_yaml_is_a_nova_error(tmp_path, monkeypatch):
     path = tmp_path / "clouds.yaml"
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-    for text in ["clouds: [1, 2]\n", "clouds:\n  c: [1]\n", "clouds:\n  c:\n    auth: 3\n",
-                 "{{{{", "- a\n"]:
+    for text in [
+        "clouds: [1, 2]\n",
+        "clouds:\n  c: [1]\n",
+        "clouds:\n  c:\n    auth: 3\n",
+        "{{{{",
+        "- a\n",
+    ]:
         path.write_text(text)
         with pytest.raises(NovaError):
             auth.cloud_settings("c")

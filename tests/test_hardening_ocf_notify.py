@@ -57,8 +57,11 @@ class StandIn:
         return f"{self.script} {action}"
 
     def params(self, **extra) -> dict:
-        values = {"start_command": self.command("start"), "stop_command": self.command("stop"),
-                  "status_command": self.command("status")}
+        values = {
+            "start_command": self.command("start"),
+            "stop_command": self.command("stop"),
+            "status_command": self.command("status"),
+        }
         values.update(extra)
         return {k: v for k, v in values.items() if v is not None}
 
@@ -83,14 +86,17 @@ def stand_in(tmp_path) -> StandIn:
     return StandIn(tmp_path)
 
 
-OPENSTACK = {"os_auth_url": "http://127.0.0.1:9/identity/v3", "os_username": "nova-ha",
-             "os_password": SECRET, "os_project_name": "admin"}
+OPENSTACK = {
+    "os_auth_url": "http://127.0.0.1:9/identity/v3",
+    "os_username": "nova-ha",
+    "os_password": SECRET,
+    "os_project_name": "admin",
+}
 
 # Every kind of problem that has nothing to do with running, stopping or checking the service.
 BAD = {
     "os_cacert rotated away": dict(OPENSTACK, os_cacert="/nonexistent/rotated-ca.pem"),
-    "unusable notify_url": dict(OPENSTACK,
-                                notify_url=f"ftp://nova:{URL_SECRET}@hooks.example/x"),
+    "unusable notify_url": dict(OPENSTACK, notify_url=f"ftp://nova:{URL_SECRET}@hooks.example/x"),
     "no OpenStack auth": {"os_password": SECRET},
     "unparsable start_wait": dict(OPENSTACK, start_wait="soon"),
     "start_command not installed": dict(OPENSTACK, start_command="/nonexistent/start-it"),
@@ -115,6 +121,7 @@ def _crm_resource(values: dict, op: str) -> subprocess.CompletedProcess[str]:
 
 
 # ---- class 1: stop and probes do not lie ------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_validation_still_refuses_start(stand_in, kind):
@@ -189,8 +196,10 @@ def test_unusable_stop_command_answers_stopped_only_when_nothing_runs(stand_in, 
     stand_in.start()
     stopped = _ocf("stop", values)
     assert stopped.returncode in (ocf_proto.OCF_ERR_INSTALLED, ocf_proto.OCF_ERR_CONFIGURED)
-    assert "ocf-exit-reason:nova-compute runs and cannot be stopped: parameter " \
-           "'stop_command'" in stopped.stderr
+    assert (
+        "ocf-exit-reason:nova-compute runs and cannot be stopped: parameter "
+        "'stop_command'" in stopped.stderr
+    )
     assert stand_in.running
     assert _ocf("monitor", values, interval_ms=0).returncode == ocf_proto.OCF_SUCCESS
 
@@ -200,8 +209,10 @@ def test_unusable_status_command_never_claims_not_running(stand_in):
     stand_in.start()
     probe = _ocf("monitor", values, interval_ms=0)
     assert probe.returncode == ocf_proto.OCF_ERR_INSTALLED
-    assert "ocf-exit-reason:cannot tell whether nova-compute runs: parameter " \
-           "'status_command'" in probe.stderr
+    assert (
+        "ocf-exit-reason:cannot tell whether nova-compute runs: parameter "
+        "'status_command'" in probe.stderr
+    )
     stopped = _ocf("stop", values)
     assert stopped.returncode == ocf_proto.OCF_ERR_INSTALLED
     assert "'status_command'" in stopped.stderr
@@ -212,9 +223,14 @@ def test_an_agent_without_unchecked_actions_does_not_guess(monkeypatch):
     monkeypatch.setattr(log, "setup", lambda *args, **kwargs: None)  # pytest's logging stays
     calls = []
     spec = ocf_proto.OcfAgentSpec(
-        params.COMPUTE, "0", "s", "l", [], {"stop": lambda r: calls.append(r) or 0,
-                                            "monitor": lambda r: calls.append(r) or 0},
-        validate=lambda request: [(ocf_proto.OCF_ERR_CONFIGURED, "parameter 'x': bad")])
+        params.COMPUTE,
+        "0",
+        "s",
+        "l",
+        [],
+        {"stop": lambda r: calls.append(r) or 0, "monitor": lambda r: calls.append(r) or 0},
+        validate=lambda request: [(ocf_proto.OCF_ERR_CONFIGURED, "parameter 'x': bad")],
+    )
     env = {"OCF_RESKEY_CRM_meta_interval": "0"}
     assert ocf_proto.dispatch(spec, ["stop"], env) == ocf_proto.OCF_ERR_CONFIGURED
     assert ocf_proto.dispatch(spec, ["monitor"], env) == ocf_proto.OCF_ERR_CONFIGURED
@@ -228,33 +244,46 @@ def test_an_agent_without_unchecked_actions_does_not_guess(monkeypatch):
 # ---- class 10: no secret in the service's children ---------------------------------------------
 
 SECRET_ENV = {
-    "OCF_RESKEY_os_password": SECRET, "OCF_RESKEY_password": "bmc-pw-1",
-    "OCF_RESKEY_passwd": "bmc-pw-2", "OCF_RESKEY_os_application_credential_secret": "ac-3",
+    "OCF_RESKEY_os_password": SECRET,
+    "OCF_RESKEY_password": "bmc-pw-1",
+    "OCF_RESKEY_passwd": "bmc-pw-2",
+    "OCF_RESKEY_os_application_credential_secret": "ac-3",
     "OCF_RESKEY_notify_url": f"https://nova:{URL_SECRET}@hooks.example/x",
-    "OS_PASSWORD": "os-env-4", "OS_TOKEN": "tok-5", "OS_AUTH_TOKEN": "tok-6",
+    "OS_PASSWORD": "os-env-4",
+    "OS_TOKEN": "tok-5",
+    "OS_AUTH_TOKEN": "tok-6",
     "OS_APPLICATION_CREDENTIAL_SECRET": "ac-7",
 }
 
 
 def test_every_secret_parameter_is_stripped():
     env = {f"OCF_RESKEY_{name}": f"v-{name}" for name in params.secret_names()}
-    env.update(SECRET_ENV, PATH="/usr/bin", OCF_RESKEY_os_username="nova-ha",
-               NOVA_HA_TOKEN_DIR="/run/x", OCF_RESKEY_CRM_meta_timeout="20000")
+    env.update(
+        SECRET_ENV,
+        PATH="/usr/bin",
+        OCF_RESKEY_os_username="nova-ha",
+        NOVA_HA_TOKEN_DIR="/run/x",
+        OCF_RESKEY_CRM_meta_timeout="20000",
+    )
     clean = service.clean_env(env)
-    assert clean == {"PATH": "/usr/bin", "OCF_RESKEY_os_username": "nova-ha",
-                     "NOVA_HA_TOKEN_DIR": "/run/x", "OCF_RESKEY_CRM_meta_timeout": "20000"}
+    assert clean == {
+        "PATH": "/usr/bin",
+        "OCF_RESKEY_os_username": "nova-ha",
+        "NOVA_HA_TOKEN_DIR": "/run/x",
+        "OCF_RESKEY_CRM_meta_timeout": "20000",
+    }
     # the notification child: the same helper, restricted to its few variables
     monkey = dict(env, HOME="/root")
-    assert service.clean_env(monkey, keep=notify._ENV_KEEP) == {"PATH": "/usr/bin",
-                                                                 "HOME": "/root"}
+    assert service.clean_env(monkey, keep=notify._ENV_KEEP) == {"PATH": "/usr/bin", "HOME": "/root"}
 
 
 def test_start_status_stop_commands_get_no_secret(stand_in, monkeypatch):
     for key, value in SECRET_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("OCF_RESKEY_os_username", "nova-ha")
-    svc = service.make(stand_in.command("start"), stand_in.command("stop"),
-                       stand_in.command("status"), None)
+    svc = service.make(
+        stand_in.command("start"), stand_in.command("stop"), stand_in.command("status"), None
+    )
     svc.start(10)
     svc.stop(10)
     assert stand_in.calls()[:1] == ["start"] and "stop" in stand_in.calls()
@@ -267,8 +296,9 @@ def test_start_status_stop_commands_get_no_secret(stand_in, monkeypatch):
 
 
 def test_agent_hands_no_secret_to_its_commands(stand_in):
-    values = stand_in.params(**OPENSTACK, password="bmc-pw", notify_url=(
-        f"https://nova:{URL_SECRET}@hooks.example/x"))
+    values = stand_in.params(
+        **OPENSTACK, password="bmc-pw", notify_url=(f"https://nova:{URL_SECRET}@hooks.example/x")
+    )
     stand_in.start()
     assert _ocf("monitor", values, interval_ms=0).returncode == ocf_proto.OCF_SUCCESS
     assert _ocf("stop", values).returncode == ocf_proto.OCF_SUCCESS
@@ -280,6 +310,7 @@ def test_agent_hands_no_secret_to_its_commands(stand_in):
 
 
 # ---- class 5: a notify_url carries no secret into lookups or logs; channels independent --------
+
 
 @pytest.fixture
 def syslog_lines(monkeypatch):
@@ -297,6 +328,7 @@ def lookups(monkeypatch):
     def recording(host, *args, **kwargs):
         seen.append(str(host))
         return real(host, *args, **kwargs)
+
     monkeypatch.setattr(socket, "getaddrinfo", recording)
     return seen
 
@@ -323,7 +355,7 @@ def test_userinfo_url_failing_is_logged_without_the_password(lookups, syslog_lin
     results = notify.deliver(notify.make_event("fenced", "c1"), url, None, 0.5)
     assert results["webhook"].startswith("failed after")
     assert all(URL_SECRET not in host for host in lookups)
-    (_, line), = syslog_lines
+    ((_, line),) = syslog_lines
     assert "http://127.0.0.1:9/hook" in line and URL_SECRET not in line
     assert "alice" not in line
 
@@ -332,8 +364,11 @@ def test_url_without_port_does_not_kill_the_notifier(tmp_path):
     """InvalidURL ('nonnumeric port') killed the detached child: the command hook was lost."""
     out = tmp_path / "event.json"
     code = f"import sys; open({str(out)!r}, 'wb').write(sys.stdin.buffer.read())"
-    notifier = notify.Notifier(url=f"http://alice:{URL_SECRET}@127.0.0.1/hook",
-                               command=shlex.join([sys.executable, "-c", code]), timeout=1.0)
+    notifier = notify.Notifier(
+        url=f"http://alice:{URL_SECRET}@127.0.0.1/hook",
+        command=shlex.join([sys.executable, "-c", code]),
+        timeout=1.0,
+    )
     event = notifier.send("fenced", "c1")
     end = time.monotonic() + notify.total_budget(1.0) + 5
     while not (out.exists() and out.stat().st_size) and time.monotonic() < end:
@@ -342,11 +377,14 @@ def test_url_without_port_does_not_kill_the_notifier(tmp_path):
     assert log.REDACTOR.redact(f"x {URL_SECRET} y") == "x ****** y"
 
 
-@pytest.mark.parametrize("url", [
-    f"http://alice:{URL_SECRET}@127.0.0.1/hook",  # no port
-    "http://127.0.0.1:notaport/hook",  # InvalidURL
-    "http://[::1/hook",  # unparsable
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://alice:{URL_SECRET}@127.0.0.1/hook",  # no port
+        "http://127.0.0.1:notaport/hook",  # InvalidURL
+        "http://[::1/hook",  # unparsable
+    ],
+)
 def test_post_never_raises(url):
     outcome = notify.post(url, b"{}", 0.5, attempts=2, sleep=lambda s: None)
     assert not outcome.startswith("delivered") and URL_SECRET not in outcome
@@ -360,6 +398,7 @@ def test_a_failing_channel_never_stops_the_others(webhook, syslog_lines, tmp_pat
 
     def broken_post(*args, **kwargs):
         raise RuntimeError("webhook bug")
+
     monkeypatch.setattr(notify, "post", broken_post)
     results = notify.deliver(event, webhook.url, command, 3.0)
     assert results["webhook"].startswith("failed") and results["command"] == "ran (exit 0)"
@@ -369,6 +408,7 @@ def test_a_failing_channel_never_stops_the_others(webhook, syslog_lines, tmp_pat
 
     def broken_command(*args, **kwargs):
         raise RuntimeError("command bug")
+
     monkeypatch.setattr(notify, "run_command", broken_command)
     monkeypatch.setattr(notify, "_syslog", lambda p, t: syslog_lines.append((p, t)))
     results = notify.deliver(event, webhook.url, command, 3.0)
@@ -378,6 +418,7 @@ def test_a_failing_channel_never_stops_the_others(webhook, syslog_lines, tmp_pat
 
 
 # ---- class 12: redirects are failures, never a body-less GET -------------------------------------
+
 
 class Redirecting:
     """Answers every request to /hook with `status` and a Location to /elsewhere (with a
@@ -398,8 +439,9 @@ class Redirecting:
                 if self.path.startswith("/hook"):
                     self.send_response(status)
                     port = self.server.server_address[1]
-                    self.send_header("Location", f"http://{userinfo}127.0.0.1:{port}"
-                                                 "/elsewhere?token=loc-tok-9")
+                    self.send_header(
+                        "Location", f"http://{userinfo}127.0.0.1:{port}/elsewhere?token=loc-tok-9"
+                    )
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 else:
@@ -424,8 +466,10 @@ class Redirecting:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("status,userinfo", [(301, ""), (302, ""), (303, ""), (307, ""),
-                                             (308, ""), (302, "bob:loc-pw-9@")])
+@pytest.mark.parametrize(
+    "status,userinfo",
+    [(301, ""), (302, ""), (303, ""), (307, ""), (308, ""), (302, "bob:loc-pw-9@")],
+)
 def test_webhook_redirect_is_a_failure_naming_the_location(status, userinfo, syslog_lines):
     with Redirecting(status, userinfo) as target:
         results = notify.deliver(notify.make_event("fenced", "c1"), target.url, None, 2.0)
@@ -434,17 +478,23 @@ def test_webhook_redirect_is_a_failure_naming_the_location(status, userinfo, sys
     assert f"http://127.0.0.1:{target.port}/elsewhere" in outcome
     assert "loc-pw-9" not in outcome and "loc-tok-9" not in outcome and "bob" not in outcome
     assert [r[0] for r in target.requests] == ["POST"]  # not followed, no GET, no retry
-    (_, line), = syslog_lines
+    ((_, line),) = syslog_lines
     assert "elsewhere" in line and "loc-pw-9" not in line
 
 
 # ---- class 7: bounded command output, the timeout still enforced ---------------------------------
 
+
 def test_flooding_command_is_read_within_a_bound():
-    flood = shlex.join([sys.executable, "-c",
-                        "import sys; chunk = b'x' * 65536\n"
-                        "for _ in range(320): sys.stderr.buffer.write(chunk)\n"
-                        "sys.stderr.buffer.write(b'\\nlast words'); sys.exit(3)"])
+    flood = shlex.join(
+        [
+            sys.executable,
+            "-c",
+            "import sys; chunk = b'x' * 65536\n"
+            "for _ in range(320): sys.stderr.buffer.write(chunk)\n"
+            "sys.stderr.buffer.write(b'\\nlast words'); sys.exit(3)",
+        ]
+    )
     tracemalloc.start()
     try:
         outcome = notify.run_command(flood, b"{}", 20)
@@ -459,11 +509,16 @@ def test_flooding_command_is_read_within_a_bound():
 
 
 def test_endless_output_is_still_killed_at_the_timeout():
-    endless = shlex.join([sys.executable, "-c",
-                          "import sys, time\n"
-                          "while True:\n"
-                          "    sys.stderr.buffer.write(b'y' * 4096); sys.stderr.flush()\n"
-                          "    time.sleep(0.001)"])
+    endless = shlex.join(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "while True:\n"
+            "    sys.stderr.buffer.write(b'y' * 4096); sys.stderr.flush()\n"
+            "    time.sleep(0.001)",
+        ]
+    )
     started = time.monotonic()
     assert notify.run_command(endless, b"{}", 1.0) == "killed after 1 s"
     assert time.monotonic() - started < 4

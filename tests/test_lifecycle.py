@@ -27,9 +27,13 @@ NOW = 1_800_000_000.0
 LIVE, EXPIRED = NOW + 100, NOW - 100
 SERVICE = "NovaEvacuate"
 OTHER = "nova-ha@c1:9"
-OK, FENCED, EVACUATING, EVACUATED, FAILED = (HostState.OK, HostState.FENCED,
-                                             HostState.EVACUATING, HostState.EVACUATED,
-                                             HostState.FAILED)
+OK, FENCED, EVACUATING, EVACUATED, FAILED = (
+    HostState.OK,
+    HostState.FENCED,
+    HostState.EVACUATING,
+    HostState.EVACUATED,
+    HostState.FAILED,
+)
 # The lease as the record shows it: (owner, expires, the owner's process known gone).
 LEASES = {
     "none": (None, None, False),
@@ -41,20 +45,33 @@ LEASES = {
 }
 
 
-def _record(state: HostState, lease: str = "none", *, mode: str | None = "all",
-            since_ago: float | None = 5.0) -> tuple[HostRecord, bool]:
+def _record(
+    state: HostState,
+    lease: str = "none",
+    *,
+    mode: str | None = "all",
+    since_ago: float | None = 5.0,
+) -> tuple[HostRecord, bool]:
     owner, expires, gone = LEASES[lease]
     since = None if since_ago is None else clock.iso_utc(NOW - since_ago)
-    return HostRecord("compute1", state=state, lease_owner=owner, lease_expires=expires,
-                      mode=mode, since=since), gone
+    return HostRecord(
+        "compute1", state=state, lease_owner=owner, lease_expires=expires, mode=mode, since=since
+    ), gone
 
 
 # -- the transition table -----------------------------------------------------------------------
 
 ALLOWED = {  # besides staying put and (re)entering fenced, always allowed
-    (OK, FENCED), (FENCED, EVACUATING), (FENCED, EVACUATED), (FENCED, FAILED),
-    (EVACUATING, EVACUATED), (EVACUATING, FAILED), (EVACUATED, OK), (FAILED, EVACUATING),
-    (FAILED, EVACUATED), (FAILED, OK),
+    (OK, FENCED),
+    (FENCED, EVACUATING),
+    (FENCED, EVACUATED),
+    (FENCED, FAILED),
+    (EVACUATING, EVACUATED),
+    (EVACUATING, FAILED),
+    (EVACUATED, OK),
+    (FAILED, EVACUATING),
+    (FAILED, EVACUATED),
+    (FAILED, OK),
 }
 
 
@@ -65,9 +82,18 @@ def test_transition_table(current: HostState, target: HostState) -> None:
     assert lifecycle.may_move(current, target) == expected
 
 
-@pytest.mark.parametrize("current, target", [
-    (OK, EVACUATING), (OK, EVACUATED), (OK, FAILED), (FENCED, OK), (EVACUATING, OK),
-    (EVACUATED, EVACUATING), (EVACUATED, FAILED)])
+@pytest.mark.parametrize(
+    "current, target",
+    [
+        (OK, EVACUATING),
+        (OK, EVACUATED),
+        (OK, FAILED),
+        (FENCED, OK),
+        (EVACUATING, OK),
+        (EVACUATED, EVACUATING),
+        (EVACUATED, FAILED),
+    ],
+)
 def test_refused_transitions(current: HostState, target: HostState) -> None:
     assert not lifecycle.may_move(current, target)
 
@@ -75,21 +101,35 @@ def test_refused_transitions(current: HostState, target: HostState) -> None:
 def test_values_are_what_the_cib_and_the_notifications_hold() -> None:
     assert [s.value for s in HostState] == ["ok", "fenced", "evacuating", "evacuated", "failed"]
     assert [e.value for e in Event] == [
-        "fenced", "evacuation_started", "evacuation_finished", "evacuation_failed",
-        "evacuation_blocked", "rejoined", "reset"]
+        "fenced",
+        "evacuation_started",
+        "evacuation_finished",
+        "evacuation_failed",
+        "evacuation_blocked",
+        "rejoined",
+        "reset",
+    ]
     assert lifecycle.POWERED_OFF == {FENCED, EVACUATING, EVACUATED, FAILED}
 
 
 # -- the evacuation service ----------------------------------------------------------------------
 
-_quiet = [(s, lease, {}, ServiceAction.NOTHING, f"recorded {s}: nothing to do")
-          for s in (OK, EVACUATED) for lease in LEASES]
+_quiet = [
+    (s, lease, {}, ServiceAction.NOTHING, f"recorded {s}: nothing to do")
+    for s in (OK, EVACUATED)
+    for lease in LEASES
+]
 SERVICE_TABLE = _quiet + [
     # state, lease, facts, action, reason
     (FENCED, "none", {}, ServiceAction.EVACUATE, "recorded fenced, nobody working it"),
     (FENCED, "ours live", {}, ServiceAction.EVACUATE, "recorded fenced and handed over"),
-    (FENCED, "ours expired", {}, ServiceAction.EVACUATE,
-     "recorded fenced; the lease of NovaEvacuate has ended"),
+    (
+        FENCED,
+        "ours expired",
+        {},
+        ServiceAction.EVACUATE,
+        "recorded fenced; the lease of NovaEvacuate has ended",
+    ),
     (FENCED, "other live", {}, ServiceAction.LEAVE, f"{OTHER} holds the lease"),
     (FENCED, "other expired", {}, ServiceAction.EVACUATE, f"the lease of {OTHER} has ended"),
     (FENCED, "other dead", {}, ServiceAction.EVACUATE, f"the lease of {OTHER} has ended"),
@@ -98,8 +138,13 @@ SERVICE_TABLE = _quiet + [
     (FENCED, "ours live", {"mode": "none"}, ServiceAction.NOTHING, "evacuate=none"),
     (FENCED, "ours live", {"held": True}, ServiceAction.HOLD, "mass-failure guard"),
     (FENCED, "none", {"held": True}, ServiceAction.HOLD, "mass-failure guard"),
-    (FENCED, "ours live", {"not_before": NOW + 5}, ServiceAction.WAIT,
-     "paused after a failure for 5 s more"),
+    (
+        FENCED,
+        "ours live",
+        {"not_before": NOW + 5},
+        ServiceAction.WAIT,
+        "paused after a failure for 5 s more",
+    ),
     (FENCED, "other live", {"not_before": NOW + 5}, ServiceAction.LEAVE, "holds the lease"),
     (FENCED, "ours live", {"not_before": NOW - 1}, ServiceAction.EVACUATE, "handed over"),
     (EVACUATING, "none", {}, ServiceAction.EVACUATE, "evacuation left unfinished"),
@@ -110,8 +155,13 @@ SERVICE_TABLE = _quiet + [
     (EVACUATING, "other dead", {}, ServiceAction.EVACUATE, "evacuation left unfinished"),
     (EVACUATING, "none", {"held": True}, ServiceAction.HOLD, "mass-failure guard"),
     (EVACUATING, "none", {"not_before": NOW + 60}, ServiceAction.WAIT, "paused"),
-    (FAILED, "none", {"since_ago": 999}, ServiceAction.EVACUATE,
-     "evacuation failed 999 s ago; trying again"),
+    (
+        FAILED,
+        "none",
+        {"since_ago": 999},
+        ServiceAction.EVACUATE,
+        "evacuation failed 999 s ago; trying again",
+    ),
     (FAILED, "none", {"since_ago": 30}, ServiceAction.WAIT, "evacuation failed 30 s ago"),
     (FAILED, "none", {"since_ago": 120}, ServiceAction.EVACUATE, "120 s ago; trying again"),
     (FAILED, "none", {"since_ago": 119}, ServiceAction.WAIT, "tried again 120 s after"),
@@ -129,8 +179,9 @@ SERVICE_TABLE = _quiet + [
 @pytest.mark.parametrize("state, lease, facts, action, reason", SERVICE_TABLE)
 def test_service_decision(state, lease, facts, action, reason) -> None:
     facts = dict(facts)
-    record, gone = _record(state, lease, mode=facts.pop("mode", "all"),
-                           since_ago=facts.pop("since_ago", 5.0))
+    record, gone = _record(
+        state, lease, mode=facts.pop("mode", "all"), since_ago=facts.pop("since_ago", 5.0)
+    )
     decision = lifecycle.service_decision(record, NOW, me=SERVICE, owner_gone=gone, **facts)
     assert decision.action is action
     assert reason in decision.reason
@@ -193,36 +244,49 @@ def test_evacuation_start(state, lease, taken, action, reason) -> None:
 
 
 def test_a_lease_about_to_end_is_asked_for_anew() -> None:
-    record = HostRecord("compute1", state=FENCED, lease_owner=SERVICE,
-                        lease_expires=NOW + RENEW_BEFORE - 1)
-    assert lifecycle.evacuation_start(record, SERVICE, NOW, RENEW_BEFORE).action is \
-        StartAction.TAKE
+    record = HostRecord(
+        "compute1", state=FENCED, lease_owner=SERVICE, lease_expires=NOW + RENEW_BEFORE - 1
+    )
+    assert lifecycle.evacuation_start(record, SERVICE, NOW, RENEW_BEFORE).action is StartAction.TAKE
 
 
-@pytest.mark.parametrize("failed, unfinished, state, event", [
-    (0, 0, EVACUATED, Event.EVACUATION_FINISHED),
-    (2, 0, FAILED, Event.EVACUATION_FAILED),
-    (0, 1, FENCED, Event.EVACUATION_FAILED),  # resumed by NovaEvacuate
-    (2, 1, FENCED, Event.EVACUATION_FAILED),
-])
+@pytest.mark.parametrize(
+    "failed, unfinished, state, event",
+    [
+        (0, 0, EVACUATED, Event.EVACUATION_FINISHED),
+        (2, 0, FAILED, Event.EVACUATION_FAILED),
+        (0, 1, FENCED, Event.EVACUATION_FAILED),  # resumed by NovaEvacuate
+        (2, 1, FENCED, Event.EVACUATION_FAILED),
+    ],
+)
 def test_evacuation_outcome(failed, unfinished, state, event) -> None:
     outcome = lifecycle.evacuation_outcome(failed, unfinished)
     assert (outcome.state, outcome.event) == (state, event)
-    assert (lifecycle.INTERRUPTED.state, lifecycle.INTERRUPTED.event) == \
-        (FENCED, Event.EVACUATION_FAILED)
+    assert (lifecycle.INTERRUPTED.state, lifecycle.INTERRUPTED.event) == (
+        FENCED,
+        Event.EVACUATION_FAILED,
+    )
 
 
 # -- the operator -------------------------------------------------------------------------------
 
-_go = [(s, lease, OperatorAction.GO, "evacuating by hand") for s in (FENCED, EVACUATING, FAILED)
-       for lease in ("none", "ours expired", "other expired", "other dead")]
+_go = [
+    (s, lease, OperatorAction.GO, "evacuating by hand")
+    for s in (FENCED, EVACUATING, FAILED)
+    for lease in ("none", "ours expired", "other expired", "other dead")
+]
 EVACUATE_TABLE = _go + [
     (OK, "none", OperatorAction.REFUSE, "recorded 'ok': nova-ha did not fence it"),
     (OK, "ours live", OperatorAction.REFUSE, "Use --take-over"),
     (EVACUATED, "none", OperatorAction.REFUSE, "already evacuated (since "),
-    (FENCED, "ours live", OperatorAction.REFUSE, "being evacuated by NovaEvacuate (lease until "
-     f"{clock.time_of_day(LIVE)}); leaving it to them. If NovaEvacuate is not running, the "
-     "lease ends then. Use --take-over if NovaEvacuate is stopped."),
+    (
+        FENCED,
+        "ours live",
+        OperatorAction.REFUSE,
+        "being evacuated by NovaEvacuate (lease until "
+        f"{clock.time_of_day(LIVE)}); leaving it to them. If NovaEvacuate is not running, the "
+        "lease ends then. Use --take-over if NovaEvacuate is stopped.",
+    ),
     (EVACUATING, "ours live", OperatorAction.REFUSE, "Use --take-over"),
     (FAILED, "ours live", OperatorAction.REFUSE, "Use --take-over"),
     (FENCED, "other live", OperatorAction.REFUSE, f"being evacuated by {OTHER}"),
@@ -248,8 +312,13 @@ RESET_TABLE = [
     (OK, "other expired", False, OperatorAction.GO, "state ok -> ok"),
     (OK, "other live", False, OperatorAction.REFUSE, "holds the lease"),
     (FENCED, "none", False, OperatorAction.GO, "state fenced -> ok"),
-    (FENCED, "other live", False, OperatorAction.REFUSE,
-     f"refusing: {OTHER} holds the lease for 110 s more"),
+    (
+        FENCED,
+        "other live",
+        False,
+        OperatorAction.REFUSE,
+        f"refusing: {OTHER} holds the lease for 110 s more",
+    ),
     (FENCED, "other live", True, OperatorAction.GO, "state fenced -> ok"),
     (FENCED, "ours live", False, OperatorAction.REFUSE, "use --force if that process is gone"),
     (FENCED, "other expired", False, OperatorAction.GO, "-> ok"),
@@ -272,14 +341,29 @@ def test_operator_reset(state, lease, force, action, reason) -> None:
 
 # -- the rejoin ---------------------------------------------------------------------------------
 
-_finished = [(s, running, RejoinAction.START if running == 0 else
-              RejoinAction.ASK_NOVA if running is None else RejoinAction.WAIT,
-              "no evacuation" if running == 0 else "asking Nova" if running is None
-              else "2 evacuation(s) from compute1.dc still running in Nova")
-             for s in (None, OK, EVACUATED, FAILED) for running in (None, 0, 2)]
+_finished = [
+    (
+        s,
+        running,
+        RejoinAction.START
+        if running == 0
+        else RejoinAction.ASK_NOVA
+        if running is None
+        else RejoinAction.WAIT,
+        "no evacuation"
+        if running == 0
+        else "asking Nova"
+        if running is None
+        else "2 evacuation(s) from compute1.dc still running in Nova",
+    )
+    for s in (None, OK, EVACUATED, FAILED)
+    for running in (None, 0, 2)
+]
 COMPUTE_TABLE = _finished + [
     (s, running, RejoinAction.WAIT, f"the host is recorded '{s}': its evacuation is not finished")
-    for s in (FENCED, EVACUATING) for running in (None, 0, 2)]
+    for s in (FENCED, EVACUATING)
+    for running in (None, 0, 2)
+]
 
 
 @pytest.mark.parametrize("state, running, action, reason", COMPUTE_TABLE)
@@ -291,10 +375,12 @@ def test_compute_start(state, running, action, reason) -> None:
 
 
 def test_compute_start_waits_for_an_unreadable_record() -> None:
-    decision = lifecycle.compute_start(None, "compute1.dc", unreadable="bad XML",
-                                       evacuations_running=0)
-    assert decision == lifecycle.Decision(RejoinAction.WAIT,
-                                          "cannot read the host's cluster record (bad XML)")
+    decision = lifecycle.compute_start(
+        None, "compute1.dc", unreadable="bad XML", evacuations_running=0
+    )
+    assert decision == lifecycle.Decision(
+        RejoinAction.WAIT, "cannot read the host's cluster record (bad XML)"
+    )
 
 
 REJOIN_TABLE = [
@@ -302,8 +388,16 @@ REJOIN_TABLE = [
     (True, False, False, False, True, True, RejoinStep.DONE, "service up"),
     (True, False, True, True, True, True, RejoinStep.ENABLE, "disabled by nova-ha"),
     (True, False, True, False, True, True, RejoinStep.DONE, "service up"),  # operator's own
-    (False, True, True, False, True, False, RejoinStep.LEAVE,
-     "service forced down by someone else: left as it is"),
+    (
+        False,
+        True,
+        True,
+        False,
+        True,
+        False,
+        RejoinStep.LEAVE,
+        "service forced down by someone else: left as it is",
+    ),
     (False, True, True, True, True, True, RejoinStep.LIFT, "heartbeat seen"),
     (False, True, True, True, True, False, RejoinStep.LIFT, "heartbeat seen"),
     (False, True, False, False, True, True, RejoinStep.LIFT, "heartbeat seen"),
@@ -313,17 +407,18 @@ REJOIN_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("up, forced, disabled, ours, beating, fenced, step, reason",
-                         REJOIN_TABLE)
+@pytest.mark.parametrize("up, forced, disabled, ours, beating, fenced, step, reason", REJOIN_TABLE)
 def test_rejoin_step(up, forced, disabled, ours, beating, fenced, step, reason) -> None:
-    svc = ComputeService(up=up, forced_down=forced, disabled=disabled,
-                         disabled_by_nova_ha=ours, beating=beating)
+    svc = ComputeService(
+        up=up, forced_down=forced, disabled=disabled, disabled_by_nova_ha=ours, beating=beating
+    )
     decision = lifecycle.rejoin_step(svc, fenced)
     assert decision.action is step
     assert reason in decision.reason
 
 
 # -- the small helpers: time and lease owners ---------------------------------------------------
+
 
 def test_clock_round_trip() -> None:
     assert clock.iso_utc(NOW) == "2027-01-15T08:00:00Z"
@@ -334,8 +429,12 @@ def test_clock_round_trip() -> None:
 
 
 def test_owner_gone_only_for_a_dead_process_of_this_node() -> None:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = int(done.stdout)
     assert owners.gone(owners.name("fence_nova_evacuate", dead))
     assert not owners.gone(owners.name("fence_nova_evacuate"))  # this process

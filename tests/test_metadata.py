@@ -56,8 +56,13 @@ def test_ocf_metadata_valid_against_rng_and_dtd(ocf_metadata):
 
 def test_ocf_actions_carry_units(ocf_metadata):
     actions = ocf_metadata.findall("actions/action")
-    assert {a.get("name") for a in actions} >= {"start", "stop", "monitor", "meta-data",
-                                                 "validate-all"}
+    assert {a.get("name") for a in actions} >= {
+        "start",
+        "stop",
+        "monitor",
+        "meta-data",
+        "validate-all",
+    }
     for action in actions:
         assert re.fullmatch(r"\d+s", action.get("timeout")), action.attrib
         if action.get("interval") is not None:
@@ -67,7 +72,7 @@ def test_ocf_actions_carry_units(ocf_metadata):
 def test_fence_metadata_lists_every_table_parameter_and_alias(fence_metadata):
     names = {p.get("name"): p for p in fence_metadata.findall("parameters/parameter")}
     for param in params.for_agent(params.FENCE):
-        shown = (param.cli or param.name)
+        shown = param.cli or param.name
         assert shown in names, shown
         assert names[shown].get("deprecated") is None
     # fence_ipmilan's and fence_compute's names stay accepted, marked deprecated
@@ -75,12 +80,26 @@ def test_fence_metadata_lists_every_table_parameter_and_alias(fence_metadata):
         assert names[alias].get("deprecated") == "1", alias
     assert names["os_auth_url"].get("obsoletes") == "auth_url"
     actions = {a.get("name") for a in fence_metadata.findall("actions/action")}
-    assert actions == {"on", "off", "reboot", "status", "list", "list-status", "monitor",
-                       "metadata", "manpage", "validate-all"}
+    assert actions == {
+        "on",
+        "off",
+        "reboot",
+        "status",
+        "list",
+        "list-status",
+        "monitor",
+        "metadata",
+        "manpage",
+        "validate-all",
+    }
     evacuate = names["evacuate"].find("content")
     assert evacuate.get("type") == "select"
-    assert [o.get("value") for o in evacuate.findall("option")] == ["all", "tagged", "none",
-                                                                   "record"]
+    assert [o.get("value") for o in evacuate.findall("option")] == [
+        "all",
+        "tagged",
+        "none",
+        "record",
+    ]
 
 
 def test_ocf_metadata_lists_the_agents_parameters(ocf_metadata):
@@ -91,20 +110,26 @@ def test_ocf_metadata_lists_the_agents_parameters(ocf_metadata):
 
 
 def _modules_loaded(argv: list[str], stdin: str = "") -> str:
-    done = subprocess.run([PYTHON, "-X", "importtime"] + argv, input=stdin, text=True,
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        [PYTHON, "-X", "importtime"] + argv, input=stdin, text=True, capture_output=True, timeout=60
+    )
     return done.stderr
 
 
-@pytest.mark.parametrize("argv,stdin", [
-    (["agents/fence/fence_nova_evacuate"], "action=metadata\n"),
-    (["agents/fence/fence_nova_evacuate", "--help"], ""),
-    (["agents/fence/fence_nova_evacuate"],
-     "action=validate-all\nport=compute1\nos_auth_url=http://127.0.0.1:1/v3\n"
-     "os_username=admin\nos_password=x\nos_project_name=admin\n"),
-    (["agents/ocf/NovaCompute", "meta-data"], ""),
-    (["agents/ocf/NovaEvacuate", "meta-data"], ""),
-])
+@pytest.mark.parametrize(
+    "argv,stdin",
+    [
+        (["agents/fence/fence_nova_evacuate"], "action=metadata\n"),
+        (["agents/fence/fence_nova_evacuate", "--help"], ""),
+        (
+            ["agents/fence/fence_nova_evacuate"],
+            "action=validate-all\nport=compute1\nos_auth_url=http://127.0.0.1:1/v3\n"
+            "os_username=admin\nos_password=x\nos_project_name=admin\n",
+        ),
+        (["agents/ocf/NovaCompute", "meta-data"], ""),
+        (["agents/ocf/NovaEvacuate", "meta-data"], ""),
+    ],
+)
 def test_no_heavy_import_for_metadata_help_validate(argv, stdin):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     imported = _modules_loaded([os.path.join(root, argv[0])] + argv[1:], stdin)
@@ -120,8 +145,9 @@ def test_man_pages_render_from_the_table():
     section = done.stdout.split(".SH PARAMETERS")[1]
     for option in ("os\\-cloud", "max\\-parallel", "\\-a, \\-\\-ip"):
         assert option in section, option
-    ocf = subprocess.run([sys.executable, COMPUTE_AGENT, "manpage"], capture_output=True,
-                         text=True, timeout=30)
+    ocf = subprocess.run(
+        [sys.executable, COMPUTE_AGENT, "manpage"], capture_output=True, text=True, timeout=30
+    )
     assert ocf.returncode == 0 and ".SH PARAMETERS" in ocf.stdout
     assert "start_command" in ocf.stdout.replace("\\", "")
 
@@ -129,16 +155,19 @@ def test_man_pages_render_from_the_table():
 def test_parameter_docs_are_in_sync_with_the_table():
     from nova_ha.lib import docs
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                        "parameters.md")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "parameters.md"
+    )
     with open(path) as page:
-        assert page.read().rstrip("\n") == docs.parameters_page().rstrip("\n"), \
+        assert page.read().rstrip("\n") == docs.parameters_page().rstrip("\n"), (
             "run: nova-ha params --all > docs/parameters.md"
+        )
 
 
 def test_nova_ha_command_has_a_man_page():
-    done = subprocess.run([PYTHON, "-m", "nova_ha.cli", "manpage"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [PYTHON, "-m", "nova_ha.cli", "manpage"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     page = done.stdout
     assert page.startswith(".TH NOVA-HA 8")

@@ -29,9 +29,11 @@ def _events(lines) -> list[dict]:
 
 def _writer(path) -> str:
     """A command (no shell) that writes its stdin and its environment to files."""
-    code = ("import os, sys, json; data = sys.stdin.buffer.read(); "
-            f"open({str(path)!r} + '.env', 'w').write(json.dumps(dict(os.environ))); "
-            f"open({str(path)!r}, 'wb').write(data)")
+    code = (
+        "import os, sys, json; data = sys.stdin.buffer.read(); "
+        f"open({str(path)!r} + '.env', 'w').write(json.dumps(dict(os.environ))); "
+        f"open({str(path)!r}, 'wb').write(data)"
+    )
     return shlex.join([sys.executable, "-c", code])
 
 
@@ -45,17 +47,29 @@ def _wait_file(path, timeout=20.0) -> bytes:
     raise AssertionError(f"{path} never written")
 
 
-def test_event_reaches_syslog_webhook_and_command(webhook, syslog_lines, tmp_path,
-                                                  monkeypatch):
+def test_event_reaches_syslog_webhook_and_command(webhook, syslog_lines, tmp_path, monkeypatch):
     monkeypatch.setenv("OCF_RESKEY_os_password", "ocf-s3cret-pw")  # as an OCF agent has it
     out = tmp_path / "event.json"
-    parsed = params.parse({"notify_url": webhook.url, "notify_command": _writer(out),
-                           "os_password": "s3cret-pw", "notify_timeout": "3"}, params.FENCE)
+    parsed = params.parse(
+        {
+            "notify_url": webhook.url,
+            "notify_command": _writer(out),
+            "os_password": "s3cret-pw",
+            "notify_timeout": "3",
+        },
+        params.FENCE,
+    )
     log.REDACTOR.add(*parsed.secrets())
     started = time.monotonic()
-    event = notify.send(parsed.settings.notify, "fenced", "compute1", params.FENCE,
-                        host="compute1.example", detail="power off confirmed, forced down",
-                        mode="all")
+    event = notify.send(
+        parsed.settings.notify,
+        "fenced",
+        "compute1",
+        params.FENCE,
+        host="compute1.example",
+        detail="power off confirmed, forced down",
+        mode="all",
+    )
     assert time.monotonic() - started < 1.0  # handed to a detached child, not waited for
     assert event["event"] == "fenced" and event["node"] == "compute1"
     got = webhook.wait(1)[0]
@@ -74,11 +88,12 @@ def test_event_reaches_syslog_webhook_and_command(webhook, syslog_lines, tmp_pat
 
 
 def test_syslog_only_without_url_or_command(syslog_lines):
-    notifier = notify.Notifier.from_settings(params.parse({}, params.COMPUTE).settings.notify,
-                                            params.COMPUTE)
+    notifier = notify.Notifier.from_settings(
+        params.parse({}, params.COMPUTE).settings.notify, params.COMPUTE
+    )
     assert notifier.url is None and notifier.command is None
     notifier.send("rejoined", "compute2", detail="service up")
-    (priority, text), = syslog_lines
+    ((priority, text),) = syslog_lines
     assert priority == "notice" and text.startswith('event {"detail":"service up"')
     notifier.send("evacuation_failed", "compute2")
     assert syslog_lines[-1][0] == "warning"
@@ -96,10 +111,14 @@ def test_webhook_is_retried_then_delivered(webhook):
 
 def test_webhook_gives_up_after_bounded_attempts(syslog_lines):
     # nothing listens on this port: every attempt fails at once
-    results = notify.deliver(notify.make_event("fenced", "c1"),
-                             "http://user:pw-in-url@127.0.0.1:9/hook?token=abc", None, 1.0)
+    results = notify.deliver(
+        notify.make_event("fenced", "c1"),
+        "http://user:pw-in-url@127.0.0.1:9/hook?token=abc",
+        None,
+        1.0,
+    )
     assert results["webhook"].startswith("failed after 3 attempts")
-    (_, line), = [x for x in syslog_lines if "notify:" in x[1]]
+    ((_, line),) = [x for x in syslog_lines if "notify:" in x[1]]
     assert "http://127.0.0.1:9/hook" in line and "pw-in-url" not in line and "abc" not in line
 
 
@@ -123,8 +142,9 @@ def test_command_runs_without_shell_and_is_killed_after_the_timeout(tmp_path):
     outcome = notify.run_command(f"/bin/echo ; touch {marker}", b"{}", 5)
     assert outcome == "ran (exit 0)" and not marker.exists()
     started = time.monotonic()
-    outcome = notify.run_command(shlex.join([sys.executable, "-c",
-                                             "import time; time.sleep(30)"]), b"{}", 1.0)
+    outcome = notify.run_command(
+        shlex.join([sys.executable, "-c", "import time; time.sleep(30)"]), b"{}", 1.0
+    )
     assert outcome == "killed after 1 s" and time.monotonic() - started < 5
     assert notify.run_command("/nonexistent/hook", b"{}", 1).startswith("cannot run it")
     failing = shlex.join([sys.executable, "-c", "import sys; sys.exit('bad event')"])
@@ -133,9 +153,12 @@ def test_command_runs_without_shell_and_is_killed_after_the_timeout(tmp_path):
 
 def test_secrets_are_redacted_from_events():
     log.REDACTOR.add("hunter2-secret")
-    event = notify.make_event("evacuation_failed", "c1",
-                              detail="Keystone said: password=abc rejected hunter2-secret",
-                              extra={"note": "hunter2-secret"})
+    event = notify.make_event(
+        "evacuation_failed",
+        "c1",
+        detail="Keystone said: password=abc rejected hunter2-secret",
+        extra={"note": "hunter2-secret"},
+    )
     text = json.dumps(event)
     assert "hunter2-secret" not in text and "abc" not in text
     with pytest.raises(ValueError):
@@ -146,26 +169,35 @@ def test_summary_fields_list_failures_first():
     from nova_ha.lib.evacuation import Outcome, Summary
     from nova_ha.lib.server_lifecycle import ServerState
 
-    outcomes = (Outcome("a", "vm-a", ServerState.RUNNING, host="c2"),
-                Outcome("b", "vm-b", ServerState.FAILED, detail="no valid host"),
-                Outcome("c", "vm-c", ServerState.SKIPPED, detail="task migrating"))
+    outcomes = (
+        Outcome("a", "vm-a", ServerState.RUNNING, host="c2"),
+        Outcome("b", "vm-b", ServerState.FAILED, detail="no valid host"),
+        Outcome("c", "vm-c", ServerState.SKIPPED, detail="task migrating"),
+    )
     summary = Summary(host="c1", found=3, selected=3, outcomes=outcomes, finished_after=4.25)
     fields = notify.summary_fields(summary)
-    assert (fields["found"], fields["evacuated"], fields["failed"], fields["skipped"]) == \
-        (3, 1, 1, 1)
+    assert (fields["found"], fields["evacuated"], fields["failed"], fields["skipped"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
     assert [s["id"] for s in fields["servers"]] == ["b", "c", "a"]
     event = notify.Notifier(source="x").send("evacuation_failed", "c1", summary=summary)
     assert event["failed"] == 1 and event["detail"].startswith("evacuation of c1:")
     assert event["seconds"] == 4.2 or event["seconds"] == 4.3
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"notify_url": "ftp://example.com/x"}, "parameter 'notify_url'"),
-    ({"notify_url": "http://"}, "parameter 'notify_url'"),
-    ({"notify_command": "/nonexistent/hook --x"}, "parameter 'notify_command'"),
-    ({"notify_command": "'unclosed"}, "parameter 'notify_command'"),
-    ({"notify_timeout": "soon"}, "parameter 'notify_timeout'"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"notify_url": "ftp://example.com/x"}, "parameter 'notify_url'"),
+        ({"notify_url": "http://"}, "parameter 'notify_url'"),
+        ({"notify_command": "/nonexistent/hook --x"}, "parameter 'notify_command'"),
+        ({"notify_command": "'unclosed"}, "parameter 'notify_command'"),
+        ({"notify_timeout": "soon"}, "parameter 'notify_timeout'"),
+    ],
+)
 def test_notify_parameters_are_checked(values, message):
     parsed = params.parse(values, params.COMPUTE)
     problems = parsed.problems + params.check_notify(parsed)
@@ -176,8 +208,10 @@ def test_notify_url_with_credentials_is_not_shown():
     parsed = params.parse({"notify_url": "gopher://u:very-secret@x/"}, params.FENCE)
     problems = params.check_notify(parsed)
     assert problems and "very-secret" not in problems[0]
-    assert params.check_notify(params.parse({"notify_url": "https://h:8443/p?t=1"},
-                                            params.FENCE)) == []
+    assert (
+        params.check_notify(params.parse({"notify_url": "https://h:8443/p?t=1"}, params.FENCE))
+        == []
+    )
 
 
 @pytest.mark.parametrize("bed_name", ["sim_bed", "box_bed"])

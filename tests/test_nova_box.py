@@ -31,9 +31,11 @@ from testbed.nova_box.fixtures import require_nova_venv
 @pytest.fixture(scope="module")
 def nova_box(tmp_path_factory):
     require_nova_venv()
-    with NovaBox(hosts=("host1", "host2", "host3"),
-                 state_dir=tmp_path_factory.mktemp("nova-box-own")) as box:
+    with NovaBox(
+        hosts=("host1", "host2", "host3"), state_dir=tmp_path_factory.mktemp("nova-box-own")
+    ) as box:
         yield box
+
 
 NOVA_34_MAX_MICROVERSION = "2.104"
 

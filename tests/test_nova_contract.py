@@ -33,22 +33,29 @@ def cloud(request):
 
 
 def _nova(cloud, version: str = "auto") -> Nova:
-    parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
-                           "os_password": cloud.password, "os_project_name": cloud.project_name,
-                           "os_interface": "public", "os_compute_api_version": version},
-                          params.FENCE)
+    parsed = params.parse(
+        {
+            "os_auth_url": cloud.auth_url,
+            "os_username": cloud.username,
+            "os_password": cloud.password,
+            "os_project_name": cloud.project_name,
+            "os_interface": "public",
+            "os_compute_api_version": version,
+        },
+        params.FENCE,
+    )
     return Nova.from_params(parsed)
-
-
 
 
 def _terminal(nova: Nova, server_id: str, source: str = "host1") -> Server:
     """Evacuation finished: no task, and off the source (Nova clears the task a moment
     before it moves the server's host)."""
+
     def done():
         server = nova.server(Deadline(30), server_id)
         settled = not server.task_state and (server.host != source or server.status == "ERROR")
         return server if settled else None
+
     return wait_until(done, timeout=120)
 
 
@@ -65,9 +72,16 @@ def test_versions_and_newest_microversion(cloud):
 
 
 def test_bad_credentials_are_refused(cloud):
-    parsed = params.parse({"os_auth_url": cloud.auth_url, "os_username": cloud.username,
-                           "os_password": "wrong", "os_project_name": cloud.project_name,
-                           "os_interface": "public"}, params.FENCE)
+    parsed = params.parse(
+        {
+            "os_auth_url": cloud.auth_url,
+            "os_username": cloud.username,
+            "os_password": "wrong",
+            "os_project_name": cloud.project_name,
+            "os_interface": "public",
+        },
+        params.FENCE,
+    )
     with pytest.raises(Unauthorized) as err:
         Nova.from_params(parsed).services(Deadline(20))
     assert err.value.status == 401
@@ -120,8 +134,12 @@ def test_evacuation_lifecycle(cloud):
         migrations = nova.evacuation_migrations(deadline, source_host="host1")
         assert {m.server_id for m in migrations} >= set(ids)
         assert all(m.status == "done" for m in migrations if m.server_id in ids)
-        changed = {s.id for s in nova.servers_changed_since(
-            deadline, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600)))}
+        changed = {
+            s.id
+            for s in nova.servers_changed_since(
+                deadline, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+            )
+        }
         assert set(ids) <= changed
 
         with pytest.raises(BadRequest) as unforce:
@@ -129,8 +147,14 @@ def test_evacuation_lifecycle(cloud):
         assert unforce.value.status == 400 and "`done` evacuation" in str(unforce.value)
 
         cloud.start("host1")
-        wait_until(lambda: all(m.status == "completed" for m in nova.evacuation_migrations(
-            deadline, source_host="host1") if m.server_id in ids), timeout=120)
+        wait_until(
+            lambda: all(
+                m.status == "completed"
+                for m in nova.evacuation_migrations(deadline, source_host="host1")
+                if m.server_id in ids
+            ),
+            timeout=120,
+        )
         for server_id in ids:  # the restarted source did not delete the evacuated servers
             server = nova.server(deadline, server_id)
             assert server.status == "ACTIVE" and server.host != "host1"

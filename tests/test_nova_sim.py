@@ -39,8 +39,11 @@ def sim() -> Iterator[NovaSim]:
 
 def password_session(sim: NovaSim, **kwargs: Any) -> session.Session:
     auth = v3.Password(
-        auth_url=sim.auth_url, username=sim.username, password=sim.password,
-        project_name=sim.project_name, user_domain_name=sim.user_domain_name,
+        auth_url=sim.auth_url,
+        username=sim.username,
+        password=sim.password,
+        project_name=sim.project_name,
+        user_domain_name=sim.user_domain_name,
         project_domain_name=sim.project_domain_name,
     )
     return session.Session(auth=auth, **kwargs)
@@ -48,7 +51,8 @@ def password_session(sim: NovaSim, **kwargs: Any) -> session.Session:
 
 def appcred_session(sim: NovaSim) -> session.Session:
     auth = v3.ApplicationCredential(
-        auth_url=sim.auth_url, application_credential_id=sim.app_cred_id,
+        auth_url=sim.auth_url,
+        application_credential_id=sim.app_cred_id,
         application_credential_secret=sim.app_cred_secret,
     )
     return session.Session(auth=auth)
@@ -59,8 +63,11 @@ def nova(sim: NovaSim, version: str, sess: session.Session | None = None) -> Any
 
 
 def compute_get(sess: session.Session, sim: NovaSim, path: str, version: str = "2.1") -> Any:
-    return sess.get(sim.compute_url + path, raise_exc=False,
-                    headers={"OpenStack-API-Version": f"compute {version}"})
+    return sess.get(
+        sim.compute_url + path,
+        raise_exc=False,
+        headers={"OpenStack-API-Version": f"compute {version}"},
+    )
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -84,8 +91,12 @@ def settled(sim: NovaSim, sid: str) -> dict[str, Any] | None:
 
 def call_testbed(sim: NovaSim, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(sim.testbed_url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        sim.testbed_url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -100,36 +111,49 @@ def test_password_and_appcred_auth_give_compute_catalog(sim: NovaSim) -> None:
     for sess in (password_session(sim), appcred_session(sim)):
         assert sess.get_token()
         for interface in ("public", "internal", "admin"):
-            url = sess.get_endpoint(service_type="compute", interface=interface,
-                                    region_name="RegionOne")
+            url = sess.get_endpoint(
+                service_type="compute", interface=interface, region_name="RegionOne"
+            )
             assert url == sim.compute_url
         assert nova(sim, "2.53", sess).services.list()
 
 
 def test_unversioned_auth_url_discovery(sim: NovaSim) -> None:
     auth = identity.Password(
-        auth_url=sim.base_url + "/identity", username="admin", password="secret",
-        project_name="admin", user_domain_name="Default", project_domain_name="Default",
+        auth_url=sim.base_url + "/identity",
+        username="admin",
+        password="secret",
+        project_name="admin",
+        user_domain_name="Default",
+        project_domain_name="Default",
     )
     assert session.Session(auth=auth).get_token()
 
 
 def test_wrong_credentials_401(sim: NovaSim) -> None:
-    auth = v3.Password(auth_url=sim.auth_url, username="admin", password="wrong",
-                       project_name="admin", user_domain_name="Default",
-                       project_domain_name="Default")
+    auth = v3.Password(
+        auth_url=sim.auth_url,
+        username="admin",
+        password="wrong",
+        project_name="admin",
+        user_domain_name="Default",
+        project_domain_name="Default",
+    )
     with pytest.raises(ks_exc.Unauthorized):
         session.Session(auth=auth).get_token()
-    bad_cred = v3.ApplicationCredential(auth_url=sim.auth_url,
-                                        application_credential_id=sim.app_cred_id,
-                                        application_credential_secret="nope")
+    bad_cred = v3.ApplicationCredential(
+        auth_url=sim.auth_url,
+        application_credential_id=sim.app_cred_id,
+        application_credential_secret="nope",
+    )
     with pytest.raises(ks_exc.Unauthorized):
         session.Session(auth=bad_cred).get_token()
 
 
 def test_compute_rejects_unknown_token(sim: NovaSim) -> None:
-    req = urllib.request.Request(sim.compute_url + "/os-services",
-                                 headers={"X-Auth-Token": "forged"})
+    req = urllib.request.Request(
+        sim.compute_url + "/os-services", headers={"X-Auth-Token": "forged"}
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=5)
     assert err.value.code == 401
@@ -143,8 +167,11 @@ def test_version_documents(sim: NovaSim) -> None:
     sess = password_session(sim)
     root = sess.get(sim.base_url + "/compute/", authenticated=False).json()
     v21 = next(v for v in root["versions"] if v["id"] == "v2.1")
-    assert (v21["version"], v21["min_version"], v21["status"]) == (NOVA_MAX_VERSION, "2.1",
-                                                                   "CURRENT")
+    assert (v21["version"], v21["min_version"], v21["status"]) == (
+        NOVA_MAX_VERSION,
+        "2.1",
+        "CURRENT",
+    )
     doc = sess.get(sim.compute_url + "/", authenticated=False).json()["version"]
     assert doc["version"] == "2.104" and doc["links"][0]["href"] == sim.compute_url + "/"
 
@@ -160,8 +187,11 @@ def test_microversion_negotiation_and_headers(sim: NovaSim) -> None:
     assert "OpenStack-API-Version" in resp.headers["Vary"]
     latest = compute_get(sess, sim, "/os-services", "latest")
     assert latest.headers["OpenStack-API-Version"] == "compute 2.104"
-    legacy = sess.get(sim.compute_url + "/os-services", raise_exc=False,
-                      headers={"X-OpenStack-Nova-API-Version": "2.11"})
+    legacy = sess.get(
+        sim.compute_url + "/os-services",
+        raise_exc=False,
+        headers={"X-OpenStack-Nova-API-Version": "2.11"},
+    )
     assert legacy.headers["OpenStack-API-Version"] == "compute 2.11"
     assert "forced_down" in legacy.json()["services"][0]
     default = sess.get(sim.compute_url + "/os-services")
@@ -170,7 +200,8 @@ def test_microversion_negotiation_and_headers(sim: NovaSim) -> None:
     too_new = compute_get(sess, sim, "/os-services", "2.105")
     assert too_new.status_code == 406
     assert too_new.json()["computeFault"]["message"] == (
-        "Version 2.105 is not supported by the API. Minimum is 2.1 and maximum is 2.104.")
+        "Version 2.105 is not supported by the API. Minimum is 2.1 and maximum is 2.104."
+    )
     bad = compute_get(sess, sim, "/os-services", "2.01")
     assert bad.status_code == 400
 
@@ -187,8 +218,14 @@ def test_custom_max_version() -> None:
 def test_list_services_ids_and_filters(sim: NovaSim) -> None:
     old = nova(sim, "2.11").services.list(binary="nova-compute")
     assert sorted(s.host for s in old) == ["host1", "host2", "host3"]
-    assert all(isinstance(s.id, int) and s.state == "up" and s.status == "enabled"
-               and s.forced_down is False and s.zone == "nova" for s in old)
+    assert all(
+        isinstance(s.id, int)
+        and s.state == "up"
+        and s.status == "enabled"
+        and s.forced_down is False
+        and s.zone == "nova"
+        for s in old
+    )
     new = nova(sim, "2.53").services.list(host="host2")
     assert [s.binary for s in new] == ["nova-compute"]
     assert len(new[0].id) == 36
@@ -212,17 +249,28 @@ def test_force_down_by_uuid(sim: NovaSim) -> None:
     resp = sess.put(url, json={}, headers=hdr, raise_exc=False)
     assert resp.status_code == 400
     assert resp.json()["badRequest"]["message"] == (
-        "No updates were requested. Fields 'status' or 'forced_down' should be specified.")
-    resp = sess.put(url, json={"status": "enabled", "disabled_reason": "x"}, headers=hdr,
-                    raise_exc=False)
+        "No updates were requested. Fields 'status' or 'forced_down' should be specified."
+    )
+    resp = sess.put(
+        url, json={"status": "enabled", "disabled_reason": "x"}, headers=hdr, raise_exc=False
+    )
     assert resp.json()["badRequest"]["message"] == (
-        "Specifying 'disabled_reason' with status 'enabled' is invalid.")
-    resp = sess.put(sim.compute_url + "/os-services/force-down", headers=hdr, raise_exc=False,
-                    json={"forced_down": True})
+        "Specifying 'disabled_reason' with status 'enabled' is invalid."
+    )
+    resp = sess.put(
+        sim.compute_url + "/os-services/force-down",
+        headers=hdr,
+        raise_exc=False,
+        json={"forced_down": True},
+    )
     assert resp.json()["badRequest"]["message"] == "Invalid uuid force-down"
     conductor = next(s for s in client.services.list() if s.binary == "nova-conductor")
-    resp = sess.put(sim.compute_url + f"/os-services/{conductor.id}", headers=hdr,
-                    raise_exc=False, json={"forced_down": True})
+    resp = sess.put(
+        sim.compute_url + f"/os-services/{conductor.id}",
+        headers=hdr,
+        raise_exc=False,
+        json={"forced_down": True},
+    )
     assert resp.status_code == 400
 
 
@@ -238,11 +286,16 @@ def test_legacy_force_down(sim: NovaSim) -> None:
     sess = password_session(sim)
     hdr = {"OpenStack-API-Version": "compute 2.10"}
     body = {"host": "host1", "binary": "nova-compute"}
-    resp = sess.put(sim.compute_url + "/os-services/force-down", headers=hdr, raise_exc=False,
-                    json=body | {"forced_down": False})
+    resp = sess.put(
+        sim.compute_url + "/os-services/force-down",
+        headers=hdr,
+        raise_exc=False,
+        json=body | {"forced_down": False},
+    )
     assert resp.status_code == 400
-    resp = sess.put(sim.compute_url + "/os-services/force-down", headers=hdr, raise_exc=False,
-                    json=body)
+    resp = sess.put(
+        sim.compute_url + "/os-services/force-down", headers=hdr, raise_exc=False, json=body
+    )
     assert resp.json() == {"itemNotFound": {"code": 404, "message": "Unknown action"}}
     assert client.services.disable("host2", "nova-compute").status == "disabled"
 
@@ -322,8 +375,7 @@ def test_migration_done_then_completed_and_unforce(sim: NovaSim) -> None:
     client.servers.evacuate(sid)
     wait_for(lambda: settled(sim, sid))
     [mig] = client.migrations.list(instance_uuid=sid)
-    assert (mig.status, mig.migration_type, mig.source_compute) == ("done", "evacuation",
-                                                                    "host1")
+    assert (mig.status, mig.migration_type, mig.source_compute) == ("done", "evacuation", "host1")
     with pytest.raises(nova_exc.BadRequest) as err:
         client.services.force_down(svc.id, False)
     assert err.value.message == UNFORCE_MSG
@@ -359,22 +411,28 @@ def test_evacuate_validation_per_microversion(sim: NovaSim) -> None:
     url = sim.compute_url + f"/servers/{sid}/action"
 
     def post(version: str, body: dict[str, Any]) -> Any:
-        return sess.post(url, json=body, raise_exc=False,
-                         headers={"OpenStack-API-Version": f"compute {version}"})
+        return sess.post(
+            url, json=body, raise_exc=False, headers={"OpenStack-API-Version": f"compute {version}"}
+        )
 
     resp = post("2.95", {"evacuate": {"targetState": "stopped"}})
     assert resp.status_code == 400
     assert "('targetState' was unexpected)" in resp.json()["badRequest"]["message"]
     assert post("2.13", {"evacuate": {}}).json()["badRequest"]["message"] == (
         "Invalid input for field/attribute evacuate. Value: {}. "
-        "'onSharedStorage' is a required property")
+        "'onSharedStorage' is a required property"
+    )
     assert post("2.29", {"evacuate": {"force": True}}).json()["badRequest"]["message"] == (
-        "Can't force to a non-provided destination")
+        "Can't force to a non-provided destination"
+    )
     assert post("2.68", {"evacuate": {"force": True}}).status_code == 400
-    assert post("2.53", {"evacuate": {"host": "nohost"}}).json()["itemNotFound"]["message"] \
+    assert (
+        post("2.53", {"evacuate": {"host": "nohost"}}).json()["itemNotFound"]["message"]
         == "Compute host nohost not found."
+    )
     assert post("2.53", {"evacuate": {"host": "host1"}}).json()["badRequest"]["message"] == (
-        "The target host can't be the same one.")
+        "The target host can't be the same one."
+    )
     assert post("2.53", {"evacuate": {}}).status_code == 400  # host1 still up
     sim.force_down("host1")
     old = post("2.13", {"evacuate": {"onSharedStorage": False}})
@@ -459,8 +517,12 @@ def test_evacuation_waits_for_a_crashed_destination() -> None:
 
 
 def test_servers_detail_fields_paging_and_filters(sim: NovaSim) -> None:
-    ids = sim.create_servers("host1", 5, metadata={"ha": "yes"},
-                             image_properties={"evacuable": "true", "os_distro": "cirros"})
+    ids = sim.create_servers(
+        "host1",
+        5,
+        metadata={"ha": "yes"},
+        image_properties={"evacuable": "true", "os_distro": "cirros"},
+    )
     other = sim.create_servers("host2", 2, project_id="other-project")
     sess = password_session(sim)
     body = compute_get(sess, sim, "/servers/detail?all_tenants=1&host=host1", "2.98").json()
@@ -469,8 +531,12 @@ def test_servers_detail_fields_paging_and_filters(sim: NovaSim) -> None:
     assert server["metadata"] == {"ha": "yes"}
     assert server["image"]["properties"] == {"os_distro": "cirros"}  # only standard props
     assert server["flavor"]["original_name"] == "m1.small"
-    assert (server["OS-EXT-STS:vm_state"], server["OS-EXT-STS:power_state"],
-            server["OS-EXT-STS:task_state"], server["host_status"]) == ("active", 1, None, "UP")
+    assert (
+        server["OS-EXT-STS:vm_state"],
+        server["OS-EXT-STS:power_state"],
+        server["OS-EXT-STS:task_state"],
+        server["host_status"],
+    ) == ("active", 1, None, "UP")
     mine = compute_get(sess, sim, "/servers/detail", "2.53").json()["servers"]
     assert not {s["id"] for s in mine} & set(other)
     seen: list[str] = []
@@ -488,8 +554,9 @@ def test_servers_detail_fields_paging_and_filters(sim: NovaSim) -> None:
     assert len(active.json()["servers"]) == 7
     old = compute_get(sess, sim, f"/servers/{ids[0]}", "2.46").json()["server"]
     assert set(old["flavor"]) == {"id", "links"}
-    assert "host_status" not in compute_get(sess, sim, f"/servers/{ids[0]}", "2.15").json()[
-        "server"]
+    assert (
+        "host_status" not in compute_get(sess, sim, f"/servers/{ids[0]}", "2.15").json()["server"]
+    )
     assert compute_get(sess, sim, "/servers/nope", "2.53").status_code == 404
 
 
@@ -503,8 +570,12 @@ def test_host_status_values(sim: NovaSim) -> None:
 
 
 def test_image_proxy_and_extra_specs(sim: NovaSim) -> None:
-    sid = sim.create_servers("host1", 1, flavor_extra_specs={"ha:evacuable": "true"},
-                             image_properties={"evacuable": "true"})[0]
+    sid = sim.create_servers(
+        "host1",
+        1,
+        flavor_extra_specs={"ha:evacuable": "true"},
+        image_properties={"evacuable": "true"},
+    )[0]
     server = sim.server(sid)
     sess = password_session(sim)
     image = compute_get(sess, sim, f"/images/{server['image_id']}", "2.35")
@@ -518,8 +589,9 @@ def test_image_proxy_and_extra_specs(sim: NovaSim) -> None:
 def test_create_stop_start_reset_delete(sim: NovaSim) -> None:
     client = nova(sim, "2.53")
     flavor = client.flavors.get(sim.default_flavor_id)
-    created = client.servers.create("api-vm", sim.default_image_id, flavor, nics="none",
-                                    availability_zone="nova:host2")
+    created = client.servers.create(
+        "api-vm", sim.default_image_id, flavor, nics="none", availability_zone="nova:host2"
+    )
     server = wait_for(lambda: settled(sim, created.id))
     assert (server["host"], server["status"]) == ("host2", "ACTIVE")
     client.servers.stop(created.id)
@@ -591,8 +663,11 @@ def test_expired_token_then_reauth(sim: NovaSim) -> None:
     sim.expire_tokens()
     assert client.services.list()  # keystoneauth re-authenticates once
     log = [(e["method"], e["path"].rsplit("/", 1)[-1], e["status"]) for e in sim.request_log()]
-    assert log == [("GET", "os-services", 401), ("POST", "tokens", 201),
-                   ("GET", "os-services", 200)]
+    assert log == [
+        ("GET", "os-services", 401),
+        ("POST", "tokens", 201),
+        ("GET", "os-services", 200),
+    ]
 
 
 def test_timeout_next(sim: NovaSim) -> None:
@@ -629,9 +704,12 @@ def test_request_log_records_actions(sim: NovaSim) -> None:
 
 
 def test_testbed_http_control(sim: NovaSim) -> None:
-    status, body = call_testbed(sim, "POST", "/servers",
-                           {"host": "host1", "count": 2, "name_prefix": "web",
-                            "metadata": {"ha": "1"}, "wait": True})
+    status, body = call_testbed(
+        sim,
+        "POST",
+        "/servers",
+        {"host": "host1", "count": 2, "name_prefix": "web", "metadata": {"ha": "1"}, "wait": True},
+    )
     assert status == 200 and len(body["ids"]) == 2
     assert sim.server(body["ids"][0])["name"] == "web-1"
     assert call_testbed(sim, "GET", "/hosts")[1]["host1"]["running"] is True

@@ -29,10 +29,16 @@ def cloud(tmp_path, monkeypatch):
 def _params(cloud) -> dict:
     base = cloud.auth_url.rsplit("/identity", 1)[0]
     command = f"{sys.executable} {CLOUD_SERVICE} {base} {NODE} {{}}"
-    return {"os_auth_url": cloud.auth_url, "os_username": cloud.username,
-            "os_password": cloud.password, "os_project_name": cloud.project_name,
-            "os_interface": "public", "start_command": command.format("start"),
-            "stop_command": command.format("stop"), "status_command": command.format("status")}
+    return {
+        "os_auth_url": cloud.auth_url,
+        "os_username": cloud.username,
+        "os_password": cloud.password,
+        "os_project_name": cloud.project_name,
+        "os_interface": "public",
+        "start_command": command.format("start"),
+        "stop_command": command.format("stop"),
+        "status_command": command.format("status"),
+    }
 
 
 def _ocf_tester(agent: str, params: dict) -> subprocess.CompletedProcess:
@@ -41,8 +47,9 @@ def _ocf_tester(agent: str, params: dict) -> subprocess.CompletedProcess:
     args = [tester, "-n", f"test-{agent}"]
     for key, value in params.items():
         args += ["-o", f"{key}={value}"]
-    return subprocess.run(args + [os.path.join(OCF_DIR, agent)], capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        args + [os.path.join(OCF_DIR, agent)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ocf_tester_novacompute(cloud):

@@ -36,10 +36,20 @@ def test_every_exception_of_nova_ha_has_the_one_root():
     assert [c for c in found if not issubclass(c, NovaHaError)] == []
 
 
-@pytest.mark.parametrize(("status", "cls"), [
-    (400, exceptions.BadRequest), (401, exceptions.Unauthorized), (403, exceptions.Forbidden),
-    (404, exceptions.NotFound), (409, exceptions.Conflict), (500, exceptions.Unavailable),
-    (503, exceptions.Unavailable), (418, NovaError), (None, NovaError)])
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, exceptions.BadRequest),
+        (401, exceptions.Unauthorized),
+        (403, exceptions.Forbidden),
+        (404, exceptions.NotFound),
+        (409, exceptions.Conflict),
+        (500, exceptions.Unavailable),
+        (503, exceptions.Unavailable),
+        (418, NovaError),
+        (None, NovaError),
+    ],
+)
 def test_status_maps_to_its_class(status, cls):
     err = transport.http_error("x", status)
     assert type(err) is cls and err.status == status and isinstance(err, NovaHaError)
@@ -56,20 +66,39 @@ def test_refusals_reach_the_caller_as_their_class(hostile):  # noqa: F811
 
 
 def test_a_failing_password_script_is_a_nova_error():
-    parsed = params.parse({"os_auth_url": "http://127.0.0.1:9/v3", "os_username": "u",
-                           "os_project_name": "p", "os_password_script": "/bin/false"},
-                          params.FENCE)
+    parsed = params.parse(
+        {
+            "os_auth_url": "http://127.0.0.1:9/v3",
+            "os_username": "u",
+            "os_project_name": "p",
+            "os_password_script": "/bin/false",
+        },
+        params.FENCE,
+    )
     with pytest.raises(exceptions.AuthError) as raised:
         Nova.from_params(parsed)
     assert "os_password_script" in str(raised.value)
 
 
 def test_views_are_typed_and_read_only():
-    server = Server.from_api(dict(GOOD_SERVER, **{
-        "OS-EXT-STS:task_state": "rebuilding", "flavor": {"extra_specs": {"evacuable": "1"}},
-        "image": {"id": "i-1"}, "fault": {"message": "boom"}}), "test")
-    assert (server.id, server.host, server.image_id, server.fault) == ("s-1", "host1", "i-1",
-                                                                       "boom")
+    server = Server.from_api(
+        dict(
+            GOOD_SERVER,
+            **{
+                "OS-EXT-STS:task_state": "rebuilding",
+                "flavor": {"extra_specs": {"evacuable": "1"}},
+                "image": {"id": "i-1"},
+                "fault": {"message": "boom"},
+            },
+        ),
+        "test",
+    )
+    assert (server.id, server.host, server.image_id, server.fault) == (
+        "s-1",
+        "host1",
+        "i-1",
+        "boom",
+    )
     assert server.rebuilding and server.extra_specs["evacuable"] == "1"
     with pytest.raises(AttributeError):
         server.host = "elsewhere"  # type: ignore[misc]
@@ -79,16 +108,31 @@ def test_views_are_typed_and_read_only():
     assert migration.failed and migration.finished
     with pytest.raises(NovaError, match="'instance_uuid' is missing"):
         Migration.from_api({"status": "done"}, "test")
-    hypervisor = Hypervisor.from_api({"id": 3, "hypervisor_hostname": "h", "state": "up",
-                                      "status": "enabled", "service": {"host": "h"}}, "test")
+    hypervisor = Hypervisor.from_api(
+        {
+            "id": 3,
+            "hypervisor_hostname": "h",
+            "state": "up",
+            "status": "enabled",
+            "service": {"host": "h"},
+        },
+        "test",
+    )
     assert hypervisor.id == "3" and hypervisor.service_host == "h"
 
 
 def test_hypervisors_of_the_simulator(sim_cloud):
-    parsed = params.parse({"os_auth_url": sim_cloud.auth_url, "os_username": sim_cloud.username,
-                           "os_password": sim_cloud.password,
-                           "os_project_name": sim_cloud.project_name,
-                           "os_interface": "public", "os_token_cache": "0"}, params.FENCE)
+    parsed = params.parse(
+        {
+            "os_auth_url": sim_cloud.auth_url,
+            "os_username": sim_cloud.username,
+            "os_password": sim_cloud.password,
+            "os_project_name": sim_cloud.project_name,
+            "os_interface": "public",
+            "os_token_cache": "0",
+        },
+        params.FENCE,
+    )
     found = Nova.from_params(parsed).hypervisors(Deadline(30))
     assert sorted(h.hostname for h in found) == ["host1", "host2"]
     assert all(h.state == "up" and h.service_host == h.hostname for h in found)
@@ -108,9 +152,11 @@ def test_a_write_with_another_hosts_proof_is_never_sent(hostile):  # noqa: F811
     other = proof.by_bmc("host2", "host2")
     server = Server("s-1", host="host1")
     service = Service("u-1", "host1", "enabled", "down", False, None)
-    for write in (lambda: client.evacuate(Deadline(5), server, other),
-                  lambda: client.reset_state(Deadline(5), server, "error", other),
-                  lambda: client.force_down(Deadline(5), service, other)):
+    for write in (
+        lambda: client.evacuate(Deadline(5), server, other),
+        lambda: client.reset_state(Deadline(5), server, "error", other),
+        lambda: client.force_down(Deadline(5), service, other),
+    ):
         with pytest.raises(WrongHost) as raised:
             write()
         assert "host2" in str(raised.value) and isinstance(raised.value, NovaError)

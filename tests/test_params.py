@@ -5,14 +5,19 @@ import pytest
 from nova_ha.lib import fence_proto, fencer, params
 from tests.helpers import COMPUTE_AGENT, run_fence, run_ocf
 
-AUTH = {"os_auth_url": "http://127.0.0.1:9/identity/v3", "os_username": "admin",
-        "os_password": "s3cr3t-os-pass", "os_project_name": "admin"}
+AUTH = {
+    "os_auth_url": "http://127.0.0.1:9/identity/v3",
+    "os_username": "admin",
+    "os_password": "s3cr3t-os-pass",
+    "os_project_name": "admin",
+}
 BMC = {"ip": "127.0.0.1", "ipport": "6230", "username": "root", "password": "bmc-pa55word"}
 
 
 def _parse_stdin(pairs):
     raw, framework, warnings, _ = fence_proto.parse_input(
-        fencer.SPEC, [], "".join(f"{k}={v}\n" for k, v in pairs).encode())
+        fencer.SPEC, [], "".join(f"{k}={v}\n" for k, v in pairs).encode()
+    )
     return params.parse(raw, params.FENCE), framework, warnings
 
 
@@ -22,16 +27,50 @@ def _parse_argv(argv):
 
 
 def test_stdin_and_cli_give_the_same_parameters():
-    pairs = [("action", "off"), ("port", "compute1"), ("ip", "10.0.0.5"), ("ipport", "624"),
-             ("username", "root"), ("password", "pw"), ("lanplus", "1"), ("privlvl", "operator"),
-             ("power_timeout", "30"), ("evacuate", "tagged"), ("max_parallel", "8"),
-             ("os_cloud", "overcloud"), ("os_insecure", "1"), ("target_hosts", "c5,c6"),
-             ("power_on_after", "0"), ("host_map", "compute1:c1.example.com")]
-    argv = ["-o", "off", "-n", "compute1", "-a", "10.0.0.5", "-u", "624", "-l", "root",
-            "-p", "pw", "-P", "-L", "operator", "--power-timeout=30", "--evacuate=tagged",
-            "--max-parallel", "8", "--os-cloud=overcloud", "--os-insecure",
-            "--target-hosts=c5,c6", "--power-on-after=0",
-            "--host-map=compute1:c1.example.com"]
+    pairs = [
+        ("action", "off"),
+        ("port", "compute1"),
+        ("ip", "10.0.0.5"),
+        ("ipport", "624"),
+        ("username", "root"),
+        ("password", "pw"),
+        ("lanplus", "1"),
+        ("privlvl", "operator"),
+        ("power_timeout", "30"),
+        ("evacuate", "tagged"),
+        ("max_parallel", "8"),
+        ("os_cloud", "overcloud"),
+        ("os_insecure", "1"),
+        ("target_hosts", "c5,c6"),
+        ("power_on_after", "0"),
+        ("host_map", "compute1:c1.example.com"),
+    ]
+    argv = [
+        "-o",
+        "off",
+        "-n",
+        "compute1",
+        "-a",
+        "10.0.0.5",
+        "-u",
+        "624",
+        "-l",
+        "root",
+        "-p",
+        "pw",
+        "-P",
+        "-L",
+        "operator",
+        "--power-timeout=30",
+        "--evacuate=tagged",
+        "--max-parallel",
+        "8",
+        "--os-cloud=overcloud",
+        "--os-insecure",
+        "--target-hosts=c5,c6",
+        "--power-on-after=0",
+        "--host-map=compute1:c1.example.com",
+    ]
     from_stdin, fw_stdin, _ = _parse_stdin(pairs)
     from_argv, fw_argv, _ = _parse_argv(argv)
     assert from_stdin.values == from_argv.values
@@ -41,14 +80,24 @@ def test_stdin_and_cli_give_the_same_parameters():
     assert not from_stdin.problems and not from_argv.problems
 
 
-@pytest.mark.parametrize("old,new,value", [
-    ("ipaddr", "ip", "10.1.1.1"), ("login", "username", "root"), ("passwd", "password", "x"),
-    ("passwd_script", "password_script", "/bin/true"), ("auth_url", "os_auth_url", "http://k"),
-    ("tenant_name", "os_project_name", "p"), ("user_domain", "os_user_domain_name", "d"),
-    ("project_domain", "os_project_domain_name", "d"), ("region_name", "os_region_name", "r"),
-    ("endpoint_type", "os_interface", "internalURL"), ("insecure", "os_insecure", "1"),
-    ("plug", "port", "compute2"), ("nodename", "port", "compute3"),
-])
+@pytest.mark.parametrize(
+    "old,new,value",
+    [
+        ("ipaddr", "ip", "10.1.1.1"),
+        ("login", "username", "root"),
+        ("passwd", "password", "x"),
+        ("passwd_script", "password_script", "/bin/true"),
+        ("auth_url", "os_auth_url", "http://k"),
+        ("tenant_name", "os_project_name", "p"),
+        ("user_domain", "os_user_domain_name", "d"),
+        ("project_domain", "os_project_domain_name", "d"),
+        ("region_name", "os_region_name", "r"),
+        ("endpoint_type", "os_interface", "internalURL"),
+        ("insecure", "os_insecure", "1"),
+        ("plug", "port", "compute2"),
+        ("nodename", "port", "compute3"),
+    ],
+)
 def test_deprecated_names_are_accepted(old, new, value):
     parsed, _, warnings = _parse_stdin([(old, value)])
     assert new in parsed.given
@@ -64,23 +113,27 @@ def test_pacemaker_port_wins_over_nodename():
 
 
 def test_unknown_parameter_warns_with_name_only():
-    done = run_fence([("action", "validate-all"), ("port", "c1"), ("os_pasword", "leak-me-1"),
-                      *AUTH.items()])
+    done = run_fence(
+        [("action", "validate-all"), ("port", "c1"), ("os_pasword", "leak-me-1"), *AUTH.items()]
+    )
     assert done.returncode == 0, done.stderr
     assert "os_pasword" in done.stderr and "leak-me-1" not in done.stderr
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"max_parallel": "many"}, "parameter 'max_parallel'"),
-    ({"evacuate": "some"}, "parameter 'evacuate'"),
-    ({"power_timeout": "soon"}, "parameter 'power_timeout'"),
-    ({"os_auth_url": ""}, "parameter 'os_auth_url'"),
-    ({"ip": "10.0.0.1"}, "parameter 'username'"),
-    ({"host_map": "compute1"}, "parameter 'host_map'"),
-    ({"port": "", "action": "off"}, "parameter 'port'"),
-    ({"os_password_script": "/nonexistent/script"}, "parameter 'os_password_script'"),
-    ({"max_parallel": "0"}, "parameter 'max_parallel'"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"max_parallel": "many"}, "parameter 'max_parallel'"),
+        ({"evacuate": "some"}, "parameter 'evacuate'"),
+        ({"power_timeout": "soon"}, "parameter 'power_timeout'"),
+        ({"os_auth_url": ""}, "parameter 'os_auth_url'"),
+        ({"ip": "10.0.0.1"}, "parameter 'username'"),
+        ({"host_map": "compute1"}, "parameter 'host_map'"),
+        ({"port": "", "action": "off"}, "parameter 'port'"),
+        ({"os_password_script": "/nonexistent/script"}, "parameter 'os_password_script'"),
+        ({"max_parallel": "0"}, "parameter 'max_parallel'"),
+    ],
+)
 def test_validate_all_names_the_wrong_parameter(bad, message):
     given = dict(AUTH, port="compute1", action="validate-all")
     given.update(bad)
@@ -101,19 +154,40 @@ def test_validate_all_without_bmc_says_topology():
 
 def test_secrets_never_shown_even_verbose():
     secrets = ["s3cr3t-os-pass", "bmc-pa55word", "appcred-s3cret"]
-    given = dict(AUTH, **BMC, port="compute1", action="validate-all", verbose="1",
-                 os_application_credential_secret="appcred-s3cret", max_parallel="x")
-    for done in (run_fence(given), run_fence(args=["-o", "validate-all", "-v", "-n", "c1",
-                                                  "--os-password=s3cr3t-os-pass",
-                                                  "-p", "bmc-pa55word", "--max-parallel=x"])):
+    given = dict(
+        AUTH,
+        **BMC,
+        port="compute1",
+        action="validate-all",
+        verbose="1",
+        os_application_credential_secret="appcred-s3cret",
+        max_parallel="x",
+    )
+    for done in (
+        run_fence(given),
+        run_fence(
+            args=[
+                "-o",
+                "validate-all",
+                "-v",
+                "-n",
+                "c1",
+                "--os-password=s3cr3t-os-pass",
+                "-p",
+                "bmc-pa55word",
+                "--max-parallel=x",
+            ]
+        ),
+    ):
         assert done.returncode == 1
         for secret in secrets:
             assert secret not in done.stdout + done.stderr
 
 
 def test_ocf_validate_all_exit_codes(tmp_path):
-    ok = dict(AUTH, start_command="/bin/true", stop_command="/bin/true",
-              status_command="/bin/false")
+    ok = dict(
+        AUTH, start_command="/bin/true", stop_command="/bin/true", status_command="/bin/false"
+    )
     assert run_ocf(COMPUTE_AGENT, "validate-all", ok).returncode == 0
     missing = dict(ok, start_command="/nonexistent/nova-compute")
     done = run_ocf(COMPUTE_AGENT, "validate-all", missing)
@@ -134,11 +208,22 @@ def test_ocf_validate_all_exit_codes(tmp_path):
 
 # ---- typed settings ------------------------------------------------------------------------------
 
-SETTINGS_GROUPS = (params.HostNaming, params.BmcSettings, params.OpenStackSettings,
-                   params.EvacuationSettings, params.NotifySettings, params.ComputeSettings)
-GROUP_OF = {params.HostNaming: "naming", params.BmcSettings: "bmc",
-            params.OpenStackSettings: "openstack", params.EvacuationSettings: "evacuation",
-            params.NotifySettings: "notify", params.ComputeSettings: "compute"}
+SETTINGS_GROUPS = (
+    params.HostNaming,
+    params.BmcSettings,
+    params.OpenStackSettings,
+    params.EvacuationSettings,
+    params.NotifySettings,
+    params.ComputeSettings,
+)
+GROUP_OF = {
+    params.HostNaming: "naming",
+    params.BmcSettings: "bmc",
+    params.OpenStackSettings: "openstack",
+    params.EvacuationSettings: "evacuation",
+    params.NotifySettings: "notify",
+    params.ComputeSettings: "compute",
+}
 
 
 def _settings(agent: str = params.FENCE, **values: str) -> params.Settings:
@@ -200,19 +285,34 @@ def test_every_settings_default_is_the_tables():
 def test_settings_cover_the_whole_table():
     import dataclasses
 
-    named = [f.metadata["param"] for g in SETTINGS_GROUPS for f in dataclasses.fields(g)
-             if "param" in f.metadata]
+    named = [
+        f.metadata["param"]
+        for g in SETTINGS_GROUPS
+        for f in dataclasses.fields(g)
+        if "param" in f.metadata
+    ]
     assert len(named) == len(set(named))  # each parameter in one group only
     # port: Settings.target_node; config_file: merged into the values by parse().
     assert set(named) | {"port", "config_file"} == set(params.BY_NAME)
 
 
 def test_settings_carry_the_given_values_typed():
-    settings = _settings(power_timeout="30", ipport="624", evacuate="tagged",
-                         max_parallel="8", evacuate_timeout="90s", notify_timeout="2",
-                         os_insecure="yes", os_api_timeout="15", privlvl="OPERATOR")
-    assert (settings.bmc.power_timeout, settings.bmc.ipport, settings.bmc.privlvl) == \
-        (30.0, 624, "operator")
+    settings = _settings(
+        power_timeout="30",
+        ipport="624",
+        evacuate="tagged",
+        max_parallel="8",
+        evacuate_timeout="90s",
+        notify_timeout="2",
+        os_insecure="yes",
+        os_api_timeout="15",
+        privlvl="OPERATOR",
+    )
+    assert (settings.bmc.power_timeout, settings.bmc.ipport, settings.bmc.privlvl) == (
+        30.0,
+        624,
+        "operator",
+    )
     evacuation = settings.evacuation
     assert (evacuation.mode, evacuation.max_parallel, evacuation.timeout) == ("tagged", 8, 90.0)
     assert settings.notify.timeout == 2.0
@@ -228,12 +328,15 @@ def test_empty_or_zero_values_keep_the_defaults_they_had():
     assert _settings(params.COMPUTE, start_wait="0").compute.start_wait == 10.0
 
 
-@pytest.mark.parametrize("text,hosts", [
-    ("c5,c6", ("c5", "c6")),
-    ("c5, c6", ("c5", "c6")),
-    (" c5  c6\tc7 ,, c8 ", ("c5", "c6", "c7", "c8")),
-    ("", ()),
-])
+@pytest.mark.parametrize(
+    "text,hosts",
+    [
+        ("c5,c6", ("c5", "c6")),
+        ("c5, c6", ("c5", "c6")),
+        (" c5  c6\tc7 ,, c8 ", ("c5", "c6", "c7", "c8")),
+        ("", ()),
+    ],
+)
 def test_target_hosts_split_at_commas_and_spaces(text, hosts):
     assert _settings(params.EVACUATE, target_hosts=text).evacuation.target_hosts == hosts
     assert params.parse_host_list(text) == hosts
@@ -244,14 +347,21 @@ def test_evacuation_options_come_from_the_settings():
 
     evacuation = _settings(params.CLI, target_hosts="c5 c6", max_parallel="4").evacuation
     options = recovery.Options.from_settings(evacuation, "tagged")
-    assert (options.mode, options.tag, options.max_parallel, options.retries) == \
-        ("tagged", "evacuable", 4, 2)
+    assert (options.mode, options.tag, options.max_parallel, options.retries) == (
+        "tagged",
+        "evacuable",
+        4,
+        2,
+    )
     assert options.target_hosts == ["c5", "c6"]
 
 
 def test_bmc_map_resolution_per_node():
-    bmc = _settings(bmc_map="c1=10.0.0.1 c2=10.0.0.2:6230 c3=[fd00::3]", ipport="700",
-                    password_script="/bin/bmc-password").bmc
+    bmc = _settings(
+        bmc_map="c1=10.0.0.1 c2=10.0.0.2:6230 c3=[fd00::3]",
+        ipport="700",
+        password_script="/bin/bmc-password",
+    ).bmc
     assert bmc.configured
     assert bmc.endpoint("c1") == ("10.0.0.1", 700)  # ipport: the port of unported entries
     assert bmc.endpoint("c2") == ("10.0.0.2", 6230)
@@ -285,9 +395,12 @@ def test_settings_are_built_once_and_only_when_read():
 
 
 def test_secrets_stay_out_of_the_settings_repr():
-    settings = _settings(password="bmc-s3cret", os_password="os-s3cret",
-                         os_application_credential_secret="ac-s3cret",
-                         notify_url="https://hook:url-s3cret@example.com/")
+    settings = _settings(
+        password="bmc-s3cret",
+        os_password="os-s3cret",
+        os_application_credential_secret="ac-s3cret",
+        notify_url="https://hook:url-s3cret@example.com/",
+    )
     shown = repr(settings.bmc) + repr(settings.openstack) + repr(settings.notify)
     assert "s3cret" not in shown
     assert settings.bmc.password == "bmc-s3cret"  # held, only not shown
@@ -300,13 +413,20 @@ def test_log_redaction_of_values_and_secret_assignments():
 
     redactor = log.Redactor()
     redactor.add("hunter2-secret")
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1,
-                               "login failed with %s; password=abc123 X-Auth-Token: tok-9",
-                               ("hunter2-secret",), None)
+    record = logging.LogRecord(
+        "x",
+        logging.ERROR,
+        __file__,
+        1,
+        "login failed with %s; password=abc123 X-Auth-Token: tok-9",
+        ("hunter2-secret",),
+        None,
+    )
     try:
         raise RuntimeError("boom hunter2-secret")
     except RuntimeError:
         import sys
+
         record.exc_info = sys.exc_info()
     redactor.filter(record)
     text = record.getMessage()

@@ -25,6 +25,7 @@ SERVICE = handover.SERVICE_OWNER
 
 # -- the service's supervision, with fake workers ---------------------------------------------
 
+
 @dataclass
 class FakeProcess:
     pid: int
@@ -70,14 +71,19 @@ class Spawner:
 
 def _service(store: state.StateStore, **values) -> tuple[Service, Spawner]:
     spawner = Spawner()
-    parsed = params.parse({"evacuate": "all", "max_fenced_hosts": "0", **values},
-                          params.EVACUATE)
+    parsed = params.parse({"evacuate": "all", "max_fenced_hosts": "0", **values}, params.EVACUATE)
     return Service(parsed, {}, store, spawn=spawner), spawner
 
 
 def _fenced(store: state.StateStore, node: str) -> None:
-    store.mark(node, HostState.FENCED, Event.FENCED, "power-off confirmed", mode="all",
-               grant=(SERVICE, 70.0))
+    store.mark(
+        node,
+        HostState.FENCED,
+        Event.FENCED,
+        "power-off confirmed",
+        mode="all",
+        grant=(SERVICE, 70.0),
+    )
 
 
 def test_service_gives_a_fenced_host_to_the_warm_spare_at_once():
@@ -110,8 +116,9 @@ def test_a_dead_worker_is_replaced_at_once_and_crash_loops_back_off():
         busy = service.busy["compute1"].process
         busy.code = -9  # killed
         lines = service.tick()
-        assert any("died (signal 9)" in line and "taking over in 1 s" in line
-                   for line in lines), lines
+        assert any("died (signal 9)" in line and "taking over in 1 s" in line for line in lines), (
+            lines
+        )
         clock[0] += svc.TAKEOVER_GRACE  # its in-flight request has landed in Nova
         service.tick()
         assert service.busy["compute1"].process is not busy, attempt
@@ -140,8 +147,14 @@ def test_hosts_are_worked_in_parallel_up_to_max_hosts():
     assert sorted(service.busy) == ["compute1", "compute2"]
     assert "compute3: waiting for a free worker (2 busy)" in lines
     service.busy["compute1"].process.code = 0
-    store.mark("compute1", HostState.EVACUATED, Event.EVACUATION_FINISHED, "done", owner=SERVICE,
-               release=True)
+    store.mark(
+        "compute1",
+        HostState.EVACUATED,
+        Event.EVACUATION_FINISHED,
+        "done",
+        owner=SERVICE,
+        release=True,
+    )
     service.tick()
     assert sorted(service.busy) == ["compute2", "compute3"]
 
@@ -152,8 +165,9 @@ def test_a_bad_record_is_reported_and_the_others_are_worked():
     _fenced(store, "compute1")
     store._hosts["compute2"] = {state.ATTR_STATE: "exploded"}
     lines = service.tick()
-    assert any(line.startswith("skipping compute2: its record does not decode")
-               for line in lines), lines
+    assert any(
+        line.startswith("skipping compute2: its record does not decode") for line in lines
+    ), lines
     assert "compute1" in service.busy
 
 
@@ -175,14 +189,16 @@ def test_the_guard_holds_a_wave_and_gives_the_lease_back():
 
 # -- the fence path's steps ---------------------------------------------------------------------
 
+
 def test_only_the_power_off_step_makes_a_proof():
     with pytest.raises(TypeError):
         fence_path.PowerOffConfirmed("compute1", "compute1", "me")
 
 
-@pytest.mark.parametrize("state_name, proved", [
-    ("ok", False), ("fenced", True), ("evacuating", True), ("evacuated", True),
-    ("failed", True)])
+@pytest.mark.parametrize(
+    "state_name, proved",
+    [("ok", False), ("fenced", True), ("evacuating", True), ("evacuated", True), ("failed", True)],
+)
 def test_a_record_of_a_fenced_host_carries_the_proof(state_name, proved):
     record = state.HostRecord("compute1", state=HostState(state_name))
     made = proof.from_record(record, "compute1.example")
@@ -192,9 +208,18 @@ def test_a_record_of_a_fenced_host_carries_the_proof(state_name, proved):
 
 
 def _topology_fence(**values) -> fence_path.HostFence:
-    parsed = params.parse({"port": "compute1", "evacuate": "all", "os_auth_url": "http://x",
-                           "os_username": "u", "os_password": "p", "os_project_name": "p",
-                           **values}, params.FENCE)
+    parsed = params.parse(
+        {
+            "port": "compute1",
+            "evacuate": "all",
+            "os_auth_url": "http://x",
+            "os_username": "u",
+            "os_password": "p",
+            "os_project_name": "p",
+            **values,
+        },
+        params.FENCE,
+    )
     return fence_path.HostFence(parsed, "compute1")
 
 
@@ -224,8 +249,7 @@ def test_hand_over_wakes_a_local_service(tmp_path, monkeypatch):
     assert fence.hand_over(proof, record).endswith("(it sees the record at its next read)")
     sock = handover.listen()
     try:
-        assert fence.hand_over(proof, record) == \
-            "handed over to NovaEvacuate (woken on this node)"
+        assert fence.hand_over(proof, record) == "handed over to NovaEvacuate (woken on this node)"
         assert handover.received(sock) == ["compute1"]
     finally:
         sock.close()
@@ -265,11 +289,14 @@ def _epoch(cib: str) -> int:
 
 
 def test_service_module_starts_without_heavy_imports():
-    code = ("import sys; import nova_ha.lib.evacuation_service, nova_ha.lib.evacuate_agent; "
-            "print(sorted(m for m in ('keystoneauth1','lxml','pyghmi','requests') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys; import nova_ha.lib.evacuation_service, nova_ha.lib.evacuate_agent; "
+        "print(sorted(m for m in ('keystoneauth1','lxml','pyghmi','requests') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
@@ -279,13 +306,23 @@ def test_cib_out_of_reach_costs_the_fence_under_a_second(sim_bed):
     same fence with no CIB tool at all."""
     bed = sim_bed
     env = {k: v for k, v in bed.env().items() if k != "CIB_file"}
-    probe = subprocess.run(["cibadmin", "--query", "--scope", "crm_config"], env=env,
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        ["cibadmin", "--query", "--scope", "crm_config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode == 0:
         pytest.skip("a cluster runs on this machine: its CIB is in reach")
-    without_tool = dict(env, PATH=":".join(
-        d for d in env.get("PATH", "").split(":") if d and not os.path.exists(
-            os.path.join(d, "cibadmin"))))
+    without_tool = dict(
+        env,
+        PATH=":".join(
+            d
+            for d in env.get("PATH", "").split(":")
+            if d and not os.path.exists(os.path.join(d, "cibadmin"))
+        ),
+    )
     took = {}
     for host, run_env in (("host1", without_tool), ("host2", env)):
         ids = bed.cloud.create_servers(host, 2)
@@ -309,9 +346,23 @@ def test_one_bad_record_does_not_stop_the_others(sim_bed, tmp_path):
     bed = sim_bed
     ids = bed.cloud.create_servers("host1", 2)
     assert run_fence(bed.fence_params(evacuate="record"), env=bed.env()).returncode == 0
-    edit = subprocess.run(["crm_attribute", "--type", "nodes", "--node", "host2", "--name",
-                           state.ATTR_STATE, "--update", "quarantined"], env=bed.env(),
-                          capture_output=True, text=True, timeout=60)
+    edit = subprocess.run(
+        [
+            "crm_attribute",
+            "--type",
+            "nodes",
+            "--node",
+            "host2",
+            "--name",
+            state.ATTR_STATE,
+            "--update",
+            "quarantined",
+        ],
+        env=bed.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert edit.returncode == 0, edit.stderr
     with bed.evacuation_service() as service:
         service.wait_settled("host1")

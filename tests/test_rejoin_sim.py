@@ -20,11 +20,12 @@ def _record(bed, host="host1") -> state.HostRecord:
     return state.CibStateStore(bed.cib).get(host)
 
 
-
-
 def _accepted_per_server(bed) -> collections.Counter:
-    return collections.Counter(r["path"].split("/")[-2] for r in bed.requests(action="evacuate")
-                               if 200 <= (r["status"] or 0) < 300)
+    return collections.Counter(
+        r["path"].split("/")[-2]
+        for r in bed.requests(action="evacuate")
+        if 200 <= (r["status"] or 0) < 300
+    )
 
 
 def _evacuate_params(bed, **extra) -> dict:
@@ -65,8 +66,13 @@ def test_compute_start_waits_for_evacuations_then_rejoins(sim_bed):
         # still run beside Pacemaker.
         wait_until(lambda: _accepted_per_server(bed))
         bed.bmcs["host1"].power_state = "on"
-        compute = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=60),
-                          START_META, env=bed.env())
+        compute = run_ocf(
+            COMPUTE_AGENT,
+            "start",
+            bed.compute_params("host1", start_wait=60),
+            START_META,
+            env=bed.env(),
+        )
         assert compute.returncode == 0, compute.stderr
         assert "waiting before starting nova-compute" in compute.stderr
         service.wait_settled("host1")
@@ -83,8 +89,13 @@ def test_compute_start_refuses_while_never_safe(sim_bed):
     # start_wait bounds the wait, not the (long) start timeout: Pacemaker must get the
     # failure back soon, since it runs no other transition while the start runs.
     began = time.monotonic()
-    done = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1", start_wait=2),
-                   {"on_node": "host1", "timeout": 120000}, env=bed.env())
+    done = run_ocf(
+        COMPUTE_AGENT,
+        "start",
+        bed.compute_params("host1", start_wait=2),
+        {"on_node": "host1", "timeout": 120000},
+        env=bed.env(),
+    )
     assert time.monotonic() - began < 30
     assert done.returncode == 1
     assert "ocf-exit-reason:not starting nova-compute on host1" in done.stderr
@@ -128,8 +139,9 @@ def test_record_mode_then_novaevacuate_then_rejoin(sim_bed):
     assert record.evacuated == 6 and record.lease_owner is None
     processes = _service_processes(env)
     assert len(processes) >= 2  # the service and its warm spare
-    compute = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META,
-                      env=bed.env())
+    compute = run_ocf(
+        COMPUTE_AGENT, "start", bed.compute_params("host1"), START_META, env=bed.env()
+    )
     assert compute.returncode == 0, compute.stderr
     _assert_rejoined(bed, ids)
     assert run_ocf(EVACUATE_AGENT, "stop", params, env=env).returncode == 0
@@ -168,8 +180,9 @@ def test_killed_service_is_restarted_and_resumes_without_requesting_twice(sim_be
     try:
         wait_until(lambda: _record(bed).state == "evacuated", timeout=90)
     except AssertionError:
-        raise AssertionError(f"not evacuated: {_record(bed)}\n{_service_log(env)[-4000:]}"
-                             ) from None
+        raise AssertionError(
+            f"not evacuated: {_record(bed)}\n{_service_log(env)[-4000:]}"
+        ) from None
     finally:
         run_ocf(EVACUATE_AGENT, "stop", params, env=env)
     observer = Observer(bed.cloud)
@@ -207,16 +220,23 @@ def test_nova_down_is_retried_and_monitor_stays_healthy(sim_bed):
     # What a fence leaves: forced down in Nova, recorded, lease handed over.
     observer = Observer(bed.cloud)
     observer.nova.services.force_down(observer.service("host1").id, True)
-    store.mark("host1", HostState.FENCED, Event.FENCED, "power-off confirmed", mode="all",
-               grant=("NovaEvacuate", 90))
+    store.mark(
+        "host1",
+        HostState.FENCED,
+        Event.FENCED,
+        "power-off confirmed",
+        mode="all",
+        grant=("NovaEvacuate", 90),
+    )
     bed.cloud.set_api_down(True)
     env = bed.env()
     params = _evacuate_params(bed, os_api_timeout=1, evacuate_timeout=4)
     assert run_ocf(EVACUATE_AGENT, "start", params, env=env).returncode == 0
     try:
         wait_until(lambda: "Nova could not be reached" in _service_log(env), timeout=30)
-        done = run_ocf(EVACUATE_AGENT, "monitor", params, {"timeout": 20000,
-                                                           "interval": 10000}, env=env)
+        done = run_ocf(
+            EVACUATE_AGENT, "monitor", params, {"timeout": 20000, "interval": 10000}, env=env
+        )
         assert done.returncode == 0, done.stderr
         assert _record(bed).state == "fenced"
         bed.cloud.set_api_down(False)
@@ -238,8 +258,13 @@ def test_operator_disable_is_kept_on_rejoin(sim_bed):
     observer = Observer(bed.cloud)
     observer.nova.services.disable_log_reason(observer.service("host2").id, "hardware check")
     bed.cloud.crash("host2")
-    done = run_ocf(COMPUTE_AGENT, "start", bed.compute_params("host2"),
-                   {"on_node": "host2", "timeout": 60000}, env=bed.env())
+    done = run_ocf(
+        COMPUTE_AGENT,
+        "start",
+        bed.compute_params("host2"),
+        {"on_node": "host2", "timeout": 60000},
+        env=bed.env(),
+    )
     assert done.returncode == 0, done.stderr
     svc = observer.service("host2")
     assert svc.status == "disabled" and svc.disabled_reason == "hardware check"

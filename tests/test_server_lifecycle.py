@@ -40,82 +40,226 @@ ROWS = [
     (S.FOUND, E.LISTED, {"vm_state": "error"}, S.PLANNED, A.REQUEST, "to evacuate"),
     (S.FOUND, E.LISTED, {**TAG, "tagged": False}, S.SKIPPED, A.REPORT, "not tagged evacuable"),
     (S.FOUND, E.LISTED, {**TAG, "tagged": True}, S.PLANNED, A.REQUEST, "to evacuate"),
-    (S.FOUND, E.LISTED, {"vm_state": "active", "task": "rebuilding", "rebuilding": True},
-     S.REBUILDING, A.POLL, "evacuation already under way"),
-    (S.FOUND, E.LISTED, {"vm_state": "active", "task": "migrating"}, S.SKIPPED, A.REPORT,
-     "task migrating involves another host or deletion"),
-    (S.FOUND, E.LISTED, {"vm_state": "active", "task": "deleting"}, S.SKIPPED, A.REPORT,
-     "left to the operator"),
-    (S.FOUND, E.LISTED, {"vm_state": "building", "task": "spawning"}, S.PLANNED, A.REQUEST,
-     "to evacuate"),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "active", "task": "rebuilding", "rebuilding": True},
+        S.REBUILDING,
+        A.POLL,
+        "evacuation already under way",
+    ),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "active", "task": "migrating"},
+        S.SKIPPED,
+        A.REPORT,
+        "task migrating involves another host or deletion",
+    ),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "active", "task": "deleting"},
+        S.SKIPPED,
+        A.REPORT,
+        "left to the operator",
+    ),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "building", "task": "spawning"},
+        S.PLANNED,
+        A.REQUEST,
+        "to evacuate",
+    ),
     (S.FOUND, E.LISTED, {"vm_state": "paused"}, S.PLANNED, A.REQUEST, "to evacuate"),
-    (S.FOUND, E.LISTED, {"vm_state": "shelved_offloaded"}, S.SKIPPED, A.REPORT,
-     "vm_state shelved_offloaded not evacuable"),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "shelved_offloaded"},
+        S.SKIPPED,
+        A.REPORT,
+        "vm_state shelved_offloaded not evacuable",
+    ),
     (S.FOUND, E.LISTED, {}, S.SKIPPED, A.REPORT, "vm_state  not evacuable"),
-    (S.FOUND, E.LISTED, {**ACTIVE, "requested_earlier": True}, S.REQUESTED, A.POLL,
-     "requested earlier in this incident"),
-    (S.FOUND, E.LISTED, {"vm_state": "active", "task": "migrating", "requested_earlier": True},
-     S.SKIPPED, A.REPORT, "task migrating"),
+    (
+        S.FOUND,
+        E.LISTED,
+        {**ACTIVE, "requested_earlier": True},
+        S.REQUESTED,
+        A.POLL,
+        "requested earlier in this incident",
+    ),
+    (
+        S.FOUND,
+        E.LISTED,
+        {"vm_state": "active", "task": "migrating", "requested_earlier": True},
+        S.SKIPPED,
+        A.REPORT,
+        "task migrating",
+    ),
     (S.FOUND, E.MOVED_EARLIER, {}, S.REQUESTED, A.POLL, "requested earlier in this incident"),
     # requests
     (S.PLANNED, E.LEASE_LOST, {}, S.UNFINISHED, A.GIVE_UP, "lease lost"),
     (S.PLANNED, E.ACCEPTED, {"target": "host2"}, S.REQUESTED, A.FOLLOW, "requested to host2"),
     (S.PLANNED, E.ACCEPTED, {}, S.REQUESTED, A.FOLLOW, "requested"),
-    (S.PLANNED, E.REFUSED_CONFLICT, {"rebuilding": True}, S.REQUESTED, A.FOLLOW,
-     "already under way (409)"),
-    (S.PLANNED, E.REFUSED_CONFLICT, {**RETRY, "vm_state": "active"}, S.RETRYING,
-     A.RETRY_LATER, "attempt 1 failed (Nova refused the evacuation (409, vm_state active"),
+    (
+        S.PLANNED,
+        E.REFUSED_CONFLICT,
+        {"rebuilding": True},
+        S.REQUESTED,
+        A.FOLLOW,
+        "already under way (409)",
+    ),
+    (
+        S.PLANNED,
+        E.REFUSED_CONFLICT,
+        {**RETRY, "vm_state": "active"},
+        S.RETRYING,
+        A.RETRY_LATER,
+        "attempt 1 failed (Nova refused the evacuation (409, vm_state active",
+    ),
     (S.PLANNED, E.REFUSED_CONFLICT, SPENT, S.FAILED, A.REPORT, "gave up after 3 attempts"),
     (S.PLANNED, E.REFUSED_NOT_FOUND, {}, S.GONE, A.REPORT, "deleted meanwhile"),
-    (S.PLANNED, E.REFUSED_BAD_REQUEST, {**RETRY, "error": "bad"}, S.RETRYING, A.RETRY_LATER,
-     "attempt 1 failed (bad); retrying"),
-    (S.PLANNED, E.REFUSED_BAD_REQUEST, {**RETRY, "expired": True}, S.FAILED, A.REPORT,
-     "gave up"),
-    (S.PLANNED, E.REQUEST_FAILED, {**RETRY, "error": "HTTP 503"}, S.RETRYING, A.RETRY_LATER,
-     "(HTTP 503); retrying"),
-    (S.PLANNED, E.REQUEST_FAILED, {"attempts": 1, "retries": 0, "error": "x"}, S.FAILED,
-     A.REPORT, "gave up after 1 attempts: x"),
-    (S.PLANNED, E.REQUEST_FAILED, {"attempts": 0, "retries": 0, "error": "x"}, S.RETRYING,
-     A.RETRY_LATER, "attempt 0 failed"),  # the GET before the request failed: none sent
+    (
+        S.PLANNED,
+        E.REFUSED_BAD_REQUEST,
+        {**RETRY, "error": "bad"},
+        S.RETRYING,
+        A.RETRY_LATER,
+        "attempt 1 failed (bad); retrying",
+    ),
+    (S.PLANNED, E.REFUSED_BAD_REQUEST, {**RETRY, "expired": True}, S.FAILED, A.REPORT, "gave up"),
+    (
+        S.PLANNED,
+        E.REQUEST_FAILED,
+        {**RETRY, "error": "HTTP 503"},
+        S.RETRYING,
+        A.RETRY_LATER,
+        "(HTTP 503); retrying",
+    ),
+    (
+        S.PLANNED,
+        E.REQUEST_FAILED,
+        {"attempts": 1, "retries": 0, "error": "x"},
+        S.FAILED,
+        A.REPORT,
+        "gave up after 1 attempts: x",
+    ),
+    (
+        S.PLANNED,
+        E.REQUEST_FAILED,
+        {"attempts": 0, "retries": 0, "error": "x"},
+        S.RETRYING,
+        A.RETRY_LATER,
+        "attempt 0 failed",
+    ),  # the GET before the request failed: none sent
     (S.RETRYING, E.RETRY_DUE, {"attempts": 1}, S.PLANNED, A.REQUEST, "asking again"),
     # following
     (S.STARTING, E.START_ACCEPTED, {"host": "host2"}, S.STARTING, A.POLL, "start accepted"),
-    (S.STARTING, E.START_REFUSED, {"host": "host2", "error": "409"}, S.FAILED, A.REPORT,
-     "SHUTOFF on host2; starting it again failed: 409"),
-    (S.STARTING, E.LANDED_STOPPED, {"host": "host2", "was_stopped": False}, S.STOPPED,
-     A.REPORT, "SHUTOFF on host2"),
+    (
+        S.STARTING,
+        E.START_REFUSED,
+        {"host": "host2", "error": "409"},
+        S.FAILED,
+        A.REPORT,
+        "SHUTOFF on host2; starting it again failed: 409",
+    ),
+    (
+        S.STARTING,
+        E.LANDED_STOPPED,
+        {"host": "host2", "was_stopped": False},
+        S.STOPPED,
+        A.REPORT,
+        "SHUTOFF on host2",
+    ),
     (S.STARTING, E.SHOWS_TASK, {"task": "powering-on"}, S.STARTING, A.POLL, "powering-on"),
 ]
 for _state in (S.REQUESTED, S.REBUILDING):
     ROWS += [
-        (_state, E.SHOWS_TASK, {"task": "rebuild_spawning", "host": "host2"}, S.REBUILDING,
-         A.POLL, "Nova shows task rebuild_spawning on host2"),
-        (_state, E.LANDED_STOPPED, {"host": "host2", "was_stopped": True}, S.STOPPED,
-         A.REPORT, "SHUTOFF on host2"),
-        (_state, E.LANDED_STOPPED, {"host": "host2", "was_stopped": None}, _state,
-         A.READ_HISTORY, "was it stopped before?"),
-        (_state, E.LANDED_STOPPED, {"host": "host2", "was_stopped": False}, S.STARTING,
-         A.START, "starting it"),
+        (
+            _state,
+            E.SHOWS_TASK,
+            {"task": "rebuild_spawning", "host": "host2"},
+            S.REBUILDING,
+            A.POLL,
+            "Nova shows task rebuild_spawning on host2",
+        ),
+        (
+            _state,
+            E.LANDED_STOPPED,
+            {"host": "host2", "was_stopped": True},
+            S.STOPPED,
+            A.REPORT,
+            "SHUTOFF on host2",
+        ),
+        (
+            _state,
+            E.LANDED_STOPPED,
+            {"host": "host2", "was_stopped": None},
+            _state,
+            A.READ_HISTORY,
+            "was it stopped before?",
+        ),
+        (
+            _state,
+            E.LANDED_STOPPED,
+            {"host": "host2", "was_stopped": False},
+            S.STARTING,
+            A.START,
+            "starting it",
+        ),
     ]
 for _state in FOLLOWED:
     ROWS += [
         (_state, E.SHOWS_ACTIVE, {"host": "host2"}, S.RUNNING, A.REPORT, "ACTIVE on host2"),
-        (_state, E.SHOWS_ERROR, {**RETRY, "on_source": True, "fault": "NoValidHost"},
-         S.RETRYING, A.RETRY_LATER, "attempt 1 failed (NoValidHost)"),
-        (_state, E.SHOWS_ERROR, {**RETRY, "host": "host2"}, S.FAILED, A.REPORT,
-         "server in ERROR"),  # on its new host: not retried, Nova cannot evacuate it there
-        (_state, E.STILL_ON_SOURCE, {**RETRY, "failed_migration": True}, S.RETRYING,
-         A.RETRY_LATER, "Nova found no host for it"),
-        (_state, E.STILL_ON_SOURCE, {**SPENT, "failed_migration": True}, S.FAILED, A.REPORT,
-         "Nova found no host for it"),
+        (
+            _state,
+            E.SHOWS_ERROR,
+            {**RETRY, "on_source": True, "fault": "NoValidHost"},
+            S.RETRYING,
+            A.RETRY_LATER,
+            "attempt 1 failed (NoValidHost)",
+        ),
+        (
+            _state,
+            E.SHOWS_ERROR,
+            {**RETRY, "host": "host2"},
+            S.FAILED,
+            A.REPORT,
+            "server in ERROR",
+        ),  # on its new host: not retried, Nova cannot evacuate it there
+        (
+            _state,
+            E.STILL_ON_SOURCE,
+            {**RETRY, "failed_migration": True},
+            S.RETRYING,
+            A.RETRY_LATER,
+            "Nova found no host for it",
+        ),
+        (
+            _state,
+            E.STILL_ON_SOURCE,
+            {**SPENT, "failed_migration": True},
+            S.FAILED,
+            A.REPORT,
+            "Nova found no host for it",
+        ),
         (_state, E.STILL_ON_SOURCE, {}, _state, A.POLL, "still on the source"),
-        (_state, E.SHOWS_OTHER, {"status": "PAUSED", "host": "host2"}, _state, A.POLL,
-         "PAUSED on host2"),
+        (
+            _state,
+            E.SHOWS_OTHER,
+            {"status": "PAUSED", "host": "host2"},
+            _state,
+            A.POLL,
+            "PAUSED on host2",
+        ),
         (_state, E.VANISHED, {}, S.GONE, A.REPORT, "deleted meanwhile"),
     ]
 for _state in LIVE:
-    ROWS.append((_state, E.DEADLINE_PASSED, {}, S.UNFINISHED, A.GIVE_UP,
-                 "evacuate_timeout reached"))
+    ROWS.append(
+        (_state, E.DEADLINE_PASSED, {}, S.UNFINISHED, A.GIVE_UP, "evacuate_timeout reached")
+    )
 
 
 @pytest.mark.parametrize("state, event, facts, new_state, action, reason", ROWS)
@@ -141,70 +285,89 @@ def test_refused_pairs(state, event) -> None:
 def test_refused_pairs_include_the_dangerous_ones() -> None:
     # A followed server is never requested again (two rebuilds break a server), an ended
     # one takes nothing, and a start is asked only for a server Nova landed stopped.
-    for pair in [(S.REQUESTED, E.ACCEPTED), (S.REBUILDING, E.RETRY_DUE),
-                 (S.REQUESTED, E.START_ACCEPTED), (S.PLANNED, E.SHOWS_ACTIVE)]:
+    for pair in [
+        (S.REQUESTED, E.ACCEPTED),
+        (S.REBUILDING, E.RETRY_DUE),
+        (S.REQUESTED, E.START_ACCEPTED),
+        (S.PLANNED, E.SHOWS_ACTIVE),
+    ]:
         assert pair in REFUSED
     assert all((s, e) in REFUSED for s in FINAL for e in ServerEvent)
     assert len(TRANSITIONS) + len(REFUSED) == len(ServerState) * len(ServerEvent)
 
 
-@pytest.mark.parametrize("state, event, facts, detail", [
-    (S.PLANNED, E.REQUEST_FAILED, {**RETRY, "error": "HTTP 503"}, "HTTP 503"),
-    (S.REQUESTED, E.SHOWS_ERROR, {"fault": "disk"}, "disk"),
-    (S.REQUESTED, E.SHOWS_TASK, {"task": "rebuilding", "detail": "requested"}, None),
-    (S.REBUILDING, E.DEADLINE_PASSED, {"detail": "requested to host2"}, "requested to host2"),
-    (S.RETRYING, E.DEADLINE_PASSED, {}, "evacuate_timeout reached"),
-    (S.RETRYING, E.RETRY_DUE, {"detail": "HTTP 503"}, None),
-    (S.FOUND, E.LISTED, ACTIVE, ""),
-])
+@pytest.mark.parametrize(
+    "state, event, facts, detail",
+    [
+        (S.PLANNED, E.REQUEST_FAILED, {**RETRY, "error": "HTTP 503"}, "HTTP 503"),
+        (S.REQUESTED, E.SHOWS_ERROR, {"fault": "disk"}, "disk"),
+        (S.REQUESTED, E.SHOWS_TASK, {"task": "rebuilding", "detail": "requested"}, None),
+        (S.REBUILDING, E.DEADLINE_PASSED, {"detail": "requested to host2"}, "requested to host2"),
+        (S.RETRYING, E.DEADLINE_PASSED, {}, "evacuate_timeout reached"),
+        (S.RETRYING, E.RETRY_DUE, {"detail": "HTTP 503"}, None),
+        (S.FOUND, E.LISTED, ACTIVE, ""),
+    ],
+)
 def test_what_the_outcome_says(state, event, facts, detail) -> None:
     """The outcome's detail (the summary lines): the error itself, not the log sentence;
     kept when a step has nothing new to say."""
     assert step(state, event, Facts(**facts)).detail == detail
 
 
-@pytest.mark.parametrize("status, task, on_source, event", [
-    ("DELETED", None, False, E.VANISHED),
-    ("ACTIVE", "rebuilding", False, E.SHOWS_TASK),
-    ("ERROR", "rebuild_spawning", True, E.SHOWS_TASK),
-    ("ERROR", None, True, E.SHOWS_ERROR),
-    ("ERROR", None, False, E.SHOWS_ERROR),
-    ("ACTIVE", None, True, E.STILL_ON_SOURCE),
-    ("SHUTOFF", None, True, E.STILL_ON_SOURCE),
-    ("ACTIVE", None, False, E.SHOWS_ACTIVE),
-    ("SHUTOFF", None, False, E.LANDED_STOPPED),
-    ("PAUSED", None, False, E.SHOWS_OTHER),
-])
+@pytest.mark.parametrize(
+    "status, task, on_source, event",
+    [
+        ("DELETED", None, False, E.VANISHED),
+        ("ACTIVE", "rebuilding", False, E.SHOWS_TASK),
+        ("ERROR", "rebuild_spawning", True, E.SHOWS_TASK),
+        ("ERROR", None, True, E.SHOWS_ERROR),
+        ("ERROR", None, False, E.SHOWS_ERROR),
+        ("ACTIVE", None, True, E.STILL_ON_SOURCE),
+        ("SHUTOFF", None, True, E.STILL_ON_SOURCE),
+        ("ACTIVE", None, False, E.SHOWS_ACTIVE),
+        ("SHUTOFF", None, False, E.LANDED_STOPPED),
+        ("PAUSED", None, False, E.SHOWS_OTHER),
+    ],
+)
 def test_what_a_look_is(status, task, on_source, event) -> None:
     assert server_lifecycle.observed(status, task, on_source) is event
 
 
 def test_results_backoff_and_resets() -> None:
-    assert [server_lifecycle.result(s) for s in (S.PLANNED, S.RUNNING, S.STOPPED, S.GONE)] == \
-        ["pending", "evacuated", "evacuated", "gone"]
+    assert [server_lifecycle.result(s) for s in (S.PLANNED, S.RUNNING, S.STOPPED, S.GONE)] == [
+        "pending",
+        "evacuated",
+        "evacuated",
+        "gone",
+    ]
     assert [BACKOFF(n) for n in (0, 1, 3, 9)] == [1.0, 2.0, 8.0, 10.0]
     assert server_lifecycle.needs_reset("paused") and not server_lifecycle.needs_reset("active")
 
 
-@pytest.mark.parametrize("actions, stopped", [
-    (["evacuate", "stop", "create"], True),
-    (["start", "evacuate", "stop", "start", "create"], True),
-    (["evacuate", "start", "stop", "create"], False),
-    (["evacuate", "lock", "create"], False),
-    (["stop", "create"], None),  # no evacuation in the history: the listing's word
-])
+@pytest.mark.parametrize(
+    "actions, stopped",
+    [
+        (["evacuate", "stop", "create"], True),
+        (["start", "evacuate", "stop", "start", "create"], True),
+        (["evacuate", "start", "stop", "create"], False),
+        (["evacuate", "lock", "create"], False),
+        (["stop", "create"], None),  # no evacuation in the history: the listing's word
+    ],
+)
 def test_stopped_before(actions, stopped) -> None:
     assert evacuation.stopped_before(actions, None) is stopped
 
 
 # -- the runner against a scripted Nova -------------------------------------------------------
 
+
 class FakeNova:
     """Servers on host1; an accepted evacuation shows 'rebuilding' on host2 at the next look,
     then lands as `lands` says (SHUTOFF for every server: Nova at >= 2.95)."""
 
-    def __init__(self, servers: list[Server], conflict: set[str] = frozenset(),
-                 lands: str = "SHUTOFF") -> None:
+    def __init__(
+        self, servers: list[Server], conflict: set[str] = frozenset(), lands: str = "SHUTOFF"
+    ) -> None:
         self.views = {s.id: s for s in servers}
         self.conflict, self.lands = set(conflict), lands
         self.calls: list[tuple[str, str]] = []
@@ -236,8 +399,7 @@ class FakeNova:
 
     def start_server(self, deadline, server_id):
         self._call("start", server_id)
-        self.views[server_id] = dataclasses.replace(self.views[server_id],
-                                                    task_state="powering-on")
+        self.views[server_id] = dataclasses.replace(self.views[server_id], task_state="powering-on")
 
     def instance_actions(self, deadline, server_id):
         return ["evacuate", "create"]
@@ -251,18 +413,19 @@ class FakeNova:
         for view in shown:
             if view.task_state == "rebuilding":
                 status = self.lands if view.vm_state != "stopped" else "SHUTOFF"
-                self.views[view.id] = dataclasses.replace(view, host="host2", status=status,
-                                                          task_state=None)
+                self.views[view.id] = dataclasses.replace(
+                    view, host="host2", status=status, task_state=None
+                )
             elif view.task_state == "powering-on":
-                self.views[view.id] = dataclasses.replace(view, status="ACTIVE",
-                                                          task_state=None)
+                self.views[view.id] = dataclasses.replace(view, status="ACTIVE", task_state=None)
         return shown
 
 
 def _server(sid: str, vm_state: str = "active", task: str | None = None) -> Server:
     status = {"active": "ACTIVE", "stopped": "SHUTOFF"}.get(vm_state, "ERROR")
-    return Server(id=sid, name=f"vm-{sid}", status=status, host="host1", task_state=task,
-                  vm_state=vm_state)
+    return Server(
+        id=sid, name=f"vm-{sid}", status=status, host="host1", task_state=task, vm_state=vm_state
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -274,10 +437,17 @@ def _fast(monkeypatch):
 def _evacuate(nova: FakeNova, seconds: float = 10.0, **kw) -> tuple[evacuation.Summary, list]:
     events = []
     summary = evacuation.evacuate_servers(
-        nova, Deadline(seconds), proof.by_bmc("c1", "host1"), "all", "evacuable", 4,
-        kw.pop("retries", 1), progress=lambda what, o: events.append((what, o.server_id,
-                                                                       o.result)),
-        servers=[nova.views[s] for s in sorted(nova.views)], **kw)
+        nova,
+        Deadline(seconds),
+        proof.by_bmc("c1", "host1"),
+        "all",
+        "evacuable",
+        4,
+        kw.pop("retries", 1),
+        progress=lambda what, o: events.append((what, o.server_id, o.result)),
+        servers=[nova.views[s] for s in sorted(nova.views)],
+        **kw,
+    )
     return summary, events
 
 
@@ -287,15 +457,22 @@ def test_runner_starts_what_nova_landed_stopped_and_leaves_what_was_stopped() ->
     outcomes = {o.server_id: o for o in summary.outcomes}
     assert (outcomes["a"].state, outcomes["a"].detail) == (S.RUNNING, "ACTIVE on host2")
     assert (outcomes["b"].state, outcomes["b"].detail) == (S.STOPPED, "SHUTOFF on host2")
-    assert outcomes["c"].state is S.SKIPPED and [o.server_id for o in summary.outcomes] == \
-        ["a", "b", "c"]  # the skipped after the chosen
-    assert sorted(c for c in nova.calls if c[0] == "evacuate") == [("evacuate", "a"),
-                                                                    ("evacuate", "b")]
+    assert outcomes["c"].state is S.SKIPPED and [o.server_id for o in summary.outcomes] == [
+        "a",
+        "b",
+        "c",
+    ]  # the skipped after the chosen
+    assert sorted(c for c in nova.calls if c[0] == "evacuate") == [
+        ("evacuate", "a"),
+        ("evacuate", "b"),
+    ]
     assert nova.calls.count(("start", "a")) == 1 and ("start", "b") not in nova.calls
     assert ("finished", "c", "skipped") == events[0]
     assert {("accepted", "a", "pending"), ("finished", "a", "evacuated")} <= set(events)
-    assert summary.line().startswith("evacuation of host1: 3 servers found, 2 selected, "
-                                     "2 evacuated, 0 failed, 1 skipped, 0 unfinished")
+    assert summary.line().startswith(
+        "evacuation of host1: 3 servers found, 2 selected, "
+        "2 evacuated, 0 failed, 1 skipped, 0 unfinished"
+    )
     assert summary.all_accepted_after is not None and summary.complete
 
 
@@ -315,8 +492,7 @@ def test_runner_follows_a_409_under_way_and_retries_a_409_that_is_not() -> None:
     outcomes = {o.server_id: o for o in summary.outcomes}
     assert outcomes["a"].state is S.RUNNING and nova.calls.count(("evacuate", "a")) == 1
     assert (outcomes["b"].state, outcomes["b"].attempts) == (S.FAILED, 3)
-    assert outcomes["b"].detail == "Nova refused the evacuation (409, vm_state active, " \
-                                   "task None)"
+    assert outcomes["b"].detail == "Nova refused the evacuation (409, vm_state active, task None)"
     assert [e for e in events if e[1] == "b"].count(("retry", "b", "pending")) == 2
 
 
@@ -350,8 +526,16 @@ def test_runner_follows_servers_asked_earlier_and_gone_ones() -> None:
     listed = [nova.views["a"]]
     del nova.views["a"]  # deleted before its request
     summary = evacuation.evacuate_servers(
-        nova, Deadline(10), proof.by_bmc("c1", "host1"), "all", "t", 2, 1, servers=listed,
-        earlier={"m"})
+        nova,
+        Deadline(10),
+        proof.by_bmc("c1", "host1"),
+        "all",
+        "t",
+        2,
+        1,
+        servers=listed,
+        earlier={"m"},
+    )
     outcomes = {o.server_id: o for o in summary.outcomes}
     assert (outcomes["a"].result, outcomes["a"].detail) == ("gone", "deleted meanwhile")
     # Nova's history says it ran before (create, then evacuate): started again
@@ -367,5 +551,7 @@ def test_conflict_from_another_call_is_a_failed_attempt() -> None:
 
     nova.reset_state = reset_state
     summary, _ = _evacuate(nova, retries=0)
-    assert (summary.outcomes[0].result, summary.outcomes[0].detail) == \
-        ("failed", "Cannot reset: locked")
+    assert (summary.outcomes[0].result, summary.outcomes[0].detail) == (
+        "failed",
+        "Cannot reset: locked",
+    )

@@ -120,8 +120,13 @@ def test_round_trip(store: StateStore) -> None:
     )
     store.mark("compute1", HostState.EVACUATING, Event.EVACUATION_STARTED, found=7, now=T0 + 2)
     written = store.mark(
-        "compute1", HostState.EVACUATED, Event.EVACUATION_FINISHED, found=7, evacuated=6,
-        failed=1, now=T0 + 60,
+        "compute1",
+        HostState.EVACUATED,
+        Event.EVACUATION_FINISHED,
+        found=7,
+        evacuated=6,
+        failed=1,
+        now=T0 + 60,
     )
     expected = HostRecord(
         host="compute1",
@@ -135,8 +140,9 @@ def test_round_trip(store: StateStore) -> None:
         history=[
             HistoryEntry("2027-01-15T08:00:00Z", "fenced", "power off confirmed by c1"),
             HistoryEntry("2027-01-15T08:00:02Z", "evacuation_started", ""),
-            HistoryEntry("2027-01-15T08:01:00Z", "evacuation_finished",
-                         "found=7 evacuated=6 failed=1"),
+            HistoryEntry(
+                "2027-01-15T08:01:00Z", "evacuation_finished", "found=7 evacuated=6 failed=1"
+            ),
         ],
     )
     assert written == expected
@@ -269,8 +275,13 @@ def test_reset(store: StateStore) -> None:
     store.mark("compute1", HostState.FENCED, Event.FENCED, now=T0, service_host="nova-c1")
     assert store.acquire_lease("compute1", "NovaEvacuate@c2", 60, now=T0)
     store.mark(
-        "compute1", HostState.EVACUATING, Event.EVACUATION_STARTED, found=3, failed=1,
-        mode="all", now=T0 + 1,
+        "compute1",
+        HostState.EVACUATING,
+        Event.EVACUATION_STARTED,
+        found=3,
+        failed=1,
+        mode="all",
+        now=T0 + 1,
     )
     rec = store.reset("compute1", "disk replaced, by alice", now=T0 + 100)
     assert rec.state == "ok" and rec.since == iso_utc(T0 + 100)

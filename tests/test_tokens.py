@@ -9,8 +9,11 @@ from tests.helpers import run_fence
 
 
 def _token_requests(bed) -> list[dict]:
-    return [r for r in bed.cloud.request_log()
-            if r["method"] == "POST" and r["path"].endswith("/auth/tokens")]
+    return [
+        r
+        for r in bed.cloud.request_log()
+        if r["method"] == "POST" and r["path"].endswith("/auth/tokens")
+    ]
 
 
 def _cached(token_dir: str) -> list[str]:

@@ -23,8 +23,15 @@ from nova_ha.cli.arguments import Command, build_parser
 from nova_ha.cli.context import CliError, load_context
 from nova_ha.cli.output import escaped
 
-COMMANDS: tuple[Command, ...] = (status.COMMAND, history.COMMAND, reset.COMMAND,
-                                 evacuate.COMMAND, install.COMMAND, docs.PARAMS, docs.MANPAGE)
+COMMANDS: tuple[Command, ...] = (
+    status.COMMAND,
+    history.COMMAND,
+    reset.COMMAND,
+    evacuate.COMMAND,
+    install.COMMAND,
+    docs.PARAMS,
+    docs.MANPAGE,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,8 +79,7 @@ def _on_cluster(command: Command, args: argparse.Namespace) -> int:
     except CliError as err:
         from nova_ha.lib import log
 
-        print(f"nova-ha {args.command}: {escaped(log.REDACTOR.redact(str(err)))}",
-              file=sys.stderr)
+        print(f"nova-ha {args.command}: {escaped(log.REDACTOR.redact(str(err)))}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         print(f"nova-ha {args.command}: interrupted", file=sys.stderr)

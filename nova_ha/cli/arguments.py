@@ -41,26 +41,37 @@ class Command:
 
 def bounded(kind: type, low: float, high: float) -> Any:
     """An argparse type: a number of `kind` within [low, high] (no inf, nan or 1e10)."""
+
     def convert(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number") from None
         if not low <= value <= high:  # also false for nan
-            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not between {low:g} and "
-                                             f"{high:g}")
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not between {low:g} and {high:g}")
         return value
+
     return convert
 
 
 COMMON = (  # every cluster command's
-    option("--config", metavar="PATH",
-           help=f"parameter file, 'name = value' lines (default: {DEFAULT_CONFIG} if it exists)"),
+    option(
+        "--config",
+        metavar="PATH",
+        help=f"parameter file, 'name = value' lines (default: {DEFAULT_CONFIG} if it exists)",
+    ),
     option("--os-cloud", metavar="CLOUD", help="cloud name in clouds.yaml"),
-    option("--no-cib", action="store_true",
-           help="do not read parameters from the cluster's fence devices"),
-    option("--color", choices=("auto", "always", "never"), default="auto",
-           help="colours (default: on a terminal only)"),
+    option(
+        "--no-cib",
+        action="store_true",
+        help="do not read parameters from the cluster's fence devices",
+    ),
+    option(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colours (default: on a terminal only)",
+    ),
     option("-v", "--verbose", action="store_true", help="show debug messages"),
 )
 
@@ -72,14 +83,17 @@ def _add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -
 
 def build_parser(commands: tuple[Command, ...]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nova-ha", description="nova-ha operator tools",
+        prog="nova-ha",
+        description="nova-ha operator tools",
         epilog="Parameters come from the cluster's NovaEvacuate resource and fence_nova_evacuate "
-               f"devices, then the config file ({DEFAULT_CONFIG}), then --os-cloud.")
+        f"devices, then the config file ({DEFAULT_CONFIG}), then --os-cloud.",
+    )
     common = argparse.ArgumentParser(add_help=False)
     _add_options(common, COMMON)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in commands:
         parents = [common] if command.on_cluster else []
-        _add_options(sub.add_parser(command.name, parents=parents, help=command.help),
-                     command.options)
+        _add_options(
+            sub.add_parser(command.name, parents=parents, help=command.help), command.options
+        )
     return parser

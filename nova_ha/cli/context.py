@@ -99,8 +99,11 @@ class Context:
 
         problems = params.check_openstack(self.parsed)
         if problems:
-            raise CliError("; ".join(problems) + " (in the config file, --os-cloud, or the "
-                           "cluster's fence_nova_evacuate device)", EXIT_USAGE)
+            raise CliError(
+                "; ".join(problems) + " (in the config file, --os-cloud, or the "
+                "cluster's fence_nova_evacuate device)",
+                EXIT_USAGE,
+            )
         return Nova.from_params(self.parsed)
 
     def notifier(self) -> Any:

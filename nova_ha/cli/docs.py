@@ -10,8 +10,7 @@ from nova_ha.lib import docs, params
 
 
 def run_params(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    print(docs.parameters_page() if args.all or not args.agent
-          else docs.markdown_table(args.agent))
+    print(docs.parameters_page() if args.all or not args.agent else docs.markdown_table(args.agent))
     return 0
 
 
@@ -21,8 +20,12 @@ def run_manpage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 PARAMS = Command(
-    "params", "print an agent's parameters as a Markdown table",
-    options=(option("agent", nargs="?", choices=[params.FENCE, params.COMPUTE, params.EVACUATE]),
-             option("--all", action="store_true", help="the whole docs/parameters.md page")),
-    local=run_params)
+    "params",
+    "print an agent's parameters as a Markdown table",
+    options=(
+        option("agent", nargs="?", choices=[params.FENCE, params.COMPUTE, params.EVACUATE]),
+        option("--all", action="store_true", help="the whole docs/parameters.md page"),
+    ),
+    local=run_params,
+)
 MANPAGE = Command("manpage", "print this command's man page (troff)", local=run_manpage)

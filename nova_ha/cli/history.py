@@ -13,17 +13,26 @@ from nova_ha.cli.output import escaped, table, use_colour
 from nova_ha.lib.lifecycle import Event
 
 # Keyed by str: the events' names come from JSON (an Event is a str and looks the same up).
-_TONES: dict[str, str] = {Event.FENCED: "red", Event.EVACUATION_FAILED: "red",
-                          Event.EVACUATION_BLOCKED: "red", Event.EVACUATION_FINISHED: "green",
-                          Event.REJOINED: "green", Event.RESET: "yellow"}
+_TONES: dict[str, str] = {
+    Event.FENCED: "red",
+    Event.EVACUATION_FAILED: "red",
+    Event.EVACUATION_BLOCKED: "red",
+    Event.EVACUATION_FINISHED: "green",
+    Event.REJOINED: "green",
+    Event.RESET: "yellow",
+}
 
 
 def events_newest_first(records: dict[str, Any]) -> list[dict[str, str]]:
     flat = []
     for node, rec in records.items():
         for index, event in enumerate(rec.history):
-            flat.append(((event.time, index), {"time": event.time, "node": node,
-                                               "event": event.name, "detail": event.detail}))
+            flat.append(
+                (
+                    (event.time, index),
+                    {"time": event.time, "node": node, "event": event.name, "detail": event.detail},
+                )
+            )
     flat.sort(key=lambda item: item[0], reverse=True)
     return [entry for _, entry in flat]
 
@@ -48,7 +57,7 @@ def _records(ctx: Context, host: str | None) -> dict[str, Any]:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     events = events_newest_first(_records(ctx, args.host))
     if args.limit:
-        events = events[:args.limit]
+        events = events[: args.limit]
     if args.json:
         print(json.dumps(events, indent=2))
         return EXIT_OK
@@ -56,15 +65,24 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         print(f"no recorded event{' for ' + args.host if args.host else ''}")
         return EXIT_OK
     rows = [[e["time"], e["node"], e["event"], e["detail"]] for e in events]
-    print(table(["TIME", "NODE", "EVENT", "DETAIL"], rows, use_colour(args.color, sys.stdout),
-                [[None, None, _TONES.get(e["event"]), None] for e in events]))
+    print(
+        table(
+            ["TIME", "NODE", "EVENT", "DETAIL"],
+            rows,
+            use_colour(args.color, sys.stdout),
+            [[None, None, _TONES.get(e["event"]), None] for e in events],
+        )
+    )
     return EXIT_OK
 
 
 COMMAND = Command(
-    "history", "recorded events, newest first",
-    options=(option("host", nargs="?", help="only this host (Pacemaker node name)"),
-             option("--json", action="store_true"),
-             option("-n", "--limit", type=bounded(int, 0, 100000), default=0,
-                    help="at most N events")),
-    on_cluster=run)
+    "history",
+    "recorded events, newest first",
+    options=(
+        option("host", nargs="?", help="only this host (Pacemaker node name)"),
+        option("--json", action="store_true"),
+        option("-n", "--limit", type=bounded(int, 0, 100000), default=0, help="at most N events"),
+    ),
+    on_cluster=run,
+)

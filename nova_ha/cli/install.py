@@ -22,8 +22,10 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def _agent_source(name: str, python: str) -> str:
     """setup.py installs the agents as scripts beside the interpreter; a checkout has them
     under agents/."""
-    candidates = [os.path.join(os.path.dirname(python), name),
-                  os.path.join(_CHECKOUT, "agents", AGENTS[name][0], name)]
+    candidates = [
+        os.path.join(os.path.dirname(python), name),
+        os.path.join(_CHECKOUT, "agents", AGENTS[name][0], name),
+    ]
     for path in candidates:
         if os.path.isfile(path):
             with open(path) as source:
@@ -56,9 +58,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 COMMAND = Command(
-    "install-agents", "install the agents where Pacemaker finds them",
-    options=(option("--python", default=sys.executable,
-                    help="interpreter the agents run with (default: this one)"),
-             option("--fence-dir", default=FENCE_DIR),
-             option("--ocf-dir", default=OCF_DIR)),
-    local=run)
+    "install-agents",
+    "install the agents where Pacemaker finds them",
+    options=(
+        option(
+            "--python",
+            default=sys.executable,
+            help="interpreter the agents run with (default: this one)",
+        ),
+        option("--fence-dir", default=FENCE_DIR),
+        option("--ocf-dir", default=OCF_DIR),
+    ),
+    local=run,
+)

@@ -51,14 +51,22 @@ def tone_of(word: str) -> str | None:
     return None
 
 
-def table(header: list[str], rows: list[list[str]], colour: bool,
-          tones: list[list[str | None]] | None = None) -> str:
+def table(
+    header: list[str],
+    rows: list[list[str]],
+    colour: bool,
+    tones: list[list[str | None]] | None = None,
+) -> str:
     """Columns padded to their widest cell, every cell escaped, a bold header."""
     header = [escaped(h) for h in header]
     rows = [[escaped(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(paint(h, "bold", colour) + " " * (w - len(h))
-                       for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines = [
+        "  ".join(
+            paint(h, "bold", colour) + " " * (w - len(h))
+            for h, w in zip(header, widths, strict=True)
+        ).rstrip()
+    ]
     for r, row in enumerate(rows):
         cells = []
         for c, (cell, width) in enumerate(zip(row, widths, strict=True)):
@@ -83,8 +91,9 @@ def age(iso: str | None, now: float) -> str:
 class ProgressBar:
     """The evacuation Progress callback: a redrawn bar on a terminal, lines otherwise."""
 
-    def __init__(self, total: int, stream: Any = None, tty: bool | None = None,
-                 colour: bool = False) -> None:
+    def __init__(
+        self, total: int, stream: Any = None, tty: bool | None = None, colour: bool = False
+    ) -> None:
         self.total, self.stream = total, stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.colour = colour
@@ -104,8 +113,10 @@ class ProgressBar:
             elif event in ("finished", "retry"):
                 what = outcome.result if event == "finished" else "retrying"
                 detail = f" - {escaped(outcome.detail)}" if outcome.detail else ""
-                self.stream.write(f"  {what:<10} {escaped(outcome.name or '-')} "
-                                  f"({escaped(outcome.server_id)}){detail}\n")
+                self.stream.write(
+                    f"  {what:<10} {escaped(outcome.name or '-')} "
+                    f"({escaped(outcome.server_id)}){detail}\n"
+                )
                 self.stream.flush()
 
     def _draw(self) -> None:
@@ -115,12 +126,15 @@ class ProgressBar:
         filled = int(width * done / total) if total else width
         results = [r for r in self.finished.values()]
         failed = results.count("failed")
-        bar = paint("#" * filled, "red" if failed else "green", self.colour) + \
-            "-" * (width - filled)
+        bar = paint("#" * filled, "red" if failed else "green", self.colour) + "-" * (
+            width - filled
+        )
         flight = len(self.accepted - set(self.finished))
-        self.stream.write(f"\r  [{bar}] {done}/{total} done, {results.count('evacuated')} "
-                          f"evacuated, {failed} failed, {flight} in flight, "
-                          f"{time.monotonic() - self.started:.0f}s\x1b[K")
+        self.stream.write(
+            f"\r  [{bar}] {done}/{total} done, {results.count('evacuated')} "
+            f"evacuated, {failed} failed, {flight} in flight, "
+            f"{time.monotonic() - self.started:.0f}s\x1b[K"
+        )
         self.stream.flush()
 
     def close(self) -> None:

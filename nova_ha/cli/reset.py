@@ -57,8 +57,12 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     now = time.time()
     node, before = _record_before(store, args.host)
     decision = lifecycle.operator_reset(
-        before, now, owner_gone=owners.gone(before.lease_owner if before else None),
-        force=args.force, skew=store.skew)
+        before,
+        now,
+        owner_gone=owners.gone(before.lease_owner if before else None),
+        force=args.force,
+        skew=store.skew,
+    )
     if decision.action is OperatorAction.REFUSE:
         raise CliError(decision.reason)
     if decision.action is OperatorAction.NOTHING:
@@ -72,11 +76,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     for line in describe_reset(before, after, now):
         print(escaped(line))
     if before is None or before.state != HostState.OK:
-        print(escaped(f"  Nova is not changed: nova-compute on {after.service_host or node} "
-                      "stays forced down and disabled until NovaCompute starts it there (it "
-                      "lifts nova-ha's force-down once the service reports up)."))
-    ctx.notifier().send(Event.RESET, node, host=after.service_host, detail=note,
-                        previous_state=before.state if before else None)
+        print(escaped(_nova_unchanged(after.service_host or node)))
+    ctx.notifier().send(
+        Event.RESET,
+        node,
+        host=after.service_host,
+        detail=note,
+        previous_state=before.state if before else None,
+    )
     return EXIT_OK
 
 
@@ -84,12 +91,18 @@ def describe_reset(before: Any, after: Any, now: float) -> list[str]:
     """What the reset changed, line by line."""
     node = after.host
     if before is None:
-        return [f"{node}: unreadable record replaced: state ok, lease cleared, "
-                f"history kept with a 'reset' event"]
-    lines = [f"{node}: state {before.state} -> ok" if before.state != HostState.OK
-             else f"{node}: state stays ok"]
-    counts = [f"{n}={getattr(before, n)}" for n in ("found", "evacuated", "failed")
-              if getattr(before, n)]
+        return [
+            f"{node}: unreadable record replaced: state ok, lease cleared, "
+            f"history kept with a 'reset' event"
+        ]
+    lines = [
+        f"{node}: state {before.state} -> ok"
+        if before.state != HostState.OK
+        else f"{node}: state stays ok"
+    ]
+    counts = [
+        f"{n}={getattr(before, n)}" for n in ("found", "evacuated", "failed") if getattr(before, n)
+    ]
     if counts:
         lines.append(f"  counts {' '.join(counts)} cleared")
     if before.mode:
@@ -102,9 +115,24 @@ def describe_reset(before: Any, after: Any, now: float) -> list[str]:
 
 
 COMMAND = Command(
-    "reset", "administrator's reset of a host's record (after a repair)",
-    options=(option("host", help="Pacemaker node name of the compute host"),
-             option("--force", action="store_true",
-                    help="reset even while a lease is live (its holder must be gone)"),
-             option("--note", default="", help="why, kept in the host's history")),
-    on_cluster=run)
+    "reset",
+    "administrator's reset of a host's record (after a repair)",
+    options=(
+        option("host", help="Pacemaker node name of the compute host"),
+        option(
+            "--force",
+            action="store_true",
+            help="reset even while a lease is live (its holder must be gone)",
+        ),
+        option("--note", default="", help="why, kept in the host's history"),
+    ),
+    on_cluster=run,
+)
+
+
+def _nova_unchanged(host: str) -> str:
+    return (
+        f"  Nova is not changed: nova-compute on {host} stays forced down and disabled until "
+        "NovaCompute starts it there (it lifts nova-ha's force-down once the service reports "
+        "up)."
+    )

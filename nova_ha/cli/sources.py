@@ -19,13 +19,18 @@ TOOL_TIMEOUT = 15.0
 
 # ---- the CIB's resources ------------------------------------------------------------------------
 
+
 def cib_resources(timeout: float = TOOL_TIMEOUT) -> Any | None:
     """The CIB's resources section (honours CIB_file), or None when it cannot be read."""
     from lxml import etree
 
     try:
-        done = subprocess.run(["cibadmin", "--query", "--scope", "resources"],
-                              capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            ["cibadmin", "--query", "--scope", "resources"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
@@ -59,16 +64,18 @@ def _primitive_attrs(primitive: Any) -> dict[str, str]:
 def _primitives(resources: Any, cls: str, type_: str) -> list[Any]:
     if resources is None:
         return []
-    return [p for p in resources.iter("primitive")
-            if p.get("class") == cls and p.get("type") == type_]
+    return [
+        p for p in resources.iter("primitive") if p.get("class") == cls and p.get("type") == type_
+    ]
 
 
 def device_params(resources: Any) -> list[tuple[str, str]]:
     """The CLI's parameters from the cluster: NovaEvacuate's first (its evacuate mode is
     one that moves servers), then the fence devices'. Per-device ones (BMC, port) are left."""
     merged: dict[str, str] = {}
-    found = _primitives(resources, "ocf", params.EVACUATE) + \
-        _primitives(resources, "stonith", params.FENCE)
+    found = _primitives(resources, "ocf", params.EVACUATE) + _primitives(
+        resources, "stonith", params.FENCE
+    )
     for primitive in found:
         for name, value in _primitive_attrs(primitive).items():
             key = params.canonical_name(name, params.CLI)
@@ -83,8 +90,11 @@ def _hosts_of(attrs: dict[str, str]) -> list[str]:
     if attrs.get("pcmk_host_list"):
         return [h for h in re.split(r"[\s,;]+", attrs["pcmk_host_list"]) if h]
     if attrs.get("pcmk_host_map"):
-        return [pair.split(":", 1)[0] for pair in re.split(r"[\s,;]+", attrs["pcmk_host_map"])
-                if ":" in pair]
+        return [
+            pair.split(":", 1)[0]
+            for pair in re.split(r"[\s,;]+", attrs["pcmk_host_map"])
+            if ":" in pair
+        ]
     return []
 
 
@@ -103,11 +113,16 @@ def bmc_devices(resources: Any) -> dict[str, dict[str, str]]:
 
 # ---- Pacemaker's view of the nodes --------------------------------------------------------------
 
+
 def pacemaker_nodes(timeout: float = TOOL_TIMEOUT) -> tuple[dict[str, dict] | None, str]:
     """{node: {state, type, last_fenced}} from crm_mon, or (None, why) when it cannot tell."""
     try:
-        done = subprocess.run(["crm_mon", "--output-as=xml", "-1", "--fence-history=2"],
-                              capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            ["crm_mon", "--output-as=xml", "-1", "--fence-history=2"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
     except FileNotFoundError:
         return None, "crm_mon not found"
     except subprocess.TimeoutExpired:
@@ -115,8 +130,7 @@ def pacemaker_nodes(timeout: float = TOOL_TIMEOUT) -> tuple[dict[str, dict] | No
     return parse_crm_mon(done.stdout, done.returncode, done.stderr.decode(errors="replace"))
 
 
-def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, dict] | None,
-                                                                       str]:
+def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, dict] | None, str]:
     """crm_mon's XML as pacemaker_nodes returns it; (None, why) for an error or no cluster."""
     from lxml import etree
 
@@ -136,8 +150,11 @@ def parse_crm_mon(xml: bytes, code: int = 0, err: str = "") -> tuple[dict[str, d
     for node in nodes.findall("node"):
         name = node.get("name")
         if name:
-            out[name] = {"state": _node_state(node, name in fenced), "type": node.get("type"),
-                         "last_fenced": fenced.get(name)}
+            out[name] = {
+                "state": _node_state(node, name in fenced),
+                "type": node.get("type"),
+                "last_fenced": fenced.get(name),
+            }
     return out, ""
 
 
@@ -145,8 +162,12 @@ def _offline_cib(root: Any) -> bool:
     """crm_mon on a CIB file (no cluster stack, no DC) lists nodes it knows nothing about."""
     stack = root.find("summary/stack")
     dc = root.find("summary/current_dc")
-    return stack is not None and stack.get("type") == "unknown" and dc is not None \
+    return (
+        stack is not None
+        and stack.get("type") == "unknown"
+        and dc is not None
         and dc.get("present") == "false"
+    )
 
 
 def _last_fenced(root: Any) -> dict[str, str]:
@@ -154,8 +175,12 @@ def _last_fenced(root: Any) -> dict[str, str]:
     fenced: dict[str, str] = {}
     for event in root.iter("fence_event"):
         target = event.get("target")
-        if event.get("status") == "success" and event.get("action") in ("off", "reboot") \
-                and target and target not in fenced:  # newest first
+        if (
+            event.get("status") == "success"
+            and event.get("action") in ("off", "reboot")
+            and target
+            and target not in fenced
+        ):  # newest first
             fenced[target] = event.get("completed") or "yes"
     return fenced
 
@@ -174,13 +199,15 @@ def _node_state(node: Any, was_fenced: bool) -> str:
 
 # ---- the BMCs ---------------------------------------------------------------------------------
 
+
 def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> dict[str, str]:
     """{node: on|off|unknown (why)} from each host's BMC, asked in parallel."""
     if not devices:
         return {}
     with concurrent.futures.ThreadPoolExecutor(min(16, len(devices))) as pool:
-        futures = {node: pool.submit(_power_of, node, attrs, timeout)
-                   for node, attrs in devices.items()}
+        futures = {
+            node: pool.submit(_power_of, node, attrs, timeout) for node, attrs in devices.items()
+        }
         return {node: future.result() for node, future in futures.items()}
 
 

@@ -47,8 +47,10 @@ def _records(ctx: Context, problems: list[str]) -> tuple[dict[str, Any], dict[st
     except state.StateError as err:
         problems.append(f"cluster records: {err}")
         return {}, {}
-    problems += [f"the record of {node} does not read ({why}); 'nova-ha reset {node}' "
-                 "replaces it" for node, why in bad.items()]
+    problems += [
+        f"the record of {node} does not read ({why}); 'nova-ha reset {node}' replaces it"
+        for node, why in bad.items()
+    ]
     return records, bad
 
 
@@ -69,10 +71,16 @@ def _nova_facts(ctx: Context, problems: list[str]) -> tuple[list[Any] | None, li
 
 # ---- one row per host ---------------------------------------------------------------------------
 
-def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
-               services: list[Any] | None, servers: list[Any] | None,
-               powers: dict[str, str], parsed: params.Parsed,
-               now: float | None = None) -> list[dict[str, Any]]:
+
+def build_rows(
+    records: dict[str, Any],
+    pcmk: dict[str, dict] | None,
+    services: list[Any] | None,
+    servers: list[Any] | None,
+    powers: dict[str, str],
+    parsed: params.Parsed,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
     """One row per compute host, from data fetched once per source."""
     now = time.time() if now is None else now
     nova_host, svc_by_node = _compute_hosts(records, pcmk, services, parsed.settings.naming)
@@ -95,13 +103,15 @@ def build_rows(records: dict[str, Any], pcmk: dict[str, dict] | None,
     return rows
 
 
-def _compute_hosts(records: dict[str, Any], pcmk: dict[str, dict] | None,
-                   services: list[Any] | None,
-                   naming: params.HostNaming) -> tuple[dict[str, str], dict[str, Any]]:
+def _compute_hosts(
+    records: dict[str, Any],
+    pcmk: dict[str, dict] | None,
+    services: list[Any] | None,
+    naming: params.HostNaming,
+) -> tuple[dict[str, str], dict[str, Any]]:
     """{node: Nova host} of every compute host (recorded, known to Nova, or a Pacemaker remote
     node), and {node: its nova-compute service}."""
-    nova_host = {node: rec.service_host or naming.nova_host(node)
-                 for node, rec in records.items()}
+    nova_host = {node: rec.service_host or naming.nova_host(node) for node, rec in records.items()}
     by_host = {h: n for n, h in nova_host.items()}
     svc_by_node: dict[str, Any] = {}
     for svc in services or []:
@@ -130,8 +140,12 @@ def _pacemaker_fields(pcmk: dict[str, dict] | None, node: str, rec: Any) -> dict
         return {"pacemaker": "unknown"}
     info = pcmk.get(node)
     state = info["state"] if info else "unknown"
-    if info and info["state"] == "offline" and rec is not None \
-            and rec.state in lifecycle.POWERED_OFF:
+    if (
+        info
+        and info["state"] == "offline"
+        and rec is not None
+        and rec.state in lifecycle.POWERED_OFF
+    ):
         state = "fenced"
     return {"pacemaker": state, "last_fenced": info.get("last_fenced") if info else None}
 
@@ -139,25 +153,40 @@ def _pacemaker_fields(pcmk: dict[str, dict] | None, node: str, rec: Any) -> dict
 def _service_fields(svc: Any) -> dict[str, Any] | None:
     if svc is None:
         return None
-    return {"state": svc.state, "status": svc.status, "forced_down": svc.forced_down,
-            "disabled_reason": svc.disabled_reason}
+    return {
+        "state": svc.state,
+        "status": svc.status,
+        "forced_down": svc.forced_down,
+        "disabled_reason": svc.disabled_reason,
+    }
 
 
-def _record_fields(records: dict[str, Any], node: str,
-                   evacuation: params.EvacuationSettings, total: int | None,
-                   now: float) -> dict[str, Any]:
+def _record_fields(
+    records: dict[str, Any],
+    node: str,
+    evacuation: params.EvacuationSettings,
+    total: int | None,
+    now: float,
+) -> dict[str, Any]:
     """The record's fields, and whether the mass-failure guard holds the host (and why)."""
     from nova_ha.lib import guard
 
     rec = records.get(node)
     if rec is None:
         return {"record": None, "held": False}
-    fields: dict[str, Any] = {"record": {
-        "state": rec.state, "since": rec.since, "lease_owner": rec.lease_owner,
-        "lease_expires": rec.lease_expires, "lease_live": rec.lease_live(now),
-        "found": rec.found, "evacuated": rec.evacuated, "failed": rec.failed,
-        "mode": rec.mode,
-    }}
+    fields: dict[str, Any] = {
+        "record": {
+            "state": rec.state,
+            "since": rec.since,
+            "lease_owner": rec.lease_owner,
+            "lease_expires": rec.lease_expires,
+            "lease_live": rec.lease_live(now),
+            "found": rec.found,
+            "evacuated": rec.evacuated,
+            "failed": rec.failed,
+            "mode": rec.mode,
+        }
+    }
     verdict = guard.check(records, evacuation, node, total_hosts=total)
     fields["held"] = verdict.blocked and rec.state in lifecycle.INCIDENT
     if fields["held"]:
@@ -167,38 +196,61 @@ def _record_fields(records: dict[str, Any], node: str,
 
 # ---- the table ----------------------------------------------------------------------------------
 
+
 def render_status(data: dict[str, Any], colour: bool, now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = data["hosts"]
     with_power = any(r.get("power") for r in rows)
-    header = ["NODE", "PACEMAKER"] + (["POWER"] if with_power else []) + \
-        ["NOVA", "SERVERS", "NOVA-HA", "SINCE", "LEASE", "FOUND/EVAC/FAIL"]
+    header = (
+        ["NODE", "PACEMAKER"]
+        + (["POWER"] if with_power else [])
+        + ["NOVA", "SERVERS", "NOVA-HA", "SINCE", "LEASE", "FOUND/EVAC/FAIL"]
+    )
     lines = [_status_line(row, with_power, now) for row in rows]
-    out = [table(header, [cells for cells, _ in lines], colour, [tones for _, tones in lines])
-           ] if rows else ["no compute host found"]
+    out = (
+        [table(header, [cells for cells, _ in lines], colour, [tones for _, tones in lines])]
+        if rows
+        else ["no compute host found"]
+    )
     if any(r.get("held") for r in rows):
-        out.append(paint("HELD: the mass-failure guard stopped automatic evacuation of these "
-                         "hosts; decide with 'nova-ha evacuate HOST' or 'nova-ha reset HOST'",
-                         "red", colour))
+        out.append(
+            paint(
+                "HELD: the mass-failure guard stopped automatic evacuation of these "
+                "hosts; decide with 'nova-ha evacuate HOST' or 'nova-ha reset HOST'",
+                "red",
+                colour,
+            )
+        )
     for problem in data["problems"]:
         out.append(paint(f"note: {escaped(problem)}", "yellow", colour))
     return "\n".join(out)
 
 
-def _status_line(row: dict[str, Any], with_power: bool,
-                 now: float) -> tuple[list[str], list[str | None]]:
+def _status_line(
+    row: dict[str, Any], with_power: bool, now: float
+) -> tuple[list[str], list[str | None]]:
     """A row's cells and their colours."""
     rec = row.get("record") or {}
     power = row.get("power")
     node = row["node"] + (f" ({row['nova_host']})" if row["nova_host"] != row["node"] else "")
-    cells = [node, row["pacemaker"]] + ([power or "-"] if with_power else []) + \
-        [_nova_cell(row.get("nova")), _servers_cell(row.get("servers"))] + \
-        _record_cells(rec, row.get("held", False), now)
-    tones = [None, tone_of(row["pacemaker"])] + ([tone_of(power or "")] if with_power else []) \
-        + [_nova_tone(row.get("nova")), None,
-           "red" if row.get("held") else tone_of(rec.get("state", "")), None,
-           "yellow" if rec.get("lease_live") else None,
-           "red" if rec.get("failed") else None]
+    cells = (
+        [node, row["pacemaker"]]
+        + ([power or "-"] if with_power else [])
+        + [_nova_cell(row.get("nova")), _servers_cell(row.get("servers"))]
+        + _record_cells(rec, row.get("held", False), now)
+    )
+    tones = (
+        [None, tone_of(row["pacemaker"])]
+        + ([tone_of(power or "")] if with_power else [])
+        + [
+            _nova_tone(row.get("nova")),
+            None,
+            "red" if row.get("held") else tone_of(rec.get("state", "")),
+            None,
+            "yellow" if rec.get("lease_live") else None,
+            "red" if rec.get("failed") else None,
+        ]
+    )
     return cells, tones
 
 
@@ -232,8 +284,7 @@ def _servers_cell(servers: dict[str, Any] | None) -> str:
     others = {k: v for k, v in servers["by_status"].items() if k != "ACTIVE"}
     if not others:
         return str(servers["total"])
-    return f"{servers['total']} (" + ", ".join(f"{v} {k}" for k, v in sorted(others.items())) \
-        + ")"
+    return f"{servers['total']} (" + ", ".join(f"{v} {k}" for k, v in sorted(others.items())) + ")"
 
 
 def _record_cells(rec: dict[str, Any], held: bool, now: float) -> list[str]:
@@ -242,13 +293,21 @@ def _record_cells(rec: dict[str, Any], held: bool, now: float) -> list[str]:
     lease = "-"
     if rec.get("lease_owner"):
         lease = rec["lease_owner"] + ("" if rec.get("lease_live") else " (expired)")
-    counts = "-" if not (rec.get("found") or rec.get("evacuated") or rec.get("failed")) \
+    counts = (
+        "-"
+        if not (rec.get("found") or rec.get("evacuated") or rec.get("failed"))
         else f"{rec['found']}/{rec['evacuated']}/{rec['failed']}"
-    return [rec.get("state", "-") + (" HELD" if held else ""),
-            f"{since} ({age(since, now)})" if since else "-", lease, counts]
+    )
+    return [
+        rec.get("state", "-") + (" HELD" if held else ""),
+        f"{since} ({age(since, now)})" if since else "-",
+        lease,
+        counts,
+    ]
 
 
 # ---- the command --------------------------------------------------------------------------------
+
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     data = collect_status(ctx, with_power=not args.no_power)
@@ -260,7 +319,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    "status", "every compute host: Pacemaker, power, Nova, nova-ha record",
-    options=(option("--json", action="store_true", help="JSON for machines"),
-             option("--no-power", action="store_true", help="do not ask the BMCs")),
-    on_cluster=run)
+    "status",
+    "every compute host: Pacemaker, power, Nova, nova-ha record",
+    options=(
+        option("--json", action="store_true", help="JSON for machines"),
+        option("--no-power", action="store_true", help="do not ask the BMCs"),
+    ),
+    on_cluster=run,
+)

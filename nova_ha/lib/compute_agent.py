@@ -36,14 +36,22 @@ RECHECK = 3.0  # seconds between safety checks while waiting
 _CODES = {"configured": ocf_proto.OCF_ERR_CONFIGURED, "installed": ocf_proto.OCF_ERR_INSTALLED}
 
 
-def service_problems(request: OcfRequest, roles: tuple[str, ...] = service.ROLES
-                     ) -> list[tuple[int, str]]:
+def service_problems(
+    request: OcfRequest, roles: tuple[str, ...] = service.ROLES
+) -> list[tuple[int, str]]:
     """What makes the service unusable for `roles` (start, stop, status): its commands or
     unit. Nothing else is needed to check or stop nova-compute."""
     compute = request.params.settings.compute
-    return [(_CODES[kind], message) for kind, message in service.problems(
-        compute.start_command, compute.stop_command, compute.status_command,
-        compute.systemd_unit, roles)]
+    return [
+        (_CODES[kind], message)
+        for kind, message in service.problems(
+            compute.start_command,
+            compute.stop_command,
+            compute.status_command,
+            compute.systemd_unit,
+            roles,
+        )
+    ]
 
 
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
@@ -53,8 +61,10 @@ def validate(request: OcfRequest) -> list[tuple[int, str]]:
     parsed = request.params
     found = service_problems(request)
     # Nova is needed to know when a rejoin is safe: without credentials nothing is started.
-    found += [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
-              params.check_openstack(parsed) + params.check_notify(parsed)]
+    found += [
+        (ocf_proto.OCF_ERR_CONFIGURED, p)
+        for p in params.check_openstack(parsed) + params.check_notify(parsed)
+    ]
     return found
 
 
@@ -68,8 +78,9 @@ def _store() -> StateStore | None:
     return state.CibStateStore()
 
 
-def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
-                  host: str) -> str | None:
+def unsafe_reason(
+    nova: Nova, deadline: Deadline, store: StateStore | None, node: str, host: str
+) -> str | None:
     """Why nova-compute must not start yet on this host, or None when it is safe: the
     lifecycle decides, from the record, then (only if it allows a start) from Nova."""
     from nova_ha.lib import state
@@ -82,14 +93,16 @@ def unsafe_reason(nova: Nova, deadline: Deadline, store: StateStore | None, node
             unreadable = str(err)
     decision = lifecycle.compute_start(record, host, unreadable=unreadable)
     if decision.action is RejoinAction.ASK_NOVA:
-        running = [m for m in nova.evacuation_migrations(deadline, source_host=host)
-                   if not m.finished]
+        running = [
+            m for m in nova.evacuation_migrations(deadline, source_host=host) if not m.finished
+        ]
         decision = lifecycle.compute_start(record, host, evacuations_running=len(running))
     return None if decision.action is RejoinAction.START else decision.reason
 
 
-def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, node: str,
-                     host: str, until: float) -> None:
+def _wait_until_safe(
+    nova: Nova, deadline: Deadline, store: StateStore | None, node: str, host: str, until: float
+) -> None:
     from nova_ha.openstack.exceptions import NovaError
 
     reason: str | None = "not checked"
@@ -101,14 +114,16 @@ def _wait_until_safe(nova: Nova, deadline: Deadline, store: StateStore | None, n
         if reason is None:
             return
         if time.monotonic() >= until:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC,
-                           f"not starting nova-compute on {host}: {reason}")
+            raise OcfError(
+                ocf_proto.OCF_ERR_GENERIC, f"not starting nova-compute on {host}: {reason}"
+            )
         LOG.info("waiting before starting nova-compute on %s: %s", host, reason)
         time.sleep(RECHECK)
 
 
-def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
-            fenced_by_us: bool) -> str:
+def _rejoin(
+    nova: Nova, deadline: Deadline, host: str, baseline: str | None, fenced_by_us: bool
+) -> str:
     """Wait for the heartbeat, then lift nova-ha's force-down and disable, as the lifecycle
     decides at each step. Returns the note for the record."""
     from nova_ha.openstack.exceptions import BadRequest
@@ -130,30 +145,40 @@ def _rejoin(nova: Nova, deadline: Deadline, host: str, baseline: str | None,
                 # complete them shortly
                 LOG.info("Nova does not let %s up yet: %s", host, err)
         if deadline.expired():
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC,
-                           f"nova-compute on {host} started but Nova does not report it up")
+            raise OcfError(
+                ocf_proto.OCF_ERR_GENERIC,
+                f"nova-compute on {host} started but Nova does not report it up",
+            )
         time.sleep(1.0)
 
 
 def _facts(svc: Service, baseline: str | None) -> lifecycle.ComputeService:
     """What the rejoin decides on, from Nova's view of the service."""
     return lifecycle.ComputeService(
-        up=svc.state == "up", forced_down=svc.forced_down, disabled=svc.status == "disabled",
+        up=svc.state == "up",
+        forced_down=svc.forced_down,
+        disabled=svc.status == "disabled",
         disabled_by_nova_ha=(svc.disabled_reason or "").startswith(OURS),
-        beating=svc.updated_at is not None and svc.updated_at != baseline)
+        beating=svc.updated_at is not None and svc.updated_at != baseline,
+    )
 
 
 def _service(request: OcfRequest) -> service.Service:
     compute = request.params.settings.compute
-    return service.make(compute.start_command, compute.stop_command, compute.status_command,
-                        compute.systemd_unit)
+    return service.make(
+        compute.start_command, compute.stop_command, compute.status_command, compute.systemd_unit
+    )
 
 
 def _no_systemd(request: OcfRequest) -> bool:
     """Set up for systemd on a node without it: no unit of nova-compute can run here."""
     compute = request.params.settings.compute
-    return not service.uses_commands(compute.start_command, compute.stop_command,
-                                     compute.status_command) and service.systemd_absent()
+    return (
+        not service.uses_commands(
+            compute.start_command, compute.stop_command, compute.status_command
+        )
+        and service.systemd_absent()
+    )
 
 
 def monitor(request: OcfRequest) -> int:
@@ -171,8 +196,9 @@ def monitor(request: OcfRequest) -> int:
     try:
         running = svc.running()
     except service.ServiceError as err:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot tell whether nova-compute runs: "
-                                                   f"{err}") from None
+        raise OcfError(
+            ocf_proto.OCF_ERR_GENERIC, f"cannot tell whether nova-compute runs: {err}"
+        ) from None
     if not running:
         return ocf_proto.OCF_NOT_RUNNING
     if request.params.settings.compute.check_nova_service and not request.is_probe:
@@ -189,17 +215,15 @@ def _check_up_in_nova(request: OcfRequest) -> None:
     host = _nova_host(request)
     unusable = params.check_openstack(request.params)
     if unusable:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: "
-                                                   f"{unusable[0]}")
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {unusable[0]}")
     try:
-        nova_svc = Nova.from_params(request.params).service(
-            Deadline(request.timeout * 0.8), host)
+        nova_svc = Nova.from_params(request.params).service(Deadline(request.timeout * 0.8), host)
     except NovaError as err:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}"
-                       ) from None
+        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"cannot ask Nova about {host}: {err}") from None
     if nova_svc.state != "up":
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} "
-                                                   f"{nova_svc.state}")
+        raise OcfError(
+            ocf_proto.OCF_ERR_GENERIC, f"Nova reports nova-compute on {host} {nova_svc.state}"
+        )
 
 
 def start(request: OcfRequest) -> int:
@@ -240,8 +264,9 @@ def _record_rejoin(request: OcfRequest, store: StateStore | None, host: str, not
 
     node = request.node
     recovery.record(store, lambda s: s.mark(node, HostState.OK, Event.REJOINED, note), "rejoin")
-    notify.send(request.params.settings.notify, Event.REJOINED, node, params.COMPUTE,
-                host=host, detail=note)
+    notify.send(
+        request.params.settings.notify, Event.REJOINED, node, params.COMPUTE, host=host, detail=note
+    )
 
 
 def stop(request: OcfRequest) -> int:
@@ -258,8 +283,7 @@ def stop(request: OcfRequest) -> int:
     blocking = service_problems(request, ("status",))
     if blocking:
         code, reason = blocking[0]
-        raise OcfError(code, f"cannot stop nova-compute: cannot tell whether it runs "
-                             f"({reason})")
+        raise OcfError(code, f"cannot stop nova-compute: cannot tell whether it runs ({reason})")
     svc = _service(request)
     try:
         if not svc.running():
@@ -291,8 +315,9 @@ def _disable_on_stop(request: OcfRequest) -> None:
         deadline = Deadline(min(request.timeout * 0.3, 30))
         svc = nova.service(deadline, host)
         if svc.status != "disabled":
-            nova.update_service(deadline, svc,
-                                disabled_reason=f"{OURS}: resource stopped at {utc_now()}")
+            nova.update_service(
+                deadline, svc, disabled_reason=f"{OURS}: resource stopped at {utc_now()}"
+            )
     except NovaError as err:
         LOG.warning("could not disable %s in Nova on stop: %s", host, err)
     except Exception as err:  # best effort: nothing here may keep nova-compute running
@@ -312,5 +337,12 @@ LONGDESC = (
 )
 
 SPEC = ocf_proto.service_agent_spec(
-    params.COMPUTE, SHORTDESC, LONGDESC, timeouts=(600, 120, 30), start=start, stop=stop,
-    monitor=monitor, validate=validate)
+    params.COMPUTE,
+    SHORTDESC,
+    LONGDESC,
+    timeouts=(600, 120, 30),
+    start=start,
+    stop=stop,
+    monitor=monitor,
+    validate=validate,
+)

@@ -27,13 +27,21 @@ DEFAULT_LOG_DIR = "/var/log/nova-ha"
 
 def validate(request: OcfRequest) -> list[tuple[int, str]]:
     parsed = request.params
-    found = [(ocf_proto.OCF_ERR_CONFIGURED, p) for p in
-             params.check_openstack(parsed) + params.check_evacuation(parsed) +
-             params.check_notify(parsed)]
+    found = [
+        (ocf_proto.OCF_ERR_CONFIGURED, p)
+        for p in params.check_openstack(parsed)
+        + params.check_evacuation(parsed)
+        + params.check_notify(parsed)
+    ]
     if parsed.settings.evacuation.mode not in ("all", "tagged"):
-        found.append((ocf_proto.OCF_ERR_CONFIGURED, "parameter 'evacuate': NovaEvacuate "
-                      "evacuates 'all' or 'tagged' servers of hosts recorded with "
-                      "evacuate=record"))
+        found.append(
+            (
+                ocf_proto.OCF_ERR_CONFIGURED,
+                "parameter 'evacuate': NovaEvacuate "
+                "evacuates 'all' or 'tagged' servers of hosts recorded with "
+                "evacuate=record",
+            )
+        )
     return found
 
 
@@ -50,9 +58,11 @@ class Paths:
         directory = request.env.get("HA_RSCTMP") or "/run/resource-agents"
         name = (request.resource or params.EVACUATE).replace("/", "_")
         logs = os.environ.get("NOVA_HA_LOG_DIR") or DEFAULT_LOG_DIR
-        return cls(pid=os.path.join(directory, f"nova-ha-{name}.pid"),
-                   alive=os.path.join(directory, f"nova-ha-{name}.alive"),
-                   log=os.path.join(logs, f"{name}.log"))
+        return cls(
+            pid=os.path.join(directory, f"nova-ha-{name}.pid"),
+            alive=os.path.join(directory, f"nova-ha-{name}.alive"),
+            log=os.path.join(logs, f"{name}.log"),
+        )
 
 
 def _start_time(pid: int) -> str | None:
@@ -128,8 +138,11 @@ def start(request: OcfRequest) -> int:
         _end_group(recorded[0], grace=5.0)  # never two workers on one host
     for directory in (os.path.dirname(paths.pid), os.path.dirname(paths.log)):
         os.makedirs(directory, mode=0o700, exist_ok=True)
-    raw = {k[len("OCF_RESKEY_"):]: v for k, v in request.env.items()
-           if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_meta")}
+    raw = {
+        k[len("OCF_RESKEY_") :]: v
+        for k, v in request.env.items()
+        if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_meta")
+    }
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.alive)
     process = _spawn_service(paths, raw)
@@ -141,11 +154,15 @@ def start(request: OcfRequest) -> int:
             LOG.info("evacuation service started (pid %d, log %s)", process.pid, paths.log)
             return ocf_proto.OCF_SUCCESS
         if process.poll() is not None:
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service exited "
-                           f"{process.returncode} at start; see {paths.log}")
+            raise OcfError(
+                ocf_proto.OCF_ERR_GENERIC,
+                f"the evacuation service exited {process.returncode} at start; see {paths.log}",
+            )
         time.sleep(0.05)
-    raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service did not come up in "
-                   f"time; see {paths.log}")
+    raise OcfError(
+        ocf_proto.OCF_ERR_GENERIC,
+        f"the evacuation service did not come up in time; see {paths.log}",
+    )
 
 
 def _spawn_service(paths: Paths, raw: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -159,8 +176,14 @@ def _spawn_service(paths: Paths, raw: dict[str, str]) -> subprocess.Popen[bytes]
         # stop ends the service's group (its workers) as one.
         process = subprocess.Popen(
             [sys.executable, "-m", SERVICE_MODULE, "serve", paths.alive],
-            stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, cwd="/",
-            start_new_session=True, env=evacuation_service._worker_env())
+            stdin=subprocess.PIPE,
+            stdout=fd,
+            stderr=fd,
+            close_fds=True,
+            cwd="/",
+            start_new_session=True,
+            env=evacuation_service._worker_env(),
+        )
     finally:
         os.close(fd)
     assert process.stdin is not None  # stdin=PIPE
@@ -195,8 +218,11 @@ def _end_group(pgid: int, grace: float) -> None:
             os.killpg(pgid, signal.SIGKILL)
         while _group_members(pgid):
             time.sleep(0.05)
-    LOG.info("evacuation service stopped (process group %d: %s)", pgid,
-             " ".join(map(str, found)) or "already gone")
+    LOG.info(
+        "evacuation service stopped (process group %d: %s)",
+        pgid,
+        " ".join(map(str, found)) or "already gone",
+    )
 
 
 def monitor(request: OcfRequest) -> int:
@@ -204,8 +230,9 @@ def monitor(request: OcfRequest) -> int:
     if running_pid(paths) is None:
         if _leftovers(paths):
             # Dead service, live workers: 'failed', so that Pacemaker's stop ends them.
-            raise OcfError(ocf_proto.OCF_ERR_GENERIC, "the evacuation service died; its "
-                           "workers still run")
+            raise OcfError(
+                ocf_proto.OCF_ERR_GENERIC, "the evacuation service died; its workers still run"
+            )
         if os.path.exists(paths.pid) and not request.is_probe:
             ocf_proto.exit_reason("the evacuation service is not running")
         return ocf_proto.OCF_NOT_RUNNING
@@ -216,8 +243,11 @@ def monitor(request: OcfRequest) -> int:
         age = float("inf")
     stale = max(30.0, 10 * interval)
     if age > stale:
-        raise OcfError(ocf_proto.OCF_ERR_GENERIC, f"the evacuation service has not looked at "
-                       f"the records for {age:.0f} s (more than {stale:.0f} s)")
+        raise OcfError(
+            ocf_proto.OCF_ERR_GENERIC,
+            f"the evacuation service has not looked at "
+            f"the records for {age:.0f} s (more than {stale:.0f} s)",
+        )
     return ocf_proto.OCF_SUCCESS
 
 
@@ -235,5 +265,12 @@ LONGDESC = (
 )
 
 SPEC = ocf_proto.service_agent_spec(
-    params.EVACUATE, SHORTDESC, LONGDESC, timeouts=(20, 30, 20), start=start, stop=stop,
-    monitor=monitor, validate=validate)
+    params.EVACUATE,
+    SHORTDESC,
+    LONGDESC,
+    timeouts=(20, 30, 20),
+    start=start,
+    stop=stop,
+    monitor=monitor,
+    validate=validate,
+)

@@ -20,10 +20,17 @@ if TYPE_CHECKING:
 LOG = log.get("evacuate")
 
 
-def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
-                 proof: PowerOffConfirmed, nova: Nova | None, *, runner: str | None,
-                 lease_owner: str | None = None, mode: str | None = None,
-                 record: state.HostRecord | None = None) -> evacuation.Summary | None:
+def evacuate_now(
+    parsed: params.Parsed,
+    store: state.StateStore | None,
+    proof: PowerOffConfirmed,
+    nova: Nova | None,
+    *,
+    runner: str | None,
+    lease_owner: str | None = None,
+    mode: str | None = None,
+    record: state.HostRecord | None = None,
+) -> evacuation.Summary | None:
     """Evacuate the powered-off host under its lease. None when another runner holds the
     lease, or when Nova could not be reached (recorded for a retry). `record`: the host's
     record as just read. The reads (servers, earlier requests, the service) start at once,
@@ -48,20 +55,28 @@ def evacuate_now(parsed: params.Parsed, store: state.StateStore | None,
     except NovaError as err:
         LOG.error("evacuation of %s not started: %s", node, err)
         return None
-    prefetch = evacuation.Prefetch(nova, deadline, host,
-                                   lambda: recovery.incident_start(store, node, record))
+    prefetch = evacuation.Prefetch(
+        nova, deadline, host, lambda: recovery.incident_start(store, node, record)
+    )
     owner = lease_owner or owners.name(source)
-    return _under_lease(nova, store, proof, options, deadline, owner, runner, prefetch,
-                        record)
+    return _under_lease(nova, store, proof, options, deadline, owner, runner, prefetch, record)
 
 
-def _under_lease(nova: Nova, store: state.StateStore | None, proof: PowerOffConfirmed,
-                 options: recovery.Options, deadline: Deadline, owner: str,
-                 runner: str | None, prefetch: evacuation.Prefetch,
-                 record: state.HostRecord | None) -> evacuation.Summary | None:
+def _under_lease(
+    nova: Nova,
+    store: state.StateStore | None,
+    proof: PowerOffConfirmed,
+    options: recovery.Options,
+    deadline: Deadline,
+    owner: str,
+    runner: str | None,
+    prefetch: evacuation.Prefetch,
+    record: state.HostRecord | None,
+) -> evacuation.Summary | None:
     """Take the lease and evacuate. A record of this version is written after the
     force-down; one of an earlier version may not be: made sure of alongside taking the
     lease, not before it."""
+    # Over 40 lines only as formatted: each of its nine parameters has a line of its own.
     import concurrent.futures
 
     from nova_ha.lib import recovery
@@ -77,8 +92,17 @@ def _under_lease(nova: Nova, store: state.StateStore | None, proof: PowerOffConf
             if not lease.held:
                 LOG.info("%s: %s", node, lease.start.reason)
                 return None
-            return recovery.evacuate_host(nova, store, proof, options, deadline, owner,
-                                          lease=lease, runner=runner, prefetch=prefetch)
+            return recovery.evacuate_host(
+                nova,
+                store,
+                proof,
+                options,
+                deadline,
+                owner,
+                lease=lease,
+                runner=runner,
+                prefetch=prefetch,
+            )
         except NovaError as err:
             LOG.error("evacuation of %s interrupted: %s", node, err)
             lease.release()

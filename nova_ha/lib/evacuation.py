@@ -35,8 +35,21 @@ LOG = log.get("evacuation")
 TRUE_VALUES = frozenset({"true", "1", "yes", "on", "y", "t"})
 # The actions that set a server's power state: the newest before its evacuation tells
 # whether it was stopped.
-POWER_ACTIONS = frozenset({"stop", "start", "create", "reboot", "rebuild", "unshelve",
-                           "resume", "unpause", "suspend", "pause", "shelve"})
+POWER_ACTIONS = frozenset(
+    {
+        "stop",
+        "start",
+        "create",
+        "reboot",
+        "rebuild",
+        "unshelve",
+        "resume",
+        "unpause",
+        "suspend",
+        "pause",
+        "shelve",
+    }
+)
 POLL_INTERVAL = 0.5
 SINCE_MARGIN = 300.0
 E, A = ServerEvent, ServerAction
@@ -81,11 +94,13 @@ class Summary:
         return all(o.result in ("evacuated", "skipped", "gone", "failed") for o in self.outcomes)
 
     def line(self) -> str:
-        return (f"evacuation of {self.host}: {self.found} servers found, {self.selected} "
-                f"selected, {self.count('evacuated')} evacuated, {self.count('failed')} failed, "
-                f"{self.count('skipped')} skipped, {self.count('unfinished')} unfinished, "
-                f"{self.count('gone')} deleted meanwhile, in "
-                f"{(self.finished_after or time.monotonic() - self.started):.1f}s")
+        return (
+            f"evacuation of {self.host}: {self.found} servers found, {self.selected} "
+            f"selected, {self.count('evacuated')} evacuated, {self.count('failed')} failed, "
+            f"{self.count('skipped')} skipped, {self.count('unfinished')} unfinished, "
+            f"{self.count('gone')} deleted meanwhile, in "
+            f"{(self.finished_after or time.monotonic() - self.started):.1f}s"
+        )
 
 
 Progress = Callable[[str, Outcome], None]
@@ -139,8 +154,17 @@ class _Tracked:
             self.detail = step.detail
 
     def outcome(self) -> Outcome:
-        return Outcome(self.server_id, self.name, self.state, self.host, self.status,
-                       self.detail, self.attempts, self.accepted_at, self.finished_at)
+        return Outcome(
+            self.server_id,
+            self.name,
+            self.state,
+            self.host,
+            self.status,
+            self.detail,
+            self.attempts,
+            self.accepted_at,
+            self.finished_at,
+        )
 
 
 class Planner:
@@ -165,10 +189,16 @@ class Planner:
 
     def facts(self, server: Server, earlier: set[str]) -> Seen:
         by_tag = self.mode == "tagged"
-        return dict(host=server.host, status=server.status, vm_state=server.vm_state,
-                    task=server.task_state, rebuilding=server.rebuilding,
-                    tag=self.tag if by_tag else None, tagged=by_tag and self.tagged(server),
-                    requested_earlier=server.id in earlier)
+        return dict(
+            host=server.host,
+            status=server.status,
+            vm_state=server.vm_state,
+            task=server.task_state,
+            rebuilding=server.rebuilding,
+            tag=self.tag if by_tag else None,
+            tagged=by_tag and self.tagged(server),
+            requested_earlier=server.id in earlier,
+        )
 
     def moved(self, earlier: set[str], listed: list[Server]) -> list[Server]:
         """Servers an earlier runner (killed mid-way) already moved off the host: followed
@@ -213,10 +243,18 @@ class Runner:
     """Evacuates the chosen servers of one host: concurrent, followed, retried. Carries out
     what server_lifecycle.step says, and feeds back what Nova answered."""
 
-    def __init__(self, nova: Nova, deadline: Deadline, proof: PowerOffConfirmed,
-                 max_parallel: int, retries: int, target_hosts: list[str] | None = None,
-                 progress: Progress | None = None, heartbeat: Callable[[], None] | None = None,
-                 may_request: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        nova: Nova,
+        deadline: Deadline,
+        proof: PowerOffConfirmed,
+        max_parallel: int,
+        retries: int,
+        target_hosts: list[str] | None = None,
+        progress: Progress | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        may_request: Callable[[], bool] | None = None,
+    ) -> None:
         self.nova, self.deadline, self.proof = nova, deadline, proof
         self.source = proof.host
         self.max_parallel, self.retries = max(1, max_parallel), max(0, retries)
@@ -236,9 +274,13 @@ class Runner:
         brings an answer at once (a start, a history read) feeds that as the next event."""
         while event is not None:
             facts = server_lifecycle.Facts(
-                attempts=tracked.attempts, retries=self.retries,
-                expired=self.deadline.expired(), was_stopped=tracked.was_stopped(),
-                detail=tracked.detail, **seen)
+                attempts=tracked.attempts,
+                retries=self.retries,
+                expired=self.deadline.expired(),
+                was_stopped=tracked.was_stopped(),
+                detail=tracked.detail,
+                **seen,
+            )
             step = server_lifecycle.step(tracked.state, event, facts)
             level = LOG.warning if step.action is A.RETRY_LATER else LOG.debug
             level("server %s: %s", tracked.server_id, step.reason)
@@ -246,8 +288,9 @@ class Runner:
             event, more = self._carry_out(tracked, step.action)
             seen.update(more)
 
-    def _carry_out(self, tracked: _Tracked, action: ServerAction) -> tuple[ServerEvent | None,
-                                                                            Seen]:
+    def _carry_out(
+        self, tracked: _Tracked, action: ServerAction
+    ) -> tuple[ServerEvent | None, Seen]:
         """Do what the step says now. REQUEST waits for the next batch, POLL for the next
         round, GIVE_UP for the summary."""
         now = time.monotonic()
@@ -273,14 +316,18 @@ class Runner:
 
     # -- planning, requests ----------------------------------------------------------------
 
-    def plan(self, planner: Planner, servers: list[Server],
-             earlier: set[str]) -> list[_Tracked]:
+    def plan(self, planner: Planner, servers: list[Server], earlier: set[str]) -> list[_Tracked]:
         """Every server listed on the host, then those asked earlier in this incident that
         left it, through the plan step: the chosen ones first, the skipped ones after."""
         tracked = []
         for server in servers:
-            one = _Tracked(server.id, server.name, server.host, server.status,
-                           listed_stopped=server.vm_state == "stopped")
+            one = _Tracked(
+                server.id,
+                server.name,
+                server.host,
+                server.status,
+                listed_stopped=server.vm_state == "stopped",
+            )
             self._feed(one, E.LISTED, **planner.facts(server, earlier))
             one.listed = server if one.action is A.REQUEST else None
             tracked.append(one)
@@ -312,16 +359,23 @@ class Runner:
             return E.LEASE_LOST, {}
         tracked.attempts += 1
         if server_lifecycle.needs_reset(server.vm_state):
-            LOG.info("server %s: %s/%s on a powered-off host: resetting to error first",
-                     tracked.server_id, server.vm_state, server.task_state)
+            LOG.info(
+                "server %s: %s/%s on a powered-off host: resetting to error first",
+                tracked.server_id,
+                server.vm_state,
+                server.task_state,
+            )
             self.nova.reset_state(self.deadline, server, "error", self.proof)
         target = self.targets.choose()  # None: Nova's scheduler chooses
         if self.nova.evacuate(self.deadline, server, self.proof, target=target):
             return E.ACCEPTED, {"target": target}
         # 409: the server's state does not allow it; under way only if it is rebuilding
         current = self.nova.server(self.deadline, tracked.server_id)
-        return E.REFUSED_CONFLICT, {"rebuilding": current.rebuilding,
-                                    "vm_state": current.vm_state, "task": current.task_state}
+        return E.REFUSED_CONFLICT, {
+            "rebuilding": current.rebuilding,
+            "vm_state": current.vm_state,
+            "task": current.task_state,
+        }
 
     # -- following -------------------------------------------------------------------------
 
@@ -330,8 +384,7 @@ class Runner:
         call whatever the number of servers), or one GET per server if that fails; then
         the servers are looked at in parallel (a look may start a server)."""
         try:
-            changed = {s.id: s for s in self.nova.servers_changed_since(
-                self.deadline, self.since)}
+            changed = {s.id: s for s in self.nova.servers_changed_since(self.deadline, self.since)}
         except NovaError as err:
             LOG.debug("changes-since listing failed (%s); asking per server", err)
             list(pool.map(self._check, following))
@@ -354,11 +407,13 @@ class Runner:
         self._look(tracked, server)
 
     def _event(self, server: Server) -> ServerEvent:
-        return server_lifecycle.observed(server.status, server.task_state,
-                                         server.host == self.source)
+        return server_lifecycle.observed(
+            server.status, server.task_state, server.host == self.source
+        )
 
-    def _look(self, tracked: _Tracked, server: Server,
-              failed_migrations: set[str] | None = None) -> None:
+    def _look(
+        self, tracked: _Tracked, server: Server, failed_migrations: set[str] | None = None
+    ) -> None:
         """What Nova shows of a followed server, fed as an event."""
         event = self._event(server)
         if event is E.VANISHED:
@@ -366,11 +421,19 @@ class Runner:
             return
         tracked.host, tracked.status = server.host, server.status
         failed = event is E.STILL_ON_SOURCE and tracked.server_id in (
-            self._failed_migrations() if failed_migrations is None else failed_migrations)
+            self._failed_migrations() if failed_migrations is None else failed_migrations
+        )
         self.targets.observe(event, server.host, failed)
-        self._feed(tracked, event, host=server.host, status=server.status,
-                   task=server.task_state, fault=server.fault,
-                   on_source=server.host == self.source, failed_migration=failed)
+        self._feed(
+            tracked,
+            event,
+            host=server.host,
+            status=server.status,
+            task=server.task_state,
+            fault=server.fault,
+            on_source=server.host == self.source,
+            failed_migration=failed,
+        )
 
     def _stopped_before(self, tracked: _Tracked) -> bool:
         try:
@@ -384,8 +447,7 @@ class Runner:
         back on the source with no task, that is a failure; otherwise it is the moment
         before Nova moves a rebuilt server (its record names the source a little longer)."""
         newest: dict[str, Migration] = {}
-        for migration in self.nova.evacuation_migrations(self.deadline,
-                                                         source_host=self.source):
+        for migration in self.nova.evacuation_migrations(self.deadline, source_host=self.source):
             key = (migration.created_at or "", migration.id or 0)
             known = newest.get(migration.server_id)
             if known is None or key > (known.created_at or "", known.id or 0):
@@ -430,8 +492,11 @@ def requested_since(nova: Nova, deadline: Deadline, host: str, since: float) -> 
     listing the host then would ask again, and Nova accepts a second evacuation.
     """
     start = clock.iso_utc(since)[:19]  # without the Z
-    return {m.server_id for m in nova.evacuation_migrations(deadline, source_host=host)
-            if (m.created_at or "")[:19] >= start and not m.failed}
+    return {
+        m.server_id
+        for m in nova.evacuation_migrations(deadline, source_host=host)
+        if (m.created_at or "")[:19] >= start and not m.failed
+    }
 
 
 class Prefetch:
@@ -440,12 +505,12 @@ class Prefetch:
     force-down nor the lease, only the power-off, and each round trip saved brings the
     first evacuation request sooner."""
 
-    def __init__(self, nova: Nova, deadline: Deadline, host: str,
-                 incident_start: Callable[[], float]) -> None:
+    def __init__(
+        self, nova: Nova, deadline: Deadline, host: str, incident_start: Callable[[], float]
+    ) -> None:
         pool = concurrent.futures.ThreadPoolExecutor(2)
         self._servers = pool.submit(nova.servers_on, deadline, host)
-        self._earlier = pool.submit(
-            lambda: requested_since(nova, deadline, host, incident_start()))
+        self._earlier = pool.submit(lambda: requested_since(nova, deadline, host, incident_start()))
         pool.shutdown(wait=False)
 
     def servers(self) -> list[Server]:
@@ -455,13 +520,21 @@ class Prefetch:
         return self._earlier.result()
 
 
-def evacuate_servers(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, mode: str,
-                     tag: str, max_parallel: int, retries: int,
-                     target_hosts: list[str] | None = None, progress: Progress | None = None,
-                     heartbeat: Callable[[], None] | None = None,
-                     may_request: Callable[[], bool] | None = None,
-                     servers: list[Server] | None = None,
-                     earlier: set[str] | None = None) -> Summary:
+def evacuate_servers(
+    nova: Nova,
+    deadline: Deadline,
+    proof: PowerOffConfirmed,
+    mode: str,
+    tag: str,
+    max_parallel: int,
+    retries: int,
+    target_hosts: list[str] | None = None,
+    progress: Progress | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    may_request: Callable[[], bool] | None = None,
+    servers: list[Server] | None = None,
+    earlier: set[str] | None = None,
+) -> Summary:
     """Choose among the servers of the powered-off host (listed in one call unless given),
     evacuate, follow. Returns the summary.
 
@@ -471,27 +544,41 @@ def evacuate_servers(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, m
     started = time.monotonic()
     if servers is None:
         servers = nova.servers_on(deadline, proof.host)
-    runner = Runner(nova, deadline, proof, max_parallel, retries, target_hosts, progress,
-                    heartbeat, may_request)
+    runner = Runner(
+        nova, deadline, proof, max_parallel, retries, target_hosts, progress, heartbeat, may_request
+    )
     tracked = runner.plan(Planner(nova, deadline, mode, tag), servers, earlier or set())
     if target_hosts:
         _enable_targets(nova, deadline, target_hosts)
     runner.run(tracked)
     summary = _summary(proof.host, len(servers), [t.outcome() for t in tracked], started)
-    for outcome in summary.outcomes:
-        LOG.info("server %s (%s): %s%s", outcome.server_id, outcome.name, outcome.result,
-                 f" - {outcome.detail}" if outcome.detail else "")
-    LOG.info(summary.line())
+    _log_summary(summary)
     return summary
+
+
+def _log_summary(summary: Summary) -> None:
+    for outcome in summary.outcomes:
+        LOG.info(
+            "server %s (%s): %s%s",
+            outcome.server_id,
+            outcome.name,
+            outcome.result,
+            f" - {outcome.detail}" if outcome.detail else "",
+        )
+    LOG.info(summary.line())
 
 
 def _summary(host: str, found: int, outcomes: list[Outcome], started: float) -> Summary:
     accepted = [o.accepted_at for o in outcomes if o.accepted_at is not None]
-    return Summary(host=host, found=found,
-                   selected=sum(1 for o in outcomes if o.state is not ServerState.SKIPPED),
-                   outcomes=tuple(outcomes), started=started,
-                   all_accepted_after=max(accepted) - started if accepted else None,
-                   finished_after=time.monotonic() - started)
+    return Summary(
+        host=host,
+        found=found,
+        selected=sum(1 for o in outcomes if o.state is not ServerState.SKIPPED),
+        outcomes=tuple(outcomes),
+        started=started,
+        all_accepted_after=max(accepted) - started if accepted else None,
+        finished_after=time.monotonic() - started,
+    )
 
 
 def _enable_targets(nova: Nova, deadline: Deadline, hosts: list[str]) -> None:

@@ -50,11 +50,23 @@ EXIT_LEFT = 4  # worker: another runner holds the lease
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a worker may inherit: never OCF_RESKEY_* (parameters, secrets among them, go over
 # its stdin).
-_ENV_PREFIXES = ("CIB_", "NOVA_HA_", "OS_CLIENT_CONFIG_FILE", "PATH", "LANG", "LC_", "TZ",
-                 "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "HA_")
+_ENV_PREFIXES = (
+    "CIB_",
+    "NOVA_HA_",
+    "OS_CLIENT_CONFIG_FILE",
+    "PATH",
+    "LANG",
+    "LC_",
+    "TZ",
+    "HOME",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "HA_",
+)
 
 
 # -- workers -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Worker:
@@ -70,8 +82,11 @@ class Worker:
 
 
 def _worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith(_ENV_PREFIXES) and not k.startswith("OCF_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(_ENV_PREFIXES) and not k.startswith("OCF_")
+    }
     env["PYTHONPATH"] = _ROOT
     return env
 
@@ -79,8 +94,12 @@ def _worker_env() -> dict[str, str]:
 def spawn_worker(raw: Mapping[str, str]) -> Worker:
     process = subprocess.Popen(
         [sys.executable, "-m", "nova_ha.lib.evacuation_service", "worker"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True, cwd="/",
-        env=_worker_env())
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+        cwd="/",
+        env=_worker_env(),
+    )
     assert process.stdin is not None
     process.stdin.write(json.dumps(dict(raw)).encode() + b"\n")
     process.stdin.flush()
@@ -121,10 +140,16 @@ class Service:
                 lines.append(f"skipping {node}: its record does not decode ({why})")
         self.bad = bad
         now = self.clock()
-        decisions = {node: self.decide(node, rec, now) for node, rec in records.items()
-                     if node not in self.busy}
-        todo = {node: decision.reason for node, decision in decisions.items()
-                if decision.action is lifecycle.ServiceAction.EVACUATE}
+        decisions = {
+            node: self.decide(node, rec, now)
+            for node, rec in records.items()
+            if node not in self.busy
+        }
+        todo = {
+            node: decision.reason
+            for node, decision in decisions.items()
+            if decision.action is lifecycle.ServiceAction.EVACUATE
+        }
         if todo:
             todo = self._screen(records, todo, lines)
         for node, why in todo.items():
@@ -135,13 +160,19 @@ class Service:
         self._keep_spare()
         return lines
 
-    def decide(self, node: str, record: HostRecord,
-               now: float) -> lifecycle.Decision[lifecycle.ServiceAction]:
+    def decide(
+        self, node: str, record: HostRecord, now: float
+    ) -> lifecycle.Decision[lifecycle.ServiceAction]:
         """The lifecycle's decision on `node`, from its record and what the service knows."""
         history = self._history(node)
         return lifecycle.service_decision(
-            record, now, me=handover.SERVICE_OWNER, owner_gone=owners.gone(record.lease_owner),
-            not_before=history.not_before, held=history.held == (record.since or "?"))
+            record,
+            now,
+            me=handover.SERVICE_OWNER,
+            owner_gone=owners.gone(record.lease_owner),
+            not_before=history.not_before,
+            held=history.held == (record.since or "?"),
+        )
 
     def woken(self, node: str) -> None:
         """A fence just recorded `node`: news, so any pause after a failure is over."""
@@ -152,8 +183,9 @@ class Service:
     def _history(self, node: str) -> _HostHistory:
         return self.hosts.setdefault(node, _HostHistory())
 
-    def _screen(self, records: Mapping[str, HostRecord], todo: dict[str, str],
-                lines: list[str]) -> dict[str, str]:
+    def _screen(
+        self, records: Mapping[str, HostRecord], todo: dict[str, str], lines: list[str]
+    ) -> dict[str, str]:
         """The mass-failure guard, over every host's record (read only when needed)."""
         from nova_ha.lib import guard, notify
 
@@ -166,10 +198,15 @@ class Service:
             lines.append(f"cannot read every record for the mass-failure guard: {err}")
             return {}
         settings = self.parsed.settings
-        held = guard.screen(self.store, everyone, settings.evacuation, starts,
-                            notify.Notifier.from_settings(settings.notify, params.EVACUATE),
-                            total_hosts=self._count_computes,
-                            release=handover.SERVICE_OWNER)
+        held = guard.screen(
+            self.store,
+            everyone,
+            settings.evacuation,
+            starts,
+            notify.Notifier.from_settings(settings.notify, params.EVACUATE),
+            total_hosts=self._count_computes,
+            release=handover.SERVICE_OWNER,
+        )
         for node, verdict in held.items():
             lines.append(f"{node}: held by the mass-failure guard: {verdict.message()}")
             self._history(node).held = records[node].since or "?"  # until a person decides
@@ -224,12 +261,16 @@ class Service:
                 how = f"signal {-code}" if code < 0 else f"exit {code}"
                 if history.crashes > CRASH_LIMIT:
                     history.not_before = self.clock() + RETRY_BACKOFF[-1]
-                    lines.append(f"{node}: worker {worker.process.pid} died ({how}) "
-                                 f"{history.crashes} times; pausing {RETRY_BACKOFF[-1]:g} s")
+                    lines.append(
+                        f"{node}: worker {worker.process.pid} died ({how}) "
+                        f"{history.crashes} times; pausing {RETRY_BACKOFF[-1]:g} s"
+                    )
                 else:
                     history.not_before = self.clock() + TAKEOVER_GRACE
-                    lines.append(f"{node}: worker {worker.process.pid} died ({how}) after "
-                                 f"{took:.1f} s; taking over in {TAKEOVER_GRACE:g} s")
+                    lines.append(
+                        f"{node}: worker {worker.process.pid} died ({how}) after "
+                        f"{took:.1f} s; taking over in {TAKEOVER_GRACE:g} s"
+                    )
         return lines
 
     def stop(self, grace: float = 5.0) -> None:
@@ -248,6 +289,7 @@ class Service:
 
 # -- the processes -----------------------------------------------------------------------------
 
+
 def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     """The service's main loop, until SIGTERM."""
     from nova_ha.lib import state
@@ -260,8 +302,12 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     sock = handover.listen()
     watched: list[socket.socket | int] = [sock, wake_r]
     interval = max(0.1, parsed.settings.evacuation.watch_interval)
-    LOG.info("evacuation service started (pid %d, reads the records every %g s, socket %s)",
-             os.getpid(), interval, handover.socket_path())
+    LOG.info(
+        "evacuation service started (pid %d, reads the records every %g s, socket %s)",
+        os.getpid(),
+        interval,
+        handover.socket_path(),
+    )
     try:
         while not stopping:
             for line in service.tick():
@@ -318,9 +364,16 @@ def work(stdin: IO[bytes]) -> int:
         return 0
     mode = record.mode if record.mode in ("all", "tagged") else parsed.settings.evacuation.mode
     runner = owners.name(params.EVACUATE)
-    summary = evacuate_runner.evacuate_now(parsed, store, confirmed, nova, runner=runner,
-                                           lease_owner=handover.SERVICE_OWNER, mode=mode,
-                                           record=record)
+    summary = evacuate_runner.evacuate_now(
+        parsed,
+        store,
+        confirmed,
+        nova,
+        runner=runner,
+        lease_owner=handover.SERVICE_OWNER,
+        mode=mode,
+        record=record,
+    )
     if summary is not None:
         return 0
     after = store.get(node)
@@ -347,16 +400,17 @@ def _warmed_up(stdin: IO[bytes]) -> tuple[params.Parsed, Nova]:
 
 
 def main(argv: list[str]) -> int:
-    log.setup(params.EVACUATE, stderr_format="%(asctime)s %(process)d %(levelname)s: "
-              "%(message)s")
+    log.setup(params.EVACUATE, stderr_format="%(asctime)s %(process)d %(levelname)s: %(message)s")
     if argv[:1] == ["worker"]:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
         return work(sys.stdin.buffer)
     if argv[:1] == ["serve"]:
         raw = json.loads(sys.stdin.buffer.readline(1 << 20) or b"{}")
         return serve(raw, argv[1] if len(argv) > 1 else None)
-    print("usage: python -m nova_ha.lib.evacuation_service serve [ALIVE_FILE] | worker",
-          file=sys.stderr)
+    print(
+        "usage: python -m nova_ha.lib.evacuation_service serve [ALIVE_FILE] | worker",
+        file=sys.stderr,
+    )
     return 2
 
 

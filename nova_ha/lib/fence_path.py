@@ -44,9 +44,16 @@ def bmc_config(settings: params.BmcSettings, node: str) -> power.BmcConfig:
         password = params.run_secret_script("password_script", script)
         log.REDACTOR.add(password)
     return power.BmcConfig(
-        address=endpoint[0], port=endpoint[1], username=settings.username or "",
-        password=password or "", lanplus=True, cipher=settings.cipher,
-        privlvl=settings.privlvl, timeout=settings.power_timeout, wait=settings.power_wait)
+        address=endpoint[0],
+        port=endpoint[1],
+        username=settings.username or "",
+        password=password or "",
+        lanplus=True,
+        cipher=settings.cipher,
+        privlvl=settings.privlvl,
+        timeout=settings.power_timeout,
+        wait=settings.power_wait,
+    )
 
 
 def bmc_for(settings: params.BmcSettings, node: str) -> power.Bmc:
@@ -66,8 +73,9 @@ class _NovaWarmUp:
         self._authenticated = threading.Event()
         self._done = threading.Event()
         # A daemon thread: a Nova that does not answer must not keep a failed fence alive.
-        threading.Thread(target=self._run, args=(parsed, host), daemon=True,
-                         name="nova-warm-up").start()
+        threading.Thread(
+            target=self._run, args=(parsed, host), daemon=True, name="nova-warm-up"
+        ).start()
 
     def _run(self, parsed: params.Parsed, host: str) -> None:
         from nova_ha.openstack.compute import Nova
@@ -111,8 +119,11 @@ class HostFence:
         """Power off and wait for the BMC to confirm it; None (logged) if it did not."""
         self._warm_up = _NovaWarmUp(self.parsed, self.host)
         if not self.settings.bmc.configured:
-            LOG.info("no BMC parameters: the power-off of %s was confirmed by an earlier "
-                     "fencing-topology level", self.node)
+            LOG.info(
+                "no BMC parameters: the power-off of %s was confirmed by an earlier "
+                "fencing-topology level",
+                self.node,
+            )
             return by_topology(self.node, self.host)
         try:
             with bmc_for(self.settings.bmc, self.node) as bmc:
@@ -130,8 +141,11 @@ class HostFence:
 
         warm = self._warm_up.client(wait=deadline.remaining()) if self._warm_up else None
         self._nova = warm or Nova.from_params(self.parsed)
-        known = self._warm_up.known_service(wait=deadline.remaining()) \
-            if warm is not None and self._warm_up is not None else None
+        known = (
+            self._warm_up.known_service(wait=deadline.remaining())
+            if warm is not None and self._warm_up is not None
+            else None
+        )
         return recovery.force_down(self._nova, deadline, proof, known=known)
 
     def disable(self, proof: PowerOffConfirmed, deadline: Deadline, svc: Service) -> None:
@@ -145,8 +159,9 @@ class HostFence:
         except NovaError as err:
             LOG.error("could not disable nova-compute on %s: %s", proof.host, err)
 
-    def record(self, proof: PowerOffConfirmed, store: state.StateStore | None
-               ) -> state.HostRecord | None:
+    def record(
+        self, proof: PowerOffConfirmed, store: state.StateStore | None
+    ) -> state.HostRecord | None:
         """'fenced', with the lease granted to the evacuation service: one CIB write, the
         hand-over itself. None when there is no cluster record to write."""
         from nova_ha.lib import recovery, state
@@ -155,12 +170,20 @@ class HostFence:
             return None
         grant = None
         if self.evacuating:
-            grant = (handover.SERVICE_OWNER,
-                     self.settings.evacuation.timeout + recovery.LEASE_MARGIN)
+            grant = (
+                handover.SERVICE_OWNER,
+                self.settings.evacuation.timeout + recovery.LEASE_MARGIN,
+            )
         try:
-            return store.mark(proof.node, HostState.FENCED, Event.FENCED,
-                              f"power-off confirmed by {proof.by}", mode=self.mode,
-                              service_host=proof.host, grant=grant)
+            return store.mark(
+                proof.node,
+                HostState.FENCED,
+                Event.FENCED,
+                f"power-off confirmed by {proof.by}",
+                mode=self.mode,
+                service_host=proof.host,
+                grant=grant,
+            )
         except state.StateError as err:
             LOG.error("cannot record %s as fenced: %s", proof.node, err)
             return None
@@ -176,8 +199,9 @@ class HostFence:
         if decision.action is not FenceAction.HAND_OVER:
             return decision.reason
         woken = handover.wake(proof.node)
-        return decision.reason + (" (woken on this node)" if woken else
-                                  " (it sees the record at its next read)")
+        return decision.reason + (
+            " (woken on this node)" if woken else " (it sees the record at its next read)"
+        )
 
     # -- the order ----------------------------------------------------------------------
 
@@ -197,21 +221,23 @@ class HostFence:
         try:
             svc = self.force_down(proof, deadline)
         except NovaError as err:
-            LOG.error("%s is powered off but could not be forced down in Nova: %s; nothing "
-                      "recorded, Pacemaker fences again", proof.node, err)
+            LOG.error(
+                "%s is powered off but could not be forced down in Nova: %s; nothing "
+                "recorded, Pacemaker fences again",
+                proof.node,
+                err,
+            )
             return fence_proto.EC_GENERIC_ERROR
         with concurrent.futures.ThreadPoolExecutor(1) as background:
             disabled = background.submit(self.disable, proof, deadline, svc)
             try:
                 self._after_force_down(proof, store)
             except Exception as err:  # noqa: BLE001 - the host is safe: the fence succeeded
-                LOG.error("%s is off and forced down; what followed failed: %s",
-                          proof.node, err)
+                LOG.error("%s is off and forced down; what followed failed: %s", proof.node, err)
             disabled.result()
         return fence_proto.EC_OK
 
-    def _after_force_down(self, proof: PowerOffConfirmed,
-                          store: state.StateStore | None) -> None:
+    def _after_force_down(self, proof: PowerOffConfirmed, store: state.StateStore | None) -> None:
         """Record, announce, hand over. Nothing here can make the fence fail any more."""
         record = self.record(proof, store)
         self._announce(proof)
@@ -230,14 +256,21 @@ class HostFence:
         from nova_ha.lib import notify
 
         notify.Notifier.from_settings(self.settings.notify, params.FENCE).send(
-            Event.FENCED, proof.node, host=proof.host, mode=self.mode,
-            detail=f"power-off confirmed by {proof.by}, nova-compute forced down")
+            Event.FENCED,
+            proof.node,
+            host=proof.host,
+            mode=self.mode,
+            detail=f"power-off confirmed by {proof.by}, nova-compute forced down",
+        )
 
     def _finish_without_evacuation(self, store: state.StateStore | None, why: str) -> None:
         from nova_ha.lib import recovery
 
-        recovery.record(store, lambda s: s.mark(self.node, HostState.EVACUATED,
-                                                Event.EVACUATION_FINISHED, why), "mode")
+        recovery.record(
+            store,
+            lambda s: s.mark(self.node, HostState.EVACUATED, Event.EVACUATION_FINISHED, why),
+            "mode",
+        )
 
     def _evacuate_here(self, proof: PowerOffConfirmed, store: state.StateStore | None) -> None:
         """No cluster record could carry the hand-over (run by hand, or the CIB out of

@@ -38,9 +38,24 @@ DELAY_MAX = 3600
 
 # fencing.py's own options that every agent has (DEPENDENCY_OPT["default"]) plus 'separator'
 # that 'port' pulls in for list actions.
-FRAMEWORK_KEYS = ("help", "debug", "verbose", "verbose_level", "version", "action", "agent",
-                  "shell_timeout", "login_timeout", "disable_timeout", "stonith_status_sleep",
-                  "retry_on", "delay", "plug_separator", "quiet", "separator")
+FRAMEWORK_KEYS = (
+    "help",
+    "debug",
+    "verbose",
+    "verbose_level",
+    "version",
+    "action",
+    "agent",
+    "shell_timeout",
+    "login_timeout",
+    "disable_timeout",
+    "stonith_status_sleep",
+    "retry_on",
+    "delay",
+    "plug_separator",
+    "quiet",
+    "separator",
+)
 
 Handler = Callable[["FenceRequest"], int]
 
@@ -56,7 +71,9 @@ class FenceRequest:
     @property
     def verbose(self) -> bool:
         return "--verbose" in self.framework or self.framework.get("--verbose-level", "0") not in (
-            "0", 0)
+            "0",
+            0,
+        )
 
 
 @dataclass
@@ -128,12 +145,17 @@ def _read_stdin(data: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def _clean_stdin(pairs: list[tuple[str, str]], agent: str,
-                 fencing: Any) -> tuple[str, list[str]]:
+def _clean_stdin(pairs: list[tuple[str, str]], agent: str, fencing: Any) -> tuple[str, list[str]]:
     """Lines fencing.py may safely parse, and warnings for what was dropped."""
-    known_framework = set(FRAMEWORK_KEYS) | {
-        fencing.all_opt[k]["longopt"].replace("-", "_") for k in FRAMEWORK_KEYS
-        if "longopt" in fencing.all_opt.get(k, {})} | {"option"}
+    known_framework = (
+        set(FRAMEWORK_KEYS)
+        | {
+            fencing.all_opt[k]["longopt"].replace("-", "_")
+            for k in FRAMEWORK_KEYS
+            if "longopt" in fencing.all_opt.get(k, {})
+        }
+        | {"option"}
+    )
     lines, warnings = [], []
     names = {name.replace("-", "_") for name, _ in pairs}
     for name, value in pairs:
@@ -184,15 +206,17 @@ def run(spec: FenceAgentSpec) -> NoReturn:
         except KeyboardInterrupt:
             code = EC_GENERIC_ERROR
         except BaseException as err:  # the last line of defence: a message, not a traceback
-            log.get().error("%s failed: %s", spec.name, log.REDACTOR.redact(str(err)) or
-                            type(err).__name__)
+            log.get().error(
+                "%s failed: %s", spec.name, log.REDACTOR.redact(str(err)) or type(err).__name__
+            )
             log.get().debug("details", exc_info=True)
             code = EC_GENERIC_ERROR
         sys.exit(code)
 
 
-def parse_input(spec: FenceAgentSpec, argv: list[str], stdin: bytes | None
-                ) -> tuple[list[tuple[str, str]], dict[str, str], list[str], list[str]]:
+def parse_input(
+    spec: FenceAgentSpec, argv: list[str], stdin: bytes | None
+) -> tuple[list[tuple[str, str]], dict[str, str], list[str], list[str]]:
     """(parameter pairs, fencing.py's own options, warnings, device_opt) from argv or stdin.
 
     Exits like every fence agent (fencing.fail_usage) on a command line getopt rejects.
@@ -235,8 +259,11 @@ def _run(spec: FenceAgentSpec) -> int:
 
     handler = spec.handlers.get(action)
     if action != "validate-all" and handler is None:
-        logger.error("action '%s' is not supported (use one of: %s)", params._printable(action),
-                     ", ".join(sorted(list(spec.handlers) + ["metadata", "manpage"])))
+        logger.error(
+            "action '%s' is not supported (use one of: %s)",
+            params._printable(action),
+            ", ".join(sorted(list(spec.handlers) + ["metadata", "manpage"])),
+        )
         return EC_GENERIC_ERROR
     problems = _problems(spec, request)
     if problems:
@@ -250,8 +277,9 @@ def _run(spec: FenceAgentSpec) -> int:
     return handler(request)
 
 
-def _describe(spec: FenceAgentSpec, fencing: Any, framework: dict[str, str],
-              device_opt: list[str]) -> bool:
+def _describe(
+    spec: FenceAgentSpec, fencing: Any, framework: dict[str, str], device_opt: list[str]
+) -> bool:
     """Answer the actions that only describe the agent (help, version, metadata, man page),
     before any parameter is parsed; False when the action is another one."""
     action = framework["--action"]
@@ -261,10 +289,15 @@ def _describe(spec: FenceAgentSpec, fencing: Any, framework: dict[str, str],
         print(fencing.RELEASE_VERSION)
     elif action == "metadata":
         options = dict(framework, device_opt=device_opt)
-        fencing.metadata(options, device_opt, {
-            "shortdesc": docs.xml_escape(spec.shortdesc),
-            "longdesc": docs.xml_escape(spec.longdesc),
-            "vendorurl": docs.xml_escape(spec.vendorurl)})
+        fencing.metadata(
+            options,
+            device_opt,
+            {
+                "shortdesc": docs.xml_escape(spec.shortdesc),
+                "longdesc": docs.xml_escape(spec.longdesc),
+                "vendorurl": docs.xml_escape(spec.vendorurl),
+            },
+        )
     elif action == "manpage":
         print(docs.man_page(spec.name, spec.shortdesc, spec.longdesc, fence=True))
     else:
@@ -278,8 +311,8 @@ def _problems(spec: FenceAgentSpec, request: FenceRequest) -> list[str]:
     problems = request.params.problems + spec.validate(request)
     delay = request.framework.get("--delay", "0")
     # ASCII digits: str.isdigit() takes '²', which fencing.run_delay's int() refuses.
-    if not (delay.isascii() and delay.isdigit() and len(delay) <= 6
-            and int(delay) <= DELAY_MAX):
-        problems.append("parameter 'delay': must be a whole number of seconds from 0 to "
-                        f"{DELAY_MAX}")
+    if not (delay.isascii() and delay.isdigit() and len(delay) <= 6 and int(delay) <= DELAY_MAX):
+        problems.append(
+            f"parameter 'delay': must be a whole number of seconds from 0 to {DELAY_MAX}"
+        )
     return problems

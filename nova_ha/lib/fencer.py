@@ -22,17 +22,19 @@ _TARGETED = ("on", "off", "reboot", "status")
 
 def validate(request: FenceRequest) -> list[str]:
     parsed = request.params
-    problems = params.check_bmc(parsed) + params.check_evacuation(parsed) + \
-        params.check_notify(parsed)
+    problems = (
+        params.check_bmc(parsed) + params.check_evacuation(parsed) + params.check_notify(parsed)
+    )
     has_bmc = parsed.settings.bmc.configured
     if request.action not in ("status", "on") or not has_bmc:
         problems += params.check_openstack(parsed)
     if request.action in _TARGETED and not parsed.settings.target_node:
-        problems.append(f"parameter 'port' (the node to fence) is required for "
-                        f"'{request.action}'")
+        problems.append(f"parameter 'port' (the node to fence) is required for '{request.action}'")
     if request.action in ("status", "on") and not has_bmc:
-        problems.append(f"'{request.action}' needs BMC parameters (ip, username, password); "
-                        "without them this device only works in a fencing topology")
+        problems.append(
+            f"'{request.action}' needs BMC parameters (ip, username, password); "
+            "without them this device only works in a fencing topology"
+        )
     return problems
 
 
@@ -60,7 +62,6 @@ def _ask_bmc(request: FenceRequest, what: str, call: Callable[[power.Bmc], Any])
         with fence_path.bmc_for(request.params.settings.bmc, node) as bmc:
             return call(bmc)
     except NovaHaError as err:  # the BMC's, its password script's, its parameters'
-
         LOG.error("%s of %s failed: %s", what, node, err)
         return None
 
@@ -130,9 +131,13 @@ def fence_monitor(request: FenceRequest) -> int:
 
 
 HANDLERS: dict = {
-    "off": fence_off, "reboot": fence_reboot, "on": fence_on, "status": fence_status,
+    "off": fence_off,
+    "reboot": fence_reboot,
+    "on": fence_on,
+    "status": fence_status,
     "list": lambda request: _list(request, False),
-    "list-status": lambda request: _list(request, True), "monitor": fence_monitor,
+    "list-status": lambda request: _list(request, True),
+    "monitor": fence_monitor,
 }
 
 SHORTDESC = "Fence agent that powers off a Nova compute host and evacuates its servers"

@@ -51,13 +51,21 @@ class Verdict:
             return "mass-failure guard off (max_fenced_hosts=0)"
         of = f" of {self.total} compute hosts" if self.total is not None else ""
         verdict = "holds" if self.blocked else "lets through"
-        return (f"{len(self.wave)} hosts fenced within {self.window:g} s "
-                f"({', '.join(self.wave)}); limit {self.limit}{of} "
-                f"(max_fenced_hosts={self.setting}): the guard {verdict} {self.node}")
+        return (
+            f"{len(self.wave)} hosts fenced within {self.window:g} s "
+            f"({', '.join(self.wave)}); limit {self.limit}{of} "
+            f"(max_fenced_hosts={self.setting}): the guard {verdict} {self.node}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"blocked": self.blocked, "wave": self.wave, "limit": self.limit,
-                "total": self.total, "window": self.window, "setting": self.setting}
+        return {
+            "blocked": self.blocked,
+            "wave": self.wave,
+            "limit": self.limit,
+            "total": self.total,
+            "window": self.window,
+            "setting": self.setting,
+        }
 
 
 def fenced_at(record: HostRecord) -> float | None:
@@ -87,15 +95,22 @@ def busiest_wave(times: Mapping[str, float], node: str, window: float) -> list[s
     mine = times[node]
     best: list[str] = [node]
     for start in sorted(t for t in times.values() if mine - window <= t <= mine):
-        inside = sorted((h for h, t in times.items() if start <= t <= start + window),
-                        key=lambda h: (times[h], h))
+        inside = sorted(
+            (h for h, t in times.items() if start <= t <= start + window),
+            key=lambda h: (times[h], h),
+        )
         if len(inside) > len(best):
             best = inside
     return best
 
 
-def check(records: Mapping[str, HostRecord], settings: params.EvacuationSettings, node: str, *,
-          total_hosts: int | Callable[[], int] | None = None) -> Verdict:
+def check(
+    records: Mapping[str, HostRecord],
+    settings: params.EvacuationSettings,
+    node: str,
+    *,
+    total_hosts: int | Callable[[], int] | None = None,
+) -> Verdict:
     """The guard's verdict on evacuating `node` automatically, from records read already.
 
     `total_hosts`: the compute hosts a percentage is of (a number, or a function asked only
@@ -114,8 +129,9 @@ def check(records: Mapping[str, HostRecord], settings: params.EvacuationSettings
             try:
                 return max(int(total_hosts()), len(records))
             except Exception as err:  # fall back on what the CIB knows
-                LOG.warning("cannot count the compute hosts (%s): using the CIB's %d",
-                            err, len(records))
+                LOG.warning(
+                    "cannot count the compute hosts (%s): using the CIB's %d", err, len(records)
+                )
                 return len(records)
         return len(records) if total_hosts is None else int(total_hosts)
 
@@ -127,9 +143,15 @@ def check(records: Mapping[str, HostRecord], settings: params.EvacuationSettings
     return verdict
 
 
-def check_store(store: StateStore | None, settings: params.EvacuationSettings, node: str, *,
-                nova: Any = None, deadline: Any = None,
-                records: Mapping[str, HostRecord] | None = None) -> Verdict | None:
+def check_store(
+    store: StateStore | None,
+    settings: params.EvacuationSettings,
+    node: str,
+    *,
+    nova: Any = None,
+    deadline: Any = None,
+    records: Mapping[str, HostRecord] | None = None,
+) -> Verdict | None:
     """check() after one read of every record (or on `records`, read already, with this
     host's 'fenced' mark); None (not held) when there is no readable record: without the
     CIB nobody can count a wave, and a lone host must be evacuated."""
@@ -142,19 +164,27 @@ def check_store(store: StateStore | None, settings: params.EvacuationSettings, n
         # hand-edited record cannot stop the guard for every host.
         records = store.readable()[0] if records is None else records
     except state.StateError as err:
-        LOG.error("mass-failure guard: cannot read the host records (%s): not holding %s",
-                  err, node)
+        LOG.error(
+            "mass-failure guard: cannot read the host records (%s): not holding %s", err, node
+        )
         return None
     count: Callable[[], int] | None = None
     if nova is not None and deadline is not None:
+
         def count() -> int:
             return len(nova.services(deadline))
+
     return check(records, settings, node, total_hosts=count)
 
 
-def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None = None,
-         record: HostRecord | None = None, host: str | None = None,
-         release: str | None = None) -> bool:
+def hold(
+    store: StateStore | None,
+    verdict: Verdict,
+    notifier: Notifier | None = None,
+    record: HostRecord | None = None,
+    host: str | None = None,
+    release: str | None = None,
+) -> bool:
     """Record and raise the block, once per incident: the event goes into the host's history
     and out through the notifier. Returns True when this call raised it. `release`: a lease
     owner whose lease on the host goes in the same write (the evacuation service's, granted
@@ -162,16 +192,24 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
     it."""
     from nova_ha.lib import state
 
-    LOG.warning("not evacuating %s automatically: %s; run 'nova-ha evacuate %s' to evacuate "
-                "it by hand or 'nova-ha reset %s' to let it rejoin", verdict.node,
-                verdict.message(), verdict.node, verdict.node)
+    LOG.warning(
+        "not evacuating %s automatically: %s; run 'nova-ha evacuate %s' to evacuate "
+        "it by hand or 'nova-ha reset %s' to let it rejoin",
+        verdict.node,
+        verdict.message(),
+        verdict.node,
+        verdict.node,
+    )
     try:
         if record is None and store is not None:
             record = store.get(verdict.node)
     except state.StateError as err:
         LOG.error("cannot read the record of %s: %s", verdict.node, err)
-    if record is not None and record.history and \
-            record.history[-1].name == Event.EVACUATION_BLOCKED:
+    if (
+        record is not None
+        and record.history
+        and record.history[-1].name == Event.EVACUATION_BLOCKED
+    ):
         return False  # raised already, and nothing happened to the host since
     if store is not None:
         _record_block(store, verdict, record, release)
@@ -181,33 +219,55 @@ def hold(store: StateStore | None, verdict: Verdict, notifier: Notifier | None =
 
 
 def _announce_block(notifier: Notifier, verdict: Verdict, host: str | None) -> None:
-    notifier.send(Event.EVACUATION_BLOCKED, verdict.node, host=host,
-                  detail=verdict.message(), wave=verdict.wave, limit=verdict.limit,
-                  total_hosts=verdict.total, window=verdict.window,
-                  max_fenced_hosts=verdict.setting)
+    notifier.send(
+        Event.EVACUATION_BLOCKED,
+        verdict.node,
+        host=host,
+        detail=verdict.message(),
+        wave=verdict.wave,
+        limit=verdict.limit,
+        total_hosts=verdict.total,
+        window=verdict.window,
+        max_fenced_hosts=verdict.setting,
+    )
 
 
-def _record_block(store: StateStore, verdict: Verdict, record: HostRecord | None,
-                  release: str | None) -> None:
+def _record_block(
+    store: StateStore, verdict: Verdict, record: HostRecord | None, release: str | None
+) -> None:
     """The block as an event in the host's history (and `release`'s lease given up, in the
     same write); an error is logged: the block holds whether it is recorded or not."""
     from nova_ha.lib import state
 
-    detail = (f"{len(verdict.wave)} fenced within {verdict.window:g}s, limit "
-              f"{verdict.limit}: {' '.join(verdict.wave)}")[:state.DETAIL_MAX]
+    detail = (
+        f"{len(verdict.wave)} fenced within {verdict.window:g}s, limit "
+        f"{verdict.limit}: {' '.join(verdict.wave)}"
+    )[: state.DETAIL_MAX]
     current = record.state if record is not None else HostState.FENCED
     ours = release is not None and record is not None and record.lease_owner == release
     try:
-        store.mark(verdict.node, current, Event.EVACUATION_BLOCKED, detail,
-                   owner=release if ours else None, release=ours)
+        store.mark(
+            verdict.node,
+            current,
+            Event.EVACUATION_BLOCKED,
+            detail,
+            owner=release if ours else None,
+            release=ours,
+        )
     except state.StateError as err:
         LOG.error("cannot record the block of %s: %s", verdict.node, err)
 
 
-def screen(store: StateStore | None, records: Mapping[str, HostRecord],
-           settings: params.EvacuationSettings, nodes: Any, notifier: Notifier | None = None, *,
-           total_hosts: int | Callable[[], int] | None = None,
-           release: str | None = None) -> dict[str, Verdict]:
+def screen(
+    store: StateStore | None,
+    records: Mapping[str, HostRecord],
+    settings: params.EvacuationSettings,
+    nodes: Any,
+    notifier: Notifier | None = None,
+    *,
+    total_hosts: int | Callable[[], int] | None = None,
+    release: str | None = None,
+) -> dict[str, Verdict]:
     """For a runner about to evacuate `nodes` (NovaEvacuate's monitor): the ones the guard
     holds, each held (recorded and raised once). The others may go ahead. `total_hosts` is
     asked at most once, and only if a wave of more than one host is seen."""
@@ -223,10 +283,17 @@ def screen(store: StateStore | None, records: Mapping[str, HostRecord],
         record = records.get(node)
         if record is None or record.state not in AUTOMATIC_STARTS:
             continue
-        verdict = check(records, settings, node,
-                        total_hosts=count if total_hosts is not None else None)
+        verdict = check(
+            records, settings, node, total_hosts=count if total_hosts is not None else None
+        )
         if verdict.blocked:
-            hold(store, verdict, notifier, record=record,
-                 host=record.service_host or None, release=release)
+            hold(
+                store,
+                verdict,
+                notifier,
+                record=record,
+                host=record.service_host or None,
+                release=release,
+            )
             held[node] = verdict
     return held

@@ -66,8 +66,9 @@ TRANSITIONS: dict[HostState, frozenset[HostState]] = {
     # fenced: fenced again, the evacuation to be resumed
     HostState.EVACUATING: frozenset({HostState.EVACUATED, HostState.FAILED, HostState.FENCED}),
     HostState.EVACUATED: frozenset({HostState.OK, HostState.FENCED}),
-    HostState.FAILED: frozenset({HostState.EVACUATING, HostState.EVACUATED, HostState.OK,
-                                 HostState.FENCED}),
+    HostState.FAILED: frozenset(
+        {HostState.EVACUATING, HostState.EVACUATED, HostState.OK, HostState.FENCED}
+    ),
 }
 
 # Every state but ok: only a fence action leaves ok, after the power-off was confirmed.
@@ -101,8 +102,9 @@ class Decision(Generic[Action]):
     reason: str
 
 
-def _live_holder(record: HostRecord, now: float, owner_gone: bool, me: str | None,
-                 skew: float | None = None) -> str | None:
+def _live_holder(
+    record: HostRecord, now: float, owner_gone: bool, me: str | None, skew: float | None = None
+) -> str | None:
     """Who else works the host now: another owner whose lease is live and whose process is
     not known to be gone; None when nobody does."""
     live = record.lease_live(now) if skew is None else record.lease_live(now, skew)
@@ -122,8 +124,15 @@ class ServiceAction(enum.StrEnum):
     NOTHING = "nothing"  # no work for the service
 
 
-def service_decision(record: HostRecord, now: float, *, me: str, owner_gone: bool = False,
-                     not_before: float = 0.0, held: bool = False) -> Decision[ServiceAction]:
+def service_decision(
+    record: HostRecord,
+    now: float,
+    *,
+    me: str,
+    owner_gone: bool = False,
+    not_before: float = 0.0,
+    held: bool = False,
+) -> Decision[ServiceAction]:
     """What the evacuation service (lease owner `me`) does with a host's record now.
 
     `owner_gone`: the lease holder's process is known to be gone; `not_before`: the end of
@@ -151,16 +160,18 @@ def _service_free_host(record: HostRecord, now: float, me: str) -> Decision[Serv
         if record.lease_owner == me and record.lease_live(now):
             return Decision(act.EVACUATE, "recorded fenced and handed over")
         if record.lease_owner:
-            return Decision(act.EVACUATE,
-                            f"recorded fenced; the lease of {record.lease_owner} has ended")
+            return Decision(
+                act.EVACUATE, f"recorded fenced; the lease of {record.lease_owner} has ended"
+            )
         return Decision(act.EVACUATE, "recorded fenced, nobody working it")
     if state == HostState.EVACUATING:  # written by an earlier version or another runner
         return Decision(act.EVACUATE, "evacuation left unfinished by its runner")
     ago = now - (clock.epoch(record.since) or 0.0)
     if ago >= FAILED_RETRY_AFTER:
         return Decision(act.EVACUATE, f"evacuation failed {ago:.0f} s ago; trying again")
-    return Decision(act.WAIT, f"evacuation failed {ago:.0f} s ago; tried again "
-                              f"{FAILED_RETRY_AFTER:g} s after")
+    return Decision(
+        act.WAIT, f"evacuation failed {ago:.0f} s ago; tried again {FAILED_RETRY_AFTER:g} s after"
+    )
 
 
 # -- the fence action ------------------------------------------------------------------------
@@ -180,11 +191,14 @@ def after_fence(mode: str, recorded: HostRecord | None, service: str) -> Decisio
     if mode == "none":
         return Decision(FenceAction.FINISH, "evacuate=none: nothing evacuated")
     if recorded is None:  # run by hand, or the CIB out of reach
-        return Decision(FenceAction.EVACUATE_HERE,
-                        "no cluster record to hand over with: evacuating in this action")
+        return Decision(
+            FenceAction.EVACUATE_HERE,
+            "no cluster record to hand over with: evacuating in this action",
+        )
     if recorded.lease_owner != service:
-        return Decision(FenceAction.LEAVE,
-                        f"left to {recorded.lease_owner}, who holds the host's lease")
+        return Decision(
+            FenceAction.LEAVE, f"left to {recorded.lease_owner}, who holds the host's lease"
+        )
     return Decision(FenceAction.HAND_OVER, f"handed over to {service}")
 
 
@@ -200,8 +214,13 @@ class StartAction(enum.StrEnum):
     UNLEASED = "unleased"  # the record cannot be read: evacuate without the lease
 
 
-def evacuation_start(record: HostRecord | None, owner: str, now: float, renew_before: float,
-                     taken: bool | None = None) -> Decision[StartAction]:
+def evacuation_start(
+    record: HostRecord | None,
+    owner: str,
+    now: float,
+    renew_before: float,
+    taken: bool | None = None,
+) -> Decision[StartAction]:
     """What a runner (lease owner `owner`) does before its first request, from the host's
     record as just read (None: it cannot be read). `taken`: the store's answer, once asked
     (TAKE); `renew_before`: a lease with less left than this is asked for anew."""
@@ -211,18 +230,20 @@ def evacuation_start(record: HostRecord | None, owner: str, now: float, renew_be
         # evacuation of a server being rebuilt (409): the servers matter more than the lease.
         return Decision(act.UNLEASED, "evacuating without the lease")
     if record.state == HostState.OK:
-        return Decision(act.NOTHING, "recorded ok (reset, or never fenced): nothing to "
-                                     "evacuate")
+        return Decision(act.NOTHING, "recorded ok (reset, or never fenced): nothing to evacuate")
     if record.state == HostState.EVACUATED:
-        return Decision(act.NOTHING, f"already evacuated (since {record.since}); nothing "
-                                     "to do")
+        return Decision(act.NOTHING, f"already evacuated (since {record.since}); nothing to do")
     if taken is not None:
-        return Decision(act.TAKEN, f"lease taken by {owner}") if taken else \
-            Decision(act.LEAVE, "being evacuated by another runner: leaving it to them")
+        return (
+            Decision(act.TAKEN, f"lease taken by {owner}")
+            if taken
+            else Decision(act.LEAVE, "being evacuated by another runner: leaving it to them")
+        )
     left = (record.lease_expires or 0.0) - now
     if record.lease_owner == owner and left > renew_before:
-        return Decision(act.KEEP, f"handed over with the record: the lease is ours for "
-                                  f"{left:.0f} s")
+        return Decision(
+            act.KEEP, f"handed over with the record: the lease is ours for {left:.0f} s"
+        )
     return Decision(act.TAKE, f"taking the lease for {owner}")
 
 
@@ -235,8 +256,7 @@ class Outcome:
     reason: str
 
 
-INTERRUPTED = Outcome(HostState.FENCED, Event.EVACUATION_FAILED,
-                      "Nova unreachable, will resume")
+INTERRUPTED = Outcome(HostState.FENCED, Event.EVACUATION_FAILED, "Nova unreachable, will resume")
 
 
 def evacuation_outcome(failed: int, unfinished: int) -> Outcome:
@@ -244,8 +264,9 @@ def evacuation_outcome(failed: int, unfinished: int) -> Outcome:
     if unfinished:
         # Back to fenced: NovaEvacuate resumes what is left (nothing finished is redone:
         # evacuated servers are no longer on the host).
-        return Outcome(HostState.FENCED, Event.EVACUATION_FAILED,
-                       f"{unfinished} unfinished: resumed")
+        return Outcome(
+            HostState.FENCED, Event.EVACUATION_FAILED, f"{unfinished} unfinished: resumed"
+        )
     if failed:
         return Outcome(HostState.FAILED, Event.EVACUATION_FAILED, f"{failed} failed")
     return Outcome(HostState.EVACUATED, Event.EVACUATION_FINISHED, "every server evacuated")
@@ -260,32 +281,40 @@ class OperatorAction(enum.StrEnum):
     NOTHING = "nothing"  # nothing to do: said so, success
 
 
-def operator_evacuate(record: HostRecord, now: float, *, owner_gone: bool,
-                      service: str) -> Decision[OperatorAction]:
+def operator_evacuate(
+    record: HostRecord, now: float, *, owner_gone: bool, service: str
+) -> Decision[OperatorAction]:
     """Whether ``nova-ha evacuate`` may evacuate the host now. `owner_gone`: the lease
     holder's process is known to be gone; `service`: the evacuation service's owner name
     (its lease can be taken over)."""
     node = record.host
     holder = _live_holder(record, now, owner_gone, None)
     if record.state == HostState.OK:
-        why = (f"{node} is recorded 'ok': nova-ha did not fence it, so its power-off is not "
-               f"confirmed. Fence it first (stonith_admin --fence {node}).")
+        why = (
+            f"{node} is recorded 'ok': nova-ha did not fence it, so its power-off is not "
+            f"confirmed. Fence it first (stonith_admin --fence {node})."
+        )
     elif record.state == HostState.EVACUATED:
         why = f"{node} is already evacuated (since {record.since}); nothing to do."
     elif holder:
-        why = (f"{node} is being evacuated by {holder} (lease until "
-               f"{clock.time_of_day(record.lease_expires or now)}); leaving it to them. If "
-               "NovaEvacuate is not running, the lease ends then.")
+        why = (
+            f"{node} is being evacuated by {holder} (lease until "
+            f"{clock.time_of_day(record.lease_expires or now)}); leaving it to them. If "
+            "NovaEvacuate is not running, the lease ends then."
+        )
     else:
-        return Decision(OperatorAction.GO, f"{node} is recorded '{record.state}' and nobody "
-                                           "works it: evacuating by hand")
+        return Decision(
+            OperatorAction.GO,
+            f"{node} is recorded '{record.state}' and nobody works it: evacuating by hand",
+        )
     if record.lease_owner == service:
         why += " Use --take-over if NovaEvacuate is stopped."
     return Decision(OperatorAction.REFUSE, why)
 
 
-def operator_reset(record: HostRecord | None, now: float, *, owner_gone: bool, force: bool,
-                   skew: float) -> Decision[OperatorAction]:
+def operator_reset(
+    record: HostRecord | None, now: float, *, owner_gone: bool, force: bool, skew: float
+) -> Decision[OperatorAction]:
     """Whether ``nova-ha reset`` resets the record (None: it does not read: replaced)."""
     if record is None:
         return Decision(OperatorAction.GO, "the record does not read: replaced")
@@ -293,12 +322,15 @@ def operator_reset(record: HostRecord | None, now: float, *, owner_gone: bool, f
     holder = _live_holder(record, now, owner_gone, None, skew)
     if holder and not force:
         left = (record.lease_expires or now) + skew - now
-        return Decision(OperatorAction.REFUSE, (
-            f"{node}: refusing: {holder} holds the lease for {left:.0f} s more (it is working "
-            f"on the host now). Wait for it, or use --force if that process is gone."))
+        return Decision(
+            OperatorAction.REFUSE,
+            (
+                f"{node}: refusing: {holder} holds the lease for {left:.0f} s more (it is working "
+                f"on the host now). Wait for it, or use --force if that process is gone."
+            ),
+        )
     if record.state == HostState.OK and record.lease_owner is None:
-        return Decision(OperatorAction.NOTHING, f"{node}: nothing to reset (state ok, no "
-                                                "lease)")
+        return Decision(OperatorAction.NOTHING, f"{node}: nothing to reset (state ok, no lease)")
     return Decision(OperatorAction.GO, f"{node}: state {record.state} -> ok")
 
 
@@ -311,24 +343,32 @@ class RejoinAction(enum.StrEnum):
     ASK_NOVA = "ask nova"  # the record allows it: Nova's migrations decide
 
 
-def compute_start(record: HostRecord | None, host: str, *, unreadable: str | None = None,
-                  evacuations_running: int | None = None) -> Decision[RejoinAction]:
+def compute_start(
+    record: HostRecord | None,
+    host: str,
+    *,
+    unreadable: str | None = None,
+    evacuations_running: int | None = None,
+) -> Decision[RejoinAction]:
     """Whether nova-compute may start on a host (nova-compute deletes the local copies of
     servers it believes evacuated when it starts: starting before the evacuations finished
     would race them). `record`: None without a cluster record; `unreadable`: why it cannot
     be read; `evacuations_running`: Nova's evacuation migrations from the host not yet in a
     terminal state (None: not asked yet, asked only once the record allows a start)."""
     if unreadable is not None:
-        return Decision(RejoinAction.WAIT, f"cannot read the host's cluster record "
-                                           f"({unreadable})")
+        return Decision(RejoinAction.WAIT, f"cannot read the host's cluster record ({unreadable})")
     if record is not None and record.state in UNFINISHED:
-        return Decision(RejoinAction.WAIT, f"the host is recorded '{record.state}': its "
-                                           "evacuation is not finished")
+        return Decision(
+            RejoinAction.WAIT,
+            f"the host is recorded '{record.state}': its evacuation is not finished",
+        )
     if evacuations_running is None:
         return Decision(RejoinAction.ASK_NOVA, "the record allows a start: asking Nova")
     if evacuations_running:
-        return Decision(RejoinAction.WAIT, f"{evacuations_running} evacuation(s) from {host} "
-                                           "still running in Nova")
+        return Decision(
+            RejoinAction.WAIT,
+            f"{evacuations_running} evacuation(s) from {host} still running in Nova",
+        )
     return Decision(RejoinAction.START, f"no evacuation from {host} left running")
 
 

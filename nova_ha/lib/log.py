@@ -87,8 +87,12 @@ def get(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 
 
-def setup(ident: str, verbose: bool = False, debug_file: str | None = None,
-          stderr_format: str = "%(levelname)s: %(message)s") -> None:
+def setup(
+    ident: str,
+    verbose: bool = False,
+    debug_file: str | None = None,
+    stderr_format: str = "%(levelname)s: %(message)s",
+) -> None:
     """Send agent and library logs (and fence-agents' root logger) to stderr and syslog."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -104,7 +108,8 @@ def setup(ident: str, verbose: bool = False, debug_file: str | None = None,
     if os.path.exists("/dev/log"):
         try:
             syslog = logging.handlers.SysLogHandler(
-                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
             syslog.setFormatter(logging.Formatter(f"{ident}[{os.getpid()}]: %(message)s"))
             _add(root, syslog)
         except OSError:
@@ -128,6 +133,7 @@ def _add(logger: logging.Logger, handler: logging.Handler) -> None:
 
 
 # ---- output to a pipe whose reader may leave ---------------------------------------------
+
 
 class PipeSafe:
     """A standard stream whose reader may leave early (`| head -1`). Unix tools then stop
@@ -183,8 +189,9 @@ class PipeSafeOutput:
 
     def __enter__(self) -> PipeSafeOutput:
         self._saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = (s if s is None or isinstance(s, PipeSafe) else PipeSafe(s)
-                                  for s in self._saved)
+        sys.stdout, sys.stderr = (
+            s if s is None or isinstance(s, PipeSafe) else PipeSafe(s) for s in self._saved
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

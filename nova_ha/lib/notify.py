@@ -54,11 +54,22 @@ SERVERS_MAX = 100  # servers listed in an evacuation event (the counts are alway
 DEFAULT_TIMEOUT = 5.0
 # Environment handed to the child and the command: nothing else (OCF agents receive their
 # parameters, passwords included, as OCF_RESKEY_* variables).
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "SSL_CERT_FILE",
-             "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+_ENV_KEEP = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
-          "from nova_ha.lib import notify; notify.child_main()")
+_CHILD = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from nova_ha.lib import notify; notify.child_main()"
+)
 
 
 def total_budget(timeout: float) -> float:
@@ -67,6 +78,7 @@ def total_budget(timeout: float) -> float:
 
 
 # ---- events -----------------------------------------------------------------------------------
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe copy with every string redacted (known secret values, key=value secrets)."""
@@ -81,8 +93,16 @@ def _clean(value: Any) -> Any:
     return _clean(str(value))
 
 
-def make_event(kind: Event, node: str, *, host: str | None = None, source: str = "nova-ha",
-               detail: str = "", now: float | None = None, **fields: Any) -> dict[str, Any]:
+def make_event(
+    kind: Event,
+    node: str,
+    *,
+    host: str | None = None,
+    source: str = "nova-ha",
+    detail: str = "",
+    now: float | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """The event as sent everywhere. Extra fields whose value is None are left out.
     ValueError for a `kind` that is no Event."""
     try:
@@ -91,8 +111,13 @@ def make_event(kind: Event, node: str, *, host: str | None = None, source: str =
         raise ValueError(f"unknown event {kind!r}") from None
     epoch = time.time() if now is None else now
     event: dict[str, Any] = {
-        "event": kind.value, "time": clock.iso_utc(epoch), "epoch": round(epoch, 3), "node": node,
-        "host": host or node, "source": source, "reporter": os.uname().nodename,
+        "event": kind.value,
+        "time": clock.iso_utc(epoch),
+        "epoch": round(epoch, 3),
+        "node": node,
+        "host": host or node,
+        "source": source,
+        "reporter": os.uname().nodename,
         "version": _version(),
     }
     if detail:
@@ -111,22 +136,33 @@ def summary_fields(summary: Any) -> dict[str, Any]:
     """Counts and the servers of an evacuation Summary: which server ended where, and why
     not for those that did not (evacuated ones first are dropped when the list is long)."""
     outcomes = list(getattr(summary, "outcomes", []))
-    order = {"failed": 0, "unfinished": 1, "skipped": 2, "gone": 3, "pending": 4,
-             "evacuated": 5}
+    order = {"failed": 0, "unfinished": 1, "skipped": 2, "gone": 3, "pending": 4, "evacuated": 5}
     listed = sorted(outcomes, key=lambda o: order.get(o.result, 9))[:SERVERS_MAX]
     return {
-        "found": summary.found, "selected": summary.selected,
-        "evacuated": summary.count("evacuated"), "failed": summary.count("failed"),
-        "skipped": summary.count("skipped"), "unfinished": summary.count("unfinished"),
+        "found": summary.found,
+        "selected": summary.selected,
+        "evacuated": summary.count("evacuated"),
+        "failed": summary.count("failed"),
+        "skipped": summary.count("skipped"),
+        "unfinished": summary.count("unfinished"),
         "gone": summary.count("gone"),
         "seconds": round(summary.finished_after, 1) if summary.finished_after else None,
-        "servers": [{"id": o.server_id, "name": o.name, "result": o.result, "host": o.host,
-                     "detail": o.detail} for o in listed],
+        "servers": [
+            {
+                "id": o.server_id,
+                "name": o.name,
+                "result": o.result,
+                "host": o.host,
+                "detail": o.detail,
+            }
+            for o in listed
+        ],
         "servers_truncated": len(outcomes) > SERVERS_MAX or None,
     }
 
 
 # ---- syslog -----------------------------------------------------------------------------------
+
 
 def _syslog(priority: str, message: str) -> None:
     """One syslog line (replaced in tests). No syslog daemon: silently nothing."""
@@ -139,13 +175,16 @@ def _syslog(priority: str, message: str) -> None:
 
 def to_syslog(event: Mapping[str, Any]) -> None:
     try:
-        _syslog("warning" if event.get("event") in WARNING_EVENTS else "notice",
-                "event " + json.dumps(event, separators=(",", ":"), sort_keys=True))
+        _syslog(
+            "warning" if event.get("event") in WARNING_EVENTS else "notice",
+            "event " + json.dumps(event, separators=(",", ":"), sort_keys=True),
+        )
     except Exception as err:  # a notification must never break an agent
         LOG.debug("syslog: %s", err)
 
 
 # ---- delivery ---------------------------------------------------------------------------------
+
 
 def shown_url(url: str) -> str:
     """The URL without credentials or query (both may carry secrets), for log lines."""
@@ -209,8 +248,14 @@ def _location(err: Any, base: str) -> str:
         return "(unparsable Location)"
 
 
-def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
-         sleep: Callable[[float], None] = time.sleep, kind: str = "") -> str:
+def post(
+    url: str,
+    body: bytes,
+    timeout: float,
+    attempts: int = ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+    kind: str = "",
+) -> str:
     """POST the event; returns what happened, never raises. Retries no answer, 408/425/429
     and 5xx; a redirect is a failure naming its Location."""
     log.REDACTOR.add(*url_secrets(url))
@@ -234,8 +279,9 @@ def post(url: str, body: bytes, timeout: float, attempts: int = ATTEMPTS,
     return f"failed after {attempts} attempts ({log.REDACTOR.redact(last)[:200]})"
 
 
-def _post_once(opener: Any, target: str, body: bytes, headers: dict[str, str],
-               timeout: float, attempt: int) -> tuple[str, str]:
+def _post_once(
+    opener: Any, target: str, body: bytes, headers: dict[str, str], timeout: float, attempt: int
+) -> tuple[str, str]:
     """One POST: (what happened, "") when that is final, ("", why) when worth another try."""
     import urllib.error
     import urllib.request
@@ -246,15 +292,16 @@ def _post_once(opener: Any, target: str, body: bytes, headers: dict[str, str],
             return f"delivered (HTTP {answer.status}, attempt {attempt})", ""
     except urllib.error.HTTPError as err:
         if 300 <= err.code < 400:
-            return f"refused (HTTP {err.code} redirect to {_location(err, target)}, " \
-                   "not followed)", ""
+            return (
+                f"refused (HTTP {err.code} redirect to {_location(err, target)}, not followed)",
+                "",
+            )
         if err.code not in RETRY_STATUSES:
             return f"refused (HTTP {err.code})", ""
         return "", f"HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        return "", f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) \
-            else reason
+        return "", f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
     except Exception as err:  # InvalidURL and kin: the URL itself is wrong, no retry
         return f"failed ({type(err).__name__}: {log.REDACTOR.redact(str(err))[:200]})", ""
 
@@ -266,16 +313,16 @@ def child_env(kind: str, node: str) -> dict[str, str]:
     return env
 
 
-def run_command(command: str, body: bytes, timeout: float,
-                env: Mapping[str, str] | None = None) -> str:
+def run_command(
+    command: str, body: bytes, timeout: float, env: Mapping[str, str] | None = None
+) -> str:
     """Run the command without a shell, the event on stdin; returns what happened.
 
     Its stdout is discarded, at most service.OUTPUT_LIMIT bytes of its stderr are kept
     (the rest read and thrown away): a flooding command neither blocks nor fills memory."""
     try:
         argv = shlex.split(command)
-        done = service.run_capped(argv, timeout, stdin=body, keep_stdout=False,
-                                  env=env, cwd="/")
+        done = service.run_capped(argv, timeout, stdin=body, keep_stdout=False, env=env, cwd="/")
     except subprocess.TimeoutExpired:
         return f"killed after {timeout:g} s"
     except (OSError, ValueError) as err:
@@ -286,8 +333,9 @@ def run_command(command: str, body: bytes, timeout: float,
     return "ran (exit 0)"
 
 
-def deliver(event: Mapping[str, Any], url: str | None, command: str | None,
-            timeout: float) -> dict[str, str]:
+def deliver(
+    event: Mapping[str, Any], url: str | None, command: str | None, timeout: float
+) -> dict[str, str]:
     """Deliver one event in this process (the child's work); {channel: outcome}."""
     body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
     kind, node = str(event.get("event", "")), str(event.get("node", ""))
@@ -332,6 +380,7 @@ def child_main() -> None:
 
 # ---- the notifier -------------------------------------------------------------------------------
 
+
 @dataclass
 class Notifier:
     """Sends events for one agent run. Cheap to build; never raises."""
@@ -347,18 +396,26 @@ class Notifier:
 
     @classmethod
     def from_settings(cls, settings: params.NotifySettings, source: str) -> Notifier:
-        return cls(url=settings.url, command=settings.command, timeout=settings.timeout,
-                   source=source)
+        return cls(
+            url=settings.url, command=settings.command, timeout=settings.timeout, source=source
+        )
 
-    def send(self, kind: Event, node: str, *, host: str | None = None, detail: str = "",
-             summary: Any = None, **fields: Any) -> dict[str, Any] | None:
+    def send(
+        self,
+        kind: Event,
+        node: str,
+        *,
+        host: str | None = None,
+        detail: str = "",
+        summary: Any = None,
+        **fields: Any,
+    ) -> dict[str, Any] | None:
         """Build, log to syslog and hand the event over. Returns it (None on a bug)."""
         try:
             if summary is not None:
                 fields = {**summary_fields(summary), **fields}
                 detail = detail or summary.line()
-            event = make_event(kind, node, host=host, source=self.source, detail=detail,
-                               **fields)
+            event = make_event(kind, node, host=host, source=self.source, detail=detail, **fields)
             to_syslog(event)
             LOG.debug("event %s for %s", kind, node)
             if self.url or self.command:
@@ -372,13 +429,19 @@ class Notifier:
             return None
 
     def _spawn(self, event: Mapping[str, Any]) -> None:
-        payload = json.dumps({"event": event, "url": self.url, "command": self.command,
-                              "timeout": self.timeout}).encode()
+        payload = json.dumps(
+            {"event": event, "url": self.url, "command": self.command, "timeout": self.timeout}
+        ).encode()
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, _ROOT], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-            start_new_session=True, cwd="/",
-            env=child_env(str(event.get("event")), str(event.get("node"))))
+            [sys.executable, "-c", _CHILD, _ROOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+            env=child_env(str(event.get("event")), str(event.get("node"))),
+        )
         stdin = child.stdin
         assert stdin is not None  # stdin=PIPE
         try:
@@ -393,8 +456,9 @@ class Notifier:
 _children: list[subprocess.Popen[bytes]] = []
 
 
-def send(settings: params.NotifySettings, kind: Event, node: str, source: str,
-         **kwargs: Any) -> dict[str, Any] | None:
+def send(
+    settings: params.NotifySettings, kind: Event, node: str, source: str, **kwargs: Any
+) -> dict[str, Any] | None:
     """One-shot: ``notify.send(parsed.settings.notify, Event.REJOINED, node, params.COMPUTE,
     host=host)``."""
     return Notifier.from_settings(settings, source).send(kind, node, **kwargs)

@@ -29,8 +29,13 @@ OCF_NOT_RUNNING = 7
 
 # The OCF DTD (ra-api-1.dtd) knows string/integer/boolean only, the RNG also second and
 # select: render what both accept.
-_OCF_TYPES = {"string": "string", "integer": "integer", "second": "integer",
-              "boolean": "boolean", "select": "string"}
+_OCF_TYPES = {
+    "string": "string",
+    "integer": "integer",
+    "second": "integer",
+    "boolean": "boolean",
+    "select": "string",
+}
 
 
 class OcfError(NovaHaError):
@@ -108,31 +113,50 @@ class OcfAgentSpec:
 
 
 def service_agent_spec(
-    name: str, shortdesc: str, longdesc: str, *, timeouts: tuple[int, int, int],
-    start: Handler, stop: Handler, monitor: Handler, validate: Validator,
+    name: str,
+    shortdesc: str,
+    longdesc: str,
+    *,
+    timeouts: tuple[int, int, int],
+    start: Handler,
+    stop: Handler,
+    monitor: Handler,
+    validate: Validator,
 ) -> OcfAgentSpec:
     """An agent that runs a service: start, stop and monitor (every 10 s) with their default
     timeouts in seconds, validate-all and meta-data. stop and monitor are unchecked: a broken
     parameter must never leave the service running behind Pacemaker's back, or hide it from
     a probe."""
     start_timeout, stop_timeout, monitor_timeout = timeouts
-    actions = [OcfAction("start", start_timeout), OcfAction("stop", stop_timeout),
-               OcfAction("monitor", monitor_timeout, interval=10, depth=0),
-               OcfAction("validate-all", 20), OcfAction("meta-data", 5)]
-    return OcfAgentSpec(name, __version__, shortdesc, longdesc, actions,
-                        {"start": start, "stop": stop, "monitor": monitor}, validate,
-                        unchecked=frozenset({"stop", "monitor"}))
+    actions = [
+        OcfAction("start", start_timeout),
+        OcfAction("stop", stop_timeout),
+        OcfAction("monitor", monitor_timeout, interval=10, depth=0),
+        OcfAction("validate-all", 20),
+        OcfAction("meta-data", 5),
+    ]
+    return OcfAgentSpec(
+        name,
+        __version__,
+        shortdesc,
+        longdesc,
+        actions,
+        {"start": start, "stop": stop, "monitor": monitor},
+        validate,
+        unchecked=frozenset({"stop", "monitor"}),
+    )
 
 
 def metadata(spec: OcfAgentSpec) -> str:
-    out = ['<?xml version="1.0"?>',
-           '<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">',
-           f"<resource-agent name={docs.xml_attr(spec.name)} "
-           f"version={docs.xml_attr(spec.version)}>",
-           "<version>1.0</version>",
-           f'<longdesc lang="en">{docs.xml_escape(spec.longdesc)}</longdesc>',
-           f'<shortdesc lang="en">{docs.xml_escape(spec.shortdesc)}</shortdesc>',
-           "<parameters>"]
+    out = [
+        '<?xml version="1.0"?>',
+        '<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">',
+        f"<resource-agent name={docs.xml_attr(spec.name)} version={docs.xml_attr(spec.version)}>",
+        "<version>1.0</version>",
+        f'<longdesc lang="en">{docs.xml_escape(spec.longdesc)}</longdesc>',
+        f'<shortdesc lang="en">{docs.xml_escape(spec.shortdesc)}</shortdesc>',
+        "<parameters>",
+    ]
     for param in params.for_agent(spec.name):
         longdesc = param.long or param.short
         if param.choices:
@@ -140,12 +164,14 @@ def metadata(spec: OcfAgentSpec) -> str:
         if param.aliases:
             longdesc += f" Deprecated names: {', '.join(param.aliases)}."
         default = f" default={docs.xml_attr(param.default)}" if param.default is not None else ""
-        out += [f'<parameter name={docs.xml_attr(param.name)} unique="0" '
-                f'required="{1 if param.required else 0}">',
-                f'<longdesc lang="en">{docs.xml_escape(longdesc)}</longdesc>',
-                f'<shortdesc lang="en">{docs.xml_escape(param.short)}</shortdesc>',
-                f'<content type="{_OCF_TYPES[param.type]}"{default}/>',
-                "</parameter>"]
+        out += [
+            f'<parameter name={docs.xml_attr(param.name)} unique="0" '
+            f'required="{1 if param.required else 0}">',
+            f'<longdesc lang="en">{docs.xml_escape(longdesc)}</longdesc>',
+            f'<shortdesc lang="en">{docs.xml_escape(param.short)}</shortdesc>',
+            f'<content type="{_OCF_TYPES[param.type]}"{default}/>',
+            "</parameter>",
+        ]
     out += ["</parameters>", "<actions>"]
     for action in spec.actions:
         extra = ""
@@ -163,8 +189,11 @@ _FRAMEWORK_KEYS = ("OCF_RESKEY_CRM_meta", "OCF_RESKEY_crm_feature_set")
 
 
 def parse_env(env: Mapping[str, str], agent: str) -> params.Parsed:
-    raw = [(key[len("OCF_RESKEY_"):], value) for key, value in env.items()
-           if key.startswith("OCF_RESKEY_") and not key.startswith(_FRAMEWORK_KEYS)]
+    raw = [
+        (key[len("OCF_RESKEY_") :], value)
+        for key, value in env.items()
+        if key.startswith("OCF_RESKEY_") and not key.startswith(_FRAMEWORK_KEYS)
+    ]
     return params.parse(raw, agent)
 
 
@@ -174,10 +203,12 @@ def exit_reason(reason: str) -> None:
     print(f"ocf-exit-reason:{text}", file=sys.stderr, flush=True)
 
 
-def run(spec: OcfAgentSpec, argv: list[str] | None = None,
-        env: Mapping[str, str] | None = None) -> NoReturn:
-    sys.exit(dispatch(spec, sys.argv[1:] if argv is None else argv,
-                      os.environ if env is None else env))
+def run(
+    spec: OcfAgentSpec, argv: list[str] | None = None, env: Mapping[str, str] | None = None
+) -> NoReturn:
+    sys.exit(
+        dispatch(spec, sys.argv[1:] if argv is None else argv, os.environ if env is None else env)
+    )
 
 
 def dispatch(spec: OcfAgentSpec, argv: list[str], env: Mapping[str, str]) -> int:

@@ -88,235 +88,626 @@ def _p(name: str, type_: str, short: str, long: str = "", **kw: Any) -> Param:
 
 PARAMETERS: tuple[Param, ...] = (
     # ---- shared settings --------------------------------------------------------------------
-    _p("config_file", "string", "File of shared settings (name=value lines)",
-       "One file for the settings every device and resource shares (host_map, os_*, "
-       "evacuation, BMC user...) instead of repeating them in each: 'name=value' lines, "
-       "'#' comments, the parameter names of nova-ha (deprecated ones too). It is read first; "
-       "parameters given to the agent directly override it. Parameters of other agents are "
-       "skipped (one file serves all agents); an unknown name is an error, and so are 'port' "
-       "and 'action'. An absolute path to a regular file of at most 256 KiB, belonging to "
-       "root (or the agent's user) and writable by nobody else; when it holds a secret "
-       "(os_password, password, ...) readable by nobody else either (mode 0600).",
-       agents=_OPENSTACK, group="shared", metavar="path"),
+    _p(
+        "config_file",
+        "string",
+        "File of shared settings (name=value lines)",
+        "One file for the settings every device and resource shares (host_map, os_*, "
+        "evacuation, BMC user...) instead of repeating them in each: 'name=value' lines, "
+        "'#' comments, the parameter names of nova-ha (deprecated ones too). It is read first; "
+        "parameters given to the agent directly override it. Parameters of other agents are "
+        "skipped (one file serves all agents); an unknown name is an error, and so are 'port' "
+        "and 'action'. An absolute path to a regular file of at most 256 KiB, belonging to "
+        "root (or the agent's user) and writable by nobody else; when it holds a secret "
+        "(os_password, password, ...) readable by nobody else either (mode 0600).",
+        agents=_OPENSTACK,
+        group="shared",
+        metavar="path",
+    ),
     # ---- host selection -------------------------------------------------------------------
-    _p("port", "string", "Pacemaker node name of the compute host to fence",
-       "Pacemaker passes the target node as 'port' (fence-agents call it 'plug'). It is "
-       "mapped to Nova's compute host name with host_map and domain.",
-       cli="plug", aliases=("nodename",), agents=_FENCE_ONLY, group="host", getopt="n",
-       metavar="node"),
-    _p("host_map", "string", "Map of Pacemaker node names to Nova host names",
-       "Pairs 'node:novahost' separated by ';', ',' or spaces, for clouds whose Nova host "
-       "names differ from the Pacemaker node names. Unlisted nodes use their own name "
-       "(plus domain).", agents=_OPENSTACK, group="host", metavar="map"),
-    _p("domain", "string", "DNS domain appended to node names to form Nova host names",
-       "Set this when Nova knows compute hosts by their fully qualified names and the "
-       "Pacemaker nodes by their short names. A name that already ends in the domain is "
-       "left as it is.", agents=_OPENSTACK, group="host", metavar="domain"),
+    _p(
+        "port",
+        "string",
+        "Pacemaker node name of the compute host to fence",
+        "Pacemaker passes the target node as 'port' (fence-agents call it 'plug'). It is "
+        "mapped to Nova's compute host name with host_map and domain.",
+        cli="plug",
+        aliases=("nodename",),
+        agents=_FENCE_ONLY,
+        group="host",
+        getopt="n",
+        metavar="node",
+    ),
+    _p(
+        "host_map",
+        "string",
+        "Map of Pacemaker node names to Nova host names",
+        "Pairs 'node:novahost' separated by ';', ',' or spaces, for clouds whose Nova host "
+        "names differ from the Pacemaker node names. Unlisted nodes use their own name "
+        "(plus domain).",
+        agents=_OPENSTACK,
+        group="host",
+        metavar="map",
+    ),
+    _p(
+        "domain",
+        "string",
+        "DNS domain appended to node names to form Nova host names",
+        "Set this when Nova knows compute hosts by their fully qualified names and the "
+        "Pacemaker nodes by their short names. A name that already ends in the domain is "
+        "left as it is.",
+        agents=_OPENSTACK,
+        group="host",
+        metavar="domain",
+    ),
     # ---- OpenStack --------------------------------------------------------------------------
-    _p("os_cloud", "string", "Cloud name in clouds.yaml (recommended: no password in the CIB)",
-       "Name of an entry in clouds.yaml (/etc/openstack/clouds.yaml or "
-       "~/.config/openstack/clouds.yaml, or the file named by OS_CLIENT_CONFIG_FILE). Its "
-       "settings are read first; os_* parameters given here override them. This keeps the "
-       "OpenStack password out of the CIB.", agents=_OPENSTACK, group="openstack",
-       metavar="cloud"),
-    _p("os_auth_url", "string", "Keystone v3 URL",
-       "Keystone identity endpoint, e.g. https://keystone.example.com:5000/v3.",
-       aliases=("auth_url",), agents=_OPENSTACK, group="openstack", metavar="url"),
-    _p("os_username", "string", "OpenStack user name",
-       "Keystone user with the admin role (force-down, evacuate and listing all tenants' "
-       "servers need it). fence_compute called this 'username'; here 'username' is the "
-       "BMC's, as in fence_ipmilan.", agents=_OPENSTACK, group="openstack", metavar="name"),
-    _p("os_password", "string", "OpenStack password",
-       "Prefer os_cloud or os_password_script: a password given here is stored in the CIB.",
-       secret=True, agents=_OPENSTACK, group="openstack", metavar="password"),
-    _p("os_password_script", "string", "Command that prints the OpenStack password",
-       "Run without a shell (split like a shell would); its first line of standard output "
-       "is the password.", agents=_OPENSTACK, group="openstack", metavar="command"),
-    _p("os_project_name", "string", "OpenStack project (tenant) name",
-       aliases=("tenant_name",), agents=_OPENSTACK, group="openstack", metavar="name"),
-    _p("os_user_domain_name", "string", "Keystone domain of the user",
-       default="Default", aliases=("user_domain",), agents=_OPENSTACK, group="openstack",
-       metavar="name"),
-    _p("os_project_domain_name", "string", "Keystone domain of the project",
-       default="Default", aliases=("project_domain",), agents=_OPENSTACK, group="openstack",
-       metavar="name"),
-    _p("os_application_credential_id", "string", "Keystone application credential ID",
-       "An application credential replaces user name and password.", agents=_OPENSTACK,
-       group="openstack", metavar="id"),
-    _p("os_application_credential_secret", "string", "Keystone application credential secret",
-       secret=True, agents=_OPENSTACK, group="openstack", metavar="secret"),
-    _p("os_region_name", "string", "OpenStack region", aliases=("region_name",),
-       agents=_OPENSTACK, group="openstack", metavar="region"),
-    _p("os_interface", "select", "Endpoint interface to use for Nova",
-       "Which catalog endpoint of Nova to use. fence_compute's publicURL / internalURL / "
-       "adminURL are accepted too.", default="internal", choices=("public", "internal", "admin"),
-       aliases=("endpoint_type",), agents=_OPENSTACK, group="openstack"),
-    _p("os_cacert", "string", "CA bundle to verify Keystone and Nova TLS certificates",
-       agents=_OPENSTACK, group="openstack", metavar="path"),
-    _p("os_cert", "string", "Client certificate for TLS", agents=_OPENSTACK,
-       group="openstack", metavar="path"),
-    _p("os_key", "string", "Client certificate key for TLS", agents=_OPENSTACK,
-       group="openstack", metavar="path"),
-    _p("os_insecure", "boolean", "Do not verify TLS certificates (test clouds only)",
-       default="0", aliases=("insecure",), agents=_OPENSTACK, group="openstack"),
-    _p("os_api_timeout", "second", "Timeout of one Keystone or Nova request, in seconds",
-       "Each request is bounded by this; failed requests are retried with backoff inside "
-       "the action's overall budget.", default="10", maximum=300, agents=_OPENSTACK,
-       group="openstack"),
-    _p("os_compute_api_version", "string", "Highest Nova microversion to use",
-       "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
-       "2.52 to pin an older behaviour.", default="auto", agents=_OPENSTACK, group="openstack",
-       metavar="version"),
-    _p("os_token_cache", "boolean", "Keep Keystone's token for the next run of the agent",
-       "The token and catalog are kept in /run/nova-ha/tokens (tmpfs, root-only, one file per "
-       "set of credentials) and used while they have more than two minutes of life left: "
-       "a fence then starts without a Keystone round trip, and the monitors do not ask "
-       "Keystone for a token every few seconds.", default="1", agents=_OPENSTACK,
-       group="openstack"),
+    _p(
+        "os_cloud",
+        "string",
+        "Cloud name in clouds.yaml (recommended: no password in the CIB)",
+        "Name of an entry in clouds.yaml (/etc/openstack/clouds.yaml or "
+        "~/.config/openstack/clouds.yaml, or the file named by OS_CLIENT_CONFIG_FILE). Its "
+        "settings are read first; os_* parameters given here override them. This keeps the "
+        "OpenStack password out of the CIB.",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="cloud",
+    ),
+    _p(
+        "os_auth_url",
+        "string",
+        "Keystone v3 URL",
+        "Keystone identity endpoint, e.g. https://keystone.example.com:5000/v3.",
+        aliases=("auth_url",),
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="url",
+    ),
+    _p(
+        "os_username",
+        "string",
+        "OpenStack user name",
+        "Keystone user with the admin role (force-down, evacuate and listing all tenants' "
+        "servers need it). fence_compute called this 'username'; here 'username' is the "
+        "BMC's, as in fence_ipmilan.",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="name",
+    ),
+    _p(
+        "os_password",
+        "string",
+        "OpenStack password",
+        "Prefer os_cloud or os_password_script: a password given here is stored in the CIB.",
+        secret=True,
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="password",
+    ),
+    _p(
+        "os_password_script",
+        "string",
+        "Command that prints the OpenStack password",
+        "Run without a shell (split like a shell would); its first line of standard output "
+        "is the password.",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="command",
+    ),
+    _p(
+        "os_project_name",
+        "string",
+        "OpenStack project (tenant) name",
+        aliases=("tenant_name",),
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="name",
+    ),
+    _p(
+        "os_user_domain_name",
+        "string",
+        "Keystone domain of the user",
+        default="Default",
+        aliases=("user_domain",),
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="name",
+    ),
+    _p(
+        "os_project_domain_name",
+        "string",
+        "Keystone domain of the project",
+        default="Default",
+        aliases=("project_domain",),
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="name",
+    ),
+    _p(
+        "os_application_credential_id",
+        "string",
+        "Keystone application credential ID",
+        "An application credential replaces user name and password.",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="id",
+    ),
+    _p(
+        "os_application_credential_secret",
+        "string",
+        "Keystone application credential secret",
+        secret=True,
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="secret",
+    ),
+    _p(
+        "os_region_name",
+        "string",
+        "OpenStack region",
+        aliases=("region_name",),
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="region",
+    ),
+    _p(
+        "os_interface",
+        "select",
+        "Endpoint interface to use for Nova",
+        "Which catalog endpoint of Nova to use. fence_compute's publicURL / internalURL / "
+        "adminURL are accepted too.",
+        default="internal",
+        choices=("public", "internal", "admin"),
+        aliases=("endpoint_type",),
+        agents=_OPENSTACK,
+        group="openstack",
+    ),
+    _p(
+        "os_cacert",
+        "string",
+        "CA bundle to verify Keystone and Nova TLS certificates",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="path",
+    ),
+    _p(
+        "os_cert",
+        "string",
+        "Client certificate for TLS",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="path",
+    ),
+    _p(
+        "os_key",
+        "string",
+        "Client certificate key for TLS",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="path",
+    ),
+    _p(
+        "os_insecure",
+        "boolean",
+        "Do not verify TLS certificates (test clouds only)",
+        default="0",
+        aliases=("insecure",),
+        agents=_OPENSTACK,
+        group="openstack",
+    ),
+    _p(
+        "os_api_timeout",
+        "second",
+        "Timeout of one Keystone or Nova request, in seconds",
+        "Each request is bounded by this; failed requests are retried with backoff inside "
+        "the action's overall budget.",
+        default="10",
+        maximum=300,
+        agents=_OPENSTACK,
+        group="openstack",
+    ),
+    _p(
+        "os_compute_api_version",
+        "string",
+        "Highest Nova microversion to use",
+        "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
+        "2.52 to pin an older behaviour.",
+        default="auto",
+        agents=_OPENSTACK,
+        group="openstack",
+        metavar="version",
+    ),
+    _p(
+        "os_token_cache",
+        "boolean",
+        "Keep Keystone's token for the next run of the agent",
+        "The token and catalog are kept in /run/nova-ha/tokens (tmpfs, root-only, one file per "
+        "set of credentials) and used while they have more than two minutes of life left: "
+        "a fence then starts without a Keystone round trip, and the monitors do not ask "
+        "Keystone for a token every few seconds.",
+        default="1",
+        agents=_OPENSTACK,
+        group="openstack",
+    ),
     # ---- BMC (fence_ipmilan's names) ---------------------------------------------------------
-    _p("ip", "string", "BMC address (IPMI over LAN)",
-       "Without BMC parameters the agent does no power action: use it then only in a "
-       "fencing-topology level after a power device such as fence_ipmilan, which confirms "
-       "the power-off before this agent runs.", aliases=("ipaddr",), agents=_FENCE_ONLY,
-       group="bmc", getopt="a", metavar="ip"),
-    _p("bmc_map", "string", "BMC of each node, for one device fencing many nodes",
-       "Pairs 'node=address[:port]' separated by ';', ',' or spaces (IPv6 in brackets: "
-       "node=[fd00::5]:623; ipport when no port is given), instead of 'ip': the device powers "
-       "off the BMC of the node it is asked to fence and refuses a node that is not listed. "
-       "username and password or password_script are shared; password_script is run with "
-       "the node's name appended as its last argument (cluster/crm-config/bmc-password "
-       "then finds that BMC's password). One device and one monitor for all compute nodes "
-       "(list them in pcmk_host_list) instead of one each.", agents=_FENCE_ONLY,
-       group="bmc", metavar="map"),
-    _p("bmc_node", "string", "Node that the BMC at 'ip' powers (other nodes are refused)",
-       "With 'ip': the device refuses to power off a node other than this one, so a device "
-       "copied with another node's BMC address, or listing a wrong node in pcmk_host_list, "
-       "cannot power off the wrong host.", agents=_FENCE_ONLY, group="bmc", metavar="node"),
-    _p("ipport", "integer", "BMC UDP port", default="623", minimum=1, maximum=65535,
-       agents=_FENCE_ONLY, group="bmc", getopt="u", metavar="port"),
-    _p("username", "string", "BMC user name", aliases=("login",), agents=_FENCE_ONLY,
-       group="bmc", getopt="l", metavar="name"),
-    _p("password", "string", "BMC password", secret=True, aliases=("passwd",),
-       agents=_FENCE_ONLY, group="bmc", getopt="p", metavar="password"),
-    _p("password_script", "string", "Command that prints the BMC password",
-       "Run without a shell; its first line of standard output is the password.",
-       aliases=("passwd_script",), agents=_FENCE_ONLY, group="bmc", getopt="S",
-       metavar="command"),
-    _p("lanplus", "boolean", "Use IPMI 2.0 (lanplus)",
-       "Accepted for fence_ipmilan compatibility: nova-ha always speaks IPMI 2.0 (RMCP+).",
-       default="0", agents=_FENCE_ONLY, group="bmc", getopt="P"),
-    _p("cipher", "integer", "IPMI 2.0 cipher suite",
-       "Accepted for fence_ipmilan compatibility; the cipher suite is negotiated with the "
-       "BMC (SHA-1/AES, suite 3, when the BMC offers nothing better that is supported).",
-       maximum=255, agents=_FENCE_ONLY, group="bmc", getopt="C", metavar="suite"),
-    _p("privlvl", "select", "IPMI privilege level", default="administrator",
-       choices=("callback", "user", "operator", "administrator"), agents=_FENCE_ONLY,
-       group="bmc", getopt="L"),
-    _p("power_timeout", "second", "Seconds to wait for the BMC to confirm a power change",
-       "If the BMC does not report 'off' within this time the fence fails and nothing is "
-       "done in Nova.", default="20", maximum=600, agents=_FENCE_ONLY, group="bmc"),
-    _p("power_wait", "second", "Seconds to wait after a confirmed power change",
-       default="0", maximum=300, agents=_FENCE_ONLY, group="bmc"),
+    _p(
+        "ip",
+        "string",
+        "BMC address (IPMI over LAN)",
+        "Without BMC parameters the agent does no power action: use it then only in a "
+        "fencing-topology level after a power device such as fence_ipmilan, which confirms "
+        "the power-off before this agent runs.",
+        aliases=("ipaddr",),
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="a",
+        metavar="ip",
+    ),
+    _p(
+        "bmc_map",
+        "string",
+        "BMC of each node, for one device fencing many nodes",
+        "Pairs 'node=address[:port]' separated by ';', ',' or spaces (IPv6 in brackets: "
+        "node=[fd00::5]:623; ipport when no port is given), instead of 'ip': the device powers "
+        "off the BMC of the node it is asked to fence and refuses a node that is not listed. "
+        "username and password or password_script are shared; password_script is run with "
+        "the node's name appended as its last argument (cluster/crm-config/bmc-password "
+        "then finds that BMC's password). One device and one monitor for all compute nodes "
+        "(list them in pcmk_host_list) instead of one each.",
+        agents=_FENCE_ONLY,
+        group="bmc",
+        metavar="map",
+    ),
+    _p(
+        "bmc_node",
+        "string",
+        "Node that the BMC at 'ip' powers (other nodes are refused)",
+        "With 'ip': the device refuses to power off a node other than this one, so a device "
+        "copied with another node's BMC address, or listing a wrong node in pcmk_host_list, "
+        "cannot power off the wrong host.",
+        agents=_FENCE_ONLY,
+        group="bmc",
+        metavar="node",
+    ),
+    _p(
+        "ipport",
+        "integer",
+        "BMC UDP port",
+        default="623",
+        minimum=1,
+        maximum=65535,
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="u",
+        metavar="port",
+    ),
+    _p(
+        "username",
+        "string",
+        "BMC user name",
+        aliases=("login",),
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="l",
+        metavar="name",
+    ),
+    _p(
+        "password",
+        "string",
+        "BMC password",
+        secret=True,
+        aliases=("passwd",),
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="p",
+        metavar="password",
+    ),
+    _p(
+        "password_script",
+        "string",
+        "Command that prints the BMC password",
+        "Run without a shell; its first line of standard output is the password.",
+        aliases=("passwd_script",),
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="S",
+        metavar="command",
+    ),
+    _p(
+        "lanplus",
+        "boolean",
+        "Use IPMI 2.0 (lanplus)",
+        "Accepted for fence_ipmilan compatibility: nova-ha always speaks IPMI 2.0 (RMCP+).",
+        default="0",
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="P",
+    ),
+    _p(
+        "cipher",
+        "integer",
+        "IPMI 2.0 cipher suite",
+        "Accepted for fence_ipmilan compatibility; the cipher suite is negotiated with the "
+        "BMC (SHA-1/AES, suite 3, when the BMC offers nothing better that is supported).",
+        maximum=255,
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="C",
+        metavar="suite",
+    ),
+    _p(
+        "privlvl",
+        "select",
+        "IPMI privilege level",
+        default="administrator",
+        choices=("callback", "user", "operator", "administrator"),
+        agents=_FENCE_ONLY,
+        group="bmc",
+        getopt="L",
+    ),
+    _p(
+        "power_timeout",
+        "second",
+        "Seconds to wait for the BMC to confirm a power change",
+        "If the BMC does not report 'off' within this time the fence fails and nothing is "
+        "done in Nova.",
+        default="20",
+        maximum=600,
+        agents=_FENCE_ONLY,
+        group="bmc",
+    ),
+    _p(
+        "power_wait",
+        "second",
+        "Seconds to wait after a confirmed power change",
+        default="0",
+        maximum=300,
+        agents=_FENCE_ONLY,
+        group="bmc",
+    ),
     # ---- evacuation ---------------------------------------------------------------------------
-    _p("evacuate", "select", "Which servers to evacuate after fencing",
-       "all: every server of the host; tagged: only servers whose flavor extra_specs, image "
-       "properties or server metadata carry evacuable_tag with a true value; none: fence "
-       "and force down only; record: fence, force down and record the host as needing "
-       "evacuation, leaving the work to the NovaEvacuate resource.", default="all",
-       choices=("all", "tagged", "none", "record"), agents=_EVACUATION, group="evacuation"),
-    _p("evacuable_tag", "string", "Tag that marks a server evacuable (evacuate=tagged)",
-       default="evacuable", agents=_EVACUATION, group="evacuation", metavar="tag"),
-    _p("max_parallel", "integer", "Evacuation requests in flight at once", default="16",
-       minimum=1, maximum=256, agents=_EVACUATION, group="evacuation", metavar="n"),
-    _p("evacuate_timeout", "second", "Seconds allowed for evacuating a host",
-       "The budget of one evacuation run by NovaEvacuate's evacuation service (beside "
-       "Pacemaker, not inside a fence action), and the life of the host's lease that the "
-       "fence device grants it. What is not finished by then stays recorded 'fenced' and "
-       "the service takes it up again. It no longer counts in the stonith-timeout.",
-       default="40", maximum=86400, agents=_EVACUATION, group="evacuation"),
-    _p("evacuate_retries", "integer", "Retries of a failed evacuation of one server",
-       default="2", maximum=20, agents=_EVACUATION, group="evacuation", metavar="n"),
-    _p("target_hosts", "string", "Reserved hosts to evacuate to (comma separated)",
-       "Empty: Nova's scheduler chooses. Otherwise these hosts are enabled first and each "
-       "server is sent to one of them with room; when they are full the remaining servers "
-       "go to Nova's scheduler.", agents=_EVACUATION, group="evacuation", metavar="hosts"),
-    _p("power_on_after", "boolean", "Power the host back on at the end of a reboot",
-       "With reboot, power on after evacuation so the repaired host can rejoin through "
-       "NovaCompute; set 0 to leave it off for inspection (reboot then acts like off).",
-       default="1", agents=_FENCE_ONLY, group="evacuation"),
-    _p("max_fenced_hosts", "string",
-       "Mass-failure guard: more hosts fenced within fenced_window stop automatic evacuation",
-       "A count ('3') or a percentage of the compute hosts ('25%', rounded down, at least 1); "
-       "0 turns the guard off. When more hosts than this were fenced within fenced_window "
-       "seconds of each other, a shared cause (a switch, the controllers' network, a power "
-       "feed) is far more likely than that many independent deaths: fencing goes on (that "
-       "is Pacemaker's call), but no evacuation of those hosts starts automatically, neither "
-       "here nor in NovaEvacuate; an 'evacuation_blocked' event is raised once per host and "
-       "the hosts stay recorded 'fenced' until an administrator runs 'nova-ha evacuate HOST' "
-       "(a real failure) or 'nova-ha reset HOST' (let it rejoin with its servers). The "
-       "default, 25%, because independent hardware failures seldom take two hosts within "
-       "minutes, while a network or controller fault fences a large share at once; "
-       "evacuating that share would pile it onto hosts that may be next and exhaust the "
-       "capacity that the fenced hosts, once back, would have kept. A percentage scales with "
-       "the cloud where a count does not: 2 suits ten hosts but would stop a 500-host cloud "
-       "on its third ordinary failure. The percentage is of the compute services Nova knows "
-       "(or of the compute nodes in the CIB).", default="25%", agents=_EVACUATION,
-       group="evacuation", metavar="count|percent"),
-    _p("fenced_window", "second", "Time window of the mass-failure guard, in seconds",
-       "Hosts whose latest fencing (from their records in the CIB) lies within this many "
-       "seconds of each other count as one wave for max_fenced_hosts. 600 s holds a wave "
-       "fenced over several minutes by a flapping network, and is short against the time "
-       "between independent hardware failures.", default="600", maximum=86400,
-       agents=_EVACUATION, group="evacuation"),
-    _p("watch_interval", "second", "Seconds between the evacuation service's reads of the "
-       "records",
-       "NovaEvacuate's evacuation service is woken at once by a fence device on its own "
-       "controller; a fence run on another controller is seen at the next read of the "
-       "records (one small CIB query).", default="1", maximum=300,
-       agents=frozenset({EVACUATE}), group="evacuation"),
-    _p("max_hosts", "integer", "Hosts evacuated at once by the evacuation service",
-       "Each host is evacuated by a worker process of its own (max_parallel requests "
-       "each); further hosts wait for a free worker.", default="8", minimum=1, maximum=64,
-       agents=frozenset({EVACUATE}), group="evacuation", metavar="n"),
+    _p(
+        "evacuate",
+        "select",
+        "Which servers to evacuate after fencing",
+        "all: every server of the host; tagged: only servers whose flavor extra_specs, image "
+        "properties or server metadata carry evacuable_tag with a true value; none: fence "
+        "and force down only; record: fence, force down and record the host as needing "
+        "evacuation, leaving the work to the NovaEvacuate resource.",
+        default="all",
+        choices=("all", "tagged", "none", "record"),
+        agents=_EVACUATION,
+        group="evacuation",
+    ),
+    _p(
+        "evacuable_tag",
+        "string",
+        "Tag that marks a server evacuable (evacuate=tagged)",
+        default="evacuable",
+        agents=_EVACUATION,
+        group="evacuation",
+        metavar="tag",
+    ),
+    _p(
+        "max_parallel",
+        "integer",
+        "Evacuation requests in flight at once",
+        default="16",
+        minimum=1,
+        maximum=256,
+        agents=_EVACUATION,
+        group="evacuation",
+        metavar="n",
+    ),
+    _p(
+        "evacuate_timeout",
+        "second",
+        "Seconds allowed for evacuating a host",
+        "The budget of one evacuation run by NovaEvacuate's evacuation service (beside "
+        "Pacemaker, not inside a fence action), and the life of the host's lease that the "
+        "fence device grants it. What is not finished by then stays recorded 'fenced' and "
+        "the service takes it up again. It no longer counts in the stonith-timeout.",
+        default="40",
+        maximum=86400,
+        agents=_EVACUATION,
+        group="evacuation",
+    ),
+    _p(
+        "evacuate_retries",
+        "integer",
+        "Retries of a failed evacuation of one server",
+        default="2",
+        maximum=20,
+        agents=_EVACUATION,
+        group="evacuation",
+        metavar="n",
+    ),
+    _p(
+        "target_hosts",
+        "string",
+        "Reserved hosts to evacuate to (comma separated)",
+        "Empty: Nova's scheduler chooses. Otherwise these hosts are enabled first and each "
+        "server is sent to one of them with room; when they are full the remaining servers "
+        "go to Nova's scheduler.",
+        agents=_EVACUATION,
+        group="evacuation",
+        metavar="hosts",
+    ),
+    _p(
+        "power_on_after",
+        "boolean",
+        "Power the host back on at the end of a reboot",
+        "With reboot, power on after evacuation so the repaired host can rejoin through "
+        "NovaCompute; set 0 to leave it off for inspection (reboot then acts like off).",
+        default="1",
+        agents=_FENCE_ONLY,
+        group="evacuation",
+    ),
+    _p(
+        "max_fenced_hosts",
+        "string",
+        "Mass-failure guard: more hosts fenced within fenced_window stop automatic evacuation",
+        "A count ('3') or a percentage of the compute hosts ('25%', rounded down, at least 1); "
+        "0 turns the guard off. When more hosts than this were fenced within fenced_window "
+        "seconds of each other, a shared cause (a switch, the controllers' network, a power "
+        "feed) is far more likely than that many independent deaths: fencing goes on (that "
+        "is Pacemaker's call), but no evacuation of those hosts starts automatically, neither "
+        "here nor in NovaEvacuate; an 'evacuation_blocked' event is raised once per host and "
+        "the hosts stay recorded 'fenced' until an administrator runs 'nova-ha evacuate HOST' "
+        "(a real failure) or 'nova-ha reset HOST' (let it rejoin with its servers). The "
+        "default, 25%, because independent hardware failures seldom take two hosts within "
+        "minutes, while a network or controller fault fences a large share at once; "
+        "evacuating that share would pile it onto hosts that may be next and exhaust the "
+        "capacity that the fenced hosts, once back, would have kept. A percentage scales with "
+        "the cloud where a count does not: 2 suits ten hosts but would stop a 500-host cloud "
+        "on its third ordinary failure. The percentage is of the compute services Nova knows "
+        "(or of the compute nodes in the CIB).",
+        default="25%",
+        agents=_EVACUATION,
+        group="evacuation",
+        metavar="count|percent",
+    ),
+    _p(
+        "fenced_window",
+        "second",
+        "Time window of the mass-failure guard, in seconds",
+        "Hosts whose latest fencing (from their records in the CIB) lies within this many "
+        "seconds of each other count as one wave for max_fenced_hosts. 600 s holds a wave "
+        "fenced over several minutes by a flapping network, and is short against the time "
+        "between independent hardware failures.",
+        default="600",
+        maximum=86400,
+        agents=_EVACUATION,
+        group="evacuation",
+    ),
+    _p(
+        "watch_interval",
+        "second",
+        "Seconds between the evacuation service's reads of the records",
+        "NovaEvacuate's evacuation service is woken at once by a fence device on its own "
+        "controller; a fence run on another controller is seen at the next read of the "
+        "records (one small CIB query).",
+        default="1",
+        maximum=300,
+        agents=frozenset({EVACUATE}),
+        group="evacuation",
+    ),
+    _p(
+        "max_hosts",
+        "integer",
+        "Hosts evacuated at once by the evacuation service",
+        "Each host is evacuated by a worker process of its own (max_parallel requests "
+        "each); further hosts wait for a free worker.",
+        default="8",
+        minimum=1,
+        maximum=64,
+        agents=frozenset({EVACUATE}),
+        group="evacuation",
+        metavar="n",
+    ),
     # ---- notifications --------------------------------------------------------------------------
-    _p("notify_url", "string", "Webhook URL that nova-ha events are POSTed to (JSON)",
-       "Each event (fenced, evacuation_finished, evacuation_failed, evacuation_blocked, "
-       "rejoined, reset) is POSTed as one JSON object (Content-Type application/json) from a "
-       "detached process, so fencing never waits for it: each attempt is bounded by "
-       "notify_timeout, failed attempts (no answer, HTTP 408, 429 or 5xx) are retried twice "
-       "with backoff. http:// and https:// (verified with the system's CAs) only. Events "
-       "carry no secret. Every event also goes to syslog (ident nova-ha, facility daemon) "
-       "whatever is set here.", agents=_OPENSTACK, group="general", metavar="url"),
-    _p("notify_command", "string", "Command run for each nova-ha event (event JSON on stdin)",
-       "Run without a shell (split like a shell would), detached from the agent, with the "
-       "event as one JSON object on standard input and its name in NOVA_HA_EVENT; killed "
-       "after notify_timeout. Its environment carries no OCF_RESKEY_* parameter (no "
-       "secret).", agents=_OPENSTACK, group="general", metavar="command"),
-    _p("notify_timeout", "second", "Seconds allowed for one webhook attempt or the command",
-       default="5", maximum=300, agents=_OPENSTACK, group="general"),
+    _p(
+        "notify_url",
+        "string",
+        "Webhook URL that nova-ha events are POSTed to (JSON)",
+        "Each event (fenced, evacuation_finished, evacuation_failed, evacuation_blocked, "
+        "rejoined, reset) is POSTed as one JSON object (Content-Type application/json) from a "
+        "detached process, so fencing never waits for it: each attempt is bounded by "
+        "notify_timeout, failed attempts (no answer, HTTP 408, 429 or 5xx) are retried twice "
+        "with backoff. http:// and https:// (verified with the system's CAs) only. Events "
+        "carry no secret. Every event also goes to syslog (ident nova-ha, facility daemon) "
+        "whatever is set here.",
+        agents=_OPENSTACK,
+        group="general",
+        metavar="url",
+    ),
+    _p(
+        "notify_command",
+        "string",
+        "Command run for each nova-ha event (event JSON on stdin)",
+        "Run without a shell (split like a shell would), detached from the agent, with the "
+        "event as one JSON object on standard input and its name in NOVA_HA_EVENT; killed "
+        "after notify_timeout. Its environment carries no OCF_RESKEY_* parameter (no "
+        "secret).",
+        agents=_OPENSTACK,
+        group="general",
+        metavar="command",
+    ),
+    _p(
+        "notify_timeout",
+        "second",
+        "Seconds allowed for one webhook attempt or the command",
+        default="5",
+        maximum=300,
+        agents=_OPENSTACK,
+        group="general",
+    ),
     # ---- NovaCompute ---------------------------------------------------------------------------
-    _p("systemd_unit", "string", "systemd unit of nova-compute",
-       "Default: the first of nova-compute.service and openstack-nova-compute.service that "
-       "exists. Ignored when start_command is set.", agents=_COMPUTE_ONLY, group="compute",
-       metavar="unit"),
-    _p("start_command", "string", "Command that starts nova-compute (instead of systemd)",
-       "Run without a shell. Use with stop_command and status_command for setups without "
-       "systemd.", agents=_COMPUTE_ONLY, group="compute", metavar="command"),
-    _p("stop_command", "string", "Command that stops nova-compute", agents=_COMPUTE_ONLY,
-       group="compute", metavar="command"),
-    _p("status_command", "string", "Command that exits 0 while nova-compute runs",
-       agents=_COMPUTE_ONLY, group="compute", metavar="command"),
-    _p("start_wait", "second", "Seconds start waits for an unsafe host to become safe",
-       "While the host's evacuation is unfinished, start waits at most this long (and never "
-       "more than 60% of its timeout), then fails with the reason; Pacemaker starts it again "
-       "once the failure expires (the clone's failure-timeout). Keep it short: while any "
-       "action runs, Pacemaker starts no new transition, so a long wait here would delay "
-       "the fencing of another node.", default="10", maximum=3600, agents=_COMPUTE_ONLY,
-       group="compute"),
-    _p("check_nova_service", "boolean", "monitor also asks Nova whether the service is up",
-       default="0", agents=_COMPUTE_ONLY, group="compute"),
-    _p("disable_on_stop", "boolean", "Disable the Nova service when the resource stops",
-       default="0", agents=_COMPUTE_ONLY, group="compute"),
+    _p(
+        "systemd_unit",
+        "string",
+        "systemd unit of nova-compute",
+        "Default: the first of nova-compute.service and openstack-nova-compute.service that "
+        "exists. Ignored when start_command is set.",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+        metavar="unit",
+    ),
+    _p(
+        "start_command",
+        "string",
+        "Command that starts nova-compute (instead of systemd)",
+        "Run without a shell. Use with stop_command and status_command for setups without systemd.",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+        metavar="command",
+    ),
+    _p(
+        "stop_command",
+        "string",
+        "Command that stops nova-compute",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+        metavar="command",
+    ),
+    _p(
+        "status_command",
+        "string",
+        "Command that exits 0 while nova-compute runs",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+        metavar="command",
+    ),
+    _p(
+        "start_wait",
+        "second",
+        "Seconds start waits for an unsafe host to become safe",
+        "While the host's evacuation is unfinished, start waits at most this long (and never "
+        "more than 60% of its timeout), then fails with the reason; Pacemaker starts it again "
+        "once the failure expires (the clone's failure-timeout). Keep it short: while any "
+        "action runs, Pacemaker starts no new transition, so a long wait here would delay "
+        "the fencing of another node.",
+        default="10",
+        maximum=3600,
+        agents=_COMPUTE_ONLY,
+        group="compute",
+    ),
+    _p(
+        "check_nova_service",
+        "boolean",
+        "monitor also asks Nova whether the service is up",
+        default="0",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+    ),
+    _p(
+        "disable_on_stop",
+        "boolean",
+        "Disable the Nova service when the resource stops",
+        default="0",
+        agents=_COMPUTE_ONLY,
+        group="compute",
+    ),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
@@ -369,15 +760,16 @@ def _boolean(param: Param, value: str, raw: str) -> bool:
         return True
     if low in FALSE_WORDS:
         return False
-    raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
-                     "(use 1/0, yes/no, true/false)")
+    raise ParamError(
+        f"parameter '{param.name}': {_shown(param, raw)} is not a boolean "
+        "(use 1/0, yes/no, true/false)"
+    )
 
 
 def _integer(param: Param, value: str, raw: str) -> float:
     # ASCII digits only: int() also takes '1_000' and other scripts' digits.
     if not re.fullmatch(r"[+-]?[0-9]+", value):
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an "
-                         "integer")
+        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not an integer")
     # int() refuses thousands of digits; such a number is beyond any bound anyway.
     number = int(value) if len(value) <= 100 else float("-inf" if value[0] == "-" else "inf")
     return _bounded(param, number, raw)
@@ -386,8 +778,9 @@ def _integer(param: Param, value: str, raw: str) -> float:
 def _seconds(param: Param, value: str, raw: str) -> float:
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(s|sec|ms)?", value.lower())
     if not match:
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not a "
-                         "number of seconds")
+        raise ParamError(
+            f"parameter '{param.name}': {_shown(param, raw)} is not a number of seconds"
+        )
     seconds = float(match.group(1))  # inf for hundreds of digits: above any maximum
     return _bounded(param, seconds / 1000 if match.group(2) == "ms" else seconds, raw)
 
@@ -397,13 +790,19 @@ def _choice(param: Param, value: str, raw: str) -> str:
     if param.name == "os_interface" and low.endswith("url"):
         low = low[:-3]  # fence_compute's publicURL / internalURL / adminURL
     if low not in param.choices:
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is not one of "
-                         f"{', '.join(param.choices)}")
+        raise ParamError(
+            f"parameter '{param.name}': {_shown(param, raw)} is not one of "
+            f"{', '.join(param.choices)}"
+        )
     return low
 
 
 _CONVERTERS: dict[str, Callable[[Param, str, str], Any]] = {
-    "boolean": _boolean, "integer": _integer, "second": _seconds, "select": _choice}
+    "boolean": _boolean,
+    "integer": _integer,
+    "second": _seconds,
+    "select": _choice,
+}
 
 
 def _bounded(param: Param, number: float, raw: str) -> float:
@@ -412,11 +811,15 @@ def _bounded(param: Param, number: float, raw: str) -> float:
     if param.minimum is None and number < 0:
         raise ParamError(f"parameter '{param.name}': must not be negative")
     if param.minimum is not None and number < param.minimum:
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is below the "
-                         f"minimum of {_number(param.minimum)}{unit}")
+        raise ParamError(
+            f"parameter '{param.name}': {_shown(param, raw)} is below the "
+            f"minimum of {_number(param.minimum)}{unit}"
+        )
     if param.maximum is not None and number > param.maximum:
-        raise ParamError(f"parameter '{param.name}': {_shown(param, raw)} is above the "
-                         f"maximum of {_number(param.maximum)}{unit}")
+        raise ParamError(
+            f"parameter '{param.name}': {_shown(param, raw)} is above the "
+            f"maximum of {_number(param.maximum)}{unit}"
+        )
     return number
 
 
@@ -604,11 +1007,13 @@ def _check_secrets_private(entries: list[tuple[int, str, str]], mode: int, where
     import stat
 
     # Any agent's secret counts: the file serves all of them.
-    secrets = [key for _, n, _ in entries
-               if (key := _table_name(n)) is not None and BY_NAME[key].secret]
+    secrets = [
+        key for _, n, _ in entries if (key := _table_name(n)) is not None and BY_NAME[key].secret
+    ]
     if secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
-        raise ParamError(f"{where} holds '{secrets[0]}' and is readable by group or others "
-                         "(chmod 600)")
+        raise ParamError(
+            f"{where} holds '{secrets[0]}' and is readable by group or others (chmod 600)"
+        )
 
 
 def _config_where(path: str) -> str:
@@ -632,21 +1037,22 @@ def _merge_config_file(result: Parsed, path: str, agent: str) -> None:
         shown = _printable(name)
         if key is None:
             if name.replace("-", "_") in _FRAMEWORK_NAMES:
-                result.problems.append(f"{where}, line {number}: '{shown}' is given by "
-                                       "Pacemaker, not by a file")
+                result.problems.append(
+                    f"{where}, line {number}: '{shown}' is given by Pacemaker, not by a file"
+                )
             else:
                 result.problems.append(f"{where}, line {number}: unknown parameter '{shown}'")
             continue
         if key in _NOT_FROM_FILE:
-            result.problems.append(f"{where}, line {number}: '{shown}' cannot be set in the "
-                                   "file")
+            result.problems.append(f"{where}, line {number}: '{shown}' cannot be set in the file")
             continue
         if agent not in BY_NAME[key].agents:
             continue  # another agent's parameter: one file serves them all
         alias = name.replace("-", "_") != key
         if alias:
-            result.warnings.append(f"{where}, line {number}: parameter '{shown}' is "
-                                   f"deprecated, use '{key}'")
+            result.warnings.append(
+                f"{where}, line {number}: parameter '{shown}' is deprecated, use '{key}'"
+            )
         if key in direct or (key in taken and alias):
             continue  # given directly: that wins; the canonical name wins over its alias
         taken.add(key)
@@ -671,6 +1077,7 @@ def parse_host_map(text: str) -> dict[str, str]:
 
 
 # ---- cross-parameter checks (validate-all and every action) ------------------------------------
+
 
 def _command_problem(name: str, command: str) -> str | None:
     import shlex
@@ -706,12 +1113,15 @@ def check_openstack(parsed: Parsed) -> list[str]:
         return problems + ["parameter 'os_auth_url' (or 'os_cloud') is required"]
     if parsed.get("os_application_credential_id"):
         if not parsed.get("os_application_credential_secret"):
-            problems.append("parameter 'os_application_credential_secret' is required with "
-                            "'os_application_credential_id'")
+            problems.append(
+                "parameter 'os_application_credential_secret' is required with "
+                "'os_application_credential_id'"
+            )
         return problems
     if not parsed.get("os_username"):
-        problems.append("parameter 'os_username' is required (or use os_cloud or an "
-                        "application credential)")
+        problems.append(
+            "parameter 'os_username' is required (or use os_cloud or an application credential)"
+        )
     if not (parsed.get("os_password") or parsed.get("os_password_script")):
         problems.append("parameter 'os_password' or 'os_password_script' is required")
     if not parsed.get("os_project_name"):
@@ -760,8 +1170,10 @@ def parse_bmc_map(text: str) -> dict[str, tuple[str, int | None]]:
         entries[node] = _bmc_address(address, where)
         endpoint = (entries[node][0].lower(), entries[node][1])
         if endpoint in owners:
-            raise ParamError(f"parameter 'bmc_map': nodes {owners[endpoint]!r} and "
-                             f"{_printable(node)!r} have the same BMC")
+            raise ParamError(
+                f"parameter 'bmc_map': nodes {owners[endpoint]!r} and "
+                f"{_printable(node)!r} have the same BMC"
+            )
         owners[endpoint] = _printable(node)
     if not entries:
         raise ParamError("parameter 'bmc_map': no 'node=address[:port]' entry")
@@ -770,31 +1182,36 @@ def parse_bmc_map(text: str) -> dict[str, tuple[str, int | None]]:
 
 def check_bmc(parsed: Parsed) -> list[str]:
     """BMC parameters are all-or-nothing: none means a fencing-topology level."""
-    given = [n for n in ("ip", "bmc_map", "bmc_node", "username", "password",
-                         "password_script") if parsed.get(n)]
+    given = [
+        n
+        for n in ("ip", "bmc_map", "bmc_node", "username", "password", "password_script")
+        if parsed.get(n)
+    ]
     if not given:
         return []
     problems = []
     with_what = "'bmc_map'" if parsed.get("bmc_map") else "'ip'"
     if parsed.get("ip") and parsed.get("bmc_map"):
-        problems.append("parameters 'ip' and 'bmc_map' are mutually exclusive (one BMC, or "
-                        "one per node)")
+        problems.append(
+            "parameters 'ip' and 'bmc_map' are mutually exclusive (one BMC, or one per node)"
+        )
     elif not (parsed.get("ip") or parsed.get("bmc_map")):
-        problems.append("parameter 'ip' (or 'bmc_map') is required when BMC credentials are "
-                        "given")
+        problems.append("parameter 'ip' (or 'bmc_map') is required when BMC credentials are given")
     if parsed.get("bmc_map"):
         try:
             parse_bmc_map(parsed["bmc_map"])
         except ParamError as err:
             problems.append(str(err))
         if parsed.get("bmc_node"):
-            problems.append("parameter 'bmc_node' goes with 'ip' only: each entry of "
-                            "'bmc_map' names its node")
+            problems.append(
+                "parameter 'bmc_node' goes with 'ip' only: each entry of 'bmc_map' names its node"
+            )
     if not parsed.get("username"):
         problems.append(f"parameter 'username' (the BMC's user) is required with {with_what}")
     if not (parsed.get("password") or parsed.get("password_script")):
-        problems.append("parameter 'password' or 'password_script' (the BMC's) is required "
-                        f"with {with_what}")
+        problems.append(
+            f"parameter 'password' or 'password_script' (the BMC's) is required with {with_what}"
+        )
     if parsed.get("password_script"):
         problem = _command_problem("password_script", parsed["password_script"])
         if problem:
@@ -828,8 +1245,10 @@ def parse_host_limit(text: str) -> tuple[float, bool]:
     if value == "":
         return 0, False
     if not match or (not match.group(2) and "." in match.group(1)):
-        raise ParamError(f"parameter 'max_fenced_hosts': {value[:60]!r} is not a count of "
-                         "hosts or a percentage (e.g. 3 or 25%)")
+        raise ParamError(
+            f"parameter 'max_fenced_hosts': {value[:60]!r} is not a count of "
+            "hosts or a percentage (e.g. 3 or 25%)"
+        )
     if match.group(2):
         percent = float(match.group(1))
         if percent > 100:
@@ -852,8 +1271,7 @@ def check_notify(parsed: Parsed) -> list[str]:
             ok = False
         if not ok:
             # The URL may carry credentials (user:password@): only its scheme is shown.
-            problems.append("parameter 'notify_url': not an http:// or https:// URL with a "
-                            "host")
+            problems.append("parameter 'notify_url': not an http:// or https:// URL with a host")
     if parsed.get("notify_command"):
         problem = _command_problem("notify_command", parsed["notify_command"])
         if problem:
@@ -874,12 +1292,18 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
         from nova_ha.lib import service
 
         # The script gets no other secret than the one it prints.
-        done = subprocess.run(shlex.split(command), capture_output=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False,
-                              env=service.clean_env())
+        done = subprocess.run(
+            shlex.split(command),
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env=service.clean_env(),
+        )
     except (OSError, ValueError, subprocess.TimeoutExpired) as err:
-        raise SecretScriptError(f"parameter '{name}': cannot run the script "
-                                f"({type(err).__name__})") from None
+        raise SecretScriptError(
+            f"parameter '{name}': cannot run the script ({type(err).__name__})"
+        ) from None
     if done.returncode != 0:
         raise SecretScriptError(f"parameter '{name}': the script exited {done.returncode}")
     # Up to the first "\n" (a trailing "\r" dropped), as fence-agents read lines:
@@ -901,14 +1325,20 @@ def run_secret_script(name: str, command: str, timeout: float = 10.0) -> str:
 _S = TypeVar("_S", bound="DataclassInstance")
 
 
-def _setting(param: str, convert: Callable[[Any], Any] | None = None, *,
-             zero_is_default: bool = False, hidden: bool = False) -> Any:
+def _setting(
+    param: str,
+    convert: Callable[[Any], Any] | None = None,
+    *,
+    zero_is_default: bool = False,
+    hidden: bool = False,
+) -> Any:
     """A settings field filled from parameter `param` (converted by `convert`, if given).
     `zero_is_default`: 0 counts as unset too (a zero timeout or wait was never meant).
     Secrets, and `hidden` fields, stay out of repr(): a settings object may end up in a log."""
-    return field(repr=not (hidden or BY_NAME[param].secret),
-                 metadata={"param": param, "convert": convert,
-                           "zero_is_default": zero_is_default})
+    return field(
+        repr=not (hidden or BY_NAME[param].secret),
+        metadata={"param": param, "convert": convert, "zero_is_default": zero_is_default},
+    )
 
 
 def table_value(parsed: Parsed, name: str, zero_is_default: bool = False) -> Any:
@@ -1013,15 +1443,18 @@ class BmcSettings:
         if self.bmc_map:
             entry = self.nodes.get(node)
             if entry is None:
-                raise ParamError(f"parameter 'port': node {_printable(node)!r} has no BMC in "
-                                 "parameter 'bmc_map'")
+                raise ParamError(
+                    f"parameter 'port': node {_printable(node)!r} has no BMC in parameter 'bmc_map'"
+                )
             return entry[0], entry[1] or self.ipport
         if not self.ip:
             return None
         if self.bmc_node and node and node != self.bmc_node:
-            raise ParamError(f"parameter 'port': node {_printable(node)!r} is not the node "
-                             f"whose BMC this device has (parameter 'bmc_node' "
-                             f"{_printable(self.bmc_node)!r})")
+            raise ParamError(
+                f"parameter 'port': node {_printable(node)!r} is not the node "
+                f"whose BMC this device has (parameter 'bmc_node' "
+                f"{_printable(self.bmc_node)!r})"
+            )
         return self.ip, self.ipport
 
     def password_command(self, node: str) -> str | None:

@@ -38,8 +38,10 @@ class PowerOffConfirmed:
 
     def __post_init__(self) -> None:
         if self.key is not _KEY:
-            raise TypeError("a PowerOffConfirmed is made only by the fence path or from a "
-                            "record of a fenced host")
+            raise TypeError(
+                "a PowerOffConfirmed is made only by the fence path or from a "
+                "record of a fenced host"
+            )
 
 
 def by_bmc(node: str, host: str) -> PowerOffConfirmed:
@@ -57,5 +59,4 @@ def from_record(record: HostRecord, host: str) -> PowerOffConfirmed | None:
     confirmed power-off (state ok, or never fenced)."""
     if record.state not in lifecycle.POWERED_OFF:
         return None
-    return PowerOffConfirmed(record.host, host, "its record (fenced by a fence action)",
-                             key=_KEY)
+    return PowerOffConfirmed(record.host, host, "its record (fenced by a fence action)", key=_KEY)

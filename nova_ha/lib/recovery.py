@@ -38,16 +38,23 @@ class Options:
     notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
 
     @classmethod
-    def from_settings(cls, settings: params.EvacuationSettings, mode: str,
-                      notifier: Any = None) -> Options:
+    def from_settings(
+        cls, settings: params.EvacuationSettings, mode: str, notifier: Any = None
+    ) -> Options:
         """One evacuation's options: `mode` as decided for the host, the rest as set."""
-        return cls(mode=mode, tag=settings.tag, max_parallel=settings.max_parallel,
-                   retries=settings.retries, target_hosts=list(settings.target_hosts),
-                   notifier=notifier)
+        return cls(
+            mode=mode,
+            tag=settings.tag,
+            max_parallel=settings.max_parallel,
+            retries=settings.retries,
+            target_hosts=list(settings.target_hosts),
+            notifier=notifier,
+        )
 
 
-def force_down(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed,
-               known: Service | None = None) -> Service:
+def force_down(
+    nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, known: Service | None = None
+) -> Service:
     """Force the powered-off host's nova-compute down (what evacuation needs). Returns the
     service as it was, for disable(). `known`: the service as read moments ago (saves a
     round trip; forcing down and disabling are idempotent, so a stale copy does no harm)."""
@@ -68,8 +75,9 @@ def disable(nova: Nova, deadline: Deadline, svc: Service) -> None:
         LOG.info("nova-compute on %s disabled", svc.host)
 
 
-def record(store: state.StateStore | None, call: Callable[[state.StateStore], object],
-           what: str) -> bool:
+def record(
+    store: state.StateStore | None, call: Callable[[state.StateStore], object], what: str
+) -> bool:
     """Write to the cluster record; a failure is logged, never fatal for fencing."""
     if store is None:
         return False
@@ -81,8 +89,9 @@ def record(store: state.StateStore | None, call: Callable[[state.StateStore], ob
         return False
 
 
-def incident_start(store: state.StateStore | None, node: str,
-                   known: state.HostRecord | None = None) -> float:
+def incident_start(
+    store: state.StateStore | None, node: str, known: state.HostRecord | None = None
+) -> float:
     """When the host was last fenced (epoch, from its history: `known`, or read), less a
     margin for clock skew between this node and Nova; without a record, a window as long as
     any evacuation."""
@@ -105,8 +114,7 @@ _GOES_AHEAD = frozenset({StartAction.KEEP, StartAction.TAKEN, StartAction.UNLEAS
 class Lease:
     """Our hold on the host's lease; renewed while the work runs, checked before requests."""
 
-    def __init__(self, store: state.StateStore | None, node: str, owner: str,
-                 ttl: float) -> None:
+    def __init__(self, store: state.StateStore | None, node: str, owner: str, ttl: float) -> None:
         self.store, self.node, self.owner, self.ttl = store, node, owner, ttl
         self.held = store is None  # without a cluster record there is nobody to share with
         self.ends = 0.0  # monotonic time the lease ends by our clock
@@ -127,8 +135,7 @@ class Lease:
                 self.start = self._decide(current, taken)
         except state.StateError as err:
             self.start = self._decide(None)
-            LOG.error("cannot take the lease of %s (%s): %s", self.node, err,
-                      self.start.reason)
+            LOG.error("cannot take the lease of %s (%s): %s", self.node, err, self.start.reason)
         self.held = self.start.action in _GOES_AHEAD
         left = self.ttl
         if self.start.action is StartAction.KEEP and current is not None:
@@ -136,10 +143,12 @@ class Lease:
         self.ends = time.monotonic() + left
         return self.held
 
-    def _decide(self, record: state.HostRecord | None,
-                taken: bool | None = None) -> lifecycle.Decision[StartAction]:
-        return lifecycle.evacuation_start(record, self.owner, time.time(),
-                                          self._renew_before(), taken)
+    def _decide(
+        self, record: state.HostRecord | None, taken: bool | None = None
+    ) -> lifecycle.Decision[StartAction]:
+        return lifecycle.evacuation_start(
+            record, self.owner, time.time(), self._renew_before(), taken
+        )
 
     def _renew_before(self) -> float:
         # Renewing is a CIB write (a scheduler run): only when the lease is running out,
@@ -147,8 +156,11 @@ class Lease:
         return max(LEASE_MARGIN, self.ttl / 3)
 
     def heartbeat(self) -> None:
-        if self.store is None or not self.held or \
-                self.ends - time.monotonic() > self._renew_before():
+        if (
+            self.store is None
+            or not self.held
+            or self.ends - time.monotonic() > self._renew_before()
+        ):
             return
         try:
             self.held = self.store.renew_lease(self.node, self.owner, self.ttl)
@@ -164,28 +176,54 @@ class Lease:
             self.held = False
 
 
-def _record_outcome(store: state.StateStore | None, lease: Lease, outcome: lifecycle.Outcome,
-                    detail: str, summary: evacuation.Summary | None = None) -> None:
+def _record_outcome(
+    store: state.StateStore | None,
+    lease: Lease,
+    outcome: lifecycle.Outcome,
+    detail: str,
+    summary: evacuation.Summary | None = None,
+) -> None:
     """The outcome (with the summary's counts) and the lease's release, in one write (one
     scheduler run); only while the lease is ours, so a runner that lost it never overwrites
     its successor's outcome."""
     node, owner = lease.node, lease.owner
     found = evacuated = failed = None
     if summary is not None:
-        found, evacuated, failed = (summary.found, summary.count("evacuated"),
-                                    summary.count("failed"))
-    if record(store, lambda s: s.mark(node, outcome.state, outcome.event, detail, owner=owner,
-                                      release=True, found=found, evacuated=evacuated,
-                                      failed=failed), "outcome"):
+        found, evacuated, failed = (
+            summary.found,
+            summary.count("evacuated"),
+            summary.count("failed"),
+        )
+    if record(
+        store,
+        lambda s: s.mark(
+            node,
+            outcome.state,
+            outcome.event,
+            detail,
+            owner=owner,
+            release=True,
+            found=found,
+            evacuated=evacuated,
+            failed=failed,
+        ),
+        "outcome",
+    ):
         lease.held = False
 
 
-def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffConfirmed,
-                  options: Options, deadline: Deadline, owner: str,
-                  progress: evacuation.Progress | None = None,
-                  prefetch: evacuation.Prefetch | None = None,
-                  lease: Lease | None = None,
-                  runner: str | None = None) -> evacuation.Summary | None:
+def evacuate_host(
+    nova: Nova,
+    store: state.StateStore | None,
+    proof: PowerOffConfirmed,
+    options: Options,
+    deadline: Deadline,
+    owner: str,
+    progress: evacuation.Progress | None = None,
+    prefetch: evacuation.Prefetch | None = None,
+    lease: Lease | None = None,
+    runner: str | None = None,
+) -> evacuation.Summary | None:
     """Evacuate a fenced host under its lease. None when another runner holds the lease.
 
     `prefetch` and `lease`: Nova's reads and the host's lease, if the caller started them
@@ -193,13 +231,13 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffCon
     role, e.g. the evacuation service, rather than one process). The outcome is the one
     record write of the evacuation, and it releases the lease in the same write.
     """
+    # Over 40 lines only as formatted: each of its ten parameters has a line of its own.
     node, host = proof.node, proof.host
     if lease is None:
         lease = Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
         lease.acquire()
     if prefetch is None:
-        prefetch = evacuation.Prefetch(nova, deadline, host,
-                                       lambda: incident_start(store, node))
+        prefetch = evacuation.Prefetch(nova, deadline, host, lambda: incident_start(store, node))
     if not lease.held:
         LOG.info("%s: %s", node, lease.start.reason)
         return None
@@ -213,22 +251,43 @@ def evacuate_host(nova: Nova, store: state.StateStore | None, proof: PowerOffCon
     except NovaError as err:
         outcome = lifecycle.INTERRUPTED
         _record_outcome(store, lease, outcome, f"{outcome.reason}; by {who}")
-        _notify(options, outcome.event, proof, state=outcome.state,
-                detail=f"interrupted, will resume: {err}")
+        _notify(
+            options,
+            outcome.event,
+            proof,
+            state=outcome.state,
+            detail=f"interrupted, will resume: {err}",
+        )
         raise
     _finished(store, lease, options, proof, summary, who)
     return summary
 
 
-def _evacuate(nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, options: Options,
-              lease: Lease, prefetch: evacuation.Prefetch,
-              progress: evacuation.Progress | None) -> evacuation.Summary:
+def _evacuate(
+    nova: Nova,
+    deadline: Deadline,
+    proof: PowerOffConfirmed,
+    options: Options,
+    lease: Lease,
+    prefetch: evacuation.Prefetch,
+    progress: evacuation.Progress | None,
+) -> evacuation.Summary:
     """The servers' evacuation, new requests only while the lease is ours."""
     return evacuation.evacuate_servers(
-        nova, deadline, proof, options.mode, options.tag, options.max_parallel,
-        options.retries, options.target_hosts, progress=progress,
-        heartbeat=lease.heartbeat, may_request=lambda: lease.held,
-        servers=prefetch.servers(), earlier=prefetch.earlier())
+        nova,
+        deadline,
+        proof,
+        options.mode,
+        options.tag,
+        options.max_parallel,
+        options.retries,
+        options.target_hosts,
+        progress=progress,
+        heartbeat=lease.heartbeat,
+        may_request=lambda: lease.held,
+        servers=prefetch.servers(),
+        earlier=prefetch.earlier(),
+    )
 
 
 def _notify(options: Options, event: Event, proof: PowerOffConfirmed, **fields: Any) -> None:
@@ -236,13 +295,24 @@ def _notify(options: Options, event: Event, proof: PowerOffConfirmed, **fields: 
         options.notifier.send(event, proof.node, host=proof.host, **fields)
 
 
-def _finished(store: state.StateStore | None, lease: Lease, options: Options,
-              proof: PowerOffConfirmed, summary: evacuation.Summary, who: str) -> None:
+def _finished(
+    store: state.StateStore | None,
+    lease: Lease,
+    options: Options,
+    proof: PowerOffConfirmed,
+    summary: evacuation.Summary,
+    who: str,
+) -> None:
     """The evacuation ran: its outcome recorded (the lease released with it) and sent."""
     outcome = lifecycle.evacuation_outcome(summary.count("failed"), summary.count("unfinished"))
     took = summary.finished_after or time.monotonic() - summary.started
-    _record_outcome(store, lease, outcome,
-                    f"{summary.found} found, {summary.count('evacuated')} evacuated, "
-                    f"{summary.count('failed')} failed, {summary.count('unfinished')} "
-                    f"unfinished in {took:.1f}s; by {who}", summary)
+    _record_outcome(
+        store,
+        lease,
+        outcome,
+        f"{summary.found} found, {summary.count('evacuated')} evacuated, "
+        f"{summary.count('failed')} failed, {summary.count('unfinished')} "
+        f"unfinished in {took:.1f}s; by {who}",
+        summary,
+    )
     _notify(options, outcome.event, proof, summary=summary, state=outcome.state)

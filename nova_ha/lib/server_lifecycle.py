@@ -68,12 +68,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-HOST_LOCAL_TASKS = frozenset({
-    "scheduling", "block_device_mapping", "networking", "spawning", "rebooting",
-    "reboot_pending", "reboot_started", "rebooting_hard", "reboot_pending_hard",
-    "reboot_started_hard", "powering-off", "powering-on", "pausing", "unpausing", "suspending",
-    "resuming", "rescuing", "unrescuing", "updating_password", "image_snapshot",
-    "image_snapshot_pending", "image_pending_upload", "image_uploading", "image_backup"})
+HOST_LOCAL_TASKS = frozenset(
+    {
+        "scheduling",
+        "block_device_mapping",
+        "networking",
+        "spawning",
+        "rebooting",
+        "reboot_pending",
+        "reboot_started",
+        "rebooting_hard",
+        "reboot_pending_hard",
+        "reboot_started_hard",
+        "powering-off",
+        "powering-on",
+        "pausing",
+        "unpausing",
+        "suspending",
+        "resuming",
+        "rescuing",
+        "unrescuing",
+        "updating_password",
+        "image_snapshot",
+        "image_snapshot_pending",
+        "image_pending_upload",
+        "image_uploading",
+        "image_backup",
+    }
+)
 RESET_VM_STATES = frozenset({"paused", "suspended", "rescued", "building"})
 EVACUABLE_VM_STATES = frozenset({"active", "stopped", "error"})
 MAX_BACKOFF = 10.0
@@ -135,9 +157,13 @@ class ServerAction(enum.StrEnum):
 
 # The words of the evacuation summary, the notifications and `nova-ha evacuate`.
 RESULTS: dict[ServerState, str] = {
-    ServerState.RUNNING: "evacuated", ServerState.STOPPED: "evacuated",
-    ServerState.FAILED: "failed", ServerState.SKIPPED: "skipped", ServerState.GONE: "gone",
-    ServerState.UNFINISHED: "unfinished"}
+    ServerState.RUNNING: "evacuated",
+    ServerState.STOPPED: "evacuated",
+    ServerState.FAILED: "failed",
+    ServerState.SKIPPED: "skipped",
+    ServerState.GONE: "gone",
+    ServerState.UNFINISHED: "unfinished",
+}
 FINAL = frozenset(RESULTS)
 FOLLOWED = (ServerState.REQUESTED, ServerState.REBUILDING, ServerState.STARTING)
 LIVE = (ServerState.PLANNED, ServerState.RETRYING) + FOLLOWED
@@ -181,7 +207,7 @@ class Step(NamedTuple):
 
 def backoff(attempts: int) -> float:
     """The pause before asking again after `attempts` requests."""
-    return min(2.0 ** attempts, MAX_BACKOFF)
+    return min(2.0**attempts, MAX_BACKOFF)
 
 
 def needs_reset(vm_state: str | None) -> bool:
@@ -228,8 +254,9 @@ def _accepted(state: ServerState, f: Facts) -> Step:
 def _attempt_failed(f: Facts, detail: str, retriable: bool = True) -> Step:
     """Asked again (after a pause) while attempts and time remain; given up otherwise."""
     if retriable and f.attempts <= f.retries and not f.expired:
-        return Step(S.RETRYING, A.RETRY_LATER,
-                    f"attempt {f.attempts} failed ({detail}); retrying", detail)
+        return Step(
+            S.RETRYING, A.RETRY_LATER, f"attempt {f.attempts} failed ({detail}); retrying", detail
+        )
     return Step(S.FAILED, A.REPORT, f"gave up after {f.attempts} attempts: {detail}", detail)
 
 
@@ -237,8 +264,9 @@ def _conflict(state: ServerState, f: Facts) -> Step:
     if f.rebuilding:  # 409 while an evacuation is under way: ours went through after all
         why = "already under way (409)"
         return Step(S.REQUESTED, A.FOLLOW, why, why)
-    return _attempt_failed(f, f"Nova refused the evacuation (409, vm_state {f.vm_state}, "
-                              f"task {f.task})")
+    return _attempt_failed(
+        f, f"Nova refused the evacuation (409, vm_state {f.vm_state}, task {f.task})"
+    )
 
 
 def _request_failed(state: ServerState, f: Facts) -> Step:
@@ -309,19 +337,30 @@ def _deadline(state: ServerState, f: Facts) -> Step:
 def _table() -> dict[tuple[ServerState, ServerEvent], Rule]:
     E = ServerEvent
     table: dict[tuple[ServerState, ServerEvent], Rule] = {
-        (S.FOUND, E.LISTED): _plan, (S.FOUND, E.MOVED_EARLIER): _moved_earlier,
-        (S.PLANNED, E.LEASE_LOST): _lease_lost, (S.PLANNED, E.ACCEPTED): _accepted,
-        (S.PLANNED, E.REFUSED_CONFLICT): _conflict, (S.PLANNED, E.REFUSED_NOT_FOUND): _gone,
+        (S.FOUND, E.LISTED): _plan,
+        (S.FOUND, E.MOVED_EARLIER): _moved_earlier,
+        (S.PLANNED, E.LEASE_LOST): _lease_lost,
+        (S.PLANNED, E.ACCEPTED): _accepted,
+        (S.PLANNED, E.REFUSED_CONFLICT): _conflict,
+        (S.PLANNED, E.REFUSED_NOT_FOUND): _gone,
         (S.PLANNED, E.REFUSED_BAD_REQUEST): _request_failed,
         (S.PLANNED, E.REQUEST_FAILED): _request_failed,
         (S.RETRYING, E.RETRY_DUE): _retry_due,
         (S.STARTING, E.START_ACCEPTED): _start_accepted,
-        (S.STARTING, E.START_REFUSED): _start_refused}
+        (S.STARTING, E.START_REFUSED): _start_refused,
+    }
     for state in FOLLOWED:
-        table.update({(state, E.SHOWS_TASK): _task_shown, (state, E.SHOWS_ACTIVE): _active,
-                      (state, E.LANDED_STOPPED): _landed_stopped,
-                      (state, E.SHOWS_ERROR): _error_shown, (state, E.STILL_ON_SOURCE): _on_source,
-                      (state, E.SHOWS_OTHER): _other_shown, (state, E.VANISHED): _gone})
+        table.update(
+            {
+                (state, E.SHOWS_TASK): _task_shown,
+                (state, E.SHOWS_ACTIVE): _active,
+                (state, E.LANDED_STOPPED): _landed_stopped,
+                (state, E.SHOWS_ERROR): _error_shown,
+                (state, E.STILL_ON_SOURCE): _on_source,
+                (state, E.SHOWS_OTHER): _other_shown,
+                (state, E.VANISHED): _gone,
+            }
+        )
     for state in LIVE:
         table[(state, E.DEADLINE_PASSED)] = _deadline
     return table

@@ -22,8 +22,12 @@ from nova_ha.errors import NovaHaError
 from nova_ha.lib import log
 
 DEFAULT_UNITS = ("nova-compute.service", "openstack-nova-compute.service")
-_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
-              "/usr/lib/systemd/system")
+_UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+)
 LOG = log.get("service")
 
 
@@ -55,8 +59,9 @@ def _secret_parameters() -> frozenset[str]:
     return frozenset(name.lower().replace("-", "_") for name in params.secret_names())
 
 
-def clean_env(base: Mapping[str, str] | None = None,
-              keep: Sequence[str] | None = None) -> dict[str, str]:
+def clean_env(
+    base: Mapping[str, str] | None = None, keep: Sequence[str] | None = None
+) -> dict[str, str]:
     """The environment for a child: `base` (os.environ) without any secret.
 
     Removed: OCF_RESKEY_<name> of every secret parameter (params.secret_names(), aliases
@@ -68,8 +73,10 @@ def clean_env(base: Mapping[str, str] | None = None,
     for name, value in (os.environ if base is None else base).items():
         if keep is not None and name not in keep and not name.startswith("LC_"):
             continue
-        if name.startswith("OCF_RESKEY_") and \
-                name[len("OCF_RESKEY_"):].lower().replace("-", "_") in secrets:
+        if (
+            name.startswith("OCF_RESKEY_")
+            and name[len("OCF_RESKEY_") :].lower().replace("-", "_") in secrets
+        ):
             continue
         if _SECRET_VARIABLE.search(name) or _URL_PASSWORD.search(value):
             continue
@@ -87,9 +94,16 @@ class Finished:
     discarded: int = 0  # bytes read past the limit and thrown away
 
 
-def run_capped(argv: Sequence[str], timeout: float, *, stdin: bytes | None = None,
-               env: Mapping[str, str] | None = None, cwd: str | None = None,
-               keep_stdout: bool = True, limit: int = OUTPUT_LIMIT) -> Finished:
+def run_capped(
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    keep_stdout: bool = True,
+    limit: int = OUTPUT_LIMIT,
+) -> Finished:
     """Run argv (no shell) with `stdin` as its input and clean_env(env) as its environment.
 
     Keeps at most `limit` bytes of stdout and of stderr, reading and discarding the rest so
@@ -97,9 +111,14 @@ def run_capped(argv: Sequence[str], timeout: float, *, stdin: bytes | None = Non
     OSError when it cannot be started."""
     deadline = time.monotonic() + max(timeout, 0.0)
     child = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-        stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=clean_env(env), cwd=cwd, close_fds=True)
+        list(argv),
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(env),
+        cwd=cwd,
+        close_fds=True,
+    )
     with selectors.DefaultSelector() as selector:
         pipes = _Pipes(child, selector, stdin or b"", limit)
         try:
@@ -121,8 +140,13 @@ class _Pipes:
 
     CHUNK = 65536
 
-    def __init__(self, child: subprocess.Popen[bytes], selector: selectors.BaseSelector,
-                 data: bytes, limit: int) -> None:
+    def __init__(
+        self,
+        child: subprocess.Popen[bytes],
+        selector: selectors.BaseSelector,
+        data: bytes,
+        limit: int,
+    ) -> None:
         self.child, self.selector, self.limit = child, selector, limit
         self.pending = memoryview(data)
         self.kept: dict[IO[bytes], bytearray] = {}
@@ -159,8 +183,12 @@ class _Pipes:
     def finished(self, returncode: int) -> Finished:
         """What the child did, with what was kept of its output."""
         out, err = self.child.stdout, self.child.stderr
-        return Finished(returncode, bytes(self.kept[out]) if out is not None else b"",
-                        bytes(self.kept[err]) if err is not None else b"", self.discarded)
+        return Finished(
+            returncode,
+            bytes(self.kept[out]) if out is not None else b"",
+            bytes(self.kept[err]) if err is not None else b"",
+            self.discarded,
+        )
 
     def close(self) -> None:
         for stream in (self.child.stdin, self.child.stdout, self.child.stderr):
@@ -169,7 +197,7 @@ class _Pipes:
 
     def _feed(self, stream: IO[bytes]) -> None:
         try:
-            written = os.write(stream.fileno(), self.pending[:self.CHUNK])
+            written = os.write(stream.fileno(), self.pending[: self.CHUNK])
         except BlockingIOError:
             return
         except OSError:  # it does not read (EPIPE): nothing more to give
@@ -236,8 +264,7 @@ class CommandService:
         deadline = time.monotonic() + timeout
         done = _run(self._need(self.start_argv, "start_command"), timeout)
         if done.returncode != 0:
-            raise ServiceError(f"start_command exited {done.returncode}: "
-                               f"{_last_line(done.stderr)}")
+            raise ServiceError(f"start_command exited {done.returncode}: {_last_line(done.stderr)}")
         if not _wait(self.running, deadline):
             raise ServiceError("status_command does not report nova-compute running")
 
@@ -249,8 +276,11 @@ class CommandService:
             return
         # Forceful: stop_command again, told to kill (documented in the parameter's help).
         LOG.warning("nova-compute still runs after a graceful stop; forcing it")
-        _run(self.stop_argv, deadline - time.monotonic(),
-             env=dict(os.environ, NOVA_HA_STOP_FORCE="1"))
+        _run(
+            self.stop_argv,
+            deadline - time.monotonic(),
+            env=dict(os.environ, NOVA_HA_STOP_FORCE="1"),
+        )
         if not _wait(lambda: not self.running(), deadline):
             raise ServiceError("nova-compute is still running after stop_command")
 
@@ -277,8 +307,11 @@ class SystemdService:
         self.description = f"systemd unit {' or '.join(units)}"
 
     def _active(self) -> list[str]:
-        return [unit for unit in self.units
-                if _run(["systemctl", "is-active", "--quiet", unit], 10).returncode == 0]
+        return [
+            unit
+            for unit in self.units
+            if _run(["systemctl", "is-active", "--quiet", unit], 10).returncode == 0
+        ]
 
     def running(self) -> bool:
         return bool(self._active())
@@ -321,38 +354,47 @@ def find_unit(preferred: str | None) -> str | None:
 ROLES = ("start", "stop", "status")
 
 
-def problems(start: str | None, stop: str | None, status: str | None, unit: str | None,
-             roles: Sequence[str] = ROLES) -> list[tuple[str, str]]:
+def problems(
+    start: str | None,
+    stop: str | None,
+    status: str | None,
+    unit: str | None,
+    roles: Sequence[str] = ROLES,
+) -> list[tuple[str, str]]:
     """('configured'|'installed', message) for what makes the service unusable for `roles`.
 
     With commands, each role needs its command. With systemd, systemctl is needed for
     everything, an installed unit only to start: systemctl checks and stops a unit by name."""
     commands = {"start": start, "stop": stop, "status": status}
     if any(commands.values()):
-        return [found for role in roles
-                if (found := _command_problem(f"{role}_command", commands[role])) is not None]
+        return [
+            found
+            for role in roles
+            if (found := _command_problem(f"{role}_command", commands[role])) is not None
+        ]
     if shutil.which("systemctl") is None:
-        return [("installed", "systemctl not found: set start_command, stop_command and "
-                              "status_command")]
+        return [
+            ("installed", "systemctl not found: set start_command, stop_command and status_command")
+        ]
     if "start" in roles and find_unit(unit) is None:
         wanted = unit or " or ".join(DEFAULT_UNITS)
-        return [("installed", f"systemd unit {wanted} not found (parameter "
-                              "'systemd_unit')")]
+        return [("installed", f"systemd unit {wanted} not found (parameter 'systemd_unit')")]
     return []
 
 
 def _command_problem(name: str, command: str | None) -> tuple[str, str] | None:
     """What makes parameter `name`'s command unusable (unset, unparsable, not executable)."""
     if not command:
-        return ("configured", f"parameter '{name}' is required with the other "
-                              "*_command parameters")
+        return ("configured", f"parameter '{name}' is required with the other *_command parameters")
     try:
         argv = shlex.split(command)
     except ValueError as err:
         return ("configured", f"parameter '{name}': {err}")
     if not argv or shutil.which(argv[0]) is None:
-        return ("installed", f"parameter '{name}': {argv[0] if argv else ''!r} "
-                             "is not an executable")
+        return (
+            "installed",
+            f"parameter '{name}': {argv[0] if argv else ''!r} is not an executable",
+        )
     return None
 
 

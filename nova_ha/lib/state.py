@@ -304,8 +304,16 @@ class _Change:
 
     @classmethod
     def checked(
-        cls, host: str, state: HostState, event: Event | None, detail: str, found: int | None,
-        evacuated: int | None, failed: int | None, mode: str | None, service_host: str | None,
+        cls,
+        host: str,
+        state: HostState,
+        event: Event | None,
+        detail: str,
+        found: int | None,
+        evacuated: int | None,
+        failed: int | None,
+        mode: str | None,
+        service_host: str | None,
         now: float | None,
     ) -> _Change:
         _check_host(host)
@@ -321,8 +329,17 @@ class _Change:
             _check_count(host, name, value)
         if event == Event.EVACUATION_FINISHED and not detail:
             detail = f"found={found or 0} evacuated={evacuated or 0} failed={failed or 0}"
-        return cls(state, event, detail[:DETAIL_MAX], found, evacuated, failed, mode,
-                   service_host, clock.iso_utc(_now(now)))
+        return cls(
+            state,
+            event,
+            detail[:DETAIL_MAX],
+            found,
+            evacuated,
+            failed,
+            mode,
+            service_host,
+            clock.iso_utc(_now(now)),
+        )
 
     def check_allowed(self, current: HostRecord, owner: str | None) -> None:
         """StateError unless `owner` (if any) holds the lease and the move is a transition."""
@@ -355,12 +372,14 @@ class _Change:
             )
         last = current.history[-1] if current.history else None
         duplicate = (
-            last is not None and last.name == self.event and last.detail == self.detail
+            last is not None
+            and last.name == self.event
+            and last.detail == self.detail
             and new == current
         )
         if self.event is not None and not duplicate:
             new.history.append(HistoryEntry(self.stamp, self.event, self.detail))
-            del new.history[: -history_max]
+            del new.history[:-history_max]
         return new
 
 
@@ -388,8 +407,12 @@ class StateStore(ABC):
 
     @abstractmethod
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None],
-        update: Mapping[str, str], tidy: bool = True,
+        self,
+        host: str,
+        handle: Any,
+        expect: Mapping[str, str | None],
+        update: Mapping[str, str],
+        tidy: bool = True,
     ) -> bool:
         """Atomically apply `update` if every `expect` attribute still has that value.
 
@@ -415,8 +438,11 @@ class StateStore(ABC):
         records, and {host: why} for records that do not decode (reported and skipped, so
         one bad record never stops the others)."""
         return _decode_each(
-            {h: raw for h, raw in self._read_all().items()
-             if (raw.get(ATTR_STATE) or HostState.OK) != HostState.OK}
+            {
+                h: raw
+                for h, raw in self._read_all().items()
+                if (raw.get(ATTR_STATE) or HostState.OK) != HostState.OK
+            }
         )
 
     def mark(
@@ -457,8 +483,13 @@ class StateStore(ABC):
         raise StateError("record kept changing under us; try again", host, ATTR_STATE)
 
     def _mark_once(
-        self, host: str, change: _Change, owner: str | None, grant: tuple[str, float] | None,
-        release: bool, now: float | None,
+        self,
+        host: str,
+        change: _Change,
+        owner: str | None,
+        grant: tuple[str, float] | None,
+        release: bool,
+        now: float | None,
     ) -> HostRecord | None:
         """One compare-and-swap round of mark(): the record as written (or as found, when
         it is already as asked), None when someone else wrote it meanwhile."""
@@ -468,8 +499,9 @@ class StateStore(ABC):
         new = change.applied(current, self.history_max)
         wanted = _encode(new)
         expect: dict[str, str | None] = {k: raw.get(k) for k in RECORD_ATTRS}
-        if grant is not None and not (current.lease_owner not in (None, grant[0])
-                                      and current.lease_live(_now(now), self.skew)):
+        if grant is not None and not (
+            current.lease_owner not in (None, grant[0]) and current.lease_live(_now(now), self.skew)
+        ):
             new.lease_owner, new.lease_expires = grant[0], _now(now) + grant[1]
             wanted[ATTR_LEASE_OWNER] = grant[0]
             wanted[ATTR_LEASE_EXPIRES] = f"{new.lease_expires:.3f}"
@@ -524,7 +556,10 @@ class StateStore(ABC):
             if service_host is not None and not _NAME_RE.match(service_host):
                 service_host = None
             new = HostRecord(
-                host=host, state=HostState.OK, since=stamp, service_host=service_host,
+                host=host,
+                state=HostState.OK,
+                since=stamp,
+                service_host=service_host,
                 history=history,
             )
             new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
@@ -580,8 +615,12 @@ class MemoryStateStore(StateStore):
             return {h: dict(raw) for h, raw in self._hosts.items()}
 
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None],
-        update: Mapping[str, str], tidy: bool = True,
+        self,
+        host: str,
+        handle: Any,
+        expect: Mapping[str, str | None],
+        update: Mapping[str, str],
+        tidy: bool = True,
     ) -> bool:
         with self._lock:
             attrs = self._hosts.setdefault(host, {})
@@ -728,8 +767,9 @@ class CibStateStore(StateStore):
             f"/cib/configuration/nodes/node[instance_attributes/nvpair[@name='{ATTR_STATE}']"
             "[@value!='' and @value!='ok']]"
         )
-        code, out, err = self._run(["--query", "--xpath", xpath], exclusive=False, host=None,
-                                   what="read incidents")
+        code, out, err = self._run(
+            ["--query", "--xpath", xpath], exclusive=False, host=None, what="read incidents"
+        )
         if code == _NO_MATCH_EXIT and _no_match(err):
             return {}, {}
         if code != 0:
@@ -741,12 +781,15 @@ class CibStateStore(StateStore):
         except ET.ParseError as exc:
             raise StateError(f"cibadmin returned unreadable XML: {exc}") from None
         nodes = list(root) if root.tag == "xpath-query" else [root]
-        return _decode_each({n.get("uname") or "": _node_attrs(n) for n in nodes
-                             if n.get("uname")})
+        return _decode_each({n.get("uname") or "": _node_attrs(n) for n in nodes if n.get("uname")})
 
     def _swap(
-        self, host: str, handle: Any, expect: Mapping[str, str | None],
-        update: Mapping[str, str], tidy: bool = True,
+        self,
+        host: str,
+        handle: Any,
+        expect: Mapping[str, str | None],
+        update: Mapping[str, str],
+        tidy: bool = True,
     ) -> bool:
         for name, value in update.items():
             # copy_in_properties() would turn "value++"/"value+=N" into arithmetic.
@@ -909,8 +952,10 @@ class CibStateStore(StateStore):
         """True when no CIB manager answered cibadmin (worth another try), or with fail_fast
         StateError, for this call and every later one."""
         disconnected = not self.cib_file and (
-            proc.returncode == _DISCONNECTED or "Could not connect" in proc.stderr
-            or "not connected" in proc.stderr)
+            proc.returncode == _DISCONNECTED
+            or "Could not connect" in proc.stderr
+            or "not connected" in proc.stderr
+        )
         if disconnected and self.fail_fast:
             # No CIB manager on this node: no cluster running here. Not a blip worth
             # seconds of backoff in the middle of a fence; and every later call of this

@@ -37,8 +37,10 @@ def _read_yaml(path: str) -> dict[str, Any]:
         with open(path) as stream:
             doc = yaml.safe_load(stream)
     except (OSError, ValueError, yaml.YAMLError) as err:
-        raise AuthError(f"parameter 'os_cloud': cannot read {path}: "
-                        f"{getattr(err, 'strerror', None) or type(err).__name__}") from None
+        raise AuthError(
+            f"parameter 'os_cloud': cannot read {path}: "
+            f"{getattr(err, 'strerror', None) or type(err).__name__}"
+        ) from None
     clouds = doc.get("clouds") if isinstance(doc, dict) else None
     return clouds if isinstance(clouds, dict) else {}
 
@@ -55,11 +57,16 @@ def cloud_settings(name: str) -> dict[str, Any]:
         secure = os.path.join(os.path.dirname(path), "secure.yaml")
         if os.path.isfile(secure):
             extra = _read_yaml(secure).get(name) or {}
-            cloud = _merge(cloud, extra) if isinstance(cloud, dict) and isinstance(
-                extra, dict) else cloud
+            cloud = (
+                _merge(cloud, extra)
+                if isinstance(cloud, dict) and isinstance(extra, dict)
+                else cloud
+            )
         if not isinstance(cloud, dict) or not isinstance(cloud.get("auth") or {}, dict):
-            raise AuthError(f"parameter 'os_cloud': cloud {name!r} in {path} is not a "
-                            "mapping with an 'auth' mapping")
+            raise AuthError(
+                f"parameter 'os_cloud': cloud {name!r} in {path} is not a "
+                "mapping with an 'auth' mapping"
+            )
         flat = {f"os_{k}": v for k, v in (cloud.get("auth") or {}).items()}
         for key in ("region_name", "interface", "cacert", "cert", "key"):
             if key in cloud:
@@ -67,8 +74,10 @@ def cloud_settings(name: str) -> dict[str, Any]:
         if "verify" in cloud:
             flat["os_insecure"] = not cloud["verify"]
         return flat
-    raise AuthError(f"parameter 'os_cloud': cloud {name!r} not found in "
-                    f"{', '.join(p for p in _clouds_yaml_paths())}")
+    raise AuthError(
+        f"parameter 'os_cloud': cloud {name!r} not found in "
+        f"{', '.join(p for p in _clouds_yaml_paths())}"
+    )
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -83,24 +92,36 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def auth_settings(openstack: params.OpenStackSettings) -> dict[str, Any]:
     """os_* settings: clouds.yaml first, then parameters given here, then scripts."""
-    values = {item.metadata["param"]: getattr(openstack, item.name)
-              for item in dataclasses.fields(openstack) if "param" in item.metadata}
+    values = {
+        item.metadata["param"]: getattr(openstack, item.name)
+        for item in dataclasses.fields(openstack)
+        if "param" in item.metadata
+    }
     settings: dict[str, Any] = {}
     if openstack.cloud:
         settings.update(cloud_settings(openstack.cloud))
     for name in openstack.given:
         if values.get(name) not in (None, ""):
             settings[name] = values[name]
-    for name in ("os_user_domain_name", "os_project_domain_name", "os_interface",
-                 "os_api_timeout", "os_compute_api_version"):
+    for name in (
+        "os_user_domain_name",
+        "os_project_domain_name",
+        "os_interface",
+        "os_api_timeout",
+        "os_compute_api_version",
+    ):
         settings.setdefault(name, values[name])
     if openstack.password_script and not openstack.password:
         settings["os_password"] = _script_password(openstack.password_script)
     interface = str(settings.get("os_interface") or "internal").lower()
     settings["os_interface"] = interface[:-3] if interface.endswith("url") else interface
-    log.REDACTOR.add(*(str(settings[k]) for k in ("os_password",
-                                                  "os_application_credential_secret")
-                       if settings.get(k)))
+    log.REDACTOR.add(
+        *(
+            str(settings[k])
+            for k in ("os_password", "os_application_credential_secret")
+            if settings.get(k)
+        )
+    )
     return settings
 
 
@@ -124,19 +145,28 @@ def make_session(settings: dict[str, Any]) -> Any:
         verify = settings["os_cacert"]
     cert = None
     if settings.get("os_cert"):
-        cert = (settings["os_cert"], settings["os_key"]) if settings.get("os_key") else \
-            settings["os_cert"]
+        cert = (
+            (settings["os_cert"], settings["os_key"])
+            if settings.get("os_key")
+            else settings["os_cert"]
+        )
     # One HTTP connection per concurrent request (requests keeps 10 per host by default:
     # with max_parallel=16 six of them would be opened and thrown away each round).
     import requests  # noqa: PLC0415
 
     http = requests.Session()
-    adapter = _bounded_adapter(pool_connections=4,
-                               pool_maxsize=int(settings.get("pool_size") or 10))
+    adapter = _bounded_adapter(
+        pool_connections=4, pool_maxsize=int(settings.get("pool_size") or 10)
+    )
     http.mount("https://", adapter)
     http.mount("http://", adapter)
-    return ks_session.Session(auth=auth, verify=verify, cert=cert, session=http,
-                              timeout=float(settings.get("os_api_timeout") or 10))
+    return ks_session.Session(
+        auth=auth,
+        verify=verify,
+        cert=cert,
+        session=http,
+        timeout=float(settings.get("os_api_timeout") or 10),
+    )
 
 
 def _auth_plugin(settings: dict[str, Any]) -> Any:
@@ -147,11 +177,20 @@ def _auth_plugin(settings: dict[str, Any]) -> Any:
         credential: dict[str, Any] = {
             "auth_url": settings["os_auth_url"],
             "application_credential_id": settings["os_application_credential_id"],
-            "application_credential_secret": settings.get("os_application_credential_secret")}
+            "application_credential_secret": settings.get("os_application_credential_secret"),
+        }
         return v3.ApplicationCredential(**credential)
-    password: dict[str, Any] = {name: settings.get(f"os_{name}") for name in (
-        "auth_url", "username", "password", "project_name", "user_domain_name",
-        "project_domain_name")}
+    password: dict[str, Any] = {
+        name: settings.get(f"os_{name}")
+        for name in (
+            "auth_url",
+            "username",
+            "password",
+            "project_name",
+            "user_domain_name",
+            "project_domain_name",
+        )
+    }
     return v3.Password(**password)
 
 
@@ -162,10 +201,18 @@ def _bounded_adapter(**kwargs: Any) -> Any:
     import requests  # noqa: PLC0415
 
     class BoundedAdapter(requests.adapters.HTTPAdapter):
-        def send(self, request: Any, stream: bool = False, timeout: Any = None,
-                 verify: Any = True, cert: Any = None, proxies: Any = None) -> Any:
-            resp = super().send(request, stream=True, timeout=timeout, verify=verify,
-                                cert=cert, proxies=proxies)
+        def send(
+            self,
+            request: Any,
+            stream: bool = False,
+            timeout: Any = None,
+            verify: Any = True,
+            cert: Any = None,
+            proxies: Any = None,
+        ) -> Any:
+            resp = super().send(
+                request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+            )
             if stream:
                 return resp
             limit = timeout[-1] if isinstance(timeout, tuple) else timeout
@@ -174,10 +221,9 @@ def _bounded_adapter(**kwargs: Any) -> Any:
                 from urllib.parse import urlsplit  # noqa: PLC0415
 
                 where = urlsplit(request.url)
-                raise Unavailable(printable(
-                    f"{request.method} {where.netloc}{where.path}: {problem}"[:300]))
+                raise Unavailable(
+                    printable(f"{request.method} {where.netloc}{where.path}: {problem}"[:300])
+                )
             return resp
 
     return BoundedAdapter(**kwargs)
-
-

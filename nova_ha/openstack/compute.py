@@ -47,19 +47,32 @@ def utc_now() -> str:
 def _require(proof: PowerOffConfirmed, host: str | None, what: str) -> None:
     """The proof covers `host`, or the write is refused before it is sent."""
     if host != proof.host:
-        raise WrongHost(f"{what}: refused: the power-off confirmed is that of {proof.host}, "
-                        f"not of {excerpt(host, 80)}")
+        raise WrongHost(
+            f"{what}: refused: the power-off confirmed is that of {proof.host}, "
+            f"not of {excerpt(host, 80)}"
+        )
 
 
 class Nova:
     """Nova's compute API at the newest microversion both sides support."""
 
-    def __init__(self, session: Any, interface: str = "internal", region: str | None = None,
-                 timeout: float = 10.0, cap: str = "auto",
-                 endpoint_override: str | None = None) -> None:
-        self.transport = Transport(session, interface=interface, region=region,
-                                   timeout=timeout, cap=cap,
-                                   endpoint_override=endpoint_override)
+    def __init__(
+        self,
+        session: Any,
+        interface: str = "internal",
+        region: str | None = None,
+        timeout: float = 10.0,
+        cap: str = "auto",
+        endpoint_override: str | None = None,
+    ) -> None:
+        self.transport = Transport(
+            session,
+            interface=interface,
+            region=region,
+            timeout=timeout,
+            cap=cap,
+            endpoint_override=endpoint_override,
+        )
         self.timeout = timeout
         self.request = self.transport.request
         self.authenticate = self.transport.authenticate
@@ -76,10 +89,13 @@ class Nova:
         # Connections for every evacuation in flight, and a few for the reads beside them.
         settings["pool_size"] = parsed.settings.evacuation.max_parallel + 4
         session = auth.make_session(settings)
-        nova = cls(session, interface=settings["os_interface"],
-                   region=settings.get("os_region_name"),
-                   timeout=float(settings.get("os_api_timeout") or 10),
-                   cap=str(settings.get("os_compute_api_version") or "auto"))
+        nova = cls(
+            session,
+            interface=settings["os_interface"],
+            region=settings.get("os_region_name"),
+            timeout=float(settings.get("os_api_timeout") or 10),
+            cap=str(settings.get("os_compute_api_version") or "auto"),
+        )
         if openstack.token_cache:
             from nova_ha.openstack.token_cache import TokenCache
 
@@ -90,11 +106,15 @@ class Nova:
 
     def services(self, deadline: Deadline, host: str | None = None) -> list[Service]:
         query = f"/os-services?binary={COMPUTE_BINARY}" + (
-            f"&host={quote_id(host)}" if host else "")
+            f"&host={quote_id(host)}" if host else ""
+        )
         what = printable(f"GET {query}")
-        return [Service.from_api(s, what)
-                for s in reply_field(self.request("GET", query, deadline), "services", (list,),
-                                     what, required=True)]
+        return [
+            Service.from_api(s, what)
+            for s in reply_field(
+                self.request("GET", query, deadline), "services", (list,), what, required=True
+            )
+        ]
 
     def service(self, deadline: Deadline, host: str) -> Service:
         found = [s for s in self.services(deadline, host) if s.host == host]
@@ -107,37 +127,65 @@ class Nova:
         _require(proof, svc.host, f"forcing down {COMPUTE_BINARY} on {svc.host}")
         self._update_service(deadline, svc, forced_down=True)
 
-    def update_service(self, deadline: Deadline, svc: Service, *,
-                       forced_down: Literal[False] | None = None,
-                       disabled_reason: str | None = None, enable: bool | None = None) -> None:
+    def update_service(
+        self,
+        deadline: Deadline,
+        svc: Service,
+        *,
+        forced_down: Literal[False] | None = None,
+        disabled_reason: str | None = None,
+        enable: bool | None = None,
+    ) -> None:
         """A change of a service that needs no proof: lift a force-down (the host rejoins),
         enable, disable with a reason. Forcing down is force_down's."""
-        self._update_service(deadline, svc, forced_down=forced_down,
-                             disabled_reason=disabled_reason, enable=enable)
+        self._update_service(
+            deadline, svc, forced_down=forced_down, disabled_reason=disabled_reason, enable=enable
+        )
 
-    def _update_service(self, deadline: Deadline, svc: Service, *,
-                        forced_down: bool | None = None, disabled_reason: str | None = None,
-                        enable: bool | None = None) -> None:
+    def _update_service(
+        self,
+        deadline: Deadline,
+        svc: Service,
+        *,
+        forced_down: bool | None = None,
+        disabled_reason: str | None = None,
+        enable: bool | None = None,
+    ) -> None:
         """One change to a compute service, by UUID at >= 2.53, by host on older clouds."""
         if self.at_least(deadline, (2, 53)):
             body = _service_update(forced_down, disabled_reason, enable)
-            self.request("PUT", f"/os-services/{quote_id(svc.id)}", deadline, body=body,
-                         parse=False)
+            self.request(
+                "PUT", f"/os-services/{quote_id(svc.id)}", deadline, body=body, parse=False
+            )
             return
         target = {"host": svc.host, "binary": COMPUTE_BINARY}
         if forced_down is not None:
-            self.request("PUT", "/os-services/force-down", deadline,
-                         body=dict(target, forced_down=forced_down), parse=False)
+            self.request(
+                "PUT",
+                "/os-services/force-down",
+                deadline,
+                body=dict(target, forced_down=forced_down),
+                parse=False,
+            )
         if enable is True:
             self.request("PUT", "/os-services/enable", deadline, body=target, parse=False)
         elif disabled_reason is not None:
-            self.request("PUT", "/os-services/disable-log-reason", deadline,
-                         body=dict(target, disabled_reason=disabled_reason), parse=False)
+            self.request(
+                "PUT",
+                "/os-services/disable-log-reason",
+                deadline,
+                body=dict(target, disabled_reason=disabled_reason),
+                parse=False,
+            )
 
     def hypervisors(self, deadline: Deadline) -> list[Hypervisor]:
         what = "GET /os-hypervisors/detail"
-        return [Hypervisor.from_api(h, what) for h in reply_records(
-            self.request("GET", "/os-hypervisors/detail", deadline), "hypervisors", what, {})]
+        return [
+            Hypervisor.from_api(h, what)
+            for h in reply_records(
+                self.request("GET", "/os-hypervisors/detail", deadline), "hypervisors", what, {}
+            )
+        ]
 
     # -- servers --
 
@@ -152,11 +200,11 @@ class Nova:
         pages = 0  # pages received
         while True:
             if pages == MAX_PAGES:
-                raise NovaError(f"listing servers ({query}): Nova still had a next page "
-                                f"after {MAX_PAGES} pages")
+                raise NovaError(
+                    f"listing servers ({query}): Nova still had a next page after {MAX_PAGES} pages"
+                )
             if pages and deadline.expired():
-                raise Unavailable(f"listing servers ({query}): out of time after "
-                                  f"{pages} pages")
+                raise Unavailable(f"listing servers ({query}): out of time after {pages} pages")
             page, more = self._servers_page(deadline, query, marker, pages, retries)
             pages += 1
             servers += page
@@ -166,20 +214,25 @@ class Nova:
                 return servers
             marker = page[-1].id
             if marker in seen:
-                raise NovaError(f"listing servers ({query}): Nova's page {pages} ends with "
-                                f"server {excerpt(marker, 80)} again: its pagination loops")
+                raise NovaError(
+                    f"listing servers ({query}): Nova's page {pages} ends with "
+                    f"server {excerpt(marker, 80)} again: its pagination loops"
+                )
             seen.add(marker)
 
-    def _servers_page(self, deadline: Deadline, query: str, marker: str | None, pages: int,
-                      retries: int) -> tuple[list[Server], bool]:
+    def _servers_page(
+        self, deadline: Deadline, query: str, marker: str | None, pages: int, retries: int
+    ) -> tuple[list[Server], bool]:
         """One page of a servers listing, and whether Nova links a next one."""
-        what = printable(f"GET /servers/detail?{query}") + (
-            f" (page {pages + 1})" if pages else "")
+        what = printable(f"GET /servers/detail?{query}") + (f" (page {pages + 1})" if pages else "")
         page_query = query + (f"&marker={quote_id(marker)}" if marker else "")
         body = self.request("GET", f"/servers/detail?{page_query}", deadline, retries=retries)
         page = [Server.from_api(s, what) for s in reply_records(body, "servers", what, {})]
-        links = reply_records(body, "servers_links", what, {"rel": ((str,), False)}) \
-            if body.get("servers_links") is not None else []
+        links = (
+            reply_records(body, "servers_links", what, {"rel": ((str,), False)})
+            if body.get("servers_links") is not None
+            else []
+        )
         return page, any(link.get("rel") == "next" for link in links)
 
     def all_servers(self, deadline: Deadline) -> list[Server]:
@@ -192,8 +245,7 @@ class Nova:
 
     def servers_changed_since(self, deadline: Deadline, since: str) -> list[Server]:
         """Servers of all tenants changed since an ISO 8601 time, deleted ones included."""
-        return self.list_servers(deadline, f"all_tenants=1&changes-since={since}",
-                                 retries=1)
+        return self.list_servers(deadline, f"all_tenants=1&changes-since={since}", retries=1)
 
     def server(self, deadline: Deadline, server_id: str) -> Server:
         path = f"/servers/{quote_id(server_id)}"
@@ -211,8 +263,13 @@ class Nova:
         image = reply_field(body, "image", (dict,), what, required=True)
         return reply_field(image, "metadata", (dict,), what) or {}
 
-    def evacuate(self, deadline: Deadline, server: Server, proof: PowerOffConfirmed,
-                 target: str | None = None) -> bool:
+    def evacuate(
+        self,
+        deadline: Deadline,
+        server: Server,
+        proof: PowerOffConfirmed,
+        target: str | None = None,
+    ) -> bool:
         """Ask Nova to evacuate a server of the powered-off host, exactly once (to `target`,
         or where its scheduler chooses). False if Nova refused it with 409.
 
@@ -229,12 +286,18 @@ class Nova:
         try:
             # parse=False: the status is the answer. The body (adminPass below 2.14) is
             # neither needed nor logged unredacted; a malformed one is no failure.
-            self.request("POST", f"/servers/{quote_id(server.id)}/action", deadline,
-                         body={"evacuate": spec}, ok=(200, 202), retries=0, parse=False)
+            self.request(
+                "POST",
+                f"/servers/{quote_id(server.id)}/action",
+                deadline,
+                body={"evacuate": spec},
+                ok=(200, 202),
+                retries=0,
+                parse=False,
+            )
         except Unavailable:
             if self._evacuation_applied(deadline, server.id, asked_at):
-                LOG.info("server %s: the evacuation answer was lost but Nova applied it",
-                         server.id)
+                LOG.info("server %s: the evacuation answer was lost but Nova applied it", server.id)
                 return True
             raise
         except Conflict:
@@ -245,43 +308,63 @@ class Nova:
         if self.server(deadline, server_id).rebuilding:
             return True
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 60))
-        return any((m.created_at or "")[:19] >= start and not m.failed
-                   for m in self.evacuation_migrations(deadline, server_id=server_id))
+        return any(
+            (m.created_at or "")[:19] >= start and not m.failed
+            for m in self.evacuation_migrations(deadline, server_id=server_id)
+        )
 
     def instance_actions(self, deadline: Deadline, server_id: str) -> list[str]:
         """The names of the server's recorded actions, newest first."""
         path = f"/servers/{quote_id(server_id)}/os-instance-actions"
-        actions = reply_records(self.request("GET", path, deadline), "instanceActions",
-                                printable(f"GET {path}"), {"action": ((str,), False)})
+        actions = reply_records(
+            self.request("GET", path, deadline),
+            "instanceActions",
+            printable(f"GET {path}"),
+            {"action": ((str,), False)},
+        )
         return [action.get("action") or "" for action in actions]
 
     def start_server(self, deadline: Deadline, server_id: str) -> None:
         """Start a server Nova landed stopped on its new host (from 2.95)."""
-        self.request("POST", f"/servers/{quote_id(server_id)}/action", deadline,
-                     body={"os-start": None}, parse=False)
+        self.request(
+            "POST",
+            f"/servers/{quote_id(server_id)}/action",
+            deadline,
+            body={"os-start": None},
+            parse=False,
+        )
 
-    def reset_state(self, deadline: Deadline, server: Server, state: str,
-                    proof: PowerOffConfirmed) -> None:
+    def reset_state(
+        self, deadline: Deadline, server: Server, state: str, proof: PowerOffConfirmed
+    ) -> None:
         """Reset a server of the powered-off host (its state lived in the host's memory)."""
         _require(proof, server.host, f"resetting server {server.id}")
-        self.request("POST", f"/servers/{quote_id(server.id)}/action", deadline,
-                     body={"os-resetState": {"state": state}}, parse=False)
+        self.request(
+            "POST",
+            f"/servers/{quote_id(server.id)}/action",
+            deadline,
+            body={"os-resetState": {"state": state}},
+            parse=False,
+        )
 
-    def evacuation_migrations(self, deadline: Deadline, source_host: str | None = None,
-                              server_id: str | None = None) -> list[Migration]:
+    def evacuation_migrations(
+        self, deadline: Deadline, source_host: str | None = None, server_id: str | None = None
+    ) -> list[Migration]:
         query = "/os-migrations?migration_type=evacuation"
         if source_host:
             query += f"&source_compute={quote_id(source_host)}"
         if server_id:
             query += f"&instance_uuid={quote_id(server_id)}"
         what = printable(f"GET {query}")
-        return [Migration.from_api(m, what)
-                for m in reply_records(self.request("GET", query, deadline), "migrations",
-                                       what, {})]
+        return [
+            Migration.from_api(m, what)
+            for m in reply_records(self.request("GET", query, deadline), "migrations", what, {})
+        ]
 
 
-def _service_update(forced_down: bool | None, disabled_reason: str | None,
-                    enable: bool | None) -> dict[str, Any]:
+def _service_update(
+    forced_down: bool | None, disabled_reason: str | None, enable: bool | None
+) -> dict[str, Any]:
     """The body of PUT /os-services/{id} (2.53) for one change to a compute service."""
     body: dict[str, Any] = {}
     if forced_down is not None:

@@ -142,8 +142,7 @@ class TokenCache:
             os.close(fd)
         if not self._dir_warned:
             self._dir_warned = True
-            LOG.warning("not using the token cache directory %s, which %s", self.directory,
-                        problem)
+            LOG.warning("not using the token cache directory %s, which %s", self.directory, problem)
         return None
 
     def _read(self, dfd: int) -> str | None:
@@ -159,12 +158,12 @@ class TokenCache:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                LOG.warning("ignoring the token cache %s, which is not a regular file",
-                            self.path)
+                LOG.warning("ignoring the token cache %s, which is not a regular file", self.path)
                 return None
             if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
-                LOG.warning("ignoring the token cache %s, which is not private to this user",
-                            self.path)
+                LOG.warning(
+                    "ignoring the token cache %s, which is not private to this user", self.path
+                )
                 return None
             size = info.st_size
             while size <= MAX_STATE:
@@ -174,12 +173,14 @@ class TokenCache:
                 chunks.append(chunk)
                 size = sum(map(len, chunks))
             if size > MAX_STATE:
-                LOG.warning("ignoring the token cache %s, which is larger than %d bytes",
-                            self.path, MAX_STATE)
+                LOG.warning(
+                    "ignoring the token cache %s, which is larger than %d bytes",
+                    self.path,
+                    MAX_STATE,
+                )
                 return None
         except OSError as err:
-            LOG.debug("token cache %s unreadable (%s): asking Keystone", self.path,
-                      err.strerror)
+            LOG.debug("token cache %s unreadable (%s): asking Keystone", self.path, err.strerror)
             return None
         finally:
             os.close(fd)
@@ -204,8 +205,11 @@ class TokenCache:
                 if check is not None:
                     check(self.auth.auth_ref)
             except Exception as err:  # noqa: BLE001 - any damage: the entry is unusable
-                LOG.warning("dropping the token cache %s, which holds no usable Keystone "
-                            "state (%s)", self.path, type(err).__name__)
+                LOG.warning(
+                    "dropping the token cache %s, which holds no usable Keystone state (%s)",
+                    self.path,
+                    type(err).__name__,
+                )
                 self._forget_state()
                 self._unlink(dfd)
                 return False
@@ -250,14 +254,12 @@ class TokenCache:
         if not isinstance(text, str) or not text or text == self._known:
             return
         if len(text) > MAX_STATE:
-            LOG.debug("token cache %s not written (larger than %d bytes)", self.path,
-                      MAX_STATE)
+            LOG.debug("token cache %s not written (larger than %d bytes)", self.path, MAX_STATE)
             return
         try:
             make_private_dirs(self.directory)
         except OSError as err:
-            LOG.debug("token cache directory %s not created (%s)", self.directory,
-                      err.strerror)
+            LOG.debug("token cache directory %s not created (%s)", self.directory, err.strerror)
             return
         dfd = self._open_dir()
         if dfd is None:

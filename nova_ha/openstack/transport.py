@@ -55,7 +55,12 @@ EXCERPT = 200  # characters of a reply quoted in an error message
 DEBUG_EXCERPT = 2000  # characters of a reply body logged in verbose mode
 # The answers callers act on, by HTTP status; 5xx that kept failing are Unavailable.
 _ERRORS_BY_STATUS: dict[int, type[NovaError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict}
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+}
 
 
 def http_error(message: str, status: int | None) -> NovaError:
@@ -95,14 +100,16 @@ REDACTED = "******"
 # storm on a long word.
 _SECRET_PAIR = re.compile(
     r"""(?i)((?<![\w-])["']?[\w-]{0,40}(?:pass|secret|token|credential)[\w-]{0,40}["']?"""
-    r"""\s*[:=]\s*)("(?:[^"\\]|\\.)*"?|'[^']*'?|[^\s,;&}\]]+)""")
+    r"""\s*[:=]\s*)("(?:[^"\\]|\\.)*"?|'[^']*'?|[^\s,;&}\]]+)"""
+)
 _SPACES = re.compile(r"\s+")
 
 
 def redact_text(text: str) -> str:
     """The text without the values of password-like keys (JSON or key=value)."""
-    return _SECRET_PAIR.sub(lambda m: m.group(1) + (
-        f'"{REDACTED}"' if m.group(2).startswith('"') else REDACTED), text)
+    return _SECRET_PAIR.sub(
+        lambda m: m.group(1) + (f'"{REDACTED}"' if m.group(2).startswith('"') else REDACTED), text
+    )
 
 
 def quote_id(value: Any) -> str:
@@ -113,29 +120,39 @@ def quote_id(value: Any) -> str:
 
 def printable(text: str) -> str:
     """Control and separator characters escaped: a reply is data, never a line of its own."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
 
 
 def excerpt(data: bytes | str | Any, limit: int = EXCERPT) -> str:
     """At most `limit` printable characters of a reply (or of a decoded value), redacted."""
     if isinstance(data, bytes | bytearray):
-        text = bytes(data[:limit * 4]).decode("utf-8", "replace")
+        text = bytes(data[: limit * 4]).decode("utf-8", "replace")
     elif isinstance(data, str):
-        text = data[:limit * 2]
+        text = data[: limit * 2]
     else:
         try:
-            text = json.dumps(data, default=str)[:limit * 2]
+            text = json.dumps(data, default=str)[: limit * 2]
         except (ValueError, TypeError, RecursionError):
             text = f"<{type(data).__name__}>"
-    text = printable(redact_text(_SPACES.sub(" ", text[:limit * 2]).strip()))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    text = printable(redact_text(_SPACES.sub(" ", text[: limit * 2]).strip()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def kind_of(value: Any) -> str:
-    return "null" if value is None else {dict: "an object", list: "a list", str: "a string",
-                                         bool: "a boolean", int: "a number",
-                                         float: "a number"}.get(type(value), type(value).__name__)
+    return (
+        "null"
+        if value is None
+        else {
+            dict: "an object",
+            list: "a list",
+            str: "a string",
+            bool: "a boolean",
+            int: "a number",
+            float: "a number",
+        }.get(type(value), type(value).__name__)
+    )
 
 
 def _decode(data: bytes, what: str) -> dict[str, Any]:
@@ -147,13 +164,15 @@ def _decode(data: bytes, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise NovaError(f"{what}: Nova's reply is not JSON: {excerpt(data)}") from None
     if not isinstance(body, dict):
-        raise NovaError(f"{what}: Nova's reply is {kind_of(body)}, not a JSON object: "
-                        f"{excerpt(data)}")
+        raise NovaError(
+            f"{what}: Nova's reply is {kind_of(body)}, not a JSON object: {excerpt(data)}"
+        )
     return body
 
 
-def reply_field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], what: str,
-           required: bool = False) -> Any:
+def reply_field(
+    obj: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, required: bool = False
+) -> Any:
     """obj[key], of one of `kinds` (or absent/null unless required): else a NovaError."""
     value = obj.get(key)
     if value is None and not required:
@@ -161,19 +180,21 @@ def reply_field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], what: st
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         wanted = " or ".join(kind_of(k()) for k in kinds)
         found = f"{kind_of(value)}, not {wanted}" if key in obj else f"missing ({wanted})"
-        raise NovaError(f"{what}: malformed reply from Nova: {key!r} is {found}: "
-                        f"{excerpt(obj)}")
+        raise NovaError(f"{what}: malformed reply from Nova: {key!r} is {found}: {excerpt(obj)}")
     return value
 
 
-def reply_records(body: dict[str, Any], key: str, what: str,
-             fields: dict[str, tuple[tuple[type, ...], bool]]) -> list[dict[str, Any]]:
+def reply_records(
+    body: dict[str, Any], key: str, what: str, fields: dict[str, tuple[tuple[type, ...], bool]]
+) -> list[dict[str, Any]]:
     """body[key]: a list of objects whose `fields` have the expected types."""
     items = reply_field(body, key, (list,), what, required=True)
     for item in items:
         if not isinstance(item, dict):
-            raise NovaError(f"{what}: malformed reply from Nova: an item of {key!r} is "
-                            f"{kind_of(item)}: {excerpt(item)}")
+            raise NovaError(
+                f"{what}: malformed reply from Nova: an item of {key!r} is "
+                f"{kind_of(item)}: {excerpt(item)}"
+            )
         for name, (kinds, required) in fields.items():
             reply_field(item, name, kinds, what, required)
     return items
@@ -231,6 +252,7 @@ def _error_text(data: bytes) -> str:
 
 # ---- the transport ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Call:
     """One API call as its attempts see it."""
@@ -272,19 +294,32 @@ class Transport:
     """Calls to one service (compute) of a Keystone session, at the newest microversion both
     sides support."""
 
-    def __init__(self, session: Any, interface: str = "internal", region: str | None = None,
-                 timeout: float = 10.0, cap: str = "auto",
-                 endpoint_override: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Any,
+        interface: str = "internal",
+        region: str | None = None,
+        timeout: float = 10.0,
+        cap: str = "auto",
+        endpoint_override: str | None = None,
+    ) -> None:
         from keystoneauth1 import adapter  # noqa: PLC0415
 
         self.timeout = timeout
-        self._adapter = adapter.Adapter(session, service_type="compute", interface=interface,
-                                        region_name=region, endpoint_override=endpoint_override)
+        self._adapter = adapter.Adapter(
+            session,
+            service_type="compute",
+            interface=interface,
+            region_name=region,
+            endpoint_override=endpoint_override,
+        )
         try:
             self._cap = MAX_MICROVERSION if cap in ("", "auto", None) else parse_version(cap)
         except ValueError:
-            raise AuthError(f"parameter 'os_compute_api_version': {excerpt(cap, 40)!r} is "
-                            "not a microversion such as 2.95") from None
+            raise AuthError(
+                f"parameter 'os_compute_api_version': {excerpt(cap, 40)!r} is "
+                "not a microversion such as 2.95"
+            ) from None
         self._endpoint_override = endpoint_override
         self._microversion: str | None = None
         self.token_cache: TokenCache | None = None  # see use_token_cache
@@ -305,8 +340,10 @@ class Transport:
         if self._endpoint_override:
             return
         url = access.service_catalog.url_for(
-            service_type="compute", interface=self._adapter.interface,
-            region_name=self._adapter.region_name)
+            service_type="compute",
+            interface=self._adapter.interface,
+            region_name=self._adapter.region_name,
+        )
         from urllib.parse import urlsplit  # noqa: PLC0415
 
         parts = urlsplit(url)
@@ -320,8 +357,9 @@ class Transport:
         with self._auth_lock:
             if self._cache_suspect:
                 self._cache_suspect = False
-                LOG.info("the cached Keystone catalog did not work (%s): asking Keystone "
-                         "again", reason)
+                LOG.info(
+                    "the cached Keystone catalog did not work (%s): asking Keystone again", reason
+                )
                 if self.token_cache is not None:
                     self.token_cache.drop()
                 plugin: Any = self._adapter.session.auth
@@ -345,9 +383,17 @@ class Transport:
 
     # -- one call --
 
-    def request(self, method: str, path: str, deadline: Deadline, body: Any = None,
-                microversion: str | None = None, ok: tuple[int, ...] = (200, 202, 204),
-                retries: int = 4, parse: bool = True) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        body: Any = None,
+        microversion: str | None = None,
+        ok: tuple[int, ...] = (200, 202, 204),
+        retries: int = 4,
+        parse: bool = True,
+    ) -> Any:
         """One API call: bounded by the deadline, 5xx/connection errors retried. Returns the
         reply, a JSON object ({} when empty, and always {} with parse=False: for calls whose
         answer is the status alone, a malformed body does not undo what Nova accepted)."""
@@ -367,16 +413,19 @@ class Transport:
                 call = replace(call, microversion=self.microversion(deadline), optimistic=False)
                 continue
             if result.at_once == "refresh" or (
-                    result.stale and self._refresh(call.refreshed, call.generation, result.stale)
-                    and method in IDEMPOTENT):  # a POST that failed so: within its retries
+                result.stale
+                and self._refresh(call.refreshed, call.generation, result.stale)
+                and method in IDEMPOTENT
+            ):  # a POST that failed so: within its retries
                 call, attempt = replace(call, refreshed=True), attempt - 1
                 continue
             if attempt > retries or deadline.remaining() < 0.5:
                 raise Unavailable(f"{what}: {result.problem}", result.status)
             _back_off(what, result.problem, attempt, deadline)
 
-    def _first_microversion(self, method: str, microversion: str | None, deadline: Deadline
-                            ) -> tuple[str, bool]:
+    def _first_microversion(
+        self, method: str, microversion: str | None, deadline: Deadline
+    ) -> tuple[str, bool]:
         """The microversion to send a call at first, and whether that is optimistic."""
         if microversion is not None:
             return microversion, False
@@ -390,8 +439,12 @@ class Transport:
         """One send of the call: the reply, or a _Retry saying why there is none."""
         timeout = min(self.timeout, max(deadline.remaining(), 0.5))
         if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("%s (microversion %s)%s", call.what, call.microversion,
-                      f": {excerpt(json.dumps(call.body), DEBUG_EXCERPT)}" if call.body else "")
+            LOG.debug(
+                "%s (microversion %s)%s",
+                call.what,
+                call.microversion,
+                f": {excerpt(json.dumps(call.body), DEBUG_EXCERPT)}" if call.body else "",
+            )
         started = time.monotonic()
         resp = self._send(call, timeout)
         if isinstance(resp, _Retry):
@@ -406,17 +459,23 @@ class Transport:
         try:
             # stream: the body is read here, bounded in size and time; log=False: it is
             # logged here too, redacted (keystoneauth1 would log adminPass).
-            return self._adapter.request(call.path, call.method, json=call.body,
-                                         raise_exc=False, microversion=call.microversion,
-                                         timeout=timeout, connect_retries=0, stream=True,
-                                         log=False)
+            return self._adapter.request(
+                call.path,
+                call.method,
+                json=call.body,
+                raise_exc=False,
+                microversion=call.microversion,
+                timeout=timeout,
+                connect_retries=0,
+                stream=True,
+                log=False,
+            )
         except ks_exc.ConnectionError as err:  # ConnectFailure, ConnectTimeout, SSLError...
             problem = f"cannot reach Nova ({type(err).__name__})"
             return _Retry(problem, stale=problem)
         except ks_exc.http.Unauthorized:
             raise Unauthorized("Keystone refused the credentials (HTTP 401)", 401) from None
-        except (ks_exc.DiscoveryFailure, ks_exc.EndpointNotFound, ks_exc.CatalogException
-                ) as err:
+        except (ks_exc.DiscoveryFailure, ks_exc.EndpointNotFound, ks_exc.CatalogException) as err:
             if self._refresh(call.refreshed, call.generation, type(err).__name__):
                 return _REFRESH
             raise Unavailable(f"Keystone: {excerpt(str(err))}") from None
@@ -425,8 +484,9 @@ class Transport:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
             # keystoneauth1 tripped over a damaged token state or a malformed Keystone
             # reply (a JSON list, no X-Subject-Token header...).
-            reason = (f"unusable Keystone token or reply ({type(err).__name__}: "
-                      f"{excerpt(str(err), 80)})")
+            reason = (
+                f"unusable Keystone token or reply ({type(err).__name__}: {excerpt(str(err), 80)})"
+            )
             if self._refresh(call.refreshed, call.generation, reason):
                 return _REFRESH
             raise Unavailable(f"{call.what}: {reason}") from None
@@ -437,9 +497,14 @@ class Transport:
         status, what = resp.status_code, call.what
         data, cut, too_large = read_body(resp, until)
         if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("%s: HTTP %s, %d bytes%s%s", what, status, len(data),
-                      f" ({cut})" if cut else "",
-                      f": {excerpt(data, DEBUG_EXCERPT)}" if data else "")
+            LOG.debug(
+                "%s: HTTP %s, %d bytes%s%s",
+                what,
+                status,
+                len(data),
+                f" ({cut})" if cut else "",
+                f": {excerpt(data, DEBUG_EXCERPT)}" if data else "",
+            )
         if status in call.ok and not (call.parse and cut):
             self._proven()
             return _decode(data, what) if call.parse else {}
@@ -449,8 +514,7 @@ class Transport:
             return _Retry(cut or "")
         if call.optimistic and status == 406:
             return _NEGOTIATE
-        if status == 404 and self._refresh(call.refreshed, call.generation,
-                                           f"{what}: HTTP 404"):
+        if status == 404 and self._refresh(call.refreshed, call.generation, f"{what}: HTTP 404"):
             return _REFRESH
         if status == 401 and not call.refreshed:
             # Nova refused the token (revoked, or a cached one gone bad): forget it, the
@@ -481,11 +545,12 @@ class Transport:
             except ks_exc.http.Unauthorized:
                 raise Unauthorized("Keystone refused the credentials (HTTP 401)", 401) from None
             except ks_exc.ClientException as err:
-                raise Unavailable(f"Keystone: {type(err).__name__}: "
-                                  f"{excerpt(str(err))}") from None
+                raise Unavailable(f"Keystone: {type(err).__name__}: {excerpt(str(err))}") from None
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-                reason = (f"unusable Keystone token or reply ({type(err).__name__}: "
-                          f"{excerpt(str(err), 80)})")
+                reason = (
+                    f"unusable Keystone token or reply ({type(err).__name__}: "
+                    f"{excerpt(str(err), 80)})"
+                )
                 if not self._drop_cached_state(generation, reason):
                     raise Unavailable(f"Keystone: {reason}") from None
                 generation = self._auth_generation
@@ -500,16 +565,20 @@ class Transport:
             try:
                 server_max = parse_version(text)
             except ValueError:
-                raise NovaError(f"{what}: malformed reply from Nova: version "
-                                f"{excerpt(text, 40)!r}") from None
+                raise NovaError(
+                    f"{what}: malformed reply from Nova: version {excerpt(text, 40)!r}"
+                ) from None
             chosen = min(server_max, self._cap)
             if chosen < MIN_MICROVERSION:
                 raise NovaError("Nova does not support microversions")
             self._microversion = version_text(chosen)
-            LOG.debug("Nova %s supports up to %s; using %s", excerpt(version.get("id"), 40),
-                      excerpt(text, 40), self._microversion)
+            LOG.debug(
+                "Nova %s supports up to %s; using %s",
+                excerpt(version.get("id"), 40),
+                excerpt(text, 40),
+                self._microversion,
+            )
         return self._microversion
 
     def at_least(self, deadline: Deadline, version: tuple[int, int]) -> bool:
         return parse_version(self.microversion(deadline)) >= version
-

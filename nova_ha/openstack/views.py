@@ -32,19 +32,30 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 # What nova-ha reads of Nova's records.
 _SERVER_FIELDS: _Kinds = {
-    "id": ((str,), True), "name": ((str,), False), "status": ((str,), False),
-    HOST_ATTR: ((str,), False), TASK_ATTR: ((str,), False), VM_ATTR: ((str,), False),
-    "flavor": ((dict,), False), "metadata": ((dict,), False), "image": ((dict, str), False),
-    "fault": ((dict,), False)}
+    "id": ((str,), True),
+    "name": ((str,), False),
+    "status": ((str,), False),
+    HOST_ATTR: ((str,), False),
+    TASK_ATTR: ((str,), False),
+    VM_ATTR: ((str,), False),
+    "flavor": ((dict,), False),
+    "metadata": ((dict,), False),
+    "image": ((dict, str), False),
+    "fault": ((dict,), False),
+}
 _MIGRATION_FIELDS: _Kinds = {
-    "instance_uuid": ((str,), True), "status": ((str,), False),
-    "created_at": ((str,), False), "id": ((int,), False)}
+    "instance_uuid": ((str,), True),
+    "status": ((str,), False),
+    "created_at": ((str,), False),
+    "id": ((int,), False),
+}
 
 
 def _object(body: Any, what: str, item: str) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise NovaError(f"{what}: malformed reply from Nova: {item} is {kind_of(body)}: "
-                        f"{excerpt(body)}")
+        raise NovaError(
+            f"{what}: malformed reply from Nova: {item} is {kind_of(body)}: {excerpt(body)}"
+        )
     return body
 
 
@@ -82,12 +93,18 @@ class Server:
         fault = server.get("fault") or {}
         image = server.get("image")
         image_id = reply_field(image, "id", (str,), what) if isinstance(image, dict) else None
-        return cls(id=server["id"], name=server.get("name") or "",
-                   status=server.get("status"), host=server.get(HOST_ATTR),
-                   task_state=server.get(TASK_ATTR), vm_state=server.get(VM_ATTR),
-                   extra_specs=_frozen(reply_field(flavor, "extra_specs", (dict,), what)),
-                   metadata=_frozen(server.get("metadata")), image_id=image_id,
-                   fault=reply_field(fault, "message", (str,), what))
+        return cls(
+            id=server["id"],
+            name=server.get("name") or "",
+            status=server.get("status"),
+            host=server.get(HOST_ATTR),
+            task_state=server.get(TASK_ATTR),
+            vm_state=server.get(VM_ATTR),
+            extra_specs=_frozen(reply_field(flavor, "extra_specs", (dict,), what)),
+            metadata=_frozen(server.get("metadata")),
+            image_id=image_id,
+            fault=reply_field(fault, "message", (str,), what),
+        )
 
     @property
     def rebuilding(self) -> bool:
@@ -107,8 +124,12 @@ class Migration:
     @classmethod
     def from_api(cls, body: Any, what: str) -> Migration:
         migration = _checked(body, _MIGRATION_FIELDS, what, "a migration")
-        return cls(server_id=migration["instance_uuid"], status=migration.get("status"),
-                   created_at=migration.get("created_at"), id=migration.get("id"))
+        return cls(
+            server_id=migration["instance_uuid"],
+            status=migration.get("status"),
+            created_at=migration.get("created_at"),
+            id=migration.get("id"),
+        )
 
     @property
     def failed(self) -> bool:
@@ -137,12 +158,15 @@ class Service:
         service = _object(body, what, "a service")
         service_id = reply_field(service, "id", (int, str), what, required=True)
         host = reply_field(service, "host", (str,), what, required=True)
-        return cls(id=str(service_id), host=host,
-                   status=reply_field(service, "status", (str,), what) or "",
-                   state=reply_field(service, "state", (str,), what) or "",
-                   forced_down=bool(reply_field(service, "forced_down", (bool,), what)),
-                   disabled_reason=reply_field(service, "disabled_reason", (str,), what),
-                   updated_at=reply_field(service, "updated_at", (str,), what))
+        return cls(
+            id=str(service_id),
+            host=host,
+            status=reply_field(service, "status", (str,), what) or "",
+            state=reply_field(service, "state", (str,), what) or "",
+            forced_down=bool(reply_field(service, "forced_down", (bool,), what)),
+            disabled_reason=reply_field(service, "disabled_reason", (str,), what),
+            updated_at=reply_field(service, "updated_at", (str,), what),
+        )
 
 
 @dataclass(frozen=True)
@@ -160,9 +184,10 @@ class Hypervisor:
         hypervisor = _object(body, what, "a hypervisor")
         hypervisor_id = reply_field(hypervisor, "id", (int, str), what, required=True)
         service = reply_field(hypervisor, "service", (dict,), what) or {}
-        return cls(id=str(hypervisor_id),
-                   hostname=reply_field(hypervisor, "hypervisor_hostname", (str,), what,
-                                        required=True),
-                   state=reply_field(hypervisor, "state", (str,), what) or "",
-                   status=reply_field(hypervisor, "status", (str,), what) or "",
-                   service_host=reply_field(service, "host", (str,), what))
+        return cls(
+            id=str(hypervisor_id),
+            hostname=reply_field(hypervisor, "hypervisor_hostname", (str,), what, required=True),
+            state=reply_field(hypervisor, "state", (str,), what) or "",
+            status=reply_field(hypervisor, "status", (str,), what) or "",
+            service_host=reply_field(service, "host", (str,), what),
+        )

@@ -26,9 +26,7 @@ from testbed.util import IN_CI
 def require_nova_venv():
     if available():
         return
-    msg = (
-        f"real Nova box unavailable: {VENV_DIR} missing (run testbed/nova_box/setup-venv.sh)"
-    )
+    msg = f"real Nova box unavailable: {VENV_DIR} missing (run testbed/nova_box/setup-venv.sh)"
     if IN_CI:
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)

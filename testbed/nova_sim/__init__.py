@@ -50,8 +50,19 @@ from .world import World
 __all__ = ["NOVA_MAX_VERSION", "NOVA_MIN_VERSION", "NovaSim"]
 
 
-class NovaSim(KeystoneApi, ComputeApi, ServersApi, ActionsApi, ServicesApi, MigrationsApi,
-              InventoryApi, Control, Faults, World, SimCore):
+class NovaSim(
+    KeystoneApi,
+    ComputeApi,
+    ServersApi,
+    ActionsApi,
+    ServicesApi,
+    MigrationsApi,
+    InventoryApi,
+    Control,
+    Faults,
+    World,
+    SimCore,
+):
     """Nova (compute API 2.1 .. 2.104) + Keystone v3 simulator.
 
     Construction arguments:

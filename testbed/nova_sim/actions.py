@@ -58,10 +58,17 @@ class ActionsApi:
 
     def _record_action(self, sid: str, action: str) -> None:
         with self._lock:
-            self._actions.setdefault(sid, []).append({
-                "action": action, "instance_uuid": sid, "message": None,
-                "project_id": self.project_id, "user_id": self.user_id,
-                "request_id": f"req-{uuid.uuid4()}", "start_time": _isotime(_now())})
+            self._actions.setdefault(sid, []).append(
+                {
+                    "action": action,
+                    "instance_uuid": sid,
+                    "message": None,
+                    "project_id": self.project_id,
+                    "user_id": self.user_id,
+                    "request_id": f"req-{uuid.uuid4()}",
+                    "start_time": _isotime(_now()),
+                }
+            )
 
     def _instance_actions(self, req: _Request, sid: str) -> _Response:
         with self._lock:
@@ -81,8 +88,12 @@ class ActionsApi:
         if not req.ge("2.14"):
             inner["required"] = ["onSharedStorage"]
         inner["additionalProperties"] = False
-        return {"type": "object", "properties": {"evacuate": inner},
-                "required": ["evacuate"], "additionalProperties": False}
+        return {
+            "type": "object",
+            "properties": {"evacuate": inner},
+            "required": ["evacuate"],
+            "additionalProperties": False,
+        }
 
     def _action_evacuate(self, req: _Request, sid: str, body: dict[str, Any]) -> _Response:
         """nova/api/openstack/compute/evacuate.py + compute.api.API.evacuate."""
@@ -115,21 +126,29 @@ class ActionsApi:
                 raise _Bad("The target host can't be the same one.")
             if self._conflict_evacuates > 0:
                 self._conflict_evacuates -= 1
-                raise _HTTPError(409, f"Cannot 'evacuate' instance {sid} while it is in "
-                                 f"task_state {REBUILDING}")
+                raise _HTTPError(
+                    409, f"Cannot 'evacuate' instance {sid} while it is in task_state {REBUILDING}"
+                )
             # @check_instance_state(vm_state=[ACTIVE, STOPPED, ERROR], task_state=None):
             # task_state=None *disables* the task check, so Nova accepts an evacuation of a
             # server that is already being rebuilt, and the two rebuilds break it (seen on
             # the real Nova 34 box; the contract suite holds both to it).
             if server["vm_state"] not in (ACTIVE, STOPPED, ERROR):
-                raise _HTTPError(409, f"Cannot 'evacuate' instance {sid} while it is in "
-                                 f"vm_state {server['vm_state']}")
+                raise _HTTPError(
+                    409,
+                    f"Cannot 'evacuate' instance {sid} while it is in "
+                    f"vm_state {server['vm_state']}",
+                )
             if server["launched_at"] is None:
-                raise _HTTPError(409, f"Cannot 'evacuate' instance {sid} while it is in "
-                                 "launched_at None")
+                raise _HTTPError(
+                    409, f"Cannot 'evacuate' instance {sid} while it is in launched_at None"
+                )
             source = server["host"]
-            if source is not None and source in self._hosts and \
-                    self._service_is_up(self._compute_service(source)):
+            if (
+                source is not None
+                and source in self._hosts
+                and self._service_is_up(self._compute_service(source))
+            ):
                 raise _Bad(f"Compute service of {source} is still in use.")
             self._touch(server, task_state=REBUILDING)
             mig = self._new_migration(server, "evacuation", "accepted", host)
@@ -140,15 +159,27 @@ class ActionsApi:
             t0 = _now()
             delay = self.evacuate_delay
             total = float(delay(copy.deepcopy(server)) if callable(delay) else delay)
-            self._schedule_at(t0, lambda: self._evac_conductor(
-                sid, mig, host, forced, on_shared, stop_at_end, t0, max(total, 0.0)))
+            self._schedule_at(
+                t0,
+                lambda: self._evac_conductor(
+                    sid, mig, host, forced, on_shared, stop_at_end, t0, max(total, 0.0)
+                ),
+            )
         if not req.ge("2.14"):
             return self._ok(req, {"adminPass": password})
         return self._ok(req, None)
 
-    def _evac_conductor(self, sid: str, mig: dict[str, Any], requested: str | None,
-                        forced: bool, on_shared: bool | None, stop_at_end: bool,
-                        t0: float, total: float) -> None:
+    def _evac_conductor(
+        self,
+        sid: str,
+        mig: dict[str, Any],
+        requested: str | None,
+        forced: bool,
+        on_shared: bool | None,
+        stop_at_end: bool,
+        t0: float,
+        total: float,
+    ) -> None:
         """ComputeTaskManager.rebuild_instance (evacuate): schedule and claim."""
         server = self._servers.get(sid)
         if server is None or server["deleted"]:
@@ -164,8 +195,7 @@ class ActionsApi:
         if dest is None:
             self._mig_status(mig, "error")
             self._touch(server, vm_state=ERROR, task_state=None)
-            self._fault(server, f"No valid host was found. {reason}",
-                        "nova.exception.NoValidHost")
+            self._fault(server, f"No valid host was found. {reason}", "nova.exception.NoValidHost")
             return
         self._alloc[dest].add(sid)
         self._touch(server, availability_zone="nova")
@@ -182,8 +212,10 @@ class ActionsApi:
                 self._alloc[dest].discard(sid)
                 return False
             if server["task_state"] not in expected:
-                fail(f"Unexpected task state: expecting {list(expected)} but the actual "
-                     f"state is {server['task_state']}")
+                fail(
+                    f"Unexpected task state: expecting {list(expected)} but the actual "
+                    f"state is {server['task_state']}"
+                )
                 return False
             return True
 
@@ -214,8 +246,9 @@ class ActionsApi:
             if self._should_fail_evacuation(server):
                 fail("Build of instance evacuation failed: NovaSim injected failure")
                 return
-            self._touch(server, vm_state=ACTIVE, task_state=None, power_state=RUNNING,
-                        launched_at=_now())
+            self._touch(
+                server, vm_state=ACTIVE, task_state=None, power_state=RUNNING, launched_at=_now()
+            )
             if self.evacuate_finish_window > 0:
                 self._on_compute(dest, _now() + self.evacuate_finish_window, finish)
             else:
@@ -235,11 +268,19 @@ class ActionsApi:
         self._on_compute(dest, max(_now(), t0 + 0.1 * total), claim)
 
     def _action_reset_state(self, req: _Request, sid: str, body: dict[str, Any]) -> _Response:
-        schema = {"type": "object", "properties": {"os-resetState": {
+        schema = {
             "type": "object",
-            "properties": {"state": {"type": "string", "enum": ["active", "error"]}},
-            "required": ["state"], "additionalProperties": False}},
-            "required": ["os-resetState"], "additionalProperties": False}
+            "properties": {
+                "os-resetState": {
+                    "type": "object",
+                    "properties": {"state": {"type": "string", "enum": ["active", "error"]}},
+                    "required": ["state"],
+                    "additionalProperties": False,
+                }
+            },
+            "required": ["os-resetState"],
+            "additionalProperties": False,
+        }
         self._validate_body(schema, body)
         with self._lock:
             server = self._get_server(sid)
@@ -250,15 +291,24 @@ class ActionsApi:
     def _check_state(self, server: dict[str, Any], action: str, vm_states: tuple[str, ...]) -> None:
         sid = server["id"]
         if server["vm_state"] not in vm_states:
-            raise _HTTPError(409, f"Cannot '{action}' instance {sid} while it is in vm_state "
-                             f"{server['vm_state']}")
+            raise _HTTPError(
+                409,
+                f"Cannot '{action}' instance {sid} while it is in vm_state {server['vm_state']}",
+            )
         if server["task_state"] is not None:
-            raise _HTTPError(409, f"Cannot '{action}' instance {sid} while it is in task_state "
-                             f"{server['task_state']}")
+            raise _HTTPError(
+                409,
+                f"Cannot '{action}' instance {sid} while it is in task_state "
+                f"{server['task_state']}",
+            )
 
     def _action_stop(self, req: _Request, sid: str, body: dict[str, Any]) -> _Response:
-        schema = {"type": "object", "properties": {"os-stop": {}}, "required": ["os-stop"],
-                  "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {"os-stop": {}},
+            "required": ["os-stop"],
+            "additionalProperties": False,
+        }
         self._validate_body(schema, body)
         with self._lock:
             server = self._get_server(sid)
@@ -270,15 +320,18 @@ class ActionsApi:
 
             def stopped() -> None:
                 if server["task_state"] == POWERING_OFF and not server["deleted"]:
-                    self._touch(server, vm_state=STOPPED, task_state=None,
-                                power_state=SHUTDOWN)
+                    self._touch(server, vm_state=STOPPED, task_state=None, power_state=SHUTDOWN)
 
             self._on_compute(server["host"], _now() + self.action_delay, stopped)
         return self._ok(req, None, status=202)
 
     def _action_start(self, req: _Request, sid: str, body: dict[str, Any]) -> _Response:
-        schema = {"type": "object", "properties": {"os-start": {}}, "required": ["os-start"],
-                  "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {"os-start": {}},
+            "required": ["os-start"],
+            "additionalProperties": False,
+        }
         self._validate_body(schema, body)
         with self._lock:
             server = self._get_server(sid)

@@ -27,20 +27,44 @@ class ComputeApi:
     def _versions_data(self) -> dict[str, dict[str, Any]]:
         return {
             "v2.0": {
-                "id": "v2.0", "status": "DEPRECATED", "version": "", "min_version": "",
+                "id": "v2.0",
+                "status": "DEPRECATED",
+                "version": "",
+                "min_version": "",
                 "updated": "2025-07-04T12:00:00Z",
-                "links": [{"rel": "describedby", "type": "text/html",
-                           "href": "http://docs.openstack.org/"}],
-                "media-types": [{"base": "application/json",
-                                 "type": "application/vnd.openstack.compute+json;version=2"}],
+                "links": [
+                    {
+                        "rel": "describedby",
+                        "type": "text/html",
+                        "href": "http://docs.openstack.org/",
+                    }
+                ],
+                "media-types": [
+                    {
+                        "base": "application/json",
+                        "type": "application/vnd.openstack.compute+json;version=2",
+                    }
+                ],
             },
             "v2.1": {
-                "id": "v2.1", "status": "CURRENT", "version": _vstr(self.max_version),
-                "min_version": _vstr(self.min_version), "updated": "2013-07-23T11:33:21Z",
-                "links": [{"rel": "describedby", "type": "text/html",
-                           "href": "http://docs.openstack.org/"}],
-                "media-types": [{"base": "application/json",
-                                 "type": "application/vnd.openstack.compute+json;version=2.1"}],
+                "id": "v2.1",
+                "status": "CURRENT",
+                "version": _vstr(self.max_version),
+                "min_version": _vstr(self.min_version),
+                "updated": "2013-07-23T11:33:21Z",
+                "links": [
+                    {
+                        "rel": "describedby",
+                        "type": "text/html",
+                        "href": "http://docs.openstack.org/",
+                    }
+                ],
+                "media-types": [
+                    {
+                        "base": "application/json",
+                        "type": "application/vnd.openstack.compute+json;version=2.1",
+                    }
+                ],
             },
         }
 
@@ -63,15 +87,20 @@ class ComputeApi:
         else:
             parsed = _parse_version(text)
             if parsed is None:
-                raise _Bad(f"API Version String {text} is of invalid format. Must be of "
-                           "format MajorNum.MinorNum.")
+                raise _Bad(
+                    f"API Version String {text} is of invalid format. Must be of "
+                    "format MajorNum.MinorNum."
+                )
             req.version = parsed
             if req.entry is not None:
                 req.entry["microversion"] = _vstr(parsed)
             if not (self.min_version <= parsed <= self.max_version):
-                raise _HTTPError(406, f"Version {_vstr(parsed)} is not supported by the API. "
-                                 f"Minimum is {_vstr(self.min_version)} and maximum is "
-                                 f"{_vstr(self.max_version)}.")
+                raise _HTTPError(
+                    406,
+                    f"Version {_vstr(parsed)} is not supported by the API. "
+                    f"Minimum is {_vstr(self.min_version)} and maximum is "
+                    f"{_vstr(self.max_version)}.",
+                )
         if req.entry is not None:
             req.entry["microversion"] = _vstr(req.version)
 
@@ -79,9 +108,10 @@ class ComputeApi:
         with self._lock:
             down = self._api_down
         if down:
-            return self._nova_fault(503, "The server is currently unavailable. Please try "
-                                    "again at a later time.", None)
-        sub = req.path[len("/compute"):]
+            return self._nova_fault(
+                503, "The server is currently unavailable. Please try again at a later time.", None
+            )
+        sub = req.path[len("/compute") :]
         base = f"{req.base}/compute"
         if sub in ("", "/"):
             # Versions.index: not under microversion control
@@ -89,9 +119,10 @@ class ComputeApi:
             for key in sorted(self._versions_data()):
                 ver = self._versions_data()[key]
                 number = "v2.1" if key == "v2.1" else "v2"
-                versions.append({k: ver[k] for k in ("id", "status", "version", "min_version",
-                                                     "updated")}
-                                | {"links": [{"rel": "self", "href": f"{base}/{number}/"}]})
+                versions.append(
+                    {k: ver[k] for k in ("id", "status", "version", "min_version", "updated")}
+                    | {"links": [{"rel": "self", "href": f"{base}/{number}/"}]}
+                )
             return self._json_response(200, {"versions": versions})
         match = re.match(r"^/v2\.1(/.*)?$", sub)
         if not match:
@@ -100,9 +131,14 @@ class ComputeApi:
             for key in sorted(self._versions_data()):
                 ver = self._versions_data()[key]
                 number = "v2.1" if key == "v2.1" else "v2"
-                choices.append({"id": ver["id"], "status": ver["status"],
-                                "links": [{"rel": "self", "href": f"{base}/{number}{sub}"}],
-                                "media-types": ver["media-types"]})
+                choices.append(
+                    {
+                        "id": ver["id"],
+                        "status": ver["status"],
+                        "links": [{"rel": "self", "href": f"{base}/{number}{sub}"}],
+                        "media-types": ver["media-types"],
+                    }
+                )
             return self._json_response(300, {"choices": choices})
         rest = match.group(1) or ""
         if rest in ("", "/"):
@@ -115,15 +151,23 @@ class ComputeApi:
         if self._valid_token(req.headers.get("X-Auth-Token")) is None:
             return self._json_response(
                 401,
-                {"error": {"code": 401, "title": "Unauthorized",
-                           "message": "The request you have made requires authentication."}},
-                [("WWW-Authenticate", f'Keystone uri="{self._identity_url(req)}"')])
+                {
+                    "error": {
+                        "code": 401,
+                        "title": "Unauthorized",
+                        "message": "The request you have made requires authentication.",
+                    }
+                },
+                [("WWW-Authenticate", f'Keystone uri="{self._identity_url(req)}"')],
+            )
         self._negotiate(req)
         pid = re.match(r"^/([0-9a-f]{32})(/.*)$", rest)
         if pid:
             if pid.group(1) != self.project_id:
-                raise _Bad(f"Malformed request URL: URL's project_id '{pid.group(1)}' doesn't "
-                           f"match Context's project_id '{self.project_id}'")
+                raise _Bad(
+                    f"Malformed request URL: URL's project_id '{pid.group(1)}' doesn't "
+                    f"match Context's project_id '{self.project_id}'"
+                )
             rest = pid.group(2)
         for method, pattern, handler in self._routes():
             m = re.fullmatch(pattern, rest)
@@ -153,10 +197,14 @@ class ComputeApi:
             ("GET", r"/os-hypervisors/detail", self._hypervisors_detail),
         ]
 
-    def _ok(self, req: _Request, payload: Any, status: int = 200,
-            headers: list[tuple[str, str]] | None = None) -> _Response:
-        hdrs = list(headers or []) + self._request_id_headers() + \
-            self._version_headers(req.version)
+    def _ok(
+        self,
+        req: _Request,
+        payload: Any,
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> _Response:
+        hdrs = list(headers or []) + self._request_id_headers() + self._version_headers(req.version)
         return self._json_response(status, payload, hdrs)
 
     def _validate_body(self, schema: dict[str, Any], body: Any) -> None:
@@ -165,8 +213,9 @@ class ComputeApi:
             return
         path, instance, message = err
         if path:
-            raise _Bad(f"Invalid input for field/attribute {path[-1]}. "
-                       f"Value: {instance}. {message}")
+            raise _Bad(
+                f"Invalid input for field/attribute {path[-1]}. Value: {instance}. {message}"
+            )
         raise _Bad(message)
 
     def _no_query_params(self, req: _Request, since: str = "2.102") -> None:
@@ -180,19 +229,24 @@ class ComputeApi:
         raw = req.q("limit")
         if raw is not None:
             if raw == "":
-                raise _Bad(f"Invalid input for query parameters limit. Value: {raw}. "
-                           f"{raw!r} should be non-empty")
+                raise _Bad(
+                    f"Invalid input for query parameters limit. Value: {raw}. "
+                    f"{raw!r} should be non-empty"
+                )
             if not re.fullmatch(r"[0-9]*", raw):
-                raise _Bad(f"Invalid input for query parameters limit. Value: {raw}. "
-                           f"{raw!r} does not match '^[0-9]*$'")
+                raise _Bad(
+                    f"Invalid input for query parameters limit. Value: {raw}. "
+                    f"{raw!r} does not match '^[0-9]*$'"
+                )
             limit = min(self.max_limit, int(raw))
         return limit, req.q("marker")
 
     def _next_link(self, req: _Request, collection: str, marker: str) -> list[dict[str, str]]:
         params = {k: v[-1] for k, v in sorted(req.query.items())}
         params["marker"] = marker
-        return [{"rel": "next",
-                 "href": f"{req.base}/compute/v2.1/{collection}?{urlencode(params)}"}]
+        return [
+            {"rel": "next", "href": f"{req.base}/compute/v2.1/{collection}?{urlencode(params)}"}
+        ]
 
     def _get_server(self, sid: str) -> dict[str, Any]:
         server = self._servers.get(sid)

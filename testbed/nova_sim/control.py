@@ -31,14 +31,21 @@ class Control:
             h.last_heartbeat_frozen = None
             # For tests of the rejoin guard: how many evacuations from this host were still
             # under way when its compute started (nova-compute would destroy their sources).
-            racing = sum(1 for m in self._migrations
-                         if m["source_compute"] == host and m["migration_type"] == "evacuation"
-                         and m["status"] in ("accepted", "pre-migrating"))
+            racing = sum(
+                1
+                for m in self._migrations
+                if m["source_compute"] == host
+                and m["migration_type"] == "evacuation"
+                and m["status"] in ("accepted", "pre-migrating")
+            )
             self.compute_starts.append((time.time(), host, racing))
             # ComputeManager._destroy_evacuated_instances
             for mig in self._migrations:
-                if (mig["source_compute"] == host and mig["migration_type"] == "evacuation"
-                        and mig["status"] in ("accepted", "pre-migrating", "done")):
+                if (
+                    mig["source_compute"] == host
+                    and mig["migration_type"] == "evacuation"
+                    and mig["status"] in ("accepted", "pre-migrating", "done")
+                ):
                     h.guests.discard(mig["instance_uuid"])
                     server = self._servers.get(mig["instance_uuid"])
                     if server is None:
@@ -80,18 +87,31 @@ class Control:
             if cap is not None and len(self._alloc[host]) + count > cap:
                 raise ValueError(f"{host} has room for {cap - len(self._alloc[host])} servers")
             flavor_id = self._flavor_for(flavor_extra_specs or {})
-            image_id = (self._add_image("image", dict(image_properties))
-                        if image_properties else self.default_image_id)
+            image_id = (
+                self._add_image("image", dict(image_properties))
+                if image_properties
+                else self.default_image_id
+            )
             ids = []
             for _ in range(count):
                 num = self._name_counters.get(name_prefix, 0) + 1
                 self._name_counters[name_prefix] = num
                 server = self._new_server(
-                    f"{name_prefix}-{num}", flavor_id, image_id, dict(metadata or {}),
-                    project_id or self.project_id, pinned_az=None,
+                    f"{name_prefix}-{num}",
+                    flavor_id,
+                    image_id,
+                    dict(metadata or {}),
+                    project_id or self.project_id,
+                    pinned_az=None,
                 )
-                server.update(host=host, node=host, vm_state=vm_state, task_state=None,
-                              power_state=power, launched_at=server["created_at"])
+                server.update(
+                    host=host,
+                    node=host,
+                    vm_state=vm_state,
+                    task_state=None,
+                    power_state=power,
+                    launched_at=server["created_at"],
+                )
                 self._alloc[host].add(server["id"])
                 self._hosts[host].guests.add(server["id"])
                 ids.append(server["id"])
@@ -132,8 +152,11 @@ class Control:
                     "forced_down": svc.forced_down,
                     "disabled": svc.disabled,
                     "guests": sorted(h.guests),
-                    "servers": sorted(s["id"] for s in self._servers.values()
-                                      if s["host"] == name and not s["deleted"]),
+                    "servers": sorted(
+                        s["id"]
+                        for s in self._servers.values()
+                        if s["host"] == name and not s["deleted"]
+                    ),
                 }
             return out
 
@@ -165,8 +188,12 @@ class Control:
         m, ok = req.method, self._json_response
         if parts == ["hosts"] and m == "GET":
             return ok(200, self.hosts())
-        if len(parts) == 3 and parts[0] == "hosts" and m == "POST" and \
-                parts[2] in ("crash", "start"):
+        if (
+            len(parts) == 3
+            and parts[0] == "hosts"
+            and m == "POST"
+            and parts[2] in ("crash", "start")
+        ):
             if parts[1] not in self._hosts:
                 raise _HTTPError(404, f"unknown host {parts[1]}")
             if parts[2] == "crash":
@@ -180,10 +207,15 @@ class Control:
         if parts == ["servers"] and m == "POST":
             try:
                 ids = self.create_servers(
-                    body["host"], int(body.get("count", 1)), body.get("name_prefix", "vm"),
-                    body.get("flavor_extra_specs"), body.get("metadata"),
-                    body.get("image_properties"), body.get("status", "ACTIVE"),
-                    body.get("project_id"))
+                    body["host"],
+                    int(body.get("count", 1)),
+                    body.get("name_prefix", "vm"),
+                    body.get("flavor_extra_specs"),
+                    body.get("metadata"),
+                    body.get("image_properties"),
+                    body.get("status", "ACTIVE"),
+                    body.get("project_id"),
+                )
             except (KeyError, ValueError) as exc:
                 raise _HTTPError(400, str(exc)) from exc
             return ok(200, {"ids": ids})
@@ -205,21 +237,39 @@ class Control:
             self.set_api_down(bool(body.get("down")))
             return ok(200, {"down": self._api_down})
         if parts == ["config"] and m == "POST":
-            for key in ("latency", "service_down_time", "report_interval", "evacuate_delay",
-                        "evacuate_finish_window", "build_delay", "action_delay",
-                        "host_capacity", "shared_storage", "token_ttl"):
+            for key in (
+                "latency",
+                "service_down_time",
+                "report_interval",
+                "evacuate_delay",
+                "evacuate_finish_window",
+                "build_delay",
+                "action_delay",
+                "host_capacity",
+                "shared_storage",
+                "token_ttl",
+            ):
                 if key in body:
                     setattr(self, key, body[key])
             return ok(200, {})
         if parts == ["fail_next"] and m == "POST":
-            self.fail_next(body["path_regex"], int(body.get("status", 500)),
-                           int(body.get("count", 1)), body.get("method"),
-                           apply=bool(body.get("apply", False)), message=body.get("message"))
+            self.fail_next(
+                body["path_regex"],
+                int(body.get("status", 500)),
+                int(body.get("count", 1)),
+                body.get("method"),
+                apply=bool(body.get("apply", False)),
+                message=body.get("message"),
+            )
             return ok(200, {})
         if parts == ["timeout_next"] and m == "POST":
-            self.timeout_next(body["path_regex"], float(body["seconds"]),
-                              int(body.get("count", 1)), body.get("method"),
-                              respond=bool(body.get("respond", True)))
+            self.timeout_next(
+                body["path_regex"],
+                float(body["seconds"]),
+                int(body.get("count", 1)),
+                body.get("method"),
+                respond=bool(body.get("respond", True)),
+            )
             return ok(200, {})
         if parts == ["expire_tokens"] and m == "POST":
             self.expire_tokens()

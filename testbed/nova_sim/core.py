@@ -145,16 +145,18 @@ class SimCore:
         svc_id = itertools.count(1)
         for binary in ("nova-conductor", "nova-scheduler"):
             self._services.append(
-                _Service(next(svc_id), str(uuid.uuid4()), binary, self.controller_host,
-                         "internal", now)
+                _Service(
+                    next(svc_id), str(uuid.uuid4()), binary, self.controller_host, "internal", now
+                )
             )
         for name in hosts:
             self._hosts[name] = _Host(name, boot=now)
             self._services.append(
                 _Service(next(svc_id), str(uuid.uuid4()), "nova-compute", name, "nova", now)
             )
-        self._hypervisor_ids = {name: (i + 1, str(uuid.uuid4())) for i, name in
-                                enumerate(self._hosts)}
+        self._hypervisor_ids = {
+            name: (i + 1, str(uuid.uuid4())) for i, name in enumerate(self._hosts)
+        }
         self._servers: dict[str, dict[str, Any]] = {}
         self._server_seq = itertools.count(1)
         self._name_counters: dict[str, int] = {}
@@ -230,12 +232,17 @@ class SimCore:
             self._servers_http.append(srv)
         self.port = port
         for srv in self._servers_http:
-            thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
-                                      name=f"novasim-http-{srv.server_address[0]}", daemon=True)
+            thread = threading.Thread(
+                target=srv.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"novasim-http-{srv.server_address[0]}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
-        self._engine = threading.Thread(target=self._engine_loop, name="novasim-engine",
-                                        daemon=True)
+        self._engine = threading.Thread(
+            target=self._engine_loop, name="novasim-engine", daemon=True
+        )
         self._engine.start()
         self._started = True
         return self
@@ -312,10 +319,17 @@ class SimCore:
             length = 0
         body = handler.rfile.read(length) if length > 0 else b""
         host_header = handler.headers.get("Host") or (
-            f"{self._fmt_host(handler.server.server_address[0])}:{self.port}")
-        req = _Request(method, path, split.query,
-                       parse_qs(split.query, keep_blank_values=True), handler.headers, body,
-                       f"http://{host_header}")
+            f"{self._fmt_host(handler.server.server_address[0])}:{self.port}"
+        )
+        req = _Request(
+            method,
+            path,
+            split.query,
+            parse_qs(split.query, keep_blank_values=True),
+            handler.headers,
+            body,
+            f"http://{host_header}",
+        )
         if path.startswith("/_testbed"):
             try:
                 resp = self._testbed(req)
@@ -326,9 +340,15 @@ class SimCore:
             self._send(handler, method, resp)
             return
 
-        entry: dict[str, Any] = {"t": received, "method": method, "path": path,
-                                 "query": split.query, "action": None, "status": None,
-                                 "microversion": None}
+        entry: dict[str, Any] = {
+            "t": received,
+            "method": method,
+            "path": path,
+            "query": split.query,
+            "action": None,
+            "status": None,
+            "microversion": None,
+        }
         if method == "POST" and path.endswith("/action") and body:
             try:
                 parsed = json.loads(body)
@@ -380,8 +400,9 @@ class SimCore:
                 return self._identity(req)
             if req.path == "/compute" or req.path.startswith("/compute/"):
                 return self._compute(req)
-            return self._json_response(404, {"error": {"code": 404, "message": "Not Found",
-                                                       "title": "Not Found"}})
+            return self._json_response(
+                404, {"error": {"code": 404, "message": "Not Found", "title": "Not Found"}}
+            )
         except _HTTPError as exc:
             if req.path.startswith("/identity"):
                 return self._ks_error(exc.status, exc.message, exc.headers)
@@ -393,8 +414,9 @@ class SimCore:
             return self._nova_fault(500, _UNEXPECTED_API_ERROR, req)
 
     @staticmethod
-    def _json_response(status: int, payload: Any,
-                       headers: list[tuple[str, str]] | None = None) -> _Response:
+    def _json_response(
+        status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+    ) -> _Response:
         body = b"" if payload is None else json.dumps(payload).encode()
         hdrs = [("Content-Type", "application/json")]
         hdrs.extend(headers or [])
@@ -407,23 +429,40 @@ class SimCore:
 
     def _version_headers(self, version: tuple[int, int]) -> list[tuple[str, str]]:
         vs = _vstr(version)
-        return [("OpenStack-API-Version", f"compute {vs}"), ("X-OpenStack-Nova-API-Version", vs),
-                ("Vary", "OpenStack-API-Version"), ("Vary", "X-OpenStack-Nova-API-Version")]
+        return [
+            ("OpenStack-API-Version", f"compute {vs}"),
+            ("X-OpenStack-Nova-API-Version", vs),
+            ("Vary", "OpenStack-API-Version"),
+            ("Vary", "X-OpenStack-Nova-API-Version"),
+        ]
 
-    def _nova_fault(self, status: int, message: str, req: _Request | None = None,
-                    headers: list[tuple[str, str]] | None = None,
-                    with_version: bool = True) -> _Response:
+    def _nova_fault(
+        self,
+        status: int,
+        message: str,
+        req: _Request | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        with_version: bool = True,
+    ) -> _Response:
         name = _FAULT_NAMES.get(status, "computeFault")
         hdrs = list(headers or []) + self._request_id_headers()
-        if req is not None and with_version and req.entry is not None \
-                and req.entry.get("microversion"):
+        if (
+            req is not None
+            and with_version
+            and req.entry is not None
+            and req.entry.get("microversion")
+        ):
             hdrs += self._version_headers(req.version)
         return self._json_response(status, {name: {"code": status, "message": message}}, hdrs)
 
-    def _ks_error(self, status: int, message: str,
-                  headers: list[tuple[str, str]] | None = None) -> _Response:
-        payload = {"error": {"code": status, "message": message,
-                             "title": _KS_TITLES.get(status, "Error")}}
-        hdrs = list(headers or []) + [("Vary", "X-Auth-Token"),
-                                      ("x-openstack-request-id", f"req-{uuid.uuid4()}")]
+    def _ks_error(
+        self, status: int, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> _Response:
+        payload = {
+            "error": {"code": status, "message": message, "title": _KS_TITLES.get(status, "Error")}
+        }
+        hdrs = list(headers or []) + [
+            ("Vary", "X-Auth-Token"),
+            ("x-openstack-request-id", f"req-{uuid.uuid4()}"),
+        ]
         return self._json_response(status, payload, hdrs)

@@ -30,8 +30,16 @@ class Faults:
         replaced (a lost reply).
         """
         with self._lock:
-            self._fail_rules.append(_Rule(re.compile(path_regex), method and method.upper(),
-                                          count, status=status, apply=apply, message=message))
+            self._fail_rules.append(
+                _Rule(
+                    re.compile(path_regex),
+                    method and method.upper(),
+                    count,
+                    status=status,
+                    apply=apply,
+                    message=message,
+                )
+            )
 
     def timeout_next(
         self,
@@ -48,8 +56,15 @@ class Faults:
         what a slow API does) or the connection is closed without processing it.
         """
         with self._lock:
-            self._timeout_rules.append(_Rule(re.compile(path_regex), method and method.upper(),
-                                             count, seconds=seconds, respond=respond))
+            self._timeout_rules.append(
+                _Rule(
+                    re.compile(path_regex),
+                    method and method.upper(),
+                    count,
+                    seconds=seconds,
+                    respond=respond,
+                )
+            )
 
     def expire_tokens(self) -> None:
         """Revoke every issued token: the next compute call gets 401; re-auth works."""
@@ -118,9 +133,12 @@ class Faults:
     def _injected_failure(self, req: _Request, rule: _Rule) -> _Response:
         status = rule.status
         if req.path.startswith("/identity"):
-            message = rule.message or "An unexpected error prevented the server from " \
-                "fulfilling your request."
+            message = (
+                rule.message
+                or "An unexpected error prevented the server from fulfilling your request."
+            )
             return self._ks_error(status, message)
-        message = rule.message or (_UNEXPECTED_API_ERROR if status == 500 else
-                                   f"NovaSim injected HTTP {status}")
+        message = rule.message or (
+            _UNEXPECTED_API_ERROR if status == 500 else f"NovaSim injected HTTP {status}"
+        )
         return self._nova_fault(status, message, req)

@@ -22,15 +22,24 @@ class InventoryApi:
             image = copy.deepcopy(image)
         base = req.base
         view = {
-            "id": iid, "name": image["name"], "minRam": 0, "minDisk": 0,
-            "metadata": image["properties"], "created": _isotime(image["created_at"]),
-            "updated": _isotime(image["updated_at"]), "status": "ACTIVE", "progress": 100,
+            "id": iid,
+            "name": image["name"],
+            "minRam": 0,
+            "minDisk": 0,
+            "metadata": image["properties"],
+            "created": _isotime(image["created_at"]),
+            "updated": _isotime(image["updated_at"]),
+            "status": "ACTIVE",
+            "progress": 100,
             "OS-EXT-IMG-SIZE:size": image["size"],
             "links": [
                 {"rel": "self", "href": f"{base}/compute/v2.1/images/{iid}"},
                 {"rel": "bookmark", "href": f"{base}/compute/images/{iid}"},
-                {"rel": "alternate", "type": "application/vnd.openstack.image",
-                 "href": f"{base}/image/images/{iid}"},
+                {
+                    "rel": "alternate",
+                    "type": "application/vnd.openstack.image",
+                    "href": f"{base}/image/images/{iid}",
+                },
             ],
         }
         return self._ok(req, {"image": view})
@@ -38,17 +47,24 @@ class InventoryApi:
     def _flavor_view(self, req: _Request, flavor: dict[str, Any], detail: bool) -> dict[str, Any]:
         fid = flavor["flavorid"]
         view: dict[str, Any] = {
-            "id": fid, "name": flavor["name"],
-            "links": [{"rel": "self", "href": f"{req.base}/compute/v2.1/flavors/{fid}"},
-                      {"rel": "bookmark", "href": f"{req.base}/compute/flavors/{fid}"}],
+            "id": fid,
+            "name": flavor["name"],
+            "links": [
+                {"rel": "self", "href": f"{req.base}/compute/v2.1/flavors/{fid}"},
+                {"rel": "bookmark", "href": f"{req.base}/compute/flavors/{fid}"},
+            ],
         }
         if detail:
-            view.update({
-                "ram": flavor["memory_mb"], "disk": flavor["root_gb"],
-                "swap": (flavor["swap"] or 0) if req.ge("2.75") else (flavor["swap"] or ""),
-                "OS-FLV-EXT-DATA:ephemeral": flavor["ephemeral_gb"], "vcpus": flavor["vcpus"],
-                "os-flavor-access:is_public": flavor["is_public"],
-            })
+            view.update(
+                {
+                    "ram": flavor["memory_mb"],
+                    "disk": flavor["root_gb"],
+                    "swap": (flavor["swap"] or 0) if req.ge("2.75") else (flavor["swap"] or ""),
+                    "OS-FLV-EXT-DATA:ephemeral": flavor["ephemeral_gb"],
+                    "vcpus": flavor["vcpus"],
+                    "os-flavor-access:is_public": flavor["is_public"],
+                }
+            )
             if not req.ge("2.102"):
                 view["OS-FLV-DISABLED:disabled"] = False
                 view["rxtx_factor"] = 1.0
@@ -88,15 +104,24 @@ class InventoryApi:
         num, hid = self._hypervisor_ids[host]
         svc = self._compute_service(host)
         view: dict[str, Any] = {
-            "id": hid if req.ge("2.53") else num, "hypervisor_hostname": host,
+            "id": hid if req.ge("2.53") else num,
+            "hypervisor_hostname": host,
             "state": "up" if self._service_is_up(svc) else "down",
             "status": "disabled" if svc.disabled else "enabled",
         }
         if detail:
-            view.update({"host_ip": "127.0.0.1", "hypervisor_type": "fake",
-                         "hypervisor_version": 1000,
-                         "service": {"host": host, "id": svc.uuid if req.ge("2.53") else svc.id,
-                                     "disabled_reason": svc.disabled_reason}})
+            view.update(
+                {
+                    "host_ip": "127.0.0.1",
+                    "hypervisor_type": "fake",
+                    "hypervisor_version": 1000,
+                    "service": {
+                        "host": host,
+                        "id": svc.uuid if req.ge("2.53") else svc.id,
+                        "disabled_reason": svc.disabled_reason,
+                    },
+                }
+            )
             if not req.ge("2.88"):
                 used = len(self._alloc[host])
                 view.update({"vcpus": 1000, "vcpus_used": used, "running_vms": used})

@@ -20,10 +20,21 @@ class MigrationsApi:
     """``/os-migrations`` and ``/servers/{id}/migrations``."""
 
     def _migration_view(self, req: _Request, m: dict[str, Any]) -> dict[str, Any]:
-        view = {k: m[k] for k in ("dest_compute", "dest_host", "dest_node", "id",
-                                  "instance_uuid", "new_instance_type_id",
-                                  "old_instance_type_id", "source_compute", "source_node",
-                                  "status")}
+        view = {
+            k: m[k]
+            for k in (
+                "dest_compute",
+                "dest_host",
+                "dest_node",
+                "id",
+                "instance_uuid",
+                "new_instance_type_id",
+                "old_instance_type_id",
+                "source_compute",
+                "source_node",
+                "status",
+            )
+        }
         view["created_at"] = _dbtime(m["created_at"])
         view["updated_at"] = _dbtime(m["updated_at"])
         if req.ge("2.23"):
@@ -37,8 +48,7 @@ class MigrationsApi:
 
     def _migrations_index(self, req: _Request) -> _Response:
         """MigrationsController.index."""
-        allowed = {"hidden", "host", "instance_uuid", "source_compute", "status",
-                   "migration_type"}
+        allowed = {"hidden", "host", "instance_uuid", "source_compute", "status", "migration_type"}
         if req.ge("2.59"):
             allowed |= {"limit", "marker", "changes-since"}
             if req.ge("2.66"):
@@ -54,8 +64,7 @@ class MigrationsApi:
         since_ts = _parse_isotime(since) if since else None
         before_ts = _parse_isotime(before) if before else None
         if since_ts is not None and before_ts is not None and before_ts < since_ts:
-            raise _Bad("The value of changes-since must be less than or equal to "
-                       "changes-before.")
+            raise _Bad("The value of changes-since must be less than or equal to changes-before.")
         with self._lock:
             items = []
             for m in self._migrations:
@@ -91,7 +100,7 @@ class MigrationsApi:
                     index = next((i for i, m in enumerate(items) if m["uuid"] == marker), None)
                     if index is None:
                         raise _Bad(f"Marker {marker} could not be found.")
-                    items = items[index + 1:]
+                    items = items[index + 1 :]
                 items = items[:limit] if limit else []
                 if limit and len(items) == limit:
                     links = self._next_link(req, "os-migrations", items[-1]["uuid"])

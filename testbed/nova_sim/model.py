@@ -151,8 +151,30 @@ _FALSE_STRINGS = ("0", "f", "false", "off", "n", "no")
 # nova/api/validation/parameter_types.py
 _BOOLEAN = {
     "type": ["boolean", "string"],
-    "enum": [True, "True", "TRUE", "true", "1", "ON", "On", "on", "YES", "Yes", "yes",
-             False, "False", "FALSE", "false", "0", "OFF", "Off", "off", "NO", "No", "no"],
+    "enum": [
+        True,
+        "True",
+        "TRUE",
+        "true",
+        "1",
+        "ON",
+        "On",
+        "on",
+        "YES",
+        "Yes",
+        "yes",
+        False,
+        "False",
+        "FALSE",
+        "false",
+        "0",
+        "OFF",
+        "Off",
+        "off",
+        "NO",
+        "No",
+        "no",
+    ],
 }
 _FQDN = {"type": "string", "pattern": "^[a-zA-Z0-9-._]*$", "minLength": 1, "maxLength": 255}
 _REASON = {"type": "string", "minLength": 1, "maxLength": 255}
@@ -274,8 +296,10 @@ def _schema_error(
         if key == "type":
             types = rule if isinstance(rule, list) else [rule]
             if not any(_JSON_TYPES[t](instance) for t in types):
-                return path, instance, (
-                    f"{instance!r} is not of type {', '.join(repr(t) for t in types)}"
+                return (
+                    path,
+                    instance,
+                    (f"{instance!r} is not of type {', '.join(repr(t) for t in types)}"),
                 )
         elif key == "enum":
             if not any(_json_equal(instance, choice) for choice in rule):
@@ -309,8 +333,10 @@ def _schema_error(
                 if extra:
                     verb = "was" if len(extra) == 1 else "were"
                     names = ", ".join(repr(e) for e in extra)
-                    return path, instance, (
-                        f"Additional properties are not allowed ({names} {verb} unexpected)"
+                    return (
+                        path,
+                        instance,
+                        (f"Additional properties are not allowed ({names} {verb} unexpected)"),
                     )
     return None
 

@@ -52,33 +52,60 @@ class ServersApi:
         flavor = s["flavor"]
         if req.ge("2.47"):
             flavor_view: dict[str, Any] = {
-                "vcpus": flavor["vcpus"], "ram": flavor["memory_mb"], "disk": flavor["root_gb"],
-                "ephemeral": flavor["ephemeral_gb"], "swap": flavor["swap"],
-                "original_name": flavor["name"], "extra_specs": dict(flavor["extra_specs"]),
+                "vcpus": flavor["vcpus"],
+                "ram": flavor["memory_mb"],
+                "disk": flavor["root_gb"],
+                "ephemeral": flavor["ephemeral_gb"],
+                "swap": flavor["swap"],
+                "original_name": flavor["name"],
+                "extra_specs": dict(flavor["extra_specs"]),
             }
         else:
-            flavor_view = {"id": flavor["flavorid"], "links": [
-                {"rel": "bookmark", "href": f"{base}/compute/flavors/{flavor['flavorid']}"}]}
+            flavor_view = {
+                "id": flavor["flavorid"],
+                "links": [
+                    {"rel": "bookmark", "href": f"{base}/compute/flavors/{flavor['flavorid']}"}
+                ],
+            }
         image = self._images.get(s["image_id"], {})
-        image_view: dict[str, Any] = {"id": s["image_id"], "links": [
-            {"rel": "bookmark", "href": f"{base}/compute/images/{s['image_id']}"}]}
+        image_view: dict[str, Any] = {
+            "id": s["image_id"],
+            "links": [{"rel": "bookmark", "href": f"{base}/compute/images/{s['image_id']}"}],
+        }
         if req.ge("2.98"):
-            image_view["properties"] = {k: v for k, v in image.get("properties", {}).items()
-                                        if k in _STD_IMAGE_PROPS and v is not None}
+            image_view["properties"] = {
+                k: v
+                for k, v in image.get("properties", {}).items()
+                if k in _STD_IMAGE_PROPS and v is not None
+            }
         view: dict[str, Any] = {
-            "accessIPv4": "", "accessIPv6": "", "addresses": {},
-            "created": _isotime(s["created_at"]), "flavor": flavor_view,
-            "hostId": _hostid(s["host"], s["project_id"]), "id": sid, "image": image_view,
-            "links": [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{sid}"},
-                      {"rel": "bookmark", "href": f"{base}/compute/servers/{sid}"}],
-            "metadata": dict(s["metadata"]), "name": s["name"], "status": status,
-            "tenant_id": s["project_id"], "user_id": s["user_id"],
-            "updated": _isotime(s["updated_at"]), "OS-DCF:diskConfig": "MANUAL",
+            "accessIPv4": "",
+            "accessIPv6": "",
+            "addresses": {},
+            "created": _isotime(s["created_at"]),
+            "flavor": flavor_view,
+            "hostId": _hostid(s["host"], s["project_id"]),
+            "id": sid,
+            "image": image_view,
+            "links": [
+                {"rel": "self", "href": f"{base}/compute/v2.1/servers/{sid}"},
+                {"rel": "bookmark", "href": f"{base}/compute/servers/{sid}"},
+            ],
+            "metadata": dict(s["metadata"]),
+            "name": s["name"],
+            "status": status,
+            "tenant_id": s["project_id"],
+            "user_id": s["user_id"],
+            "updated": _isotime(s["updated_at"]),
+            "OS-DCF:diskConfig": "MANUAL",
         }
         if status in ("ERROR", "DELETED") and s["fault"]:
             fault = s["fault"]
-            view["fault"] = {"code": fault["code"], "created": _isotime(fault["created"]),
-                             "message": fault["message"]}
+            view["fault"] = {
+                "code": fault["code"],
+                "created": _isotime(fault["created"]),
+                "message": fault["message"],
+            }
             if fault.get("details"):
                 view["fault"]["details"] = fault["details"]
         if status in _PROGRESS_STATUSES:
@@ -93,13 +120,17 @@ class ServersApi:
         view["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{s['db_id']:08x}"
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s["node"]
         if req.ge("2.3"):
-            view.update({
-                "OS-EXT-SRV-ATTR:hostname": s["hostname"], "OS-EXT-SRV-ATTR:kernel_id": "",
-                "OS-EXT-SRV-ATTR:launch_index": 0, "OS-EXT-SRV-ATTR:ramdisk_id": "",
-                "OS-EXT-SRV-ATTR:reservation_id": s["reservation_id"],
-                "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
-                "OS-EXT-SRV-ATTR:user_data": None,
-            })
+            view.update(
+                {
+                    "OS-EXT-SRV-ATTR:hostname": s["hostname"],
+                    "OS-EXT-SRV-ATTR:kernel_id": "",
+                    "OS-EXT-SRV-ATTR:launch_index": 0,
+                    "OS-EXT-SRV-ATTR:ramdisk_id": "",
+                    "OS-EXT-SRV-ATTR:reservation_id": s["reservation_id"],
+                    "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
+                    "OS-EXT-SRV-ATTR:user_data": None,
+                }
+            )
         view["OS-EXT-STS:task_state"] = s["task_state"]
         view["OS-EXT-STS:vm_state"] = s["vm_state"]
         view["OS-EXT-STS:power_state"] = s["power_state"]
@@ -206,9 +237,16 @@ class ServersApi:
                 items.append(s)
             sort_key = req.q("sort_key") or "created_at"
             reverse = (req.q("sort_dir") or "desc").lower() != "asc"
-            key_map = {"display_name": "name", "uuid": "id", "created_at": "created_at",
-                       "updated_at": "updated_at", "host": "host", "node": "node",
-                       "vm_state": "vm_state", "task_state": "task_state"}
+            key_map = {
+                "display_name": "name",
+                "uuid": "id",
+                "created_at": "created_at",
+                "updated_at": "updated_at",
+                "host": "host",
+                "node": "node",
+                "vm_state": "vm_state",
+                "task_state": "task_state",
+            }
             attr = key_map.get(sort_key, "created_at")
 
             def sort_value(srv: dict[str, Any]) -> tuple[Any, int]:
@@ -222,16 +260,23 @@ class ServersApi:
                 index = next((i for i, s in enumerate(items) if s["id"] == marker), None)
                 if index is None:
                     raise _Bad(f"marker [{marker}] not found")
-                items = items[index + 1:]
+                items = items[index + 1 :]
             items = items[:limit] if limit else []
             return [copy.deepcopy(s) for s in items], limit
 
     def _servers_index(self, req: _Request) -> _Response:
         items, limit = self._list_servers(req)
-        servers = [{"id": s["id"], "name": s["name"], "links": [
-            {"rel": "self", "href": f"{req.base}/compute/v2.1/servers/{s['id']}"},
-            {"rel": "bookmark", "href": f"{req.base}/compute/servers/{s['id']}"}]}
-            for s in items]
+        servers = [
+            {
+                "id": s["id"],
+                "name": s["name"],
+                "links": [
+                    {"rel": "self", "href": f"{req.base}/compute/v2.1/servers/{s['id']}"},
+                    {"rel": "bookmark", "href": f"{req.base}/compute/servers/{s['id']}"},
+                ],
+            }
+            for s in items
+        ]
         payload: dict[str, Any] = {"servers": servers}
         if limit and len(items) == limit:
             payload["servers_links"] = self._next_link(req, "servers", items[-1]["id"])
@@ -249,8 +294,9 @@ class ServersApi:
     def _server_show(self, req: _Request, sid: str) -> _Response:
         self._no_query_params(req)
         with self._lock:
-            return self._ok(req, {"server": self._server_view(req, self._get_server(sid),
-                                                              show=True)})
+            return self._ok(
+                req, {"server": self._server_view(req, self._get_server(sid), show=True)}
+            )
 
     def _server_delete(self, req: _Request, sid: str) -> _Response:
         """Simplified: the server is deleted at once (nova's local delete)."""
@@ -268,14 +314,21 @@ class ServersApi:
         body = req.json()
         server_schema: dict[str, Any] = {
             "type": "object",
-            "properties": {"server": {"type": "object", "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 255},
-                "imageRef": {"type": "string"},
-                "flavorRef": {"type": ["string", "integer"], "minLength": 1},
-                "availability_zone": {"type": "string", "minLength": 1, "maxLength": 255},
-                "metadata": {"type": "object"},
-            }, "required": ["name", "flavorRef"]}},
-            "required": ["server"], "additionalProperties": False,
+            "properties": {
+                "server": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "imageRef": {"type": "string"},
+                        "flavorRef": {"type": ["string", "integer"], "minLength": 1},
+                        "availability_zone": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "metadata": {"type": "object"},
+                    },
+                    "required": ["name", "flavorRef"],
+                }
+            },
+            "required": ["server"],
+            "additionalProperties": False,
         }
         if req.ge("2.37"):
             server_schema["properties"]["server"]["required"].append("networks")
@@ -297,22 +350,34 @@ class ServersApi:
                 if forced:
                     forced_host = forced.split(":")[0]
                     if forced_host not in self._hosts:
-                        raise _Bad(f"No valid host was found. Compute host {forced_host} "
-                                   "could not be found.")
+                        raise _Bad(
+                            f"No valid host was found. Compute host {forced_host} "
+                            "could not be found."
+                        )
             metadata = {str(k): str(v) for k, v in (spec.get("metadata") or {}).items()}
-            server = self._new_server(spec["name"], flavor_id, image_id, metadata,
-                                      self.project_id, pinned)
+            server = self._new_server(
+                spec["name"], flavor_id, image_id, metadata, self.project_id, pinned
+            )
             sid = server["id"]
             self._schedule_at(_now(), lambda: self._build(sid, forced_host))
-        payload = {"server": {
-            "id": sid,
-            "links": [{"rel": "self", "href": f"{req.base}/compute/v2.1/servers/{sid}"},
-                      {"rel": "bookmark", "href": f"{req.base}/compute/servers/{sid}"}],
-            "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
-            "adminPass": _generate_password(),
-        }}
-        return self._ok(req, payload, status=202,
-                        headers=[("Location", f"{req.base}/compute/v2.1/servers/{sid}")])
+        payload = {
+            "server": {
+                "id": sid,
+                "links": [
+                    {"rel": "self", "href": f"{req.base}/compute/v2.1/servers/{sid}"},
+                    {"rel": "bookmark", "href": f"{req.base}/compute/servers/{sid}"},
+                ],
+                "OS-DCF:diskConfig": "MANUAL",
+                "security_groups": [{"name": "default"}],
+                "adminPass": _generate_password(),
+            }
+        }
+        return self._ok(
+            req,
+            payload,
+            status=202,
+            headers=[("Location", f"{req.base}/compute/v2.1/servers/{sid}")],
+        )
 
     def _build(self, sid: str, forced_host: str | None) -> None:
         server = self._servers.get(sid)
@@ -334,7 +399,13 @@ class ServersApi:
             if server["deleted"]:
                 return
             self._hosts[host].guests.add(sid)
-            self._touch(server, vm_state=ACTIVE, task_state=None, power_state=RUNNING,
-                        launched_at=_now(), availability_zone="nova")
+            self._touch(
+                server,
+                vm_state=ACTIVE,
+                task_state=None,
+                power_state=RUNNING,
+                launched_at=_now(),
+                availability_zone="nova",
+            )
 
         self._on_compute(host, _now() + self.build_delay, spawned)

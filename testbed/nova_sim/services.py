@@ -27,8 +27,10 @@ class ServicesApi:
 
     def _service_view(self, req: _Request, svc: _Service) -> dict[str, Any]:
         view: dict[str, Any] = {
-            "binary": svc.binary, "host": svc.host,
-            "id": svc.uuid if req.ge("2.53") else svc.id, "zone": svc.zone,
+            "binary": svc.binary,
+            "host": svc.host,
+            "id": svc.uuid if req.ge("2.53") else svc.id,
+            "zone": svc.zone,
             "status": "disabled" if svc.disabled else "enabled",
             "state": "up" if self._service_is_up(svc) else "down",
             "updated_at": _dbtime(self._service_updated_at(svc)),
@@ -46,27 +48,42 @@ class ServicesApi:
         host = req.q("host") or ""
         binary = req.q("binary") or ""
         with self._lock:
-            services = [self._service_view(req, s) for s in self._services
-                        if (not host or s.host == host) and (not binary or s.binary == binary)]
+            services = [
+                self._service_view(req, s)
+                for s in self._services
+                if (not host or s.host == host) and (not binary or s.binary == binary)
+            ]
         return self._ok(req, {"services": services})
 
     def _done_evacuations_block(self, host: str) -> None:
         """ServiceController._check_for_evacuations."""
-        if any(m["source_compute"] == host and m["status"] == "done"
-               and m["migration_type"] == "evacuation" for m in self._migrations):
-            raise _Bad(f"Unable to force up host {host} as `done` evacuation migration records "
-                       "remain associated with the host. Ensure the compute service has been "
-                       "restarted, allowing these records to move to `completed` before "
-                       "retrying this request.")
+        if any(
+            m["source_compute"] == host
+            and m["status"] == "done"
+            and m["migration_type"] == "evacuation"
+            for m in self._migrations
+        ):
+            raise _Bad(
+                f"Unable to force up host {host} as `done` evacuation migration records "
+                "remain associated with the host. Ensure the compute service has been "
+                "restarted, allowing these records to move to `completed` before "
+                "retrying this request."
+            )
 
     def _services_update(self, req: _Request, sid: str) -> _Response:
         body = req.json()
         if req.ge("2.53"):
             return self._services_update_v253(req, sid, body)
-        schema: dict[str, Any] = {"type": "object", "properties": {
-            "host": _FQDN, "binary": {"type": "string", "minLength": 1, "maxLength": 255},
-            "disabled_reason": _REASON}, "required": ["host", "binary"],
-            "additionalProperties": False}
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "host": _FQDN,
+                "binary": {"type": "string", "minLength": 1, "maxLength": 255},
+                "disabled_reason": _REASON,
+            },
+            "required": ["host", "binary"],
+            "additionalProperties": False,
+        }
         if req.ge("2.11"):
             schema["properties"]["forced_down"] = _BOOLEAN
         self._validate_body(schema, body)
@@ -83,8 +100,7 @@ class ServicesApi:
                 forced = _bool_from_string(body["forced_down"])
                 if binary == "nova-compute" and forced is False:
                     self._done_evacuations_block(host)
-                result: dict[str, Any] = {"host": host, "binary": binary,
-                                          "forced_down": forced}
+                result: dict[str, Any] = {"host": host, "binary": binary, "forced_down": forced}
                 updates: dict[str, Any] = {"forced_down": forced}
             else:
                 reason = None
@@ -93,14 +109,19 @@ class ServicesApi:
                         raise _Bad("Missing disabled reason field")
                     reason = body["disabled_reason"]
                 enable = sid == "enable"
-                result = {"host": host, "binary": binary,
-                          "status": "enabled" if enable else "disabled"}
+                result = {
+                    "host": host,
+                    "binary": binary,
+                    "status": "enabled" if enable else "disabled",
+                }
                 if reason:
                     result["disabled_reason"] = reason
                 updates = {"disabled": not enable, "disabled_reason": reason}
             if binary != "nova-compute":
-                raise _Bad(f"Updating a {binary} service is not supported. Only nova-compute "
-                           "services can be updated.")
+                raise _Bad(
+                    f"Updating a {binary} service is not supported. Only nova-compute "
+                    "services can be updated."
+                )
             if host not in self._hosts:
                 raise _HTTPError(404, f"Host '{host}' is not mapped to any cell")
             svc = self._compute_service(host)
@@ -110,10 +131,15 @@ class ServicesApi:
         return self._ok(req, {"service": result})
 
     def _services_update_v253(self, req: _Request, sid: str, body: Any) -> _Response:
-        schema = {"type": "object", "properties": {
-            "status": {"type": "string", "enum": ["enabled", "disabled"]},
-            "disabled_reason": _REASON, "forced_down": _BOOLEAN},
-            "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["enabled", "disabled"]},
+                "disabled_reason": _REASON,
+                "forced_down": _BOOLEAN,
+            },
+            "additionalProperties": False,
+        }
         self._validate_body(schema, body)
         if not _is_uuid_like(sid):
             raise _Bad(f"Invalid uuid {sid}")
@@ -122,8 +148,10 @@ class ServicesApi:
             if svc is None:
                 raise _HTTPError(404, f"Service {sid} could not be found.")
         if svc.binary != "nova-compute":
-            raise _Bad(f"Updating a {svc.binary} service is not supported. Only nova-compute "
-                       "services can be updated.")
+            raise _Bad(
+                f"Updating a {svc.binary} service is not supported. Only nova-compute "
+                "services can be updated."
+            )
         changes: dict[str, Any] = {}
         if "status" in body:
             if body["status"] == "enabled":
@@ -139,8 +167,10 @@ class ServicesApi:
                 if forced is False:
                     self._done_evacuations_block(svc.host)
             if not changes:
-                raise _Bad("No updates were requested. Fields 'status' or 'forced_down' "
-                           "should be specified.")
+                raise _Bad(
+                    "No updates were requested. Fields 'status' or 'forced_down' "
+                    "should be specified."
+                )
             for key, value in changes.items():
                 setattr(svc, key, value)
             svc.admin_updated = _now()

@@ -39,8 +39,9 @@ class World:
         if svc.forced_down:
             return False
         now = _now()
-        last = self._last_heartbeat(self._hosts.get(svc.host) if svc.binary == "nova-compute"
-                                    else None, now)
+        last = self._last_heartbeat(
+            self._hosts.get(svc.host) if svc.binary == "nova-compute" else None, now
+        )
         return abs(now - last) <= self.service_down_time
 
     def _service_updated_at(self, svc: _Service) -> float:
@@ -62,9 +63,17 @@ class World:
         num = next(self._flavor_seq)
         flavor_id = str(num)
         self._flavors[flavor_id] = {
-            "id": num, "flavorid": flavor_id, "name": name, "vcpus": 1, "memory_mb": 512,
-            "root_gb": 1, "ephemeral_gb": 0, "swap": 0, "extra_specs": dict(extra_specs),
-            "description": None, "is_public": True,
+            "id": num,
+            "flavorid": flavor_id,
+            "name": name,
+            "vcpus": 1,
+            "memory_mb": 512,
+            "root_gb": 1,
+            "ephemeral_gb": 0,
+            "swap": 0,
+            "extra_specs": dict(extra_specs),
+            "description": None,
+            "is_public": True,
         }
         return flavor_id
 
@@ -78,26 +87,56 @@ class World:
         image_id = str(uuid.uuid4())
         now = _now()
         self._images[image_id] = {
-            "id": image_id, "name": name, "status": "active", "min_ram": 0, "min_disk": 0,
-            "size": 16338944, "created_at": now, "updated_at": now,
+            "id": image_id,
+            "name": name,
+            "status": "active",
+            "min_ram": 0,
+            "min_disk": 0,
+            "size": 16338944,
+            "created_at": now,
+            "updated_at": now,
             "properties": dict(properties),
         }
         return image_id
 
-    def _new_server(self, name: str, flavor_id: str, image_id: str, metadata: dict[str, str],
-                    project_id: str, pinned_az: str | None) -> dict[str, Any]:
+    def _new_server(
+        self,
+        name: str,
+        flavor_id: str,
+        image_id: str,
+        metadata: dict[str, str],
+        project_id: str,
+        pinned_az: str | None,
+    ) -> dict[str, Any]:
         num = next(self._server_seq)
         now = _now()
         flavor = copy.deepcopy(self._flavors[flavor_id])
         hostname = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-")[:63] or "server"
         server = {
-            "id": str(uuid.uuid4()), "db_id": num, "name": name, "project_id": project_id,
-            "user_id": self.user_id, "host": None, "node": None, "vm_state": BUILDING,
-            "task_state": SCHEDULING, "power_state": NOSTATE, "flavor": flavor,
-            "image_id": image_id, "metadata": metadata, "created_at": now, "updated_at": now,
-            "launched_at": None, "fault": None, "deleted": False, "availability_zone": None,
-            "pinned_availability_zone": pinned_az, "reservation_id": f"r-{uuid.uuid4().hex[:8]}",
-            "hostname": hostname, "description": None, "tags": [],
+            "id": str(uuid.uuid4()),
+            "db_id": num,
+            "name": name,
+            "project_id": project_id,
+            "user_id": self.user_id,
+            "host": None,
+            "node": None,
+            "vm_state": BUILDING,
+            "task_state": SCHEDULING,
+            "power_state": NOSTATE,
+            "flavor": flavor,
+            "image_id": image_id,
+            "metadata": metadata,
+            "created_at": now,
+            "updated_at": now,
+            "launched_at": None,
+            "fault": None,
+            "deleted": False,
+            "availability_zone": None,
+            "pinned_availability_zone": pinned_az,
+            "reservation_id": f"r-{uuid.uuid4().hex[:8]}",
+            "hostname": hostname,
+            "description": None,
+            "tags": [],
         }
         self._servers[server["id"]] = server
         return server
@@ -114,19 +153,29 @@ class World:
         return task_map.get(server["task_state"], task_map["default"])
 
     def _fault(self, server: dict[str, Any], message: str, details: str = "") -> None:
-        server["fault"] = {"code": 500, "message": message, "details": details,
-                           "created": _now()}
+        server["fault"] = {"code": 500, "message": message, "details": details, "created": _now()}
 
-    def _new_migration(self, server: dict[str, Any], mtype: str, status: str,
-                       dest: str | None) -> dict[str, Any]:
+    def _new_migration(
+        self, server: dict[str, Any], mtype: str, status: str, dest: str | None
+    ) -> dict[str, Any]:
         mig = {
-            "id": next(self._mig_seq), "uuid": str(uuid.uuid4()),
-            "source_compute": server["host"], "source_node": server["node"],
-            "dest_compute": dest, "dest_node": None, "dest_host": None,
-            "old_instance_type_id": None, "new_instance_type_id": None,
-            "instance_uuid": server["id"], "status": status, "migration_type": mtype,
-            "hidden": False, "created_at": _now(), "updated_at": None,
-            "user_id": self.user_id, "project_id": self.project_id,
+            "id": next(self._mig_seq),
+            "uuid": str(uuid.uuid4()),
+            "source_compute": server["host"],
+            "source_node": server["node"],
+            "dest_compute": dest,
+            "dest_node": None,
+            "dest_host": None,
+            "old_instance_type_id": None,
+            "new_instance_type_id": None,
+            "instance_uuid": server["id"],
+            "status": status,
+            "migration_type": mtype,
+            "hidden": False,
+            "created_at": _now(),
+            "updated_at": None,
+            "user_id": self.user_id,
+            "project_id": self.project_id,
         }
         self._migrations.append(mig)
         return mig
@@ -140,13 +189,19 @@ class World:
         """Placement + filter scheduler. Returns (host, NoValidHost reason)."""
         order = list(self._hosts)
         # placement: room, and not COMPUTE_STATUS_DISABLED
-        candidates = [h for h in order if (requested is None or h == requested)
-                      and self._has_room(h) and not self._compute_service(h).disabled]
+        candidates = [
+            h
+            for h in order
+            if (requested is None or h == requested)
+            and self._has_room(h)
+            and not self._compute_service(h).disabled
+        ]
         if not candidates:
             return None, ""
         # ComputeFilter (service up) and ignore_hosts=[source]
-        candidates = [h for h in candidates
-                      if h != source and self._service_is_up(self._compute_service(h))]
+        candidates = [
+            h for h in candidates if h != source and self._service_is_up(self._compute_service(h))
+        ]
         if not candidates:
             return None, "There are not enough hosts available."
         # weighers spread: the least loaded host wins

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from nova_ha.lib import lifecycle, log, ocf_proto, params, service
+from nova_ha.lib import clock, lifecycle, log, ocf_proto, params, service
 from nova_ha.lib.lifecycle import Event, HostState, RejoinAction, RejoinStep
 from nova_ha.lib.ocf_proto import OcfError, OcfRequest
 
@@ -301,7 +301,7 @@ def stop(request: OcfRequest) -> int:
 def _disable_on_stop(request: OcfRequest) -> None:
     """disable_on_stop=true: no new servers are scheduled here while the resource is stopped
     (best effort: a stop must not fail because Nova is unreachable)."""
-    from nova_ha.openstack.compute import Nova, utc_now
+    from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.exceptions import NovaError
     from nova_ha.openstack.transport import Deadline
 
@@ -316,7 +316,9 @@ def _disable_on_stop(request: OcfRequest) -> None:
         svc = nova.service(deadline, host)
         if svc.status != "disabled":
             nova.update_service(
-                deadline, svc, disabled_reason=f"{OURS}: resource stopped at {utc_now()}"
+                deadline,
+                svc,
+                disabled_reason=f"{OURS}: resource stopped at {clock.iso_utc(time.time())}",
             )
     except NovaError as err:
         LOG.warning("could not disable %s in Nova on stop: %s", host, err)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import clock, evacuation, lifecycle, log, state
 from nova_ha.lib.lifecycle import Event, StartAction
-from nova_ha.openstack.compute import utc_now
 from nova_ha.openstack.exceptions import NovaError
 
 if TYPE_CHECKING:
@@ -71,7 +70,9 @@ def disable(nova: Nova, deadline: Deadline, svc: Service) -> None:
     needed to evacuate, so it runs alongside the evacuation; the reason names nova-ha, so
     NovaCompute re-enables only what nova-ha disabled."""
     if svc.status != "disabled":
-        nova.update_service(deadline, svc, disabled_reason=f"nova-ha: fenced at {utc_now()}")
+        nova.update_service(
+            deadline, svc, disabled_reason=f"nova-ha: fenced at {clock.iso_utc(time.time())}"
+        )
         LOG.info("nova-compute on %s disabled", svc.host)
 
 

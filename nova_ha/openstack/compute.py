@@ -10,11 +10,10 @@ Nova landed elsewhere).
 
 from __future__ import annotations
 
-import datetime
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from nova_ha.lib import log
+from nova_ha.lib import clock, log
 from nova_ha.openstack.exceptions import Conflict, NotFound, NovaError, Unavailable, WrongHost
 from nova_ha.openstack.transport import (
     Deadline,
@@ -38,10 +37,6 @@ IMAGE_PROXY_MICROVERSION = "2.35"
 COMPUTE_BINARY = "nova-compute"
 MAX_PAGES = 1000  # pages of one server listing
 MAX_LISTED = 200_000  # servers of one listing
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _require(proof: PowerOffConfirmed, host: str | None, what: str) -> None:
@@ -307,7 +302,7 @@ class Nova:
     def _evacuation_applied(self, deadline: Deadline, server_id: str, since: float) -> bool:
         if self.server(deadline, server_id).rebuilding:
             return True
-        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 60))
+        start = clock.iso_utc(since - 60)[:19]  # without the Z
         return any(
             (m.created_at or "")[:19] >= start and not m.failed
             for m in self.evacuation_migrations(deadline, server_id=server_id)

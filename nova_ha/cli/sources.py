@@ -3,7 +3,6 @@ the fence devices), Pacemaker's node view (crm_mon), and each host's power from 
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import subprocess
@@ -204,6 +203,8 @@ def power_states(devices: dict[str, dict[str, str]], timeout: float = 5.0) -> di
     """{node: on|off|unknown (why)} from each host's BMC, asked in parallel."""
     if not devices:
         return {}
+    import concurrent.futures  # only here: --help and the other commands do without
+
     with concurrent.futures.ThreadPoolExecutor(min(16, len(devices))) as pool:
         futures = {
             node: pool.submit(_power_of, node, attrs, timeout) for node, attrs in devices.items()

@@ -7,6 +7,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["nova_ha", "nova_ha.*"]),
+    package_data={"nova_ha.lib": ["parameters.json"]},
     install_requires=[
         "pyghmi>=1.5",
         "python-novaclient>=18.0",

@@ -23,7 +23,7 @@ from nova_ha.lib import log, params, proof
 from nova_ha.openstack import auth, compute, token_cache, transport
 from nova_ha.openstack.compute import Nova
 from nova_ha.openstack.exceptions import NovaError, Unavailable
-from nova_ha.openstack.transport import Deadline
+from nova_ha.openstack.transport import Deadline, Transport
 from nova_ha.openstack.views import Server
 from tests.helpers import FENCE_AGENT, PYTHON, run_fence, stdin_text
 
@@ -127,10 +127,12 @@ class HostileNova:
 
         auth = token_endpoint.Token(self.url, "a-token")
         return Nova(
-            session.Session(auth=auth),
-            interface="public",
-            timeout=timeout,
-            endpoint_override=self.url,
+            Transport(
+                session.Session(auth=auth),
+                interface="public",
+                timeout=timeout,
+                endpoint_override=self.url,
+            )
         )
 
     def __enter__(self) -> HostileNova:

@@ -346,14 +346,14 @@ def test_evacuation_options_come_from_the_settings():
     from nova_ha.lib import recovery
 
     evacuation = _settings(params.CLI, target_hosts="c5 c6", max_parallel="4").evacuation
-    options = recovery.Options.from_settings(evacuation, "tagged")
-    assert (options.mode, options.tag, options.max_parallel, options.retries) == (
+    policy = recovery.Options.from_settings(evacuation, "tagged").policy
+    assert (policy.mode, policy.tag, policy.max_parallel, policy.retries) == (
         "tagged",
         "evacuable",
         4,
         2,
     )
-    assert options.target_hosts == ["c5", "c6"]
+    assert policy.target_hosts == ("c5", "c6")
 
 
 def test_bmc_map_resolution_per_node():

@@ -262,9 +262,9 @@ class CountingStore(state.MemoryStateStore):
         super().__init__()
         self.writes = 0
 
-    def _swap(self, host, handle, expect, update, tidy=True):
-        done = super()._swap(host, handle, expect, update, tidy)
-        self.writes += bool(done and update)
+    def _swap(self, change, handle):
+        done = super()._swap(change, handle)
+        self.writes += bool(done and change.update)
         return done
 
 

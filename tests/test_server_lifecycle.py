@@ -440,13 +440,12 @@ def _evacuate(nova: FakeNova, seconds: float = 10.0, **kw) -> tuple[evacuation.S
         nova,
         Deadline(seconds),
         proof.by_bmc("c1", "host1"),
-        "all",
-        "evacuable",
-        4,
-        kw.pop("retries", 1),
-        progress=lambda what, o: events.append((what, o.server_id, o.result)),
+        evacuation.Policy("all", "evacuable", 4, kw.get("retries", 1)),
+        evacuation.Hooks(
+            progress=lambda what, o: events.append((what, o.server_id, o.result)),
+            may_request=kw.get("may_request", lambda: True),
+        ),
         servers=[nova.views[s] for s in sorted(nova.views)],
-        **kw,
     )
     return summary, events
 
@@ -529,10 +528,7 @@ def test_runner_follows_servers_asked_earlier_and_gone_ones() -> None:
         nova,
         Deadline(10),
         proof.by_bmc("c1", "host1"),
-        "all",
-        "t",
-        2,
-        1,
+        evacuation.Policy("all", "t", 2, 1),
         servers=listed,
         earlier={"m"},
     )

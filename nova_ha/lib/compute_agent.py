@@ -181,6 +181,15 @@ def _no_systemd(request: OcfRequest) -> bool:
     )
 
 
+def _status_checked(request: OcfRequest, failure: str) -> service.Service:
+    """The service, once its status check is usable; else the failure, with the reason."""
+    blocking = service_problems(request, ("status",))
+    if blocking:
+        code, reason = blocking[0]
+        raise OcfError(code, failure.format(reason))
+    return _service(request)
+
+
 def monitor(request: OcfRequest) -> int:
     """Never changes anything: the process or unit, and (optionally) Nova's view.
 
@@ -188,11 +197,7 @@ def monitor(request: OcfRequest) -> int:
     parameter, never 'not running' (nova-compute may well run)."""
     if _no_systemd(request):
         return ocf_proto.OCF_NOT_RUNNING
-    blocking = service_problems(request, ("status",))
-    if blocking:
-        code, reason = blocking[0]
-        raise OcfError(code, f"cannot tell whether nova-compute runs: {reason}")
-    svc = _service(request)
+    svc = _status_checked(request, "cannot tell whether nova-compute runs: {}")
     try:
         running = svc.running()
     except service.ServiceError as err:
@@ -280,11 +285,7 @@ def stop(request: OcfRequest) -> int:
         _disable_on_stop(request)
     if _no_systemd(request):
         return ocf_proto.OCF_SUCCESS
-    blocking = service_problems(request, ("status",))
-    if blocking:
-        code, reason = blocking[0]
-        raise OcfError(code, f"cannot stop nova-compute: cannot tell whether it runs ({reason})")
-    svc = _service(request)
+    svc = _status_checked(request, "cannot stop nova-compute: cannot tell whether it runs ({})")
     try:
         if not svc.running():
             return ocf_proto.OCF_SUCCESS
@@ -326,22 +327,8 @@ def _disable_on_stop(request: OcfRequest) -> None:
         LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)
 
 
-SHORTDESC = "Runs nova-compute and lets a fenced compute host rejoin safely"
-LONGDESC = (
-    "NovaCompute runs nova-compute on an OpenStack compute node (a pacemaker-remote node; "
-    "clone it over the compute nodes). After the host was fenced by fence_nova_evacuate, "
-    "start refuses to run nova-compute until the evacuations from this host have finished "
-    "(it waits up to start_wait seconds, then fails with the reason and is retried by "
-    "Pacemaker when the clone's failure-timeout expires), starts nova-compute, waits until "
-    "Nova reports the service up, and only then lifts the forced-down flag and re-enables "
-    "the service if nova-ha disabled it. nova-compute is run by its systemd unit, or by "
-    "start_command, stop_command and status_command."
-)
-
 SPEC = ocf_proto.service_agent_spec(
     params.COMPUTE,
-    SHORTDESC,
-    LONGDESC,
     timeouts=(600, 120, 30),
     start=start,
     stop=stop,

@@ -251,23 +251,8 @@ def monitor(request: OcfRequest) -> int:
     return ocf_proto.OCF_SUCCESS
 
 
-SHORTDESC = "Evacuates the servers of fenced Nova compute hosts, beside Pacemaker"
-LONGDESC = (
-    "NovaEvacuate runs on the controllers (one instance). It starts nova-ha's evacuation "
-    "service, a long-running process that evacuates every host a fence_nova_evacuate device "
-    "recorded as fenced and handed over: at once when the fence ran on the same controller "
-    "(it is woken), within watch_interval otherwise. Each host is evacuated by a worker "
-    "process under the host's lease; a worker that dies is replaced within a second, and the work "
-    "resumes without requesting anything twice. It also finishes what was left unfinished "
-    "(Nova unreachable, a controller lost, evacuate=record, failed evacuations after 120 "
-    "s). monitor checks that the service runs and reads the records; stop ends the service "
-    "and its workers."
-)
-
 SPEC = ocf_proto.service_agent_spec(
     params.EVACUATE,
-    SHORTDESC,
-    LONGDESC,
     timeouts=(20, 30, 20),
     start=start,
     stop=stop,

@@ -106,6 +106,30 @@ class Summary:
 Progress = Callable[[str, Outcome], None]
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How one host's servers are evacuated: which ones (mode: all | tagged, and the tag),
+    how many requests in flight at most, how often a failed one is tried again, and the
+    target hosts (none: Nova's scheduler chooses)."""
+
+    mode: str
+    tag: str
+    max_parallel: int
+    retries: int
+    target_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller hears and decides while the evacuation runs: each server's progress,
+    a heartbeat every round (the lease's renewal), and the safety gate checked before every
+    request (e.g. "our lease is still ours")."""
+
+    progress: Progress = lambda event, outcome: None
+    heartbeat: Callable[[], None] = lambda: None
+    may_request: Callable[[], bool] = lambda: True
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_VALUES
 
@@ -244,25 +268,14 @@ class Runner:
     what server_lifecycle.step says, and feeds back what Nova answered."""
 
     def __init__(
-        self,
-        nova: Nova,
-        deadline: Deadline,
-        proof: PowerOffConfirmed,
-        max_parallel: int,
-        retries: int,
-        target_hosts: list[str] | None = None,
-        progress: Progress | None = None,
-        heartbeat: Callable[[], None] | None = None,
-        may_request: Callable[[], bool] | None = None,
+        self, nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, policy: Policy, hooks: Hooks
     ) -> None:
         self.nova, self.deadline, self.proof = nova, deadline, proof
         self.source = proof.host
-        self.max_parallel, self.retries = max(1, max_parallel), max(0, retries)
-        self.targets = Targets(target_hosts)
-        self.progress = progress or (lambda event, outcome: None)
-        self.heartbeat = heartbeat or (lambda: None)
-        # The safety gate, checked before every request (e.g. "our lease is still ours").
-        self.may_request = may_request or (lambda: True)
+        self.max_parallel, self.retries = max(1, policy.max_parallel), max(0, policy.retries)
+        self.targets = Targets(list(policy.target_hosts))
+        self.progress, self.heartbeat = hooks.progress, hooks.heartbeat
+        self.may_request = hooks.may_request
         # Lists servers changed since shortly before we began, by Nova's clock: the margin
         # absorbs clock skew between this node and Nova's database.
         self.since = clock.iso_utc(time.time() - SINCE_MARGIN)
@@ -524,14 +537,8 @@ def evacuate_servers(
     nova: Nova,
     deadline: Deadline,
     proof: PowerOffConfirmed,
-    mode: str,
-    tag: str,
-    max_parallel: int,
-    retries: int,
-    target_hosts: list[str] | None = None,
-    progress: Progress | None = None,
-    heartbeat: Callable[[], None] | None = None,
-    may_request: Callable[[], bool] | None = None,
+    policy: Policy,
+    hooks: Hooks | None = None,
     servers: list[Server] | None = None,
     earlier: set[str] | None = None,
 ) -> Summary:
@@ -544,12 +551,12 @@ def evacuate_servers(
     started = time.monotonic()
     if servers is None:
         servers = nova.servers_on(deadline, proof.host)
-    runner = Runner(
-        nova, deadline, proof, max_parallel, retries, target_hosts, progress, heartbeat, may_request
+    runner = Runner(nova, deadline, proof, policy, hooks or Hooks())
+    tracked = runner.plan(
+        Planner(nova, deadline, policy.mode, policy.tag), servers, earlier or set()
     )
-    tracked = runner.plan(Planner(nova, deadline, mode, tag), servers, earlier or set())
-    if target_hosts:
-        _enable_targets(nova, deadline, target_hosts)
+    if policy.target_hosts:
+        _enable_targets(nova, deadline, policy.target_hosts)
     runner.run(tracked)
     summary = _summary(proof.host, len(servers), [t.outcome() for t in tracked], started)
     _log_summary(summary)
@@ -581,7 +588,7 @@ def _summary(host: str, found: int, outcomes: list[Outcome], started: float) -> 
     )
 
 
-def _enable_targets(nova: Nova, deadline: Deadline, hosts: list[str]) -> None:
+def _enable_targets(nova: Nova, deadline: Deadline, hosts: Iterable[str]) -> None:
     """Reserved hosts are kept disabled so nothing else lands there: enable them first."""
     for svc in nova.services(deadline):
         if svc.host in hosts and svc.status == "disabled":

@@ -140,25 +140,10 @@ HANDLERS: dict = {
     "monitor": fence_monitor,
 }
 
-SHORTDESC = "Fence agent that powers off a Nova compute host and evacuates its servers"
-LONGDESC = (
-    "fence_nova_evacuate fences an OpenStack Nova compute host for Pacemaker: it powers the "
-    "host off over IPMI and waits until the BMC confirms it, forces the host's nova-compute "
-    "service down and disables it, records the host as fenced in the cluster, and hands the "
-    "evacuation of its servers over to NovaEvacuate's evacuation service, which runs beside "
-    "Pacemaker: the fence action itself returns about a second after the power-off, so "
-    "Pacemaker can fence the next failed host at once. Nothing changes in Nova before the "
-    "power-off is confirmed. Without a cluster record (run by hand) it evacuates itself. "
-    "Without BMC "
-    "parameters it does no power action: use it then only in a fencing-topology level after a "
-    "power device such as fence_ipmilan. Put OpenStack credentials in clouds.yaml (os_cloud), "
-    "not in the CIB."
-)
-
 SPEC = fence_proto.FenceAgentSpec(
     name=params.FENCE,
-    shortdesc=SHORTDESC,
-    longdesc=LONGDESC,
+    shortdesc=params.AGENTS[params.FENCE].short,
+    longdesc=params.AGENTS[params.FENCE].long,
     vendorurl="https://docs.openstack.org/nova/latest/admin/evacuate.html",
     handlers=HANDLERS,
     validate=validate,

@@ -114,8 +114,6 @@ class OcfAgentSpec:
 
 def service_agent_spec(
     name: str,
-    shortdesc: str,
-    longdesc: str,
     *,
     timeouts: tuple[int, int, int],
     start: Handler,
@@ -135,11 +133,12 @@ def service_agent_spec(
         OcfAction("validate-all", 20),
         OcfAction("meta-data", 5),
     ]
+    text = params.AGENTS[name]
     return OcfAgentSpec(
         name,
         __version__,
-        shortdesc,
-        longdesc,
+        text.short,
+        text.long,
         actions,
         {"start": start, "stop": stop, "monitor": monitor},
         validate,

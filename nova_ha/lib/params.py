@@ -1,15 +1,18 @@
 """The one table of parameters, and the typed parsing every agent shares.
 
-Each parameter is declared once here. The fence-agent metadata and CLI (fence_proto), the OCF
-metadata (ocf_proto), validation, and the docs / man pages are all rendered from this table.
+Each parameter is declared once, in the table beside this module (parameters.json). The
+fence-agent metadata and CLI (fence_proto), the OCF metadata (ocf_proto), validation, the docs
+/ man pages and the typed settings below are all made from it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -78,637 +81,54 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _p(name: str, type_: str, short: str, long: str = "", **kw: Any) -> Param:
-    param = Param(name=name, type=type_, short=short, long=long, **kw)
+# Who takes a parameter, by the name the table gives.
+_AGENT_SETS = {
+    "openstack": _OPENSTACK,
+    "evacuation": _EVACUATION,
+    "fence": _FENCE_ONLY,
+    "compute": _COMPUTE_ONLY,
+    "evacuate": frozenset({EVACUATE}),
+}
+
+
+def _param(entry: dict[str, Any]) -> Param:
+    """One entry of parameters.json: long text as a list of lines, the agents by set name."""
+    spec = dict(entry)
+    spec["long"] = "".join(spec.get("long", ()))
+    spec["agents"] = _AGENT_SETS[spec["agents"]]
+    for key in ("aliases", "choices"):
+        spec[key] = tuple(spec.get(key, ()))
+    param = Param(**spec)
     if param.maximum is not None:
-        # The limit is declared once (here); metadata, --help, man pages and docs show it.
-        param = replace(param, short=f"{short} ({param.range_text()})")
+        # The limit is declared once (in the table); metadata, --help, man pages and docs
+        # show it.
+        param = replace(param, short=f"{param.short} ({param.range_text()})")
     return param
 
 
-PARAMETERS: tuple[Param, ...] = (
-    # ---- shared settings --------------------------------------------------------------------
-    _p(
-        "config_file",
-        "string",
-        "File of shared settings (name=value lines)",
-        "One file for the settings every device and resource shares (host_map, os_*, "
-        "evacuation, BMC user...) instead of repeating them in each: 'name=value' lines, "
-        "'#' comments, the parameter names of nova-ha (deprecated ones too). It is read first; "
-        "parameters given to the agent directly override it. Parameters of other agents are "
-        "skipped (one file serves all agents); an unknown name is an error, and so are 'port' "
-        "and 'action'. An absolute path to a regular file of at most 256 KiB, belonging to "
-        "root (or the agent's user) and writable by nobody else; when it holds a secret "
-        "(os_password, password, ...) readable by nobody else either (mode 0600).",
-        agents=_OPENSTACK,
-        group="shared",
-        metavar="path",
-    ),
-    # ---- host selection -------------------------------------------------------------------
-    _p(
-        "port",
-        "string",
-        "Pacemaker node name of the compute host to fence",
-        "Pacemaker passes the target node as 'port' (fence-agents call it 'plug'). It is "
-        "mapped to Nova's compute host name with host_map and domain.",
-        cli="plug",
-        aliases=("nodename",),
-        agents=_FENCE_ONLY,
-        group="host",
-        getopt="n",
-        metavar="node",
-    ),
-    _p(
-        "host_map",
-        "string",
-        "Map of Pacemaker node names to Nova host names",
-        "Pairs 'node:novahost' separated by ';', ',' or spaces, for clouds whose Nova host "
-        "names differ from the Pacemaker node names. Unlisted nodes use their own name "
-        "(plus domain).",
-        agents=_OPENSTACK,
-        group="host",
-        metavar="map",
-    ),
-    _p(
-        "domain",
-        "string",
-        "DNS domain appended to node names to form Nova host names",
-        "Set this when Nova knows compute hosts by their fully qualified names and the "
-        "Pacemaker nodes by their short names. A name that already ends in the domain is "
-        "left as it is.",
-        agents=_OPENSTACK,
-        group="host",
-        metavar="domain",
-    ),
-    # ---- OpenStack --------------------------------------------------------------------------
-    _p(
-        "os_cloud",
-        "string",
-        "Cloud name in clouds.yaml (recommended: no password in the CIB)",
-        "Name of an entry in clouds.yaml (/etc/openstack/clouds.yaml or "
-        "~/.config/openstack/clouds.yaml, or the file named by OS_CLIENT_CONFIG_FILE). Its "
-        "settings are read first; os_* parameters given here override them. This keeps the "
-        "OpenStack password out of the CIB.",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="cloud",
-    ),
-    _p(
-        "os_auth_url",
-        "string",
-        "Keystone v3 URL",
-        "Keystone identity endpoint, e.g. https://keystone.example.com:5000/v3.",
-        aliases=("auth_url",),
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="url",
-    ),
-    _p(
-        "os_username",
-        "string",
-        "OpenStack user name",
-        "Keystone user with the admin role (force-down, evacuate and listing all tenants' "
-        "servers need it). fence_compute called this 'username'; here 'username' is the "
-        "BMC's, as in fence_ipmilan.",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="name",
-    ),
-    _p(
-        "os_password",
-        "string",
-        "OpenStack password",
-        "Prefer os_cloud or os_password_script: a password given here is stored in the CIB.",
-        secret=True,
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="password",
-    ),
-    _p(
-        "os_password_script",
-        "string",
-        "Command that prints the OpenStack password",
-        "Run without a shell (split like a shell would); its first line of standard output "
-        "is the password.",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="command",
-    ),
-    _p(
-        "os_project_name",
-        "string",
-        "OpenStack project (tenant) name",
-        aliases=("tenant_name",),
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="name",
-    ),
-    _p(
-        "os_user_domain_name",
-        "string",
-        "Keystone domain of the user",
-        default="Default",
-        aliases=("user_domain",),
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="name",
-    ),
-    _p(
-        "os_project_domain_name",
-        "string",
-        "Keystone domain of the project",
-        default="Default",
-        aliases=("project_domain",),
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="name",
-    ),
-    _p(
-        "os_application_credential_id",
-        "string",
-        "Keystone application credential ID",
-        "An application credential replaces user name and password.",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="id",
-    ),
-    _p(
-        "os_application_credential_secret",
-        "string",
-        "Keystone application credential secret",
-        secret=True,
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="secret",
-    ),
-    _p(
-        "os_region_name",
-        "string",
-        "OpenStack region",
-        aliases=("region_name",),
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="region",
-    ),
-    _p(
-        "os_interface",
-        "select",
-        "Endpoint interface to use for Nova",
-        "Which catalog endpoint of Nova to use. fence_compute's publicURL / internalURL / "
-        "adminURL are accepted too.",
-        default="internal",
-        choices=("public", "internal", "admin"),
-        aliases=("endpoint_type",),
-        agents=_OPENSTACK,
-        group="openstack",
-    ),
-    _p(
-        "os_cacert",
-        "string",
-        "CA bundle to verify Keystone and Nova TLS certificates",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="path",
-    ),
-    _p(
-        "os_cert",
-        "string",
-        "Client certificate for TLS",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="path",
-    ),
-    _p(
-        "os_key",
-        "string",
-        "Client certificate key for TLS",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="path",
-    ),
-    _p(
-        "os_insecure",
-        "boolean",
-        "Do not verify TLS certificates (test clouds only)",
-        default="0",
-        aliases=("insecure",),
-        agents=_OPENSTACK,
-        group="openstack",
-    ),
-    _p(
-        "os_api_timeout",
-        "second",
-        "Timeout of one Keystone or Nova request, in seconds",
-        "Each request is bounded by this; failed requests are retried with backoff inside "
-        "the action's overall budget.",
-        default="10",
-        maximum=300,
-        agents=_OPENSTACK,
-        group="openstack",
-    ),
-    _p(
-        "os_compute_api_version",
-        "string",
-        "Highest Nova microversion to use",
-        "'auto' negotiates the newest microversion both Nova and nova-ha support; set e.g. "
-        "2.52 to pin an older behaviour.",
-        default="auto",
-        agents=_OPENSTACK,
-        group="openstack",
-        metavar="version",
-    ),
-    _p(
-        "os_token_cache",
-        "boolean",
-        "Keep Keystone's token for the next run of the agent",
-        "The token and catalog are kept in /run/nova-ha/tokens (tmpfs, root-only, one file per "
-        "set of credentials) and used while they have more than two minutes of life left: "
-        "a fence then starts without a Keystone round trip, and the monitors do not ask "
-        "Keystone for a token every few seconds.",
-        default="1",
-        agents=_OPENSTACK,
-        group="openstack",
-    ),
-    # ---- BMC (fence_ipmilan's names) ---------------------------------------------------------
-    _p(
-        "ip",
-        "string",
-        "BMC address (IPMI over LAN)",
-        "Without BMC parameters the agent does no power action: use it then only in a "
-        "fencing-topology level after a power device such as fence_ipmilan, which confirms "
-        "the power-off before this agent runs.",
-        aliases=("ipaddr",),
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="a",
-        metavar="ip",
-    ),
-    _p(
-        "bmc_map",
-        "string",
-        "BMC of each node, for one device fencing many nodes",
-        "Pairs 'node=address[:port]' separated by ';', ',' or spaces (IPv6 in brackets: "
-        "node=[fd00::5]:623; ipport when no port is given), instead of 'ip': the device powers "
-        "off the BMC of the node it is asked to fence and refuses a node that is not listed. "
-        "username and password or password_script are shared; password_script is run with "
-        "the node's name appended as its last argument (cluster/crm-config/bmc-password "
-        "then finds that BMC's password). One device and one monitor for all compute nodes "
-        "(list them in pcmk_host_list) instead of one each.",
-        agents=_FENCE_ONLY,
-        group="bmc",
-        metavar="map",
-    ),
-    _p(
-        "bmc_node",
-        "string",
-        "Node that the BMC at 'ip' powers (other nodes are refused)",
-        "With 'ip': the device refuses to power off a node other than this one, so a device "
-        "copied with another node's BMC address, or listing a wrong node in pcmk_host_list, "
-        "cannot power off the wrong host.",
-        agents=_FENCE_ONLY,
-        group="bmc",
-        metavar="node",
-    ),
-    _p(
-        "ipport",
-        "integer",
-        "BMC UDP port",
-        default="623",
-        minimum=1,
-        maximum=65535,
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="u",
-        metavar="port",
-    ),
-    _p(
-        "username",
-        "string",
-        "BMC user name",
-        aliases=("login",),
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="l",
-        metavar="name",
-    ),
-    _p(
-        "password",
-        "string",
-        "BMC password",
-        secret=True,
-        aliases=("passwd",),
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="p",
-        metavar="password",
-    ),
-    _p(
-        "password_script",
-        "string",
-        "Command that prints the BMC password",
-        "Run without a shell; its first line of standard output is the password.",
-        aliases=("passwd_script",),
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="S",
-        metavar="command",
-    ),
-    _p(
-        "lanplus",
-        "boolean",
-        "Use IPMI 2.0 (lanplus)",
-        "Accepted for fence_ipmilan compatibility: nova-ha always speaks IPMI 2.0 (RMCP+).",
-        default="0",
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="P",
-    ),
-    _p(
-        "cipher",
-        "integer",
-        "IPMI 2.0 cipher suite",
-        "Accepted for fence_ipmilan compatibility; the cipher suite is negotiated with the "
-        "BMC (SHA-1/AES, suite 3, when the BMC offers nothing better that is supported).",
-        maximum=255,
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="C",
-        metavar="suite",
-    ),
-    _p(
-        "privlvl",
-        "select",
-        "IPMI privilege level",
-        default="administrator",
-        choices=("callback", "user", "operator", "administrator"),
-        agents=_FENCE_ONLY,
-        group="bmc",
-        getopt="L",
-    ),
-    _p(
-        "power_timeout",
-        "second",
-        "Seconds to wait for the BMC to confirm a power change",
-        "If the BMC does not report 'off' within this time the fence fails and nothing is "
-        "done in Nova.",
-        default="20",
-        maximum=600,
-        agents=_FENCE_ONLY,
-        group="bmc",
-    ),
-    _p(
-        "power_wait",
-        "second",
-        "Seconds to wait after a confirmed power change",
-        default="0",
-        maximum=300,
-        agents=_FENCE_ONLY,
-        group="bmc",
-    ),
-    # ---- evacuation ---------------------------------------------------------------------------
-    _p(
-        "evacuate",
-        "select",
-        "Which servers to evacuate after fencing",
-        "all: every server of the host; tagged: only servers whose flavor extra_specs, image "
-        "properties or server metadata carry evacuable_tag with a true value; none: fence "
-        "and force down only; record: fence, force down and record the host as needing "
-        "evacuation, leaving the work to the NovaEvacuate resource.",
-        default="all",
-        choices=("all", "tagged", "none", "record"),
-        agents=_EVACUATION,
-        group="evacuation",
-    ),
-    _p(
-        "evacuable_tag",
-        "string",
-        "Tag that marks a server evacuable (evacuate=tagged)",
-        default="evacuable",
-        agents=_EVACUATION,
-        group="evacuation",
-        metavar="tag",
-    ),
-    _p(
-        "max_parallel",
-        "integer",
-        "Evacuation requests in flight at once",
-        default="16",
-        minimum=1,
-        maximum=256,
-        agents=_EVACUATION,
-        group="evacuation",
-        metavar="n",
-    ),
-    _p(
-        "evacuate_timeout",
-        "second",
-        "Seconds allowed for evacuating a host",
-        "The budget of one evacuation run by NovaEvacuate's evacuation service (beside "
-        "Pacemaker, not inside a fence action), and the life of the host's lease that the "
-        "fence device grants it. What is not finished by then stays recorded 'fenced' and "
-        "the service takes it up again. It no longer counts in the stonith-timeout.",
-        default="40",
-        maximum=86400,
-        agents=_EVACUATION,
-        group="evacuation",
-    ),
-    _p(
-        "evacuate_retries",
-        "integer",
-        "Retries of a failed evacuation of one server",
-        default="2",
-        maximum=20,
-        agents=_EVACUATION,
-        group="evacuation",
-        metavar="n",
-    ),
-    _p(
-        "target_hosts",
-        "string",
-        "Reserved hosts to evacuate to (comma separated)",
-        "Empty: Nova's scheduler chooses. Otherwise these hosts are enabled first and each "
-        "server is sent to one of them with room; when they are full the remaining servers "
-        "go to Nova's scheduler.",
-        agents=_EVACUATION,
-        group="evacuation",
-        metavar="hosts",
-    ),
-    _p(
-        "power_on_after",
-        "boolean",
-        "Power the host back on at the end of a reboot",
-        "With reboot, power on after evacuation so the repaired host can rejoin through "
-        "NovaCompute; set 0 to leave it off for inspection (reboot then acts like off).",
-        default="1",
-        agents=_FENCE_ONLY,
-        group="evacuation",
-    ),
-    _p(
-        "max_fenced_hosts",
-        "string",
-        "Mass-failure guard: more hosts fenced within fenced_window stop automatic evacuation",
-        "A count ('3') or a percentage of the compute hosts ('25%', rounded down, at least 1); "
-        "0 turns the guard off. When more hosts than this were fenced within fenced_window "
-        "seconds of each other, a shared cause (a switch, the controllers' network, a power "
-        "feed) is far more likely than that many independent deaths: fencing goes on (that "
-        "is Pacemaker's call), but no evacuation of those hosts starts automatically, neither "
-        "here nor in NovaEvacuate; an 'evacuation_blocked' event is raised once per host and "
-        "the hosts stay recorded 'fenced' until an administrator runs 'nova-ha evacuate HOST' "
-        "(a real failure) or 'nova-ha reset HOST' (let it rejoin with its servers). The "
-        "default, 25%, because independent hardware failures seldom take two hosts within "
-        "minutes, while a network or controller fault fences a large share at once; "
-        "evacuating that share would pile it onto hosts that may be next and exhaust the "
-        "capacity that the fenced hosts, once back, would have kept. A percentage scales with "
-        "the cloud where a count does not: 2 suits ten hosts but would stop a 500-host cloud "
-        "on its third ordinary failure. The percentage is of the compute services Nova knows "
-        "(or of the compute nodes in the CIB).",
-        default="25%",
-        agents=_EVACUATION,
-        group="evacuation",
-        metavar="count|percent",
-    ),
-    _p(
-        "fenced_window",
-        "second",
-        "Time window of the mass-failure guard, in seconds",
-        "Hosts whose latest fencing (from their records in the CIB) lies within this many "
-        "seconds of each other count as one wave for max_fenced_hosts. 600 s holds a wave "
-        "fenced over several minutes by a flapping network, and is short against the time "
-        "between independent hardware failures.",
-        default="600",
-        maximum=86400,
-        agents=_EVACUATION,
-        group="evacuation",
-    ),
-    _p(
-        "watch_interval",
-        "second",
-        "Seconds between the evacuation service's reads of the records",
-        "NovaEvacuate's evacuation service is woken at once by a fence device on its own "
-        "controller; a fence run on another controller is seen at the next read of the "
-        "records (one small CIB query).",
-        default="1",
-        maximum=300,
-        agents=frozenset({EVACUATE}),
-        group="evacuation",
-    ),
-    _p(
-        "max_hosts",
-        "integer",
-        "Hosts evacuated at once by the evacuation service",
-        "Each host is evacuated by a worker process of its own (max_parallel requests "
-        "each); further hosts wait for a free worker.",
-        default="8",
-        minimum=1,
-        maximum=64,
-        agents=frozenset({EVACUATE}),
-        group="evacuation",
-        metavar="n",
-    ),
-    # ---- notifications --------------------------------------------------------------------------
-    _p(
-        "notify_url",
-        "string",
-        "Webhook URL that nova-ha events are POSTed to (JSON)",
-        "Each event (fenced, evacuation_finished, evacuation_failed, evacuation_blocked, "
-        "rejoined, reset) is POSTed as one JSON object (Content-Type application/json) from a "
-        "detached process, so fencing never waits for it: each attempt is bounded by "
-        "notify_timeout, failed attempts (no answer, HTTP 408, 429 or 5xx) are retried twice "
-        "with backoff. http:// and https:// (verified with the system's CAs) only. Events "
-        "carry no secret. Every event also goes to syslog (ident nova-ha, facility daemon) "
-        "whatever is set here.",
-        agents=_OPENSTACK,
-        group="general",
-        metavar="url",
-    ),
-    _p(
-        "notify_command",
-        "string",
-        "Command run for each nova-ha event (event JSON on stdin)",
-        "Run without a shell (split like a shell would), detached from the agent, with the "
-        "event as one JSON object on standard input and its name in NOVA_HA_EVENT; killed "
-        "after notify_timeout. Its environment carries no OCF_RESKEY_* parameter (no "
-        "secret).",
-        agents=_OPENSTACK,
-        group="general",
-        metavar="command",
-    ),
-    _p(
-        "notify_timeout",
-        "second",
-        "Seconds allowed for one webhook attempt or the command",
-        default="5",
-        maximum=300,
-        agents=_OPENSTACK,
-        group="general",
-    ),
-    # ---- NovaCompute ---------------------------------------------------------------------------
-    _p(
-        "systemd_unit",
-        "string",
-        "systemd unit of nova-compute",
-        "Default: the first of nova-compute.service and openstack-nova-compute.service that "
-        "exists. Ignored when start_command is set.",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-        metavar="unit",
-    ),
-    _p(
-        "start_command",
-        "string",
-        "Command that starts nova-compute (instead of systemd)",
-        "Run without a shell. Use with stop_command and status_command for setups without systemd.",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-        metavar="command",
-    ),
-    _p(
-        "stop_command",
-        "string",
-        "Command that stops nova-compute",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-        metavar="command",
-    ),
-    _p(
-        "status_command",
-        "string",
-        "Command that exits 0 while nova-compute runs",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-        metavar="command",
-    ),
-    _p(
-        "start_wait",
-        "second",
-        "Seconds start waits for an unsafe host to become safe",
-        "While the host's evacuation is unfinished, start waits at most this long (and never "
-        "more than 60% of its timeout), then fails with the reason; Pacemaker starts it again "
-        "once the failure expires (the clone's failure-timeout). Keep it short: while any "
-        "action runs, Pacemaker starts no new transition, so a long wait here would delay "
-        "the fencing of another node.",
-        default="10",
-        maximum=3600,
-        agents=_COMPUTE_ONLY,
-        group="compute",
-    ),
-    _p(
-        "check_nova_service",
-        "boolean",
-        "monitor also asks Nova whether the service is up",
-        default="0",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-    ),
-    _p(
-        "disable_on_stop",
-        "boolean",
-        "Disable the Nova service when the resource stops",
-        default="0",
-        agents=_COMPUTE_ONLY,
-        group="compute",
-    ),
-)
+@dataclass(frozen=True)
+class AgentText:
+    """What an agent's metadata and man page say it is."""
+
+    short: str
+    long: str
+
+
+def _load_table() -> tuple[dict[str, AgentText], tuple[Param, ...]]:
+    # JSON, not TOML: every agent run reads it, and json parses it in well under a
+    # millisecond where tomllib's import alone costs several.
+    with open(Path(__file__).with_name("parameters.json"), encoding="utf-8") as file:
+        table = json.load(file)
+    agents = {
+        name: AgentText(text["short"], "".join(text["long"]))
+        for name, text in table["agents"].items()
+    }
+    return agents, tuple(_param(entry) for entry in table["parameters"])
+
+
+# The one table: nova_ha/lib/parameters.json, each agent's description and one entry a
+# parameter.
+AGENTS, PARAMETERS = _load_table()
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
 ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in (*p.aliases, p.cli) if a}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from nova_ha.lib import clock, evacuation, lifecycle, log, state
@@ -29,11 +29,7 @@ LEASE_MARGIN = 30.0  # the lease outlives the work by this much, so a slow write
 
 @dataclass
 class Options:
-    mode: str
-    tag: str
-    max_parallel: int
-    retries: int
-    target_hosts: list[str] | None = None
+    policy: evacuation.Policy
     notifier: Any = None  # notify.Notifier: the outcome event of each evacuation
 
     @classmethod
@@ -41,14 +37,14 @@ class Options:
         cls, settings: params.EvacuationSettings, mode: str, notifier: Any = None
     ) -> Options:
         """One evacuation's options: `mode` as decided for the host, the rest as set."""
-        return cls(
+        policy = evacuation.Policy(
             mode=mode,
             tag=settings.tag,
             max_parallel=settings.max_parallel,
             retries=settings.retries,
-            target_hosts=list(settings.target_hosts),
-            notifier=notifier,
+            target_hosts=settings.target_hosts,
         )
+        return cls(policy, notifier)
 
 
 def force_down(
@@ -274,18 +270,15 @@ def _evacuate(
     progress: evacuation.Progress | None,
 ) -> evacuation.Summary:
     """The servers' evacuation, new requests only while the lease is ours."""
+    hooks = evacuation.Hooks(heartbeat=lease.heartbeat, may_request=lambda: lease.held)
+    if progress is not None:
+        hooks = replace(hooks, progress=progress)
     return evacuation.evacuate_servers(
         nova,
         deadline,
         proof,
-        options.mode,
-        options.tag,
-        options.max_parallel,
-        options.retries,
-        options.target_hosts,
-        progress=progress,
-        heartbeat=lease.heartbeat,
-        may_request=lambda: lease.held,
+        options.policy,
+        hooks,
         servers=prefetch.servers(),
         earlier=prefetch.earlier(),
     )

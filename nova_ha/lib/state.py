@@ -92,6 +92,7 @@ RECORD_ATTRS = (
 )
 LEASE_ATTRS = (ATTR_LEASE_OWNER, ATTR_LEASE_EXPIRES)
 ALL_ATTRS = RECORD_ATTRS + LEASE_ATTRS
+LEASE_CLEARED = {ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""}  # an update that clears it
 
 MODES = ("all", "tagged", "none", "record")
 HISTORY_MAX = 20
@@ -383,6 +384,17 @@ class _Change:
         return new
 
 
+@dataclass(frozen=True)
+class Swap:
+    """One compare-and-swap of a host's attributes: write `update` only if every `expect`
+    attribute still holds that value. `tidy`: drop the attributes the update clears."""
+
+    host: str
+    expect: Mapping[str, str | None]
+    update: Mapping[str, str]
+    tidy: bool = True
+
+
 class StateStore(ABC):
     """Reads and writes host records; subclasses supply three storage primitives.
 
@@ -406,17 +418,9 @@ class StateStore(ABC):
         """nova-ha attributes of every known compute host, in one read."""
 
     @abstractmethod
-    def _swap(
-        self,
-        host: str,
-        handle: Any,
-        expect: Mapping[str, str | None],
-        update: Mapping[str, str],
-        tidy: bool = True,
-    ) -> bool:
-        """Atomically apply `update` if every `expect` attribute still has that value.
-
-        An expected None or "" means unset. An update value "" clears the attribute.
+    def _swap(self, change: Swap, handle: Any) -> bool:
+        """Atomically apply the change's `update` if every `expect` attribute still has that
+        value. An expected None or "" means unset. An update value "" clears the attribute.
         Returns False, writing nothing, if an expectation no longer holds.
         """
 
@@ -508,7 +512,7 @@ class StateStore(ABC):
             expect.update({k: raw.get(k) for k in LEASE_ATTRS})
         if release:
             new.lease_owner = new.lease_expires = None
-            wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
+            wanted.update(LEASE_CLEARED)
         update = _changes(raw, wanted)
         if not update:
             return current
@@ -516,7 +520,7 @@ class StateStore(ABC):
             expect[ATTR_LEASE_OWNER] = owner
         # Cleared attributes stay as empty values (documented as unset): tidying them
         # away would cost a second write, and so a second scheduler run.
-        return new if self._swap(host, handle, expect, update, tidy=False) else None
+        return new if self._swap(Swap(host, expect, update, tidy=False), handle) else None
 
     def acquire_lease(self, host: str, owner: str, ttl: float, now: float | None = None) -> bool:
         """Take or renew the lease; False while another owner's lease is live."""
@@ -535,7 +539,7 @@ class StateStore(ABC):
             if raw.get(ATTR_LEASE_OWNER) != owner:
                 return False
             expect = {k: raw.get(k) for k in LEASE_ATTRS}
-            if self._swap(host, handle, expect, {ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""}):
+            if self._swap(Swap(host, expect, LEASE_CLEARED), handle):
                 return True
         raise StateError("lease kept changing under us", host, ATTR_LEASE_OWNER)
 
@@ -565,9 +569,9 @@ class StateStore(ABC):
             new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
             del new.history[: -self.history_max]
             wanted = _encode(new)
-            wanted.update({ATTR_LEASE_OWNER: "", ATTR_LEASE_EXPIRES: ""})
+            wanted.update(LEASE_CLEARED)
             expect = {k: raw.get(k) for k in ALL_ATTRS}
-            if self._swap(host, handle, expect, _changes(raw, wanted)):
+            if self._swap(Swap(host, expect, _changes(raw, wanted)), handle):
                 return new
         raise StateError("record kept changing under us; try again", host, ATTR_STATE)
 
@@ -589,7 +593,7 @@ class StateStore(ABC):
                     return False
             expect = {k: raw.get(k) for k in LEASE_ATTRS}
             update = {ATTR_LEASE_OWNER: owner, ATTR_LEASE_EXPIRES: f"{t + ttl:.3f}"}
-            if self._swap(host, handle, expect, update):
+            if self._swap(Swap(host, expect, update), handle):
                 return True
             # Lost a race (or our own earlier attempt landed after a timeout): look again.
         return False
@@ -614,20 +618,13 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return {h: dict(raw) for h, raw in self._hosts.items()}
 
-    def _swap(
-        self,
-        host: str,
-        handle: Any,
-        expect: Mapping[str, str | None],
-        update: Mapping[str, str],
-        tidy: bool = True,
-    ) -> bool:
+    def _swap(self, change: Swap, handle: Any) -> bool:
         with self._lock:
-            attrs = self._hosts.setdefault(host, {})
-            for name, value in expect.items():
+            attrs = self._hosts.setdefault(change.host, {})
+            for name, value in change.expect.items():
                 if (attrs.get(name) or "") != (value or ""):
                     return False
-            for name, value in update.items():
+            for name, value in change.update.items():
                 if value == "":
                     attrs.pop(name, None)
                 else:
@@ -783,14 +780,8 @@ class CibStateStore(StateStore):
         nodes = list(root) if root.tag == "xpath-query" else [root]
         return _decode_each({n.get("uname") or "": _node_attrs(n) for n in nodes if n.get("uname")})
 
-    def _swap(
-        self,
-        host: str,
-        handle: Any,
-        expect: Mapping[str, str | None],
-        update: Mapping[str, str],
-        tidy: bool = True,
-    ) -> bool:
+    def _swap(self, change: Swap, handle: Any) -> bool:
+        host, expect, update = change.host, change.expect, change.update
         for name, value in update.items():
             # copy_in_properties() would turn "value++"/"value+=N" into arithmetic.
             if value.startswith("value+"):
@@ -816,7 +807,7 @@ class CibStateStore(StateStore):
             what="write",
         )
         if code == 0:
-            if tidy and any(value == "" for value in update.values()):
+            if change.tidy and any(value == "" for value in update.values()):
                 self._drop_empty(host, layout.node_id)
             return True
         if code == _NO_MATCH_EXIT and _no_match(err):

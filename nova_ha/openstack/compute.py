@@ -51,28 +51,13 @@ def _require(proof: PowerOffConfirmed, host: str | None, what: str) -> None:
 class Nova:
     """Nova's compute API at the newest microversion both sides support."""
 
-    def __init__(
-        self,
-        session: Any,
-        interface: str = "internal",
-        region: str | None = None,
-        timeout: float = 10.0,
-        cap: str = "auto",
-        endpoint_override: str | None = None,
-    ) -> None:
-        self.transport = Transport(
-            session,
-            interface=interface,
-            region=region,
-            timeout=timeout,
-            cap=cap,
-            endpoint_override=endpoint_override,
-        )
-        self.timeout = timeout
-        self.request = self.transport.request
-        self.authenticate = self.transport.authenticate
-        self.microversion = self.transport.microversion
-        self.at_least = self.transport.at_least
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.timeout = transport.timeout
+        self.request = transport.request
+        self.authenticate = transport.authenticate
+        self.microversion = transport.microversion
+        self.at_least = transport.at_least
 
     @classmethod
     def from_params(cls, parsed: params.Parsed) -> Nova:
@@ -85,11 +70,13 @@ class Nova:
         settings["pool_size"] = parsed.settings.evacuation.max_parallel + 4
         session = auth.make_session(settings)
         nova = cls(
-            session,
-            interface=settings["os_interface"],
-            region=settings.get("os_region_name"),
-            timeout=float(settings.get("os_api_timeout") or 10),
-            cap=str(settings.get("os_compute_api_version") or "auto"),
+            Transport(
+                session,
+                interface=settings["os_interface"],
+                region=settings.get("os_region_name"),
+                timeout=float(settings.get("os_api_timeout") or 10),
+                cap=str(settings.get("os_compute_api_version") or "auto"),
+            )
         )
         if openstack.token_cache:
             from nova_ha.openstack.token_cache import TokenCache

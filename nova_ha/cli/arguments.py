@@ -26,6 +26,9 @@ def option(*flags: str, **settings: Any) -> Option:
     return Option(flags, settings)
 
 
+JSON_OUTPUT = option("--json", action="store_true", help="JSON for machines")
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """A subcommand. A cluster command runs with the parameters read from the cluster and the

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from nova_ha.cli.arguments import Command, bounded, option
+from nova_ha.cli.arguments import JSON_OUTPUT, Command, bounded, option
 from nova_ha.cli.context import EXIT_OK, CliError, Context
 from nova_ha.cli.output import escaped, table, use_colour
 from nova_ha.lib.lifecycle import Event
@@ -81,7 +81,7 @@ COMMAND = Command(
     "recorded events, newest first",
     options=(
         option("host", nargs="?", help="only this host (Pacemaker node name)"),
-        option("--json", action="store_true"),
+        JSON_OUTPUT,
         option("-n", "--limit", type=bounded(int, 0, 100000), default=0, help="at most N events"),
     ),
     on_cluster=run,

@@ -16,6 +16,18 @@ POWER_DEVICES = ("fence_nova_evacuate", "fence_ipmilan", "fence_ipmilanplus")
 TOOL_TIMEOUT = 15.0
 
 
+def _tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes] | str:
+    """A Pacemaker tool's run, or why it did not run."""
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return f"{argv[0]} not found"
+    except OSError as err:
+        return f"{argv[0]}: {err.strerror}"
+    except subprocess.TimeoutExpired:
+        return f"{argv[0]} gave no answer within {timeout:g} s"
+
+
 # ---- the CIB's resources ------------------------------------------------------------------------
 
 
@@ -23,16 +35,8 @@ def cib_resources(timeout: float = TOOL_TIMEOUT) -> Any | None:
     """The CIB's resources section (honours CIB_file), or None when it cannot be read."""
     from lxml import etree
 
-    try:
-        done = subprocess.run(
-            ["cibadmin", "--query", "--scope", "resources"],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
+    done = _tool(["cibadmin", "--query", "--scope", "resources"], timeout)
+    if isinstance(done, str) or done.returncode != 0:
         return None
     try:
         return etree.fromstring(done.stdout)
@@ -115,17 +119,9 @@ def bmc_devices(resources: Any) -> dict[str, dict[str, str]]:
 
 def pacemaker_nodes(timeout: float = TOOL_TIMEOUT) -> tuple[dict[str, dict] | None, str]:
     """{node: {state, type, last_fenced}} from crm_mon, or (None, why) when it cannot tell."""
-    try:
-        done = subprocess.run(
-            ["crm_mon", "--output-as=xml", "-1", "--fence-history=2"],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        return None, "crm_mon not found"
-    except subprocess.TimeoutExpired:
-        return None, f"crm_mon gave no answer within {timeout:g} s"
+    done = _tool(["crm_mon", "--output-as=xml", "-1", "--fence-history=2"], timeout)
+    if isinstance(done, str):
+        return None, done
     return parse_crm_mon(done.stdout, done.returncode, done.stderr.decode(errors="replace"))
 
 

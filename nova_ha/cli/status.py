@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from nova_ha.cli import sources
-from nova_ha.cli.arguments import Command, option
+from nova_ha.cli.arguments import JSON_OUTPUT, Command, option
 from nova_ha.cli.context import EXIT_OK, Context
 from nova_ha.cli.output import age, escaped, paint, table, tone_of, use_colour
 from nova_ha.errors import NovaHaError
@@ -322,7 +322,7 @@ COMMAND = Command(
     "status",
     "every compute host: Pacemaker, power, Nova, nova-ha record",
     options=(
-        option("--json", action="store_true", help="JSON for machines"),
+        JSON_OUTPUT,
         option("--no-power", action="store_true", help="do not ask the BMCs"),
     ),
     on_cluster=run,

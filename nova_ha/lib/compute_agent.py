@@ -327,11 +327,4 @@ def _disable_on_stop(request: OcfRequest) -> None:
         LOG.warning("could not disable %s in Nova on stop: %s", host, type(err).__name__)
 
 
-SPEC = ocf_proto.service_agent_spec(
-    params.COMPUTE,
-    timeouts=(600, 120, 30),
-    start=start,
-    stop=stop,
-    monitor=monitor,
-    validate=validate,
-)
+SPEC = ocf_proto.service_agent_spec(params.COMPUTE, (600, 120, 30), start, stop, monitor, validate)

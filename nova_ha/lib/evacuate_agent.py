@@ -251,11 +251,4 @@ def monitor(request: OcfRequest) -> int:
     return ocf_proto.OCF_SUCCESS
 
 
-SPEC = ocf_proto.service_agent_spec(
-    params.EVACUATE,
-    timeouts=(20, 30, 20),
-    start=start,
-    stop=stop,
-    monitor=monitor,
-    validate=validate,
-)
+SPEC = ocf_proto.service_agent_spec(params.EVACUATE, (20, 30, 20), start, stop, monitor, validate)

@@ -61,11 +61,9 @@ Handler = Callable[["FenceRequest"], int]
 
 
 @dataclass
-class FenceRequest:
-    """What one run of the agent was asked: the action and the typed parameters."""
+class FenceRequest(params.Request):
+    """A fence agent's run: with the options the fencing framework keeps for itself."""
 
-    action: str
-    params: params.Parsed
     framework: dict[str, str]
 
     @property

@@ -372,6 +372,14 @@ def compute_start(
     return Decision(RejoinAction.START, f"no evacuation from {host} left running")
 
 
+class RejoinStep(enum.StrEnum):
+    DONE = "done"  # up: the rejoin is over
+    ENABLE = "enable"  # up but disabled by nova-ha: enable it
+    LIFT = "lift"  # lift nova-ha's force-down (the heartbeat is seen)
+    LEAVE = "leave"  # forced down by someone else: not ours to lift
+    WAIT = "wait"  # for the heartbeat
+
+
 @dataclass(frozen=True)
 class ComputeService:
     """Nova's view of the host's nova-compute, as the rejoin reads it."""
@@ -381,14 +389,6 @@ class ComputeService:
     disabled: bool
     disabled_by_nova_ha: bool  # its disabled_reason names nova-ha
     beating: bool  # its heartbeat moved since nova-compute was started
-
-
-class RejoinStep(enum.StrEnum):
-    DONE = "done"  # up: the rejoin is over
-    ENABLE = "enable"  # up but disabled by nova-ha: enable it
-    LIFT = "lift"  # lift nova-ha's force-down (the heartbeat is seen)
-    LEAVE = "leave"  # forced down by someone else: not ours to lift
-    WAIT = "wait"  # for the heartbeat
 
 
 def rejoin_step(svc: ComputeService, fenced_by_nova_ha: bool) -> Decision[RejoinStep]:

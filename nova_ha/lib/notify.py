@@ -405,8 +405,8 @@ class Notifier:
         kind: Event,
         node: str,
         *,
-        host: str | None = None,
         detail: str = "",
+        host: str | None = None,
         summary: Any = None,
         **fields: Any,
     ) -> dict[str, Any] | None:

@@ -56,9 +56,9 @@ class OcfAction:
 
 
 @dataclass
-class OcfRequest:
-    action: str
-    params: params.Parsed
+class OcfRequest(params.Request):
+    """An OCF agent's run: with Pacemaker's environment (meta attributes)."""
+
     env: Mapping[str, str]
 
     @property
@@ -114,7 +114,6 @@ class OcfAgentSpec:
 
 def service_agent_spec(
     name: str,
-    *,
     timeouts: tuple[int, int, int],
     start: Handler,
     stop: Handler,

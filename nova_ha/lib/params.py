@@ -268,6 +268,14 @@ class Parsed:
         return Settings(self)
 
 
+@dataclass
+class Request:
+    """What one run of an agent was asked: the action and the typed parameters."""
+
+    action: str
+    params: Parsed
+
+
 def parse(raw: Mapping[str, str] | Iterable[tuple[str, str]], agent: str) -> Parsed:
     """Canonicalise names, apply defaults, convert types. Never raises for bad input.
 
@@ -900,8 +908,12 @@ class BmcSettings:
 class OpenStackSettings:
     """Keystone and Nova: credentials, endpoint choice, TLS, timeouts."""
 
+    # Where: the cloud entry of clouds.yaml, or Keystone and the endpoint to use.
     cloud: str | None = _setting("os_cloud")
     auth_url: str | None = _setting("os_auth_url")
+    region_name: str | None = _setting("os_region_name")
+    interface: str = _setting("os_interface")
+    # Who: a user and project, or an application credential.
     username: str | None = _setting("os_username")
     password: str | None = _setting("os_password")
     password_script: str | None = _setting("os_password_script")
@@ -910,12 +922,12 @@ class OpenStackSettings:
     project_domain_name: str = _setting("os_project_domain_name")
     application_credential_id: str | None = _setting("os_application_credential_id")
     application_credential_secret: str | None = _setting("os_application_credential_secret")
-    region_name: str | None = _setting("os_region_name")
-    interface: str = _setting("os_interface")
+    # TLS.
     cacert: str | None = _setting("os_cacert")
     cert: str | None = _setting("os_cert")
     key: str | None = _setting("os_key")
     insecure: bool = _setting("os_insecure")
+    # How: each call's timeout, the microversion cap, tokens kept between runs.
     api_timeout: float = _setting("os_api_timeout")
     compute_api_version: str = _setting("os_compute_api_version")
     token_cache: bool = _setting("os_token_cache")
@@ -953,13 +965,14 @@ class NotifySettings:
 class ComputeSettings:
     """NovaCompute: how nova-compute is run, and what start and stop do around it."""
 
+    start_wait: float = _setting("start_wait", zero_is_default=True)
+    check_nova_service: bool = _setting("check_nova_service")
+    disable_on_stop: bool = _setting("disable_on_stop")
+    # How nova-compute is run: its systemd unit, or the three commands.
     systemd_unit: str | None = _setting("systemd_unit")
     start_command: str | None = _setting("start_command")
     stop_command: str | None = _setting("stop_command")
     status_command: str | None = _setting("status_command")
-    start_wait: float = _setting("start_wait", zero_is_default=True)
-    check_nova_service: bool = _setting("check_nova_service")
-    disable_on_stop: bool = _setting("disable_on_stop")
 
 
 class _Group(Generic[_S]):

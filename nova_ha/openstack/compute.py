@@ -141,24 +141,15 @@ class Nova:
             )
             return
         target = {"host": svc.host, "binary": COMPUTE_BINARY}
+        calls: list[tuple[str, dict[str, Any]]] = []
         if forced_down is not None:
-            self.request(
-                "PUT",
-                "/os-services/force-down",
-                deadline,
-                body=dict(target, forced_down=forced_down),
-                parse=False,
-            )
+            calls.append(("force-down", dict(target, forced_down=forced_down)))
         if enable is True:
-            self.request("PUT", "/os-services/enable", deadline, body=target, parse=False)
+            calls.append(("enable", target))
         elif disabled_reason is not None:
-            self.request(
-                "PUT",
-                "/os-services/disable-log-reason",
-                deadline,
-                body=dict(target, disabled_reason=disabled_reason),
-                parse=False,
-            )
+            calls.append(("disable-log-reason", dict(target, disabled_reason=disabled_reason)))
+        for call, body in calls:
+            self.request("PUT", f"/os-services/{call}", deadline, body=body, parse=False)
 
     def hypervisors(self, deadline: Deadline) -> list[Hypervisor]:
         what = "GET /os-hypervisors/detail"

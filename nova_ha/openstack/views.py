@@ -121,6 +121,14 @@ class Migration:
     created_at: str | None = None  # ISO 8601, by Nova's clock
     id: int | None = None
 
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED_MIGRATION
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_MIGRATION
+
     @classmethod
     def from_api(cls, body: Any, what: str) -> Migration:
         migration = _checked(body, _MIGRATION_FIELDS, what, "a migration")
@@ -130,14 +138,6 @@ class Migration:
             created_at=migration.get("created_at"),
             id=migration.get("id"),
         )
-
-    @property
-    def failed(self) -> bool:
-        return self.status in FAILED_MIGRATION
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL_MIGRATION
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .migrations import MigrationsApi
 from .model import NOVA_MAX_VERSION, NOVA_MIN_VERSION
 from .servers import ServersApi
 from .services import ServicesApi
+from .workload import Workload
 from .world import World
 
 __all__ = ["NOVA_MAX_VERSION", "NOVA_MIN_VERSION", "NovaSim"]
@@ -60,6 +61,7 @@ class NovaSim(
     InventoryApi,
     Control,
     Faults,
+    Workload,
     World,
     SimCore,
 ):

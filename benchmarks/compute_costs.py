@@ -39,20 +39,19 @@ HOSTS = ("host1", "host2", "host3")
 SOURCE = "host1"
 
 
+# nova-ha's settings -> the cloud's attribute holding each one
+CREDENTIALS = {
+    "os_auth_url": "auth_url",
+    "os_username": "username",
+    "os_password": "password",
+    "os_project_name": "project_name",
+}
+
+
 def connect(cloud: Any, version: str) -> Nova:
-    parsed = params.parse(
-        {
-            "os_auth_url": cloud.auth_url,
-            "os_username": cloud.username,
-            "os_password": cloud.password,
-            "os_project_name": cloud.project_name,
-            "os_interface": "public",
-            "os_compute_api_version": version,
-            "max_parallel": "32",
-        },
-        params.FENCE,
-    )
-    return Nova.from_params(parsed)
+    settings = {key: getattr(cloud, attr) for key, attr in CREDENTIALS.items()}
+    settings.update(os_interface="public", os_compute_api_version=version, max_parallel="32")
+    return Nova.from_params(params.parse(settings, params.FENCE))
 
 
 def _fan_out(concurrent: bool, calls: list[Any]) -> list[float]:

@@ -25,7 +25,8 @@ to run on a compute host that is not running waits until that host is started
 again, like an RPC message waiting in its queue.
 
 The package: ``core`` (state, HTTP server, engine, routing), ``world`` (lookups and
-record makers), ``workload`` (per-compute work and the scheduler), ``faults`` (injected failures), one module per API (``keystone``,
+record makers), ``workload`` (per-compute work and the scheduler), ``faults`` (injected
+failures), one module per API (``keystone``,
 ``compute`` for the compute API's entry and routes, ``servers``, ``actions``,
 ``services``, ``migrations``, ``inventory`` for images, flavors and hypervisors) and
 ``control`` (the test-control API); ``model`` holds Nova's constants and the records.

@@ -4,7 +4,9 @@ Nova 34 box alike, so the simulator cannot drift from Nova where it matters."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -210,3 +212,94 @@ def test_older_nova_is_negotiated_down_after_a_406():
         assert nova.microversion(Deadline(30)) == "2.60"
         asked = [r["microversion"] for r in older.request_log() if "os-services" in r["path"]]
         assert asked == ["2.104", "2.60"]  # optimistic first, then the negotiated one
+
+
+# -- what decides time to running: landing state, spread, named hosts (issue 13) --------------
+
+
+def _crashed_with(cloud, nova: Nova, count: int, deadline: Deadline) -> list[Server]:
+    """`count` new servers on host1, then host1 crashed and forced down."""
+    ids = cloud.create_servers("host1", count)
+    cloud.crash("host1")
+    nova.force_down(deadline, nova.service(deadline, "host1"), proof.by_bmc("host1", "host1"))
+    return [nova.server(deadline, sid) for sid in ids]
+
+
+def _evacuate(nova: Nova, deadline: Deadline, server: Server, target: str | None = None) -> None:
+    assert nova.evacuate(deadline, server, proof.by_bmc("host1", "host1"), target) is True
+
+
+def _delete(nova: Nova, ids: list[str]) -> None:
+    for server_id in ids:
+        nova.request("DELETE", f"/servers/{server_id}", Deadline(60))
+
+
+@pytest.mark.parametrize(("version", "lands"), [("2.94", "ACTIVE"), ("2.95", "SHUTOFF")])
+def test_landing_state_per_microversion(cloud, version, lands):
+    """Below 2.95 a server lands in its original state; from 2.95 an ACTIVE one lands
+    SHUTOFF. A SHUTOFF server stays SHUTOFF either way."""
+    nova, deadline = _nova(cloud, version), Deadline(300)
+    ids = cloud.create_servers("host1", 2)
+    nova.request("POST", f"/servers/{ids[1]}/action", deadline, body={"os-stop": None})
+    wait_until(lambda: nova.server(deadline, ids[1]).status == "SHUTOFF")
+    try:
+        cloud.crash("host1")
+        nova.force_down(deadline, nova.service(deadline, "host1"), proof.by_bmc("host1", "host1"))
+        for server_id in ids:
+            _evacuate(nova, deadline, nova.server(deadline, server_id))
+        landed = [_terminal(nova, server_id) for server_id in ids]
+        assert [s.status for s in landed] == [lands, "SHUTOFF"]
+        assert all(s.host in ("host2", "host3") for s in landed)
+    finally:
+        _restore(cloud, nova, "host1")
+        _delete(nova, ids)
+
+
+def _load(nova: Nova, deadline: Deadline) -> dict[str, int]:
+    return {h: len(nova.servers_on(deadline, h)) for h in ("host2", "host3")}
+
+
+def test_sequential_evacuations_spread_concurrent_ones_herd(cloud):
+    """The scheduler weighs each compute's own record, which changes only when that compute
+    claims: a request scheduled after the previous server landed goes to the least loaded
+    host; requests scheduled together all pick the same one."""
+    nova, deadline, count = _nova(cloud, "2.94"), Deadline(300), 4
+    servers = _crashed_with(cloud, nova, 2 * count, deadline)
+    try:
+        for server in servers[:count]:
+            before = _load(nova, deadline)
+            _evacuate(nova, deadline, server)
+            chosen = _terminal(nova, server.id).host
+            assert before[chosen] == min(before.values()), (before, chosen)
+        together = servers[count:]
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda s: _evacuate(nova, deadline, s), together))
+        herded = Counter(_terminal(nova, s.id).host for s in together)
+        assert max(herded.values()) >= count - 1, herded
+    finally:
+        _restore(cloud, nova, "host1")
+        _delete(nova, [s.id for s in servers])
+
+
+def test_a_named_host_is_checked_by_the_scheduler(cloud):
+    """`host` without `force` (>= 2.29): accepted and honoured when the host passes the
+    filters. A disabled host is accepted too, then the scheduler finds no valid host: the
+    server goes ERROR on its source and the migration 'error'. An unknown host: 404."""
+    nova, deadline = _nova(cloud), Deadline(300)
+    servers = _crashed_with(cloud, nova, 2, deadline)
+    try:
+        _evacuate(nova, deadline, servers[0], "host3")
+        assert _terminal(nova, servers[0].id).host == "host3"
+        with pytest.raises(NotFound) as unknown:
+            _evacuate(nova, deadline, servers[1], "host9")
+        assert unknown.value.status == 404 and "host9" in str(unknown.value)
+        nova.update_service(deadline, nova.service(deadline, "host2"), disabled_reason="test")
+        _evacuate(nova, deadline, servers[1], "host2")
+        refused = _terminal(nova, servers[1].id)
+        assert (refused.status, refused.host) == ("ERROR", "host1")
+        (migration,) = nova.evacuation_migrations(deadline, server_id=servers[1].id)
+        assert migration.status == "error"
+    finally:
+        nova.update_service(deadline, nova.service(deadline, "host2"), enable=True)
+        _restore(cloud, nova, "host1")
+        _delete(nova, [s.id for s in servers])

@@ -351,7 +351,8 @@ def test_evacuate_after_force_down(sim: NovaSim, version: str, expected: str) ->
     migrations = client.migrations.list(migration_type="evacuation", source_compute="host1")
     assert len(migrations) == 4
     assert {m.status for m in migrations} == {"done"}
-    assert {m.dest_compute for m in migrations} == {"host2", "host3"}  # spread
+    # back to back, all scheduled before the first claim showed: herded onto one host
+    assert len({m.dest_compute for m in migrations}) == 1
 
 
 def test_stopped_server_stays_stopped_and_error_server_becomes_active(sim: NovaSim) -> None:
@@ -731,6 +732,7 @@ def test_testbed_http_control(sim: NovaSim) -> None:
 
 def test_many_servers_parallel_evacuation() -> None:
     with NovaSim(evacuate_delay=0.3) as sim:
+        sim.claim_seconds = sim.rebuild_seconds = 0.0  # the simulator's own throughput
         ids = sim.create_servers("host1", 120)
         sim.force_down("host1")
         sess = password_session(sim)
@@ -757,5 +759,61 @@ def test_many_servers_parallel_evacuation() -> None:
             wait_for(lambda sid=sid: settled(sim, sid))
         assert time.monotonic() - start < 5
         hosts = sim.hosts()
-        assert len(hosts["host2"]["servers"]) == len(hosts["host3"]["servers"]) == 60
+        assert len(hosts["host2"]["servers"]) + len(hosts["host3"]["servers"]) == 120
         assert {sim.server(i)["status"] for i in ids} == {"SHUTOFF"}
+
+
+# --------------------------------------------------------------------------- per-compute work
+
+
+def _evacuate_all(sim: NovaSim, count: int, targets: list[str | None]) -> dict[str, float]:
+    """`count` servers of host1 evacuated back to back (target i % len(targets)); the time
+    each one landed, from the first request."""
+    client = nova(sim, "2.94")
+    ids = sim.create_servers("host1", count)
+    sim.crash("host1")
+    sim.force_down("host1")
+    start = time.monotonic()
+    for i, sid in enumerate(ids):
+        client.servers.evacuate(sid, host=targets[i % len(targets)])
+    landed: dict[str, float] = {}
+
+    def all_landed() -> bool:
+        for sid in ids:
+            if sid not in landed and settled(sim, sid):
+                landed[sid] = time.monotonic() - start
+        return len(landed) == count
+
+    wait_for(all_landed, timeout=20)
+    return landed
+
+
+def test_one_compute_given_all_the_work_finishes_later_than_several() -> None:
+    """Claims are one at a time per compute (its compute_resources lock)."""
+    knobs = {"evacuate_delay": 0.05}
+    with NovaSim(hosts=["host1", "host2", "host3"], **knobs) as sim:
+        sim.claim_seconds, sim.rebuild_seconds = 0.2, 0.05
+        herded = _evacuate_all(sim, 6, [None])
+        assert len({sim.server(s)["host"] for s in herded}) == 1
+    with NovaSim(hosts=["host1", "host2", "host3"], **knobs) as sim:
+        sim.claim_seconds, sim.rebuild_seconds = 0.2, 0.05
+        spread = _evacuate_all(sim, 6, ["host2", "host3"])
+        assert {sim.server(s)["host"] for s in spread} == {"host2", "host3"}
+    assert max(herded.values()) >= 6 * 0.2
+    assert max(spread.values()) < 6 * 0.2 - 0.3
+
+
+def test_compute_slots_bound_the_rebuilds_of_one_compute() -> None:
+    with NovaSim(hosts=["host1", "host2"], evacuate_delay=0.05) as sim:
+        sim.claim_seconds, sim.rebuild_seconds, sim.compute_slots = 0.0, 0.3, {"host2": 1}
+        landed = _evacuate_all(sim, 3, [None])
+        assert sorted(landed.values())[-1] >= 3 * 0.3
+
+
+def test_host_subset_size_spreads_concurrent_requests() -> None:
+    """host_subset_size > 1: a random pick among the best hosts, as Nova's scheduler."""
+    with NovaSim(hosts=["host1", "host2", "host3"], evacuate_delay=0.05, seed=7) as sim:
+        sim.claim_seconds = sim.rebuild_seconds = 0.0
+        sim.host_subset_size = 2
+        landed = _evacuate_all(sim, 8, [None])
+        assert {sim.server(s)["host"] for s in landed} == {"host2", "host3"}

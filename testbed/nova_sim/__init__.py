@@ -25,7 +25,8 @@ to run on a compute host that is not running waits until that host is started
 again, like an RPC message waiting in its queue.
 
 The package: ``core`` (state, HTTP server, engine, routing), ``world`` (lookups and
-record makers), ``faults`` (injected failures), one module per API (``keystone``,
+record makers), ``workload`` (per-compute work and the scheduler), ``faults`` (injected
+failures), one module per API (``keystone``,
 ``compute`` for the compute API's entry and routes, ``servers``, ``actions``,
 ``services``, ``migrations``, ``inventory`` for images, flavors and hypervisors) and
 ``control`` (the test-control API); ``model`` holds Nova's constants and the records.
@@ -45,6 +46,7 @@ from .migrations import MigrationsApi
 from .model import NOVA_MAX_VERSION, NOVA_MIN_VERSION
 from .servers import ServersApi
 from .services import ServicesApi
+from .workload import Workload
 from .world import World
 
 __all__ = ["NOVA_MAX_VERSION", "NOVA_MIN_VERSION", "NovaSim"]
@@ -60,6 +62,7 @@ class NovaSim(
     InventoryApi,
     Control,
     Faults,
+    Workload,
     World,
     SimCore,
 ):
@@ -76,8 +79,13 @@ class NovaSim(
         service_down_time: nova's ``service_down_time``: a crashed host's service is
             "down" once its last heartbeat is older than this.
         report_interval: heartbeat period of running computes.
-        evacuate_delay: seconds from the evacuate call to the terminal state; a float
-            or a callable ``f(server_dict) -> float``.
+        evacuate_delay: seconds from the evacuate call to the rebuild reaching the
+            destination compute (the scheduler runs half-way); a float or a callable
+            ``f(server_dict) -> float``.
+        claim_seconds, rebuild_seconds, start_seconds, compute_slots: per-compute work
+            (a number or a dict host -> number), host_subset_size and
+            shuffle_best_same_weighed_hosts: the scheduler's choice. See README.md
+            (the model, the defaults and their calibration on the real box).
         evacuate_finish_window: if > 0, the server shows vm_state active/task None
             still on the source host for this long before it moves (and, if the
             target state is stopped, before it is powered off), as nova's compute

@@ -31,6 +31,7 @@ from .model import (
     _Request,
     _Response,
 )
+from .workload import REBUILD_SECONDS, START_SECONDS, per_host
 
 
 class ActionsApi:
@@ -159,8 +160,8 @@ class ActionsApi:
             t0 = _now()
             delay = self.evacuate_delay
             total = float(delay(copy.deepcopy(server)) if callable(delay) else delay)
-            self._schedule_at(
-                t0,
+            self._schedule_at(  # the conductor asks the scheduler half-way to the compute
+                t0 + max(total, 0.0) / 2,
                 lambda: self._evac_conductor(
                     sid, mig, host, forced, on_shared, stop_at_end, t0, max(total, 0.0)
                 ),
@@ -180,92 +181,29 @@ class ActionsApi:
         t0: float,
         total: float,
     ) -> None:
-        """ComputeTaskManager.rebuild_instance (evacuate): schedule and claim."""
+        """ComputeTaskManager.rebuild_instance (evacuate): schedule, then the destination's
+        compute claims (its compute_resources lock, one at a time), rebuilds (a work slot)
+        and finishes (workload.py)."""
         server = self._servers.get(sid)
         if server is None or server["deleted"]:
             self._mig_status(mig, "error")
             return
-        source = server["host"]
         if forced:
             assert requested is not None
             dest: str | None = requested if self._has_room(requested) else None
             reason = ""
         else:
-            dest, reason = self._select_host(source, requested)
+            dest, reason = self._select_host(server["host"], requested)
         if dest is None:
             self._mig_status(mig, "error")
             self._touch(server, vm_state=ERROR, task_state=None)
             self._fault(server, f"No valid host was found. {reason}", "nova.exception.NoValidHost")
             return
         self._alloc[dest].add(sid)
+        self._unclaimed.add(sid)  # the scheduler allocated; the compute has not claimed yet
         self._touch(server, availability_zone="nova")
-
-        def fail(message: str) -> None:
-            self._mig_status(mig, "failed")
-            self._alloc[dest].discard(sid)
-            self._touch(server, vm_state=ERROR, task_state=None)
-            self._fault(server, message)
-
-        def still_ours(expected: tuple[str, ...]) -> bool:
-            if server["deleted"]:
-                self._mig_status(mig, "failed")
-                self._alloc[dest].discard(sid)
-                return False
-            if server["task_state"] not in expected:
-                fail(
-                    f"Unexpected task state: expecting {list(expected)} but the actual "
-                    f"state is {server['task_state']}"
-                )
-                return False
-            return True
-
-        def claim() -> None:  # ResourceTracker.rebuild_claim on the destination
-            if not still_ours((REBUILDING,)):
-                return
-            mig.update(dest_compute=dest, dest_node=dest, dest_host="127.0.0.1")
-            self._mig_status(mig, "pre-migrating")
-            if on_shared is not None and on_shared != self.shared_storage:
-                fail("Invalid state of instance files on shared storage")
-                return
-            self._touch(server, power_state=NOSTATE)
-            self._on_compute(dest, max(_now(), t0 + 0.3 * total), bdm)
-
-        def bdm() -> None:
-            if still_ours((REBUILDING,)):
-                self._touch(server, task_state=REBUILD_BDM)
-                self._on_compute(dest, max(_now(), t0 + 0.5 * total), spawning)
-
-        def spawning() -> None:
-            if still_ours((REBUILD_BDM,)):
-                self._touch(server, task_state=REBUILD_SPAWNING)
-                self._on_compute(dest, max(_now(), t0 + total), spawned)
-
-        def spawned() -> None:
-            if not still_ours((REBUILD_SPAWNING,)):
-                return
-            if self._should_fail_evacuation(server):
-                fail("Build of instance evacuation failed: NovaSim injected failure")
-                return
-            self._touch(
-                server, vm_state=ACTIVE, task_state=None, power_state=RUNNING, launched_at=_now()
-            )
-            if self.evacuate_finish_window > 0:
-                self._on_compute(dest, _now() + self.evacuate_finish_window, finish)
-            else:
-                finish()
-
-        def finish() -> None:
-            if server["deleted"]:
-                self._mig_status(mig, "failed")
-                return
-            if stop_at_end:
-                self._touch(server, vm_state=STOPPED, task_state=None, power_state=SHUTDOWN)
-            # ResourceTracker.finish_evacuation
-            self._hosts[dest].guests.add(sid)
-            self._touch(server, host=dest, node=dest)
-            self._mig_status(mig, "done")
-
-        self._on_compute(dest, max(_now(), t0 + 0.1 * total), claim)
+        rebuild = _Rebuild(self, server, mig, dest, on_shared, stop_at_end)
+        self._on_compute(dest, max(_now(), t0 + total), rebuild.claim)
 
     def _action_reset_state(self, req: _Request, sid: str, body: dict[str, Any]) -> _Response:
         schema = {
@@ -341,9 +279,108 @@ class ActionsApi:
             self._check_state(server, "start", (STOPPED,))
             self._touch(server, task_state=POWERING_ON)
 
+            host = server["host"]
+
+            def power_on() -> None:  # the compute got the RPC: a work slot powers it on
+                seconds = float(per_host(self.start_seconds, host, START_SECONDS))
+                self._on_compute(host, self._slot_done_at(host, _now(), seconds), started)
+
             def started() -> None:
                 if server["task_state"] == POWERING_ON and not server["deleted"]:
                     self._touch(server, vm_state=ACTIVE, task_state=None, power_state=RUNNING)
 
-            self._on_compute(server["host"], _now() + self.action_delay, started)
+            self._on_compute(host, _now() + self.action_delay, power_on)
         return self._ok(req, None, status=202)
+
+
+class _Rebuild:
+    """One evacuation on its destination compute (ComputeManager.rebuild_instance): each
+    step runs on the engine thread, under the simulator's lock, when that compute runs."""
+
+    def __init__(
+        self,
+        sim: Any,
+        server: dict[str, Any],
+        mig: dict[str, Any],
+        dest: str,
+        on_shared: bool | None,
+        stop_at_end: bool,
+    ) -> None:
+        self.sim, self.server, self.mig, self.dest = sim, server, mig, dest
+        self.on_shared, self.stop_at_end = on_shared, stop_at_end
+
+    def fail(self, message: str) -> None:
+        self.sim._mig_status(self.mig, "failed")
+        self._release()
+        self.sim._touch(self.server, vm_state=ERROR, task_state=None)
+        self.sim._fault(self.server, message)
+
+    def _release(self) -> None:
+        self.sim._alloc[self.dest].discard(self.server["id"])
+        self.sim._unclaimed.discard(self.server["id"])
+
+    def still_ours(self, expected: tuple[str, ...]) -> bool:
+        if self.server["deleted"]:
+            self.sim._mig_status(self.mig, "failed")
+            self._release()
+            return False
+        if self.server["task_state"] not in expected:
+            self.fail(
+                f"Unexpected task state: expecting {list(expected)} but the actual "
+                f"state is {self.server['task_state']}"
+            )
+            return False
+        return True
+
+    def claim(self) -> None:
+        """ResourceTracker.rebuild_claim: wait for the compute_resources lock, hold it."""
+        if self.still_ours((REBUILDING,)):
+            done = self.sim._claim_done_at(self.dest, _now())
+            self.sim._on_compute(self.dest, done, self.claimed)
+
+    def claimed(self) -> None:
+        if not self.still_ours((REBUILDING,)):
+            return
+        sim, mig = self.sim, self.mig
+        sim._unclaimed.discard(self.server["id"])  # the compute node record shows it now
+        mig.update(dest_compute=self.dest, dest_node=self.dest, dest_host="127.0.0.1")
+        sim._mig_status(mig, "pre-migrating")
+        if self.on_shared is not None and self.on_shared != sim.shared_storage:
+            self.fail("Invalid state of instance files on shared storage")
+            return
+        sim._touch(self.server, power_state=NOSTATE, task_state=REBUILD_BDM)
+        sim._on_compute(self.dest, _now(), self.spawning)
+
+    def spawning(self) -> None:
+        if self.still_ours((REBUILD_BDM,)):
+            self.sim._touch(self.server, task_state=REBUILD_SPAWNING)
+            seconds = float(per_host(self.sim.rebuild_seconds, self.dest, REBUILD_SECONDS))
+            done = self.sim._slot_done_at(self.dest, _now(), seconds)
+            self.sim._on_compute(self.dest, done, self.spawned)
+
+    def spawned(self) -> None:
+        if not self.still_ours((REBUILD_SPAWNING,)):
+            return
+        sim = self.sim
+        if sim._should_fail_evacuation(self.server):
+            self.fail("Build of instance evacuation failed: NovaSim injected failure")
+            return
+        sim._touch(
+            self.server, vm_state=ACTIVE, task_state=None, power_state=RUNNING, launched_at=_now()
+        )
+        if sim.evacuate_finish_window > 0:
+            sim._on_compute(self.dest, _now() + sim.evacuate_finish_window, self.finish)
+        else:
+            self.finish()
+
+    def finish(self) -> None:
+        """ResourceTracker.finish_evacuation: the server moves (and stops, >= 2.95)."""
+        sim, server = self.sim, self.server
+        if server["deleted"]:
+            sim._mig_status(self.mig, "failed")
+            return
+        if self.stop_at_end:
+            sim._touch(server, vm_state=STOPPED, task_state=None, power_state=SHUTDOWN)
+        sim._hosts[self.dest].guests.add(server["id"])
+        sim._touch(server, host=self.dest, node=self.dest)
+        sim._mig_status(self.mig, "done")

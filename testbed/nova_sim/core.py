@@ -181,6 +181,7 @@ class SimCore:
         self.compute_starts: list[tuple[float, str, int]] = []  # (time, host, racing evacs)
         self.max_limit = _MAX_LIMIT  # nova.conf [api] max_limit: the largest page
         self._actions: dict[str, list[dict[str, Any]]] = {}  # server -> instance actions
+        self._start_knobs()  # per-compute work and the scheduler (workload.py)
 
     @property
     def address(self) -> str:

@@ -395,6 +395,10 @@ class _Host:
     last_heartbeat_frozen: float | None = None
     guests: set[str] = field(default_factory=set)
     pending: list[Callable[[], None]] = field(default_factory=list)
+    # per-compute work (workload.py): when its compute_resources lock is next free, and
+    # when each of its busy work slots frees up (a heap, at most compute_slots long)
+    claim_free_at: float = 0.0
+    slots_busy_until: list[float] = field(default_factory=list)
 
 
 @dataclass

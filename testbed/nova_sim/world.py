@@ -184,26 +184,3 @@ class World:
     def _mig_status(mig: dict[str, Any], status: str) -> None:
         mig["status"] = status
         mig["updated_at"] = _now()
-
-    def _select_host(self, source: str | None, requested: str | None) -> tuple[str | None, str]:
-        """Placement + filter scheduler. Returns (host, NoValidHost reason)."""
-        order = list(self._hosts)
-        # placement: room, and not COMPUTE_STATUS_DISABLED
-        candidates = [
-            h
-            for h in order
-            if (requested is None or h == requested)
-            and self._has_room(h)
-            and not self._compute_service(h).disabled
-        ]
-        if not candidates:
-            return None, ""
-        # ComputeFilter (service up) and ignore_hosts=[source]
-        candidates = [
-            h for h in candidates if h != source and self._service_is_up(self._compute_service(h))
-        ]
-        if not candidates:
-            return None, "There are not enough hosts available."
-        # weighers spread: the least loaded host wins
-        best = min(candidates, key=lambda h: (len(self._alloc[h]), order.index(h)))
-        return best, ""

@@ -133,14 +133,19 @@ def _ignore(reason: str) -> Decision[InstanceAction]:
     return Decision(InstanceAction.IGNORE, reason)
 
 
-def _libvirt_says(event: GuestEvent, facts: Facts) -> Decision[InstanceAction] | None:
+def prejudge(event: GuestEvent, recover_guest_shutdown: bool) -> Decision[InstanceAction] | None:
+    """The decision libvirt's word alone makes (no need to ask Nova), or None."""
     if event == GuestEvent.STOPPED_BY_API:
         return _ignore("stopped through libvirt's API (Nova or a user): not a failure")
     if event == GuestEvent.MOVED:
         return _ignore("migrated or saved on purpose: not a failure")
-    if event == GuestEvent.GUEST_SHUTDOWN and not facts.recover_guest_shutdown:
+    if event == GuestEvent.GUEST_SHUTDOWN and not recover_guest_shutdown:
         return _ignore("the guest shut itself down (recover_guest_shutdown=false)")
     return None
+
+
+def _libvirt_says(event: GuestEvent, facts: Facts) -> Decision[InstanceAction] | None:
+    return prejudge(event, facts.recover_guest_shutdown)
 
 
 def _nova_says(event: GuestEvent, facts: Facts) -> Decision[InstanceAction] | None:

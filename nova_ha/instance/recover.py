@@ -15,13 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nova_ha.errors import NovaHaError
 from nova_ha.lib import log
 from nova_ha.openstack.exceptions import Conflict, NotFound, Unavailable
 from nova_ha.openstack.transport import Deadline
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nova_ha.openstack.compute import Nova

@@ -62,6 +62,8 @@ class Sink(Protocol):
 
     def guest_stopped(self, uuid: str) -> None: ...
 
+    def wake(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class Guest:
@@ -89,7 +91,6 @@ class LibvirtWatch:
         self.conn: Any = None
         self.failures = 0  # connection attempts failed in a row
         self.next_try = 0.0
-        self.wake = threading.Event()  # set when the connection closes
         self._agents: dict[tuple[str, int], bool] = {}  # (uuid, domain id): has an agent
 
     # -- the event loop --
@@ -160,7 +161,7 @@ class LibvirtWatch:
 
     def _closed(self, conn: Any, reason: int, opaque: Any) -> None:
         LOG.warning("libvirtd closed the connection (reason %d)", reason)
-        self.wake.set()
+        self.sink.wake()  # the main loop connects again at once
 
     # -- events (libvirt's thread) --
 

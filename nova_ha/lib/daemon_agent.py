@@ -31,12 +31,12 @@ DEFAULT_LOG_DIR = "/var/log/nova-ha"
 class Daemon:
     """One kind of service: its agent's name (the default resource name), what it is called
     in messages, the module run as ``python -m MODULE serve ALIVE_FILE``, the environment it
-    gets, and how old its liveness file may grow (seconds) for a request."""
+    gets for a request, and how old its liveness file may grow (seconds) for a request."""
 
     agent: str
     label: str
     module: str
-    env: Callable[[], dict[str, str]]
+    env: Callable[[OcfRequest], dict[str, str]]
     stale_after: Callable[[OcfRequest], float]
 
 
@@ -140,7 +140,7 @@ def start(daemon: Daemon, request: OcfRequest) -> int:
     }
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.alive)
-    process = _spawn_service(daemon, paths, raw)
+    process = _spawn_service(daemon, request, paths, raw)
     with open(paths.pid, "w") as pid_file:
         pid_file.write(f"{process.pid} {_start_time(process.pid)}\n")
     end = time.monotonic() + max(request.timeout - 3.0, 2.0)
@@ -160,7 +160,9 @@ def start(daemon: Daemon, request: OcfRequest) -> int:
     )
 
 
-def _spawn_service(daemon: Daemon, paths: Paths, raw: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn_service(
+    daemon: Daemon, request: OcfRequest, paths: Paths, raw: dict[str, str]
+) -> subprocess.Popen[bytes]:
     """The service, started with the resource's parameters `raw` on its stdin
     (never on its command line or in its environment) and its output in its log file."""
     fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -175,7 +177,7 @@ def _spawn_service(daemon: Daemon, paths: Paths, raw: dict[str, str]) -> subproc
             close_fds=True,
             cwd="/",
             start_new_session=True,
-            env=daemon.env(),
+            env=daemon.env(request),
         )
     finally:
         os.close(fd)

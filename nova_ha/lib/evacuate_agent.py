@@ -40,7 +40,7 @@ def _stale_after(request: OcfRequest) -> float:
     return max(30.0, 10 * request.params.settings.evacuation.watch_interval)
 
 
-def _service_env() -> dict[str, str]:
+def _service_env(request: OcfRequest) -> dict[str, str]:
     from nova_ha.lib import evacuation_service
 
     return evacuation_service._worker_env()

@@ -144,11 +144,7 @@ DECISIONS = [
 def test_decision_table(event, given, action, words):
     decision = decide.decide(event, given)
     assert decision.action == action
-    assert (
-        words.replace("task ", "task_state ")
-        in decision.reason.replace("Nova's task ", "task_state ")
-        or words in decision.reason
-    )
+    assert words in decision.reason
 
 
 def test_prejudge_needs_no_nova():

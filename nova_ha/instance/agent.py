@@ -49,13 +49,4 @@ def _monitor_env(request: OcfRequest) -> dict[str, str]:
 MONITOR = daemon_agent.Daemon(
     params.INSTANCE, "instance monitor", MODULE, _monitor_env, _stale_after
 )
-_HANDLERS = daemon_agent.handlers(MONITOR)
-
-SPEC = ocf_proto.service_agent_spec(
-    params.INSTANCE,
-    timeouts=(20, 30, 20),
-    start=_HANDLERS["start"],
-    stop=_HANDLERS["stop"],
-    monitor=_HANDLERS["monitor"],
-    validate=validate,
-)
+SPEC = daemon_agent.agent_spec(MONITOR, (20, 30, 20), validate)

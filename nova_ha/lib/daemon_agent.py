@@ -246,10 +246,15 @@ def monitor(daemon: Daemon, request: OcfRequest) -> int:
     return ocf_proto.OCF_SUCCESS
 
 
-def handlers(daemon: Daemon) -> dict[str, ocf_proto.Handler]:
-    """start, stop and monitor of `daemon`, for ocf_proto.service_agent_spec."""
-    return {
-        "start": lambda request: start(daemon, request),
-        "stop": lambda request: stop(daemon, request),
-        "monitor": lambda request: monitor(daemon, request),
-    }
+def agent_spec(
+    daemon: Daemon, timeouts: tuple[int, int, int], validate: ocf_proto.Validator
+) -> ocf_proto.OcfAgentSpec:
+    """The OCF agent of `daemon`: its start, stop and monitor, with `validate`."""
+    return ocf_proto.service_agent_spec(
+        daemon.agent,
+        timeouts=timeouts,
+        start=lambda request: start(daemon, request),
+        stop=lambda request: stop(daemon, request),
+        monitor=lambda request: monitor(daemon, request),
+        validate=validate,
+    )

@@ -49,13 +49,4 @@ def _service_env(request: OcfRequest) -> dict[str, str]:
 SERVICE = daemon_agent.Daemon(
     params.EVACUATE, "evacuation service", SERVICE_MODULE, _service_env, _stale_after
 )
-_HANDLERS = daemon_agent.handlers(SERVICE)
-
-SPEC = ocf_proto.service_agent_spec(
-    params.EVACUATE,
-    timeouts=(20, 30, 20),
-    start=_HANDLERS["start"],
-    stop=_HANDLERS["stop"],
-    monitor=_HANDLERS["monitor"],
-    validate=validate,
-)
+SPEC = daemon_agent.agent_spec(SERVICE, (20, 30, 20), validate)

@@ -25,6 +25,7 @@ setup(
         "agents/fence/fence_nova_evacuate",
         "agents/ocf/NovaCompute",
         "agents/ocf/NovaEvacuate",
+        "agents/ocf/NovaInstanceHA",
     ],
     entry_points={"console_scripts": ["nova-ha = nova_ha.cli:main"]},
 )

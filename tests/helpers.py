@@ -61,6 +61,7 @@ def run_fence(
 
 
 EVACUATE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaEvacuate")
+INSTANCE_AGENT = os.path.join(ROOT, "agents", "ocf", "NovaInstanceHA")
 
 
 def ocf_env(

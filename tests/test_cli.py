@@ -198,6 +198,7 @@ def test_status_table_is_plain_unless_a_terminal(sim_bed, tmp_path):
         "SINCE",
         "LEASE",
         "FOUND/EVAC/FAIL",
+        "RESTARTED",
     ]
     host1 = next(line for line in lines if line.startswith("host1"))
     assert "down, forced down, disabled by nova-ha" in host1 and " evacuated " in host1

@@ -108,6 +108,9 @@ def test_values_are_what_the_cib_and_the_notifications_hold() -> None:
         "evacuation_blocked",
         "rejoined",
         "reset",
+        "instance_failed",
+        "instance_recovered",
+        "instance_recovery_failed",
     ]
     assert lifecycle.POWERED_OFF == {FENCED, EVACUATING, EVACUATED, FAILED}
 

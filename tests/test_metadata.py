@@ -1,4 +1,4 @@
-"""Both agents' metadata: valid against the schemas Debian ships, as Pacemaker asks for it."""
+"""The agents' metadata: valid against the schemas Debian ships, as Pacemaker asks for it."""
 
 import os
 import re
@@ -10,7 +10,14 @@ from lxml import etree
 
 from nova_ha.lib import params
 from testbed.util import need
-from tests.helpers import COMPUTE_AGENT, EVACUATE_AGENT, PYTHON, run_fence, run_ocf
+from tests.helpers import (
+    COMPUTE_AGENT,
+    EVACUATE_AGENT,
+    INSTANCE_AGENT,
+    PYTHON,
+    run_fence,
+    run_ocf,
+)
 
 FENCE_RNG = "/usr/share/cluster/relaxng/metadata.rng"
 OCF_RNG = "/usr/share/resource-agents/metadata.rng"
@@ -36,7 +43,7 @@ def fence_metadata() -> etree._Element:
     return _xml(done.stdout)
 
 
-@pytest.fixture(scope="module", params=[COMPUTE_AGENT, EVACUATE_AGENT])
+@pytest.fixture(scope="module", params=[COMPUTE_AGENT, EVACUATE_AGENT, INSTANCE_AGENT])
 def ocf_metadata(request) -> etree._Element:
     done = run_ocf(request.param, "meta-data", user="hacluster")
     assert done.returncode == 0, done.stderr
@@ -128,6 +135,8 @@ def _modules_loaded(argv: list[str], stdin: str = "") -> str:
         ),
         (["agents/ocf/NovaCompute", "meta-data"], ""),
         (["agents/ocf/NovaEvacuate", "meta-data"], ""),
+        (["agents/ocf/NovaInstanceHA", "meta-data"], ""),
+        (["agents/ocf/NovaInstanceHA", "validate-all"], ""),
     ],
 )
 def test_no_heavy_import_for_metadata_help_validate(argv, stdin):

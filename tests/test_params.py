@@ -215,6 +215,7 @@ SETTINGS_GROUPS = (
     params.EvacuationSettings,
     params.NotifySettings,
     params.ComputeSettings,
+    params.InstanceSettings,
 )
 GROUP_OF = {
     params.HostNaming: "naming",
@@ -223,6 +224,7 @@ GROUP_OF = {
     params.EvacuationSettings: "evacuation",
     params.NotifySettings: "notify",
     params.ComputeSettings: "compute",
+    params.InstanceSettings: "instance",
 }
 
 

@@ -114,10 +114,10 @@ def _service_pid(env: dict) -> int | None:
 
 def _service_processes(env: dict) -> list[int]:
     """The PIDs of the evacuation service's process group (service and workers)."""
-    from nova_ha.lib import evacuate_agent
+    from nova_ha.lib import daemon_agent
 
     pid = _service_pid(env)
-    return evacuate_agent._group_members(pid) if pid else []
+    return daemon_agent._group_members(pid) if pid else []
 
 
 def test_record_mode_then_novaevacuate_then_rejoin(sim_bed):

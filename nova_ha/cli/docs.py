@@ -23,7 +23,11 @@ PARAMS = Command(
     "params",
     "print an agent's parameters as a Markdown table",
     options=(
-        option("agent", nargs="?", choices=[params.FENCE, params.COMPUTE, params.EVACUATE]),
+        option(
+            "agent",
+            nargs="?",
+            choices=[params.FENCE, params.COMPUTE, params.EVACUATE, params.INSTANCE],
+        ),
         option("--all", action="store_true", help="the whole docs/parameters.md page"),
     ),
     local=run_params,

@@ -20,6 +20,9 @@ _TONES: dict[str, str] = {
     Event.EVACUATION_FINISHED: "green",
     Event.REJOINED: "green",
     Event.RESET: "yellow",
+    Event.INSTANCE_FAILED: "yellow",
+    Event.INSTANCE_RECOVERED: "green",
+    Event.INSTANCE_RECOVERY_FAILED: "red",
 }
 
 

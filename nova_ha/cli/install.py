@@ -15,6 +15,7 @@ AGENTS = {  # agent -> (folder in a source checkout, default destination directo
     "fence_nova_evacuate": ("fence", FENCE_DIR),
     "NovaCompute": ("ocf", OCF_DIR),
     "NovaEvacuate": ("ocf", OCF_DIR),
+    "NovaInstanceHA": ("ocf", OCF_DIR),
 }
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

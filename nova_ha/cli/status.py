@@ -185,6 +185,7 @@ def _record_fields(
             "evacuated": rec.evacuated,
             "failed": rec.failed,
             "mode": rec.mode,
+            "instance_recoveries": rec.instance_recoveries,
         }
     }
     verdict = guard.check(records, evacuation, node, total_hosts=total)
@@ -204,7 +205,7 @@ def render_status(data: dict[str, Any], colour: bool, now: float | None = None) 
     header = (
         ["NODE", "PACEMAKER"]
         + (["POWER"] if with_power else [])
-        + ["NOVA", "SERVERS", "NOVA-HA", "SINCE", "LEASE", "FOUND/EVAC/FAIL"]
+        + ["NOVA", "SERVERS", "NOVA-HA", "SINCE", "LEASE", "FOUND/EVAC/FAIL", "RESTARTED"]
     )
     lines = [_status_line(row, with_power, now) for row in rows]
     out = (
@@ -249,6 +250,7 @@ def _status_line(
             None,
             "yellow" if rec.get("lease_live") else None,
             "red" if rec.get("failed") else None,
+            None,
         ]
     )
     return cells, tones
@@ -288,7 +290,8 @@ def _servers_cell(servers: dict[str, Any] | None) -> str:
 
 
 def _record_cells(rec: dict[str, Any], held: bool, now: float) -> list[str]:
-    """NOVA-HA, SINCE, LEASE and FOUND/EVAC/FAIL."""
+    """NOVA-HA, SINCE, LEASE, FOUND/EVAC/FAIL and RESTARTED (guests the instance monitor
+    restarted on the host)."""
     since = rec.get("since")
     lease = "-"
     if rec.get("lease_owner"):
@@ -303,6 +306,7 @@ def _record_cells(rec: dict[str, Any], held: bool, now: float) -> list[str]:
         f"{since} ({age(since, now)})" if since else "-",
         lease,
         counts,
+        str(rec.get("instance_recoveries") or "-"),
     ]
 
 

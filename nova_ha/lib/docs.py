@@ -160,6 +160,6 @@ def parameters_page() -> str:
         "Generated from `nova_ha/lib/params.py` by `nova-ha params --all`; do not edit.",
         "",
     ]
-    for agent in (params.FENCE, params.COMPUTE, params.EVACUATE):
+    for agent in (params.FENCE, params.COMPUTE, params.EVACUATE, params.INSTANCE):
         parts += [f"## {agent}", "", markdown_table(agent), ""]
     return "\n".join(parts)

@@ -57,6 +57,11 @@ class Event(enum.StrEnum):
     EVACUATION_BLOCKED = "evacuation_blocked"  # the mass-failure guard
     REJOINED = "rejoined"
     RESET = "reset"
+    # A guest of a healthy host (instance HA): recorded in the host's history without
+    # changing the host's state (StateStore.note).
+    INSTANCE_FAILED = "instance_failed"
+    INSTANCE_RECOVERED = "instance_recovered"
+    INSTANCE_RECOVERY_FAILED = "instance_recovery_failed"
 
 
 TRANSITIONS: dict[HostState, frozenset[HostState]] = {
@@ -80,7 +85,14 @@ INCIDENT = frozenset({HostState.FENCED, HostState.EVACUATING, HostState.FAILED})
 # Where an automatic runner would *start* evacuating, so where the mass-failure guard holds
 # (a host 'evacuating' under a dead lease was started before the wave was seen: resumed).
 AUTOMATIC_STARTS = frozenset({HostState.FENCED, HostState.FAILED})
-WARNING_EVENTS = frozenset({Event.EVACUATION_FAILED, Event.EVACUATION_BLOCKED})
+WARNING_EVENTS = frozenset(
+    {
+        Event.EVACUATION_FAILED,
+        Event.EVACUATION_BLOCKED,
+        Event.INSTANCE_FAILED,
+        Event.INSTANCE_RECOVERY_FAILED,
+    }
+)
 
 FAILED_RETRY_AFTER = 120.0  # a host whose evacuation failed is tried again after this
 

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 FENCE = "fence_nova_evacuate"
 COMPUTE = "NovaCompute"
 EVACUATE = "NovaEvacuate"
+INSTANCE = "NovaInstanceHA"
 CLI = "nova-ha"
 
-_OPENSTACK = frozenset({FENCE, COMPUTE, EVACUATE, CLI})
+_OPENSTACK = frozenset({FENCE, COMPUTE, EVACUATE, INSTANCE, CLI})
 _EVACUATION = frozenset({FENCE, EVACUATE, CLI})
 _FENCE_ONLY = frozenset({FENCE})
 _COMPUTE_ONLY = frozenset({COMPUTE})
@@ -88,6 +89,9 @@ _AGENT_SETS = {
     "fence": _FENCE_ONLY,
     "compute": _COMPUTE_ONLY,
     "evacuate": frozenset({EVACUATE}),
+    # Which servers are chosen: the same for evacuating them and for restarting them.
+    "chosen": _EVACUATION | {INSTANCE},
+    "instance": frozenset({INSTANCE}),
 }
 
 
@@ -975,6 +979,24 @@ class ComputeSettings:
     status_command: str | None = _setting("status_command")
 
 
+@dataclass(frozen=True)
+class InstanceSettings:
+    """NovaInstanceHA's monitor: where libvirt is, the heartbeat, the crash-loop cap, the
+    recovery's bounds and its journal."""
+
+    libvirt_uri: str = _setting("libvirt_uri")
+    heartbeat: bool = _setting("heartbeat")
+    heartbeat_interval: float = _setting("heartbeat_interval")
+    heartbeat_timeout: float = _setting("heartbeat_timeout")
+    heartbeat_threshold: int = _setting("heartbeat_threshold", int)
+    recover_guest_shutdown: bool = _setting("recover_guest_shutdown")
+    max_restarts: int = _setting("max_restarts", int)
+    restart_window: float = _setting("restart_window")
+    recovery_timeout: float = _setting("recovery_timeout")
+    retry_window: float = _setting("recovery_retry_window")
+    state_dir: str = _setting("state_dir")
+
+
 class _Group(Generic[_S]):
     """A group of Settings, built from the table on first use and then kept: like
     cached_property, the value lands in the instance's __dict__, which wins from then on."""
@@ -1000,6 +1022,7 @@ class Settings:
     evacuation = _Group(EvacuationSettings)
     notify = _Group(NotifySettings)
     compute = _Group(ComputeSettings)
+    instance = _Group(InstanceSettings)
 
     def __init__(self, parsed: Parsed) -> None:
         self._parsed = parsed

@@ -28,6 +28,8 @@ attribute                  value
 ``nova-ha-failed``         servers whose evacuation failed (integer >= 0)
 ``nova-ha-mode``           evacuation mode asked: ``all``, ``tagged``, ``none`` or ``record``
 ``nova-ha-service-host``   Nova service host name, set only when it differs from the node name
+``nova-ha-instance-recoveries``  guests of the host restarted by the instance monitor
+                           (integer >= 0; kept across incidents and resets)
 ``nova-ha-history``        last 20 events, oldest first, as compact JSON:
                            ``[["2026-11-22T14:03:00Z","fenced","by c1"], ...]``; event names:
                            ``lifecycle.Event``
@@ -77,6 +79,7 @@ ATTR_FAILED = PREFIX + "failed"
 ATTR_MODE = PREFIX + "mode"
 ATTR_SERVICE_HOST = PREFIX + "service-host"
 ATTR_HISTORY = PREFIX + "history"
+ATTR_INSTANCE_RECOVERIES = PREFIX + "instance-recoveries"
 
 # Attributes of the record proper; the lease is kept apart so that renewing a lease never
 # conflicts with a record update.
@@ -89,6 +92,7 @@ RECORD_ATTRS = (
     ATTR_MODE,
     ATTR_SERVICE_HOST,
     ATTR_HISTORY,
+    ATTR_INSTANCE_RECOVERIES,
 )
 LEASE_ATTRS = (ATTR_LEASE_OWNER, ATTR_LEASE_EXPIRES)
 ALL_ATTRS = RECORD_ATTRS + LEASE_ATTRS
@@ -144,6 +148,7 @@ class HostRecord:
     mode: str | None = None
     service_host: str | None = None
     history: list[HistoryEntry] = field(default_factory=list)
+    instance_recoveries: int = 0
 
     def lease_live(self, now: float | None = None, skew: float = DEFAULT_SKEW) -> bool:
         """True while the lease may still be in use, seen from a host whose clock says `now`."""
@@ -196,6 +201,7 @@ def _decode(host: str, raw: Mapping[str, str]) -> HostRecord:
         mode=mode,
         service_host=text(ATTR_SERVICE_HOST),
         history=_decode_history(host, text(ATTR_HISTORY)),
+        instance_recoveries=count(ATTR_INSTANCE_RECOVERIES),
     )
 
 
@@ -255,6 +261,9 @@ def _encode(record: HostRecord) -> dict[str, str]:
         ATTR_SERVICE_HOST: record.service_host or "",
         # ASCII-only JSON: safe on any command line and in an XPath literal.
         ATTR_HISTORY: json.dumps(history, separators=(",", ":")) if history else "",
+        ATTR_INSTANCE_RECOVERIES: str(record.instance_recoveries)
+        if record.instance_recoveries
+        else "",
     }
 
 
@@ -559,12 +568,14 @@ class StateStore(ABC):
             service_host = raw.get(ATTR_SERVICE_HOST) or None
             if service_host is not None and not _NAME_RE.match(service_host):
                 service_host = None
+            recoveries = raw.get(ATTR_INSTANCE_RECOVERIES) or ""
             new = HostRecord(
                 host=host,
                 state=HostState.OK,
                 since=stamp,
                 service_host=service_host,
                 history=history,
+                instance_recoveries=int(recoveries) if recoveries.isdigit() else 0,
             )
             new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
             del new.history[: -self.history_max]
@@ -574,6 +585,34 @@ class StateStore(ABC):
             if self._swap(Swap(host, expect, _changes(raw, wanted)), handle):
                 return new
         raise StateError("record kept changing under us; try again", host, ATTR_STATE)
+
+    def note(
+        self,
+        host: str,
+        event: Event,
+        detail: str = "",
+        *,
+        recovered: bool = False,
+        now: float | None = None,
+    ) -> HostRecord:
+        """Add `event` to the host's history without changing its state or lease (a
+        guest's outcome on a healthy host); `recovered`: one more instance recovery. One
+        write, compare-and-swap like every other."""
+        _check_host(host)
+        if not isinstance(event, Event):
+            raise StateError(f"unknown event {event!r} (not an Event)", host, ATTR_HISTORY)
+        entry = HistoryEntry(clock.iso_utc(_now(now)), event, detail[:DETAIL_MAX])
+        for _ in range(CAS_ROUNDS):
+            raw, handle = self._read(host)
+            new = _decode(host, raw)
+            new.history.append(entry)
+            del new.history[: -self.history_max]
+            new.instance_recoveries += 1 if recovered else 0
+            expect = {k: raw.get(k) for k in RECORD_ATTRS}
+            update = _changes(raw, _encode(new))
+            if self._swap(Swap(host, expect, update, tidy=False), handle):
+                return new
+        raise StateError("record kept changing under us; try again", host, ATTR_HISTORY)
 
     # -- helpers -----------------------------------------------------------------------------
 

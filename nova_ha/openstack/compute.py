@@ -298,12 +298,21 @@ class Nova:
         return [action.get("action") or "" for action in actions]
 
     def start_server(self, deadline: Deadline, server_id: str) -> None:
-        """Start a server Nova landed stopped on its new host (from 2.95)."""
+        """Start a stopped server: one Nova landed stopped on its new host (from 2.95), or
+        one the instance monitor stopped after its guest failed."""
+        self._power_action(deadline, server_id, "os-start")
+
+    def stop_server(self, deadline: Deadline, server_id: str) -> None:
+        """Stop a server whose guest failed on a healthy host (instance HA): Nova powers
+        off what is left of the guest and shows it SHUTOFF."""
+        self._power_action(deadline, server_id, "os-stop")
+
+    def _power_action(self, deadline: Deadline, server_id: str, action: str) -> None:
         self.request(
             "POST",
             f"/servers/{quote_id(server_id)}/action",
             deadline,
-            body={"os-start": None},
+            body={action: None},
             parse=False,
         )
 

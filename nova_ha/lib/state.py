@@ -60,7 +60,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -489,11 +489,9 @@ class StateStore(ABC):
             host, state, event, detail, found, evacuated, failed, mode, service_host, now
         )
         _check_lease_args(host, owner, grant, release)
-        for _ in range(CAS_ROUNDS):
-            written = self._mark_once(host, change, owner, grant, release, now)
-            if written is not None:
-                return written
-        raise StateError("record kept changing under us; try again", host, ATTR_STATE)
+        return self._until_swapped(
+            host, ATTR_STATE, lambda: self._mark_once(host, change, owner, grant, release, now)
+        )
 
     def _mark_once(
         self,
@@ -559,32 +557,32 @@ class StateStore(ABC):
         """
         _check_host(host)
         stamp = clock.iso_utc(_now(now))
-        for _ in range(CAS_ROUNDS):
-            raw, handle = self._read(host)
-            try:
-                history = _decode_history(host, raw.get(ATTR_HISTORY) or None)
-            except StateError:
-                history = [HistoryEntry(stamp, Event.RESET, "unreadable history discarded")]
-            service_host = raw.get(ATTR_SERVICE_HOST) or None
-            if service_host is not None and not _NAME_RE.match(service_host):
-                service_host = None
-            recoveries = raw.get(ATTR_INSTANCE_RECOVERIES) or ""
-            new = HostRecord(
-                host=host,
-                state=HostState.OK,
-                since=stamp,
-                service_host=service_host,
-                history=history,
-                instance_recoveries=int(recoveries) if recoveries.isdigit() else 0,
-            )
-            new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
-            del new.history[: -self.history_max]
-            wanted = _encode(new)
-            wanted.update(LEASE_CLEARED)
-            expect = {k: raw.get(k) for k in ALL_ATTRS}
-            if self._swap(Swap(host, expect, _changes(raw, wanted)), handle):
-                return new
-        raise StateError("record kept changing under us; try again", host, ATTR_STATE)
+        return self._until_swapped(host, ATTR_STATE, lambda: self._reset_once(host, note, stamp))
+
+    def _reset_once(self, host: str, note: str, stamp: str) -> HostRecord | None:
+        raw, handle = self._read(host)
+        try:
+            history = _decode_history(host, raw.get(ATTR_HISTORY) or None)
+        except StateError:
+            history = [HistoryEntry(stamp, Event.RESET, "unreadable history discarded")]
+        service_host = raw.get(ATTR_SERVICE_HOST) or None
+        if service_host is not None and not _NAME_RE.match(service_host):
+            service_host = None
+        recoveries = raw.get(ATTR_INSTANCE_RECOVERIES) or ""
+        new = HostRecord(
+            host=host,
+            state=HostState.OK,
+            since=stamp,
+            service_host=service_host,
+            history=history,
+            instance_recoveries=int(recoveries) if recoveries.isdigit() else 0,
+        )
+        new.history.append(HistoryEntry(stamp, Event.RESET, note[:DETAIL_MAX]))
+        del new.history[: -self.history_max]
+        wanted = _encode(new)
+        wanted.update(LEASE_CLEARED)
+        expect = {k: raw.get(k) for k in ALL_ATTRS}
+        return new if self._swap(Swap(host, expect, _changes(raw, wanted)), handle) else None
 
     def note(
         self,
@@ -602,19 +600,32 @@ class StateStore(ABC):
         if not isinstance(event, Event):
             raise StateError(f"unknown event {event!r} (not an Event)", host, ATTR_HISTORY)
         entry = HistoryEntry(clock.iso_utc(_now(now)), event, detail[:DETAIL_MAX])
-        for _ in range(CAS_ROUNDS):
-            raw, handle = self._read(host)
-            new = _decode(host, raw)
-            new.history.append(entry)
-            del new.history[: -self.history_max]
-            new.instance_recoveries += 1 if recovered else 0
-            expect = {k: raw.get(k) for k in RECORD_ATTRS}
-            update = _changes(raw, _encode(new))
-            if self._swap(Swap(host, expect, update, tidy=False), handle):
-                return new
-        raise StateError("record kept changing under us; try again", host, ATTR_HISTORY)
+        return self._until_swapped(
+            host, ATTR_HISTORY, lambda: self._note_once(host, entry, recovered)
+        )
+
+    def _note_once(self, host: str, entry: HistoryEntry, recovered: bool) -> HostRecord | None:
+        raw, handle = self._read(host)
+        new = _decode(host, raw)
+        new.history.append(entry)
+        del new.history[: -self.history_max]
+        new.instance_recoveries += 1 if recovered else 0
+        expect = {k: raw.get(k) for k in RECORD_ATTRS}
+        update = _changes(raw, _encode(new))
+        return new if self._swap(Swap(host, expect, update, tidy=False), handle) else None
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _until_swapped(
+        self, host: str, attr: str, attempt: Callable[[], HostRecord | None]
+    ) -> HostRecord:
+        """One compare-and-swap `attempt` after another (a lost race reads anew), until one
+        lands: at most CAS_ROUNDS."""
+        for _ in range(CAS_ROUNDS):
+            written = attempt()
+            if written is not None:
+                return written
+        raise StateError("record kept changing under us; try again", host, attr)
 
     def _set_lease(self, host: str, owner: str, ttl: float, now: float | None, take: bool) -> bool:
         _check_host(host)

@@ -24,12 +24,16 @@ DELAYS_FILE = "delays.json"
 DELAY_KINDS = ("spawn", "power_on")
 
 
-def install_fakes(conf: Any) -> Any:
+def install_fakes() -> Any:
     """Nova's fake Glance (with the box's evacuable image), Neutron and Cinder, in this
     process. Returns the Glance fake (its ``images`` dict)."""
+    from nova import monkey_patch
+
+    monkey_patch.patch(backend="threading")  # before anything imports eventlet
+    import nova.conf
     from nova.tests import fixtures as nova_fixtures
 
-    harness = box_server._Harness(conf)
+    harness = box_server._Harness(nova.conf.CONF)
     glance = harness.useFixture(nova_fixtures.GlanceFixture(harness))
     image = dict(nova_fixtures.GlanceFixture.image1)
     image.update(

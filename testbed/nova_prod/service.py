@@ -32,11 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv[:split])
     module = importlib.import_module(MAINS[args.binary])  # nova's monkey_patch runs here
 
-    import nova.conf
-
     from testbed.nova_prod import fakes
 
-    fakes.install_fakes(nova.conf.CONF)
+    fakes.install_fakes()
     if args.binary == "nova-compute":
         fakes.slow_fake_driver(args.state_dir, args.host)
     sys.argv = [args.binary] + argv[split + 1 :]

@@ -9,14 +9,15 @@ one uwsgi or mod_wsgi would load), after the bed's fakes for Glance/Neutron/Cind
 from __future__ import annotations
 
 import os
+import sys
 
+# Nova parses sys.argv as its own command line: gunicorn's is not.
+sys.argv = ["nova-api"]
 os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")  # native threads
-
-import nova.conf  # noqa: E402
 
 from testbed.nova_prod import fakes  # noqa: E402
 
-fakes.install_fakes(nova.conf.CONF)
+fakes.install_fakes()
 
 from nova.wsgi import osapi_compute  # noqa: E402
 

@@ -48,7 +48,8 @@ class MariaDB:
                 capture_output=True,
                 timeout=120,
             )
-        self.child = Child("mariadb", self._command(), self.state_dir)
+        env = dict(os.environ, HOME=self.dir)  # the bed's own, as every process of it
+        self.child = Child("mariadb", self._command(), self.state_dir, env)
         wait_for("MariaDB", lambda: port_open(self.port), 60, self.child)
         self._create(databases)
 

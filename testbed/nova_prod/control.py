@@ -62,14 +62,16 @@ class NovaClient:
         return len(data["hypervisors"]) if status == 200 else 0
 
     def wait_compute_up(self, host: str, since: float, timeout: float = 180) -> None:
-        """Until the API shows ``host``'s nova-compute up with a heartbeat after ``since``."""
+        """Until the API shows a heartbeat of ``host``'s nova-compute after ``since`` (and
+        the service up, unless it is forced down: then the API says down whatever it does)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, data = self.call("GET", f"/os-services?binary=nova-compute&host={host}")
             for svc in (data or {}).get("services", []) if status == 200 else []:
                 beat = svc.get("updated_at")
                 beat_t = beat and datetime.fromisoformat(beat).replace(tzinfo=UTC).timestamp()
-                if svc["state"] == "up" and beat_t and beat_t >= since - 1:
+                alive = svc["state"] == "up" or svc.get("forced_down")
+                if alive and beat_t and beat_t >= since - 1:
                     return
             time.sleep(0.3)
         raise BedError(f"nova-compute on {host} not up after {timeout:.0f}s", 500)

@@ -96,3 +96,24 @@ def slow_fake_driver(state_dir: str, host: str) -> None:
 
     fake.FakeDriver.spawn = delayed("spawn", fake.FakeDriver.spawn)
     fake.FakeDriver.power_on = delayed("power_on", fake.FakeDriver.power_on)
+
+
+def fixed_node_identity(state_dir: str, host: str) -> str:
+    """The same compute node UUID in every life of ``host``'s nova-compute.
+
+    FakeDriver names its node's UUID with a per-process random sentinel, and writes no
+    node identity file (``compute_id``): a restarted compute would report a new node, or
+    refuse to start. Here the UUID follows from the host name and is written where Nova
+    looks for it (the compute's state_path), as a real driver's first start would.
+    """
+    import uuid
+
+    from oslo_utils.fixture import uuidsentinel
+
+    node_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{host}.nova-prod.invalid"))
+    uuidsentinel._sentinels[f"node_{host}"] = node_uuid
+    path = os.path.join(state_dir, "hosts", host, "state", "compute_id")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(node_uuid)
+    return node_uuid

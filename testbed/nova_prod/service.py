@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fakes.install_fakes()
     if args.binary == "nova-compute":
+        fakes.fixed_node_identity(args.state_dir, args.host)
         fakes.slow_fake_driver(args.state_dir, args.host)
     sys.argv = [args.binary] + argv[split + 1 :]
     module.main()

@@ -84,7 +84,9 @@ class MariaDB:
                     f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY %s",
                     (self.password,),
                 )
-                cur.execute(f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (self.password,))
+                cur.execute(
+                    f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (self.password,)
+                )
                 cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'127.0.0.1'")
             conn.commit()
         finally:

@@ -161,7 +161,9 @@ class Bed:
         with futures.ThreadPoolExecutor(2) as pool:
             placement = pool.submit(self.manage, "db", "sync", placement=True)
             self.manage("api_db", "sync")
-            self.manage("cell_v2", "map_cell0", "--database_connection", self.mariadb.url("nova_cell0"))
+            self.manage(
+                "cell_v2", "map_cell0", "--database_connection", self.mariadb.url("nova_cell0")
+            )
             self.manage("cell_v2", "create_cell", "--name", "cell1")
             self.manage("db", "sync")
             placement.result()

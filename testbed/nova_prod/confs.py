@@ -165,7 +165,11 @@ def placement_command(bed: Any) -> list[str]:
 
 def api_command(bed: Any) -> list[str]:
     return _gunicorn(
-        bed, "nova-api", bed.api_port, bed.args.api_workers, "testbed.nova_prod.wsgi_api:application"
+        bed,
+        "nova-api",
+        bed.api_port,
+        bed.args.api_workers,
+        "testbed.nova_prod.wsgi_api:application",
     )
 
 

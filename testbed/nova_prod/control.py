@@ -61,7 +61,7 @@ class NovaClient:
         status, data = self.call("GET", "/os-hypervisors")
         return len(data["hypervisors"]) if status == 200 else 0
 
-    def wait_compute_up(self, host: str, since: float, timeout: float = 180) -> None:
+    def wait_compute_up(self, host: str, since: float, timeout: float = 100) -> None:
         """Until the API shows a heartbeat of ``host``'s nova-compute after ``since`` (and
         the service up, unless it is forced down: then the API says down whatever it does)."""
         deadline = time.monotonic() + timeout
@@ -109,7 +109,9 @@ class NovaClient:
         images = {None: box_server.IMAGE_DEFAULT, "default": box_server.IMAGE_DEFAULT}
         server = {
             "name": options.get("name_prefix", "vm"),
-            "imageRef": images.get(image, box_server.IMAGE_EVACUABLE if image == "evacuable" else image),
+            "imageRef": images.get(
+                image, box_server.IMAGE_EVACUABLE if image == "evacuable" else image
+            ),
             "flavorRef": flavor,
             "networks": "none",
             "availability_zone": f"nova:{host}",
@@ -132,9 +134,11 @@ class NovaClient:
             errors = [s["id"] for s in servers if s["status"] == "ERROR"]
             if errors:
                 raise BedError(f"servers went to ERROR: {errors}", 500)
-            done = [s for s in servers if s["status"] == "ACTIVE" and not s["OS-EXT-STS:task_state"]]
+            done = [
+                s for s in servers if s["status"] == "ACTIVE" and not s["OS-EXT-STS:task_state"]
+            ]
             if len(servers) == count and (not wait or len(done) == count):
-                ordered = sorted(servers, key=lambda s: (s.get("OS-EXT-SRV-ATTR:launch_index") or 0))
+                ordered = sorted(servers, key=lambda s: s.get("OS-EXT-SRV-ATTR:launch_index") or 0)
                 return [s["id"] for s in ordered]
             if time.monotonic() > deadline:
                 raise BedError(f"timeout waiting for {count} servers ({len(done)} ACTIVE)", 500)

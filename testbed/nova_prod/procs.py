@@ -33,9 +33,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, child: Child 
         if check():
             return
         if child is not None and child.proc.poll() is not None:
-            raise RuntimeError(f"{what}: {child.name} exited ({child.proc.returncode})\n{child.tail()}")
+            raise RuntimeError(
+                f"{what}: {child.name} exited ({child.proc.returncode})\n{child.tail()}"
+            )
         time.sleep(0.1)
-    raise RuntimeError(f"{what}: not ready after {timeout:.0f}s" + (f"\n{child.tail()}" if child else ""))
+    raise RuntimeError(
+        f"{what}: not ready after {timeout:.0f}s" + (f"\n{child.tail()}" if child else "")
+    )
 
 
 class Child:

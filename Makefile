@@ -7,12 +7,12 @@ VENV ?= $(CURDIR)/.venv
 PREFIX ?= /opt/nova-ha
 DEB_PACKAGES := pacemaker pacemaker-cli-utils corosync fence-agents resource-agents ipmitool \
 	openipmi python3-novaclient python3-keystoneclient python3-venv python3-dev libxml2-utils \
-	pcs iproute2
+	pcs iproute2 mariadb-server rabbitmq-server
 # pacemaker-remote conflicts with pacemaker: the test bed runs its binary from a download.
 REMOTED := .cache/pacemaker-remote/usr/sbin/pacemaker-remoted
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv nova-venv test demo install lint bench clean
+.PHONY: all deps venv nova-venv nova-prod test demo install lint bench clean
 
 all: venv
 
@@ -36,10 +36,21 @@ venv: $(VENV)/.stamp
 nova-venv: deps
 	bash testbed/nova_box/setup-venv.sh
 
+# The production-shaped Nova (testbed/nova_prod): its Debian packages and Python packages
+# (gunicorn, PyMySQL in .venv-nova); the stamp says both are there. MariaDB and RabbitMQ
+# are started by the test bed itself, never as system services.
+NOVA_PROD_STAMP := .venv-nova/.nova-prod.stamp
+$(NOVA_PROD_STAMP): testbed/nova_box/requirements.txt | deps nova-venv
+	test -x /usr/sbin/mariadbd && test -x /usr/lib/rabbitmq/bin/rabbitmq-server
+	.venv-nova/bin/python -c 'import gunicorn, pymysql'
+	touch $@
+
+nova-prod: $(NOVA_PROD_STAMP)
+
 $(REMOTED): | deps venv
 	$(VENV)/bin/python -c 'from testbed.cluster import ensure_remoted; ensure_remoted()'
 
-test: deps venv nova-venv $(REMOTED)
+test: deps venv nova-venv nova-prod $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

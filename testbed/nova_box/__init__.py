@@ -140,6 +140,34 @@ class NovaBox:
                 f"Nova venv missing: {self.venv} (run testbed/nova_box/setup-venv.sh)"
             )
         os.makedirs(self.state_dir, exist_ok=True)
+        cmd, env = self._command()
+        self._stderr = open(self.stderr_path, "wb")
+        # stdin stays an open pipe: if this process dies, the box sees EOF
+        # and stops by itself.
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=self._cwd(),
+        )
+        self.pid = self.proc.pid
+        try:
+            line = self._read_ready_line()
+            self.ready = json.loads(line)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.ready["port"]
+        self.auth_url = self.ready["auth_url"]
+        self.compute_url = self.ready["compute_url"]
+        self.boot_seconds = self.ready.get("boot_seconds")
+        self.control_url = f"http://{_url_host(self.binds[0])}:{self.port}/_testbed"
+        return self
+
+    def _command(self):
+        """The box's command line and environment (the production-shaped bed has its own)."""
         cmd = [
             venv_python(self.venv),
             SERVER,
@@ -162,30 +190,10 @@ class NovaBox:
         env = dict(os.environ)
         for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(var, None)
-        self._stderr = open(self.stderr_path, "wb")
-        # stdin stays an open pipe: if this process dies, the box sees EOF
-        # and stops by itself.
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            cwd=self.state_dir,
-        )
-        self.pid = self.proc.pid
-        try:
-            line = self._read_ready_line()
-            self.ready = json.loads(line)
-        except BaseException:
-            self.stop()
-            raise
-        self.port = self.ready["port"]
-        self.auth_url = self.ready["auth_url"]
-        self.compute_url = self.ready["compute_url"]
-        self.boot_seconds = self.ready.get("boot_seconds")
-        self.control_url = f"http://{_url_host(self.binds[0])}:{self.port}/_testbed"
-        return self
+        return cmd, env
+
+    def _cwd(self):
+        return self.state_dir
 
     def _read_ready_line(self):
         deadline = time.monotonic() + self.boot_timeout

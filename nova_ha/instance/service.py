@@ -6,8 +6,12 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from nova_ha.lib import log, params
+
+if TYPE_CHECKING:
+    from nova_ha.instance import monitor
 
 LOG = log.get("instance-monitor")
 NODE_ENV = "NOVA_HA_NODE"  # the Pacemaker node name, given by the agent
@@ -15,9 +19,7 @@ NODE_ENV = "NOVA_HA_NODE"  # the Pacemaker node name, given by the agent
 
 def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
     """The monitor until SIGTERM."""
-    from nova_ha.instance import monitor, watch
-    from nova_ha.lib.notify import Notifier
-    from nova_ha.openstack.compute import Nova
+    from nova_ha.instance import monitor
 
     parsed = params.parse(raw, params.INSTANCE)
     log.REDACTOR.add(*parsed.secrets())
@@ -25,6 +27,24 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
         for problem in parsed.problems:
             LOG.error("%s", problem)
         return 6  # OCF_ERR_CONFIGURED: the agent's start reports the log
+    instance = _monitor(parsed)
+    instance.watch.start_loop()
+    try:
+        instance.run(alive_file, monitor.catch_signals())
+    finally:
+        LOG.info(
+            "instance monitor stopping (%d recoveries pending)", len(instance.journal.pending())
+        )
+        instance.close()
+    return 0
+
+
+def _monitor(parsed: params.Parsed) -> monitor.Monitor:
+    """The monitor of this node: its clients and its libvirt watch."""
+    from nova_ha.instance import monitor, watch
+    from nova_ha.lib.notify import Notifier
+    from nova_ha.openstack.compute import Nova
+
     settings = parsed.settings.instance
     node = os.environ.get(NODE_ENV) or os.uname().nodename
     ctx = monitor.Context(
@@ -34,13 +54,6 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
         monitor.open_store(),
         Notifier.from_settings(parsed.settings.notify, params.INSTANCE),
     )
-    instance = monitor.Monitor(
-        ctx,
-        lambda sink: watch.LibvirtWatch(
-            settings.libvirt_uri, sink, readonly=not settings.heartbeat
-        ),
-    )
-    instance.watch.start_loop()
     LOG.info(
         "instance monitor started (pid %d, node %s, host %s, %s, heartbeat %s)",
         os.getpid(),
@@ -49,14 +62,11 @@ def serve(raw: Mapping[str, str], alive_file: str | None) -> int:
         settings.libvirt_uri,
         f"every {settings.heartbeat_interval:g} s" if settings.heartbeat else "off",
     )
-    try:
-        instance.run(alive_file, monitor.catch_signals())
-    finally:
-        LOG.info(
-            "instance monitor stopping (%d recoveries pending)", len(instance.journal.pending())
-        )
-        instance.close()
-    return 0
+    # The heartbeat asks the guest agents through libvirtd: that needs a read-write link.
+    readonly = not settings.heartbeat
+    return monitor.Monitor(
+        ctx, lambda sink: watch.LibvirtWatch(settings.libvirt_uri, sink, readonly=readonly)
+    )
 
 
 def main(argv: list[str]) -> int:

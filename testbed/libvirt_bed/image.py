@@ -16,6 +16,7 @@ idles as PID 1. The kernel parameter ``nha.noagent`` makes it idle without an ag
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -211,6 +212,7 @@ def _cache_key(kernel: str, version: str) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
 def ensure_guest_image() -> GuestImage:
     """The kernel and initramfs of the tiny guest, built once into the cache (the unpacked
     package, ~400 MB, is deleted once both are there)."""

@@ -1,0 +1,239 @@
+"""A fake compute driver backed by real libvirt domains, for the box's chosen hosts.
+
+``server.py --libvirt-host host1=<uri>`` gives host1's nova-compute ``LibvirtFakeDriver``:
+Nova's ``FakeDriver`` (its resources, its bookkeeping) plus ONE libvirt domain per server
+on the libvirtd at <uri> (the test bed's, testbed/libvirt_bed), named as Nova's libvirt
+driver names it (``instance.name``, ``instance-0000000N``) and with the server's UUID:
+
+* spawn: define and start the domain (a persistent domain, as Nova's libvirt driver makes);
+* power_off: destroy it (Nova's driver first asks the guest to shut down for
+  ``shutdown_timeout``, 60 s; these guests have no ACPI handler, so the box goes straight to
+  what Nova does after that wait: event STOPPED/DESTROYED);
+* power_on: start it; reboot: destroy and start (a hard reboot); destroy: destroy, undefine;
+* get_info: the domain's state from libvirt, mapped to Nova's power states.
+
+Which guest a server gets: its metadata ``nha_guest`` = ``bare`` (the default: no disk, no
+agent) or ``tiny`` (a Linux with a QEMU guest agent); ``nha_guest_agent=false`` boots the
+tiny guest without its agent, ``nha_on_crash`` sets ``<on_crash>`` (default destroy).
+
+Loaded by server.py from its path (this directory is off sys.path there); the repository
+root is appended to sys.path for testbed.libvirt_bed (stdlib only).
+"""
+
+import os
+import sys
+import threading
+
+import libvirt
+from nova import exception
+from nova.compute import power_state
+from nova.virt import driver as virt_driver
+from nova.virt import fake, hardware
+from oslo_log import log as logging
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from testbed.libvirt_bed.guest import GuestSpec  # noqa: E402
+
+LOG = logging.getLogger("nova_box.libvirt")
+
+POWER_STATES = {  # virDomainState -> Nova's power state
+    libvirt.VIR_DOMAIN_NOSTATE: power_state.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: power_state.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: power_state.RUNNING,  # as Nova's libvirt driver maps it
+    libvirt.VIR_DOMAIN_PAUSED: power_state.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: power_state.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: power_state.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: power_state.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: power_state.SUSPENDED,
+}
+
+
+def guest_spec(instance) -> GuestSpec:
+    """The domain of a server, chosen by its metadata (see the module's docstring)."""
+    meta = instance.metadata or {}
+    return GuestSpec(
+        name=instance.name,
+        uuid=instance.uuid,
+        kind=meta.get("nha_guest", "bare"),
+        agent=meta.get("nha_guest_agent", "true").lower() != "false",
+        on_crash=meta.get("nha_on_crash", "destroy"),
+    )
+
+
+class LibvirtFakeDriver(fake.FakeDriver):
+    """FakeDriver + one real libvirt domain per server (same UUID)."""
+
+    def __init__(self, virtapi, uri: str, read_only: bool = False) -> None:
+        super().__init__(virtapi, read_only)
+        self.uri = uri
+        self._conn = None
+        self._conn_lock = threading.Lock()
+
+    # -- libvirt ----------------------------------------------------------------------
+    def _connection(self):
+        """One connection, opened again after libvirtd went away."""
+        with self._conn_lock:
+            if self._conn is None or not self._conn.isAlive():
+                libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+                self._conn = libvirt.open(self.uri)
+            return self._conn
+
+    def _domain(self, uuid: str):
+        try:
+            return self._connection().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _drop_stale(self, spec: GuestSpec) -> None:
+        """A domain of that name left by an earlier box (another server's UUID): gone."""
+        try:
+            old = self._connection().lookupByName(spec.name)
+        except libvirt.libvirtError:
+            return
+        if old.UUIDString() != spec.uuid:
+            LOG.info("libvirt: removing stale domain %s (%s)", spec.name, old.UUIDString())
+            self._stop_domain(old)
+            old.undefine()
+
+    @staticmethod
+    def _stop_domain(dom) -> None:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # not running
+                raise
+
+    def _start_domain(self, instance) -> None:
+        dom = self._domain(instance.uuid)
+        if dom is None:
+            spec = guest_spec(instance)
+            self._drop_stale(spec)
+            dom = self._connection().defineXML(spec.xml())
+        if not dom.isActive():
+            dom.create()
+        LOG.info("libvirt: domain %s (%s) running", dom.name(), instance.uuid)
+
+    # -- the driver API ---------------------------------------------------------------
+    def spawn(
+        self,
+        context,
+        instance,
+        image_meta,
+        injected_files,
+        admin_password,
+        allocations,
+        network_info=None,
+        block_device_info=None,
+        power_on=True,
+        accel_info=None,
+    ):
+        super().spawn(
+            context,
+            instance,
+            image_meta,
+            injected_files,
+            admin_password,
+            allocations,
+            network_info,
+            block_device_info,
+            power_on,
+            accel_info,
+        )
+        if power_on:
+            self._start_domain(instance)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        super().power_off(instance, timeout, retry_interval)
+        dom = self._domain(instance.uuid)
+        if dom is not None:
+            self._stop_domain(dom)
+
+    def power_on(
+        self,
+        context,
+        instance,
+        network_info,
+        block_device_info=None,
+        accel_info=None,
+        share_info=None,
+    ):
+        super().power_on(context, instance, network_info, block_device_info, accel_info, share_info)
+        self._start_domain(instance)
+
+    def reboot(
+        self,
+        context,
+        instance,
+        network_info,
+        reboot_type,
+        block_device_info=None,
+        bad_volumes_callback=None,
+        accel_info=None,
+        share_info=None,
+    ):
+        super().reboot(
+            context,
+            instance,
+            network_info,
+            reboot_type,
+            block_device_info,
+            bad_volumes_callback,
+            accel_info,
+            share_info,
+        )
+        dom = self._domain(instance.uuid)
+        if dom is not None:
+            self._stop_domain(dom)
+        self._start_domain(instance)
+
+    def destroy(
+        self,
+        context,
+        instance,
+        network_info,
+        block_device_info=None,
+        destroy_disks=True,
+        destroy_secrets=True,
+    ):
+        super().destroy(
+            context, instance, network_info, block_device_info, destroy_disks, destroy_secrets
+        )
+        dom = self._domain(instance.uuid)
+        if dom is not None:
+            self._stop_domain(dom)
+            dom.undefine()
+
+    def get_info(self, instance, use_cache=True):
+        dom = self._domain(instance.uuid)
+        if dom is None:
+            if instance.uuid in self.instances:  # spawned powered off: no domain yet
+                return super().get_info(instance, use_cache)
+            raise exception.InstanceNotFound(instance_id=instance.uuid)
+        state = POWER_STATES.get(dom.state()[0], power_state.NOSTATE)
+        if instance.uuid in self.instances:
+            self.instances[instance.uuid].state = state
+        return hardware.InstanceInfo(state=state)
+
+
+def install(libvirt_hosts: dict) -> None:
+    """Give each host of `libvirt_hosts` (host -> libvirt URI) a LibvirtFakeDriver: Nova's
+    ComputeManager loads its driver with ``driver.load_compute_driver(virtapi)`` once its
+    host is set, so that call decides, by the manager's host."""
+    original = virt_driver.load_compute_driver
+    if getattr(original, "_nova_box_libvirt", False):
+        return
+
+    def load_compute_driver(virtapi, compute_driver=None):
+        host = getattr(getattr(virtapi, "_compute", None), "host", None)
+        if host in libvirt_hosts:
+            LOG.info("nova box: compute %s uses libvirt at %s", host, libvirt_hosts[host])
+            return LibvirtFakeDriver(virtapi, libvirt_hosts[host])
+        return original(virtapi, compute_driver)
+
+    load_compute_driver._nova_box_libvirt = True
+    virt_driver.load_compute_driver = load_compute_driver

@@ -191,6 +191,13 @@ def test_nova_server_is_a_libvirt_domain(bed, conn, libvirt_box):
     wait_until(lambda: server_status(sess, libvirt_box, server_id) == "ACTIVE", 60)
     assert running(dom)
 
+    # QEMU dies: as on a real compute node, Nova hears the STOPPED event (15 s later) and
+    # stops the server itself.
+    killed_at = faults.kill_qemu(bed.qemu_pid(dom.name()))
+    wait_until(lambda: server_status(sess, libvirt_box, server_id) == "SHUTOFF", 60)
+    print(f"\nkill -9 -> Nova shows SHUTOFF after {time.time() - killed_at:.1f}s")
+    assert time.time() - killed_at >= 14  # Nova's delay of STOPPED events
+
     resp = sess.delete(f"{libvirt_box.compute_url}/servers/{server_id}")
     assert resp.status_code == 204
     wait_until(lambda: server_id not in [d.UUIDString() for d in conn.listAllDomains()], 60)

@@ -10,7 +10,12 @@ driver names it (``instance.name``, ``instance-0000000N``) and with the server's
   ``shutdown_timeout``, 60 s; these guests have no ACPI handler, so the box goes straight to
   what Nova does after that wait: event STOPPED/DESTROYED);
 * power_on: start it; reboot: destroy and start (a hard reboot); destroy: destroy, undefine;
-* get_info: the domain's state from libvirt, mapped to Nova's power states.
+* get_info: the domain's state from libvirt, mapped to Nova's power states;
+* lifecycle events go to Nova as its libvirt driver sends them (nova/virt/libvirt/host.py):
+  STOPPED -> stopped (delayed 15 s, dropped if another event of the domain comes first),
+  STARTED -> started, SUSPENDED -> paused, RESUMED -> resumed; CRASHED is not sent. So a
+  guest that dies on its own is stopped by Nova itself 15 s later ("Instance shutdown by
+  itself. Calling the stop API."), as on a real compute node.
 
 Which guest a server gets: its metadata ``nha_guest`` = ``bare`` (the default: no disk, no
 agent) or ``tiny`` (a Linux with a QEMU guest agent); ``nha_guest_agent=false`` boots the
@@ -23,11 +28,13 @@ root is appended to sys.path for testbed.libvirt_bed (stdlib only).
 import os
 import sys
 import threading
+import time
 
 import libvirt
 from nova import exception
 from nova.compute import power_state
 from nova.virt import driver as virt_driver
+from nova.virt import event as virtevent
 from nova.virt import fake, hardware
 from oslo_log import log as logging
 
@@ -35,10 +42,18 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
+from testbed.libvirt_bed.events import ensure_event_loop  # noqa: E402
 from testbed.libvirt_bed.guest import GuestSpec  # noqa: E402
 
 LOG = logging.getLogger("nova_box.libvirt")
 
+STOPPED_DELAY = 15.0  # seconds, as Nova's libvirt driver delays STOPPED (a reboot's START)
+TRANSITIONS = {  # libvirt lifecycle event -> Nova's (as nova/virt/libvirt/host.py maps them)
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: virtevent.EVENT_LIFECYCLE_STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: virtevent.EVENT_LIFECYCLE_STARTED,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: virtevent.EVENT_LIFECYCLE_PAUSED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: virtevent.EVENT_LIFECYCLE_RESUMED,
+}
 POWER_STATES = {  # virDomainState -> Nova's power state
     libvirt.VIR_DOMAIN_NOSTATE: power_state.NOSTATE,
     libvirt.VIR_DOMAIN_RUNNING: power_state.RUNNING,
@@ -63,6 +78,68 @@ def guest_spec(instance) -> GuestSpec:
     )
 
 
+class LifecycleForwarder:
+    """libvirt's lifecycle events of one host's servers, to Nova (``driver.emit_event``),
+    through a read-only connection that is opened again when libvirtd comes back."""
+
+    def __init__(self, driver, uri: str) -> None:
+        self.driver = driver
+        self.uri = uri
+        self._conn = None
+        self._delayed: dict[str, threading.Timer] = {}
+        self._lock = threading.Lock()
+        ensure_event_loop()
+        name = f"libvirt-events-{driver._host}"
+        threading.Thread(target=self._keep_connected, daemon=True, name=name).start()
+
+    def _powered_off(self) -> bool:
+        """The box crashed this host (power loss): its compute is gone, so are its events."""
+        lost = getattr(self.driver, "_nova_box_power_lost", None)
+        return lost is not None and lost.is_set()
+
+    def _keep_connected(self) -> None:
+        while not self._powered_off():
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.openReadOnly(self.uri)
+                    self._conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None
+                    )
+                except libvirt.libvirtError as exc:
+                    LOG.warning("libvirt events: %s", exc.get_error_message())
+                    self._conn = None
+            time.sleep(1.0)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _on_event(self, conn, dom, event, detail, opaque) -> None:
+        uuid = dom.UUIDString()
+        transition = TRANSITIONS.get(event)
+        if transition is None or uuid not in self.driver.instances or self._powered_off():
+            return
+        with self._lock:
+            pending = self._delayed.pop(uuid, None)
+            if pending:
+                pending.cancel()
+            if transition == virtevent.EVENT_LIFECYCLE_STOPPED:
+                timer = threading.Timer(STOPPED_DELAY, self._emit, (uuid, transition))
+                timer.daemon = True
+                self._delayed[uuid] = timer
+                timer.start()
+                return
+        self._emit(uuid, transition)
+
+    def _emit(self, uuid: str, transition: int) -> None:
+        with self._lock:
+            self._delayed.pop(uuid, None)
+        # In a thread of its own: Nova's handler takes locks and calls the database.
+        threading.Thread(
+            target=self.driver.emit_event,
+            args=(virtevent.LifecycleEvent(uuid, transition),),
+            daemon=True,
+        ).start()
+
+
 class LibvirtFakeDriver(fake.FakeDriver):
     """FakeDriver + one real libvirt domain per server (same UUID)."""
 
@@ -71,6 +148,12 @@ class LibvirtFakeDriver(fake.FakeDriver):
         self.uri = uri
         self._conn = None
         self._conn_lock = threading.Lock()
+        self.events = None
+
+    def init_host(self, host):
+        super().init_host(host)
+        if self.events is None:
+            self.events = LifecycleForwarder(self, self.uri)
 
     # -- libvirt ----------------------------------------------------------------------
     def _connection(self):

@@ -202,90 +202,34 @@ class LibvirtFakeDriver(fake.FakeDriver):
         LOG.info("libvirt: domain %s (%s) running", dom.name(), instance.uuid)
 
     # -- the driver API ---------------------------------------------------------------
-    def spawn(
-        self,
-        context,
-        instance,
-        image_meta,
-        injected_files,
-        admin_password,
-        allocations,
-        network_info=None,
-        block_device_info=None,
-        power_on=True,
-        accel_info=None,
-    ):
-        super().spawn(
-            context,
-            instance,
-            image_meta,
-            injected_files,
-            admin_password,
-            allocations,
-            network_info,
-            block_device_info,
-            power_on,
-            accel_info,
-        )
+    # Nova's arguments are passed on as they came: only the instance matters here.
+    def spawn(self, context, instance, *args, **kwargs):
+        super().spawn(context, instance, *args, **kwargs)
+        power_on = kwargs.get("power_on", args[6] if len(args) > 6 else True)
         if power_on:
             self._start_domain(instance)
 
-    def power_off(self, instance, timeout=0, retry_interval=0):
-        super().power_off(instance, timeout, retry_interval)
+    def power_off(self, instance, *args, **kwargs):
+        super().power_off(instance, *args, **kwargs)
         dom = self._domain(instance.uuid)
         if dom is not None:
             self._stop_domain(dom)
 
-    def power_on(
-        self,
-        context,
-        instance,
-        network_info,
-        block_device_info=None,
-        accel_info=None,
-        share_info=None,
-    ):
-        super().power_on(context, instance, network_info, block_device_info, accel_info, share_info)
+    def power_on(self, context, instance, *args, **kwargs):
+        super().power_on(context, instance, *args, **kwargs)
         self._start_domain(instance)
 
-    def reboot(
-        self,
-        context,
-        instance,
-        network_info,
-        reboot_type,
-        block_device_info=None,
-        bad_volumes_callback=None,
-        accel_info=None,
-        share_info=None,
-    ):
-        super().reboot(
-            context,
-            instance,
-            network_info,
-            reboot_type,
-            block_device_info,
-            bad_volumes_callback,
-            accel_info,
-            share_info,
-        )
+    def reboot(self, context, instance, *args, **kwargs):
+        """A hard reboot whatever the type: these guests ignore ACPI (Nova's driver also
+        ends a soft reboot the guest ignores with a hard one)."""
+        super().reboot(context, instance, *args, **kwargs)
         dom = self._domain(instance.uuid)
         if dom is not None:
             self._stop_domain(dom)
         self._start_domain(instance)
 
-    def destroy(
-        self,
-        context,
-        instance,
-        network_info,
-        block_device_info=None,
-        destroy_disks=True,
-        destroy_secrets=True,
-    ):
-        super().destroy(
-            context, instance, network_info, block_device_info, destroy_disks, destroy_secrets
-        )
+    def destroy(self, context, instance, *args, **kwargs):
+        super().destroy(context, instance, *args, **kwargs)
         dom = self._domain(instance.uuid)
         if dom is not None:
             self._stop_domain(dom)

@@ -190,3 +190,25 @@ def test_nova_server_is_a_libvirt_domain(bed, conn, libvirt_box):
     resp = sess.delete(f"{libvirt_box.compute_url}/servers/{server_id}")
     assert resp.status_code == 204
     wait_until(lambda: server_id not in [d.UUIDString() for d in conn.listAllDomains()], 60)
+
+
+# Last: the restart ends every connection opened before it (the module's too).
+def test_libvirtd_restart_keeps_guests_and_finds_a_dead_one(bed):
+    """libvirtd goes away (SIGTERM), a guest's QEMU dies meanwhile: back, libvirtd reports
+    that domain shut off with reason CRASHED (no event: nobody was connected), and the other
+    guest still runs. What a monitor's scan at reconnect sees."""
+    import libvirt
+
+    conn = bed.connect()
+    survivor = start_guest(conn, GuestSpec("instance-survivor"))
+    victim = start_guest(conn, GuestSpec("instance-victim"))
+    victim_pid = bed.qemu_pid("instance-victim")
+    bed.stop_libvirtd()
+    faults.kill_qemu(victim_pid)
+    print(f"\nlibvirtd answers {bed.start_libvirtd():.2f}s after its restart")
+    with bed.connect() as fresh:
+        survivor, victim = (fresh.lookupByUUIDString(d.UUIDString()) for d in (survivor, victim))
+        shutoff_crashed = [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED]
+        assert victim.state() == shutoff_crashed
+        assert survivor.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        survivor.destroy()

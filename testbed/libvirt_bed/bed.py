@@ -48,6 +48,7 @@ from testbed.cluster import (
 BASE = Path(os.environ.get("NOVA_HA_LIBVIRT_DIR", "/tmp/nha-libvirt"))  # short: socket paths
 STATE = BASE / "state.json"
 RUN_TMPFS = "nhalv-run"
+KEEP_RUNS = 2  # earlier runs' directories (logs, consoles) kept under BASE
 BINARIES = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "nsenter", "unshare")
 NS_DIRS = {  # mount point inside -> the bed's directory
     "/run/libvirt": "run",
@@ -186,7 +187,7 @@ class LibvirtBed(Managed):
             raise LibvirtBedError(f"cannot run the libvirt bed, missing: {missing}")
         t0 = time.monotonic()
         cleanup_leftovers()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._prune_runs()
         self._make_dirs()
         self._started = True
         self._start_holder()
@@ -194,6 +195,13 @@ class LibvirtBed(Managed):
         self.start_daemon("virtlogd")
         self.start_libvirtd(timeout)
         self.timings["start"] = time.monotonic() - t0
+
+    def _prune_runs(self) -> None:
+        """This run's directory afresh; of the earlier ones, the newest KEEP_RUNS stay."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        runs = sorted(self.base.glob("run-*"), key=lambda d: d.stat().st_mtime)
+        for old in runs[:-KEEP_RUNS] if KEEP_RUNS else runs:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _make_dirs(self) -> None:
         for sub in (*NS_DIRS.values(), "log/qemu", "lib/qemu", "overlay"):

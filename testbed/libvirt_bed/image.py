@@ -22,9 +22,11 @@ import hashlib
 import io
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +238,29 @@ def ensure_guest_image() -> GuestImage:
     return GuestImage(kernel=kernel, initrd=initrd, package=f"{name}={version}")
 
 
+def _console_shows(argv: list[str], mark: bytes, timeout: float) -> bool:
+    """Run a QEMU whose serial console is its stdout until `mark` shows (True) or
+    `timeout` passes (False); it is killed either way."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while mark not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if ready and not chunk:
+                break  # QEMU exited
+            seen = seen[-4096:] + chunk
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    return mark in seen
+
+
 def kvm_boots_guest(image: GuestImage, timeout: float = 20.0) -> bool:
     """Whether this machine's KVM boots the tiny guest's kernel (probed once, cached).
 
@@ -247,15 +272,11 @@ def kvm_boots_guest(image: GuestImage, timeout: float = 20.0) -> bool:
     probe = IMAGE_CACHE / f"kvm-probe-{image.initrd.stem}-{os.uname().release}"
     if probe.is_file():
         return probe.read_text().strip() == "yes"
-    argv = ["qemu-system-x86_64", "-accel", "kvm", "-m", "128", "-nographic", "-no-reboot"]
+    argv = ["qemu-system-x86_64", "-accel", "kvm", "-m", "96", "-nographic", "-no-reboot"]
     argv += ["-kernel", str(image.kernel), "-initrd", str(image.initrd)]
     argv += ["-append", f"console=ttyS0 panic=-1 {NO_AGENT_FLAG}"]
     argv += ["-nodefaults", "-serial", "stdio"]
-    try:
-        out = subprocess.run(argv, capture_output=True, timeout=timeout).stdout
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or b""
-    booted = BOOTED_MARK.encode() in out
+    booted = _console_shows(argv, BOOTED_MARK.encode(), timeout)
     probe.write_text("yes\n" if booted else "no\n")
     return booted
 

@@ -14,8 +14,9 @@ driver names it (``instance.name``, ``instance-0000000N``) and with the server's
 * lifecycle events go to Nova as its libvirt driver sends them (nova/virt/libvirt/host.py):
   STOPPED -> stopped (delayed 15 s, dropped if another event of the domain comes first),
   STARTED -> started, SUSPENDED -> paused, RESUMED -> resumed; CRASHED is not sent. So a
-  guest that dies on its own is stopped by Nova itself 15 s later ("Instance shutdown by
-  itself. Calling the stop API."), as on a real compute node.
+  guest that dies on its own is stopped by Nova itself ("Instance shutdown by itself.
+  Calling the stop API."), 15 s later or at Nova's periodic power-state sync if that comes
+  first, as on a real compute node.
 
 Which guest a server gets: its metadata ``nha_guest`` = ``bare`` (the default: no disk, no
 agent) or ``tiny`` (a Linux with a QEMU guest agent); ``nha_guest_agent=false`` boots the

@@ -7,23 +7,36 @@ VENV ?= $(CURDIR)/.venv
 PREFIX ?= /opt/nova-ha
 DEB_PACKAGES := pacemaker pacemaker-cli-utils corosync fence-agents resource-agents ipmitool \
 	openipmi python3-novaclient python3-keystoneclient python3-venv python3-dev libxml2-utils \
-	pcs iproute2 mariadb-server rabbitmq-server
+	pcs iproute2
+# The test beds' daemons, installed without recommends: the libvirt bed (testbed/libvirt_bed;
+# no libvirt-daemon-system: no users, services or default network on the machine) and the
+# production-shaped Nova's MariaDB and RabbitMQ (testbed/nova_prod). The beds start them.
+DEB_PACKAGES_NO_RECOMMENDS := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+	qemu-system-x86 python3-libvirt busybox-static qemu-guest-agent mariadb-server rabbitmq-server
+NOVA_VENV ?= $(CURDIR)/.venv-nova
 # pacemaker-remote conflicts with pacemaker: the test bed runs its binary from a download.
 REMOTED := .cache/pacemaker-remote/usr/sbin/pacemaker-remoted
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv nova-venv nova-prod test demo install lint bench clean
+.PHONY: all deps venv nova-venv nova-prod libvirt-binding libvirt-guest test demo install lint \
+	bench clean
 
 all: venv
 
-# Debian packages: apt-get update only when something is missing.
-deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+# Debian packages: apt-get update only when something is missing. $(1): the packages,
+# $(2): more apt-get options.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(DEB_PACKAGES),)
+	$(call apt_install,$(DEB_PACKAGES_NO_RECOMMENDS),--no-install-recommends)
 
 $(VENV)/.stamp: setup.py pyproject.toml | deps
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -47,10 +60,18 @@ $(NOVA_PROD_STAMP): testbed/nova_box/requirements.txt | deps nova-venv
 
 nova-prod: $(NOVA_PROD_STAMP)
 
+# Debian's python3-libvirt linked into both venvs (testbed/libvirt_bed/binding.py says why).
+libvirt-binding: deps venv nova-venv
+	$(VENV)/bin/python -m testbed.libvirt_bed.binding $(VENV) $(NOVA_VENV)
+
+# The tiny guest's kernel and initramfs, cached in .cache/libvirt-bed.
+libvirt-guest: deps venv
+	$(VENV)/bin/python -m testbed.libvirt_bed.image
+
 $(REMOTED): | deps venv
 	$(VENV)/bin/python -c 'from testbed.cluster import ensure_remoted; ensure_remoted()'
 
-test: deps venv nova-venv nova-prod $(REMOTED)
+test: deps venv nova-venv nova-prod libvirt-binding libvirt-guest $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -99,6 +99,7 @@ class NovaBox:
         service_down_time=6,
         debug=False,
         keep_state_dir=None,
+        libvirt_hosts=None,
     ):
         self.hosts_names = list(hosts)
         self.binds = list(binds)
@@ -108,6 +109,8 @@ class NovaBox:
         self.report_interval = report_interval
         self.service_down_time = service_down_time
         self.debug = debug
+        # host -> libvirt URI: that host's servers are real libvirt domains (libvirt_driver.py)
+        self.libvirt_hosts = dict(libvirt_hosts or {})
         self._own_state_dir = state_dir is None
         self.state_dir = (
             str(state_dir) if state_dir is not None else tempfile.mkdtemp(prefix="nova-box-")
@@ -185,6 +188,8 @@ class NovaBox:
         ]
         for addr in self.binds:
             cmd += ["--bind", addr]
+        for host, uri in self.libvirt_hosts.items():
+            cmd += ["--libvirt-host", f"{host}={uri}"]
         if self.debug:
             cmd.append("--debug")
         env = dict(os.environ)

@@ -1104,6 +1104,16 @@ def _slow_fake_spawn(box):
     fake.FakeDriver.spawn = spawn
 
 
+def _load_sibling(name):
+    """A module of this directory (which is off sys.path: see the top of this file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"nova_box_{name}", f"{_HERE}/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Box:
     def __init__(self, args):
         self.args = args
@@ -1306,6 +1316,8 @@ build_failure_weight_multiplier = 0.0
         _sqlite_immediate_writers()
         _per_host_compute_resource_lock()
         _slow_fake_spawn(self)
+        if self.args.libvirt_hosts:
+            _load_sibling("libvirt_driver").install(self.args.libvirt_hosts)
         import keystonemiddleware.auth_token as auth_token
         import nova.virt.node
         from nova.compute import manager as compute_manager
@@ -1622,10 +1634,20 @@ def main(argv=None):
     parser.add_argument("--service-down-time", type=int, default=6)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument(
+        "--libvirt-host",
+        action="append",
+        default=[],
+        metavar="HOST=URI",
+        help="HOST's compute runs one libvirt domain per server at URI (libvirt_driver.py)",
+    )
+    parser.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (the parent died)"
     )
     args = parser.parse_args(argv)
     args.hosts = [h for h in args.hosts.split(",") if h]
+    args.libvirt_hosts = dict(spec.split("=", 1) for spec in args.libvirt_host if "=" in spec)
+    if len(args.libvirt_hosts) != len(args.libvirt_host):
+        parser.error("--libvirt-host takes HOST=URI")
 
     stop = threading.Event()
 

@@ -668,11 +668,15 @@ def test_scheduler_policy_names_no_host() -> None:
     ],
 )
 def test_a_refused_host_is_dropped_and_the_scheduler_chooses(refusal) -> None:
-    nova = FakeNova([_server(sid) for sid in "abcd"], lands="ACTIVE", refuses={"host3": refusal})
+    nova = FakeNova(
+        [_server(sid) for sid in "abcdefgh"], lands="ACTIVE", refuses={"host3": refusal}
+    )
     summary, _ = _evacuate(nova, retries=0)
     assert all(o.state is S.RUNNING and o.host == "host2" for o in summary.outcomes)
     refused = [sid for sid, target in nova.named if target == "host3"]
-    assert len(refused) == 1  # dropped after the first refusal: never named again
-    # the refused server asked again once with no host; every other one asked once
-    assert sorted(nova.named).count((refused[0], None)) == 1
-    assert len(nova.named) == 5
+    # Named host3 only in the first requests (4 in flight at first, 2 of them to host3;
+    # room for more opens only when a refusal has dropped it): without the drop, 4 would.
+    assert 1 <= len(refused) <= 2
+    # each refused one asked again once with no host (the scheduler's host2), others once
+    assert all(nova.named.count((sid, None)) == 1 for sid in refused)
+    assert len(nova.named) == 8 + len(refused)

@@ -56,6 +56,9 @@ TICK = 0.05  # how often the runner looks whether more requests may go out
 STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
 SINCE_MARGIN = 300.0
 E, A = ServerEvent, ServerAction
+# What a sender carries out when the pacing lets the server's request go (a target is
+# chosen then, so that a host refused meanwhile is chosen no more).
+TO_SEND = (A.CHOOSE_TARGET, A.REQUEST)
 Seen = dict[str, Any]  # what an event brings: fields of server_lifecycle.Facts
 
 
@@ -295,8 +298,8 @@ class Runner:
     def _carry_out(
         self, tracked: _Tracked, action: ServerAction
     ) -> tuple[ServerEvent | None, Seen]:
-        """Do what the step says now. REQUEST waits for the next batch, POLL for the next
-        round, GIVE_UP for the summary."""
+        """Do what the step says now. CHOOSE_TARGET and REQUEST wait for the pacing (_send),
+        POLL for the next round, GIVE_UP for the summary."""
         now = time.monotonic()
         if action is A.FOLLOW:
             tracked.accepted_at = now
@@ -334,7 +337,6 @@ class Runner:
 
     _AT_ONCE: dict[ServerAction, Callable[[Runner, _Tracked], tuple[ServerEvent, Seen]]] = {
         A.START: _start,
-        A.CHOOSE_TARGET: _choose_target,
         A.FALL_BACK: _fall_back,
     }
 
@@ -354,7 +356,7 @@ class Runner:
             )
             one.listed = server
             self._feed(one, E.LISTED, **planner.facts(server, earlier))
-            one.listed = server if one.action is A.REQUEST else None
+            one.listed = server if one.action in TO_SEND else None
             tracked.append(one)
         for server in planner.moved(earlier, servers):
             one = _Tracked(server.id, server.name, server.host, server.status)
@@ -363,7 +365,11 @@ class Runner:
         return sorted(tracked, key=lambda t: t.state is ServerState.SKIPPED)
 
     def _request(self, tracked: _Tracked) -> None:
-        """Carry out REQUEST; what Nova answered is the next event."""
+        """Carry out CHOOSE_TARGET (then REQUEST) or REQUEST; what Nova answered is the next
+        event."""
+        if tracked.action is A.CHOOSE_TARGET:
+            event, seen = self._choose_target(tracked)
+            self._feed(tracked, event, **seen)
         asked = time.monotonic()
         answer = pacing.Answer.REFUSED
         try:
@@ -521,7 +527,7 @@ class Runner:
         sending: dict[concurrent.futures.Future[None], _Tracked],
     ) -> None:
         """As many due requests as the pacing allows in flight now."""
-        due = [t for t in live if t.action is A.REQUEST and not t.sending]
+        due = [t for t in live if t.action in TO_SEND and not t.sending]
         room = self.pacer.limit() - self._in_flight(live)
         for one in due[: max(0, room)]:
             one.sending = True

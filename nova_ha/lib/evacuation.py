@@ -516,9 +516,10 @@ class Runner:
                     self._round(lookers, live)
                     next_round = time.monotonic() + POLL_INTERVAL
 
-    def _in_flight(self, live: list[_Tracked]) -> int:
-        """Requests being sent and servers requested that have not reached their end."""
-        return sum(1 for t in live if t.sending or t.state in FOLLOWED)
+    @staticmethod
+    def _in_flight(live: list[_Tracked]) -> int:
+        """Evacuation requests being sent (Nova has not answered yet)."""
+        return sum(1 for t in live if t.sending)
 
     def _send(
         self,

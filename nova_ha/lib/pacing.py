@@ -1,9 +1,8 @@
-"""How many evacuations are in flight at once: adjusted from what Nova shows.
+"""How many evacuation requests are in flight at once: adjusted from what Nova shows.
 
-A fixed number floods a small cloud (its conductor and computes slow down, every rebuild
-finishes later) and starves a large one. So the number in flight (requests sent and
-servers requested but not yet at their end) follows the cloud, the way TCP's congestion
-window does:
+A fixed number floods a small cloud (its API, conductor and computes slow down, every
+rebuild finishes later) and starves a large one. So the number of requests in flight (sent,
+not yet answered) follows the cloud, the way TCP's congestion window does:
 
 * it starts small (START) and, while Nova answers evacuations as fast as it did at first,
   grows by one per accepted request (doubling every round trip: slow start);

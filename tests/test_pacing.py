@@ -17,8 +17,14 @@ PACING = [
     (16, OK * 3, [5, 6, 7]),
     (5, OK * 3, [5, 5, 5]),
     (2, [], []),
-    # answers slowing beyond 3x the fastest (+0.25 s): halved, then grows by completions only
-    (16, OK * 2 + [("ok", 1.0)] + OK + [("landed",)] * 4, [5, 6, 3, 3, 3, 3, 3, 4]),
+    # answers slowing beyond 3x the fastest (+0.25 s): halved (not below START), then grows
+    # by completions only
+    (
+        16,
+        OK * 6 + [("ok", 1.0)] + OK + [("landed",)] * 6,
+        [5, 6, 7, 8, 9, 10, 5, 5] + [5] * 5 + [6],
+    ),
+    (16, OK * 2 + [("ok", 1.0)], [5, 6, 4]),  # halved to 3: held at START
     # jitter within the slack is no sign
     (16, [("ok", 0.01), ("ok", 0.2)], [5, 6]),
     # a 5xx/429/timeout halves it; two together count once (cool-down); floor 1

@@ -8,10 +8,13 @@ not yet answered) follows the cloud, the way TCP's congestion window does:
   grows by one per accepted request (doubling every round trip: slow start);
 * after the first sign of strain it grows by one per "window" of servers that reached their
   end: it opens only as fast as rebuilds complete (completions keep pace);
-* a sign of strain halves it (at most once per COOL_DOWN): a 5xx, 429 or timeout, or an
-  answer slower than LATENCY_FACTOR times the fastest seen (plus LATENCY_SLACK, so that
-  jitter on a fast cloud is no sign);
-* max_parallel is the ceiling, 1 the floor.
+* a sign of strain halves it (at most once per COOL_DOWN): a 5xx, 429 or timeout (down to
+  1), or an answer slower than LATENCY_FACTOR times the fastest seen (plus LATENCY_SLACK, so
+  that jitter on a fast cloud is no sign) down to START only: slow answers alone mean a busy
+  API, whose throughput a few requests in flight do not lower (measured on the one-process
+  box: 20 requests took as long one at a time as 2 to 9 at a time), while errors mean
+  requests lost;
+* max_parallel is the ceiling.
 
 Pure: no Nova, the clock injected. The runner feeds it every answer and every end.
 """
@@ -65,11 +68,12 @@ class Pacer:
         """One evacuation request answered after `latency` seconds."""
         with self._lock:
             if answer is Answer.STRAINED:
-                self._decrease(f"Nova strained (an error or timeout after {latency:.2f}s)")
+                self._decrease(f"Nova strained (an error or timeout after {latency:.2f}s)", 1)
             elif answer is Answer.OK:
                 self._fastest = latency if self._fastest is None else min(self._fastest, latency)
                 if latency > self._fastest * LATENCY_FACTOR + LATENCY_SLACK:
-                    self._decrease(f"answers slowed to {latency:.2f}s from {self._fastest:.2f}s")
+                    why = f"answers slowed to {latency:.2f}s from {self._fastest:.2f}s"
+                    self._decrease(why, START)
                 elif self._slow_start:
                     self._set(self._window + 1, "accepted promptly")
 
@@ -79,13 +83,14 @@ class Pacer:
             if not self._slow_start:
                 self._set(self._window + 1 / self._window, "completions keep pace")
 
-    def _decrease(self, why: str) -> None:
+    def _decrease(self, why: str, floor: int) -> None:
         now = self._clock()
         self._slow_start = False
         if self._last_decrease is not None and now - self._last_decrease < COOL_DOWN:
             return  # one decrease per strain: its answers come together
         self._last_decrease = now
-        self._set(self._window * DECREASE, why)
+        if self._window > floor:
+            self._set(max(self._window * DECREASE, float(floor)), why)
 
     def _set(self, window: float, why: str) -> None:
         before = self.limit()

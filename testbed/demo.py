@@ -281,8 +281,13 @@ def summary(run: Run, cloud: NovaSim, victims: list[str], bmc: BmcSim) -> bool:
     )
     moved = collections.Counter(s["host"] for s in servers if runs_elsewhere(s))
     spread = ", ".join(f"{host}: {count}" for host, count in sorted(moved.items()))
+    outcome = run.outcome()
+    # The headline: when every server ran again (the evacuation's end waits for that).
+    running = "" if outcome is None else f", all running {run.since(outcome):.1f}s after the fence"
     if moved.total() == len(victims):
-        print(f"Nova: all {len(victims)} servers of {FAILED} run on other hosts ({spread})")
+        print(
+            f"Nova: all {len(victims)} servers of {FAILED} run on other hosts ({spread}){running}"
+        )
     else:
         print(
             f"Nova: {moved.total()} of {len(victims)} servers of {FAILED} run on other "
@@ -290,7 +295,6 @@ def summary(run: Run, cloud: NovaSim, victims: list[str], bmc: BmcSim) -> bool:
         )
     took = "" if run.agent_seconds is None else f" after {run.agent_seconds:.1f}s"
     print(f"fence action: exit code {run.exit_code}{took}; {FAILED} power: {bmc.power_state}")
-    outcome = run.outcome()
     return (
         run.exit_code == 0
         and outcome is not None

@@ -51,6 +51,10 @@ class Observer:
     def service(self, host: str) -> Any:
         return self.nova.services.list(host=host, binary="nova-compute")[0]
 
+    def actions(self, server_id: str) -> list[str]:
+        """The server's instance actions, newest first (evacuate, start, create...)."""
+        return [a.action for a in self.nova.instance_action.list(server_id)]
+
     def evacuations(self, source: str) -> list[Any]:
         return [
             m for m in self.nova.migrations.list(migration_type="evacuation", source_compute=source)

@@ -62,17 +62,30 @@ def _rejoin_and_use_host1(bed, ids: list[str]) -> None:
     assert state.CibStateStore(bed.cib).get("host1").state == "ok"
 
 
+def _per_host(observer: Observer) -> collections.Counter:
+    return collections.Counter(s["host"] for s in observer.servers() if s["host"] != "host1")
+
+
 def test_fence_evacuates_twenty_servers_then_host_rejoins(box_bed):
     bed = box_bed
     t0 = time.time()
     bed.cloud.create_servers("host1", 20, name_prefix="real")
-    ids = [s["id"] for s in Observer(bed.cloud).servers("host1")]
+    observer = Observer(bed.cloud)
+    ids = [s["id"] for s in observer.servers("host1")]
+    before = _per_host(observer)
     done = bed.fence(evacuate_timeout=240, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{len(ids)} evacuated, 0 failed" in done.stderr
     assert bed.bmcs["host1"].power_state == "off"
     _assert_safe_and_moved(bed, t0, ids)
-    observer = Observer(bed.cloud)
+    # One action per server: asked below 2.95, each landed ACTIVE without a start.
+    for server_id in ids:
+        assert observer.actions(server_id) == ["evacuate", "create"], server_id
+    # Spread (target_policy=spread by default): the two targets end up balanced, counting
+    # what they held before (placement's usage).
+    after = _per_host(observer)
+    gap_before = abs(before["host2"] - before["host3"])
+    assert abs(after["host2"] - after["host3"]) <= max(2, gap_before - len(ids) + 2), after
     svc = observer.service("host1")
     assert svc.forced_down and svc.status == "disabled"
     assert svc.disabled_reason.startswith("nova-ha: fenced at")

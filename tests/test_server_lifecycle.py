@@ -21,9 +21,9 @@ from nova_ha.lib.server_lifecycle import (
     ServerState,
     step,
 )
-from nova_ha.openstack.exceptions import Conflict, NotFound
+from nova_ha.openstack.exceptions import BadRequest, Conflict, NotFound, Unavailable
 from nova_ha.openstack.transport import Deadline
-from nova_ha.openstack.views import Migration, Server
+from nova_ha.openstack.views import Hypervisor, Migration, Server, Service
 
 S, E, A = ServerState, ServerEvent, ServerAction
 ACTIVE = {"vm_state": "active"}
@@ -35,11 +35,11 @@ BACKOFF = server_lifecycle.backoff  # the runner's tests below make it 0
 # (state, event, facts) -> (state, action, a piece of the reason)
 ROWS = [
     # planning
-    (S.FOUND, E.LISTED, ACTIVE, S.PLANNED, A.REQUEST, "to evacuate"),
-    (S.FOUND, E.LISTED, {"vm_state": "stopped"}, S.PLANNED, A.REQUEST, "to evacuate"),
-    (S.FOUND, E.LISTED, {"vm_state": "error"}, S.PLANNED, A.REQUEST, "to evacuate"),
+    (S.FOUND, E.LISTED, ACTIVE, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
+    (S.FOUND, E.LISTED, {"vm_state": "stopped"}, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
+    (S.FOUND, E.LISTED, {"vm_state": "error"}, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
     (S.FOUND, E.LISTED, {**TAG, "tagged": False}, S.SKIPPED, A.REPORT, "not tagged evacuable"),
-    (S.FOUND, E.LISTED, {**TAG, "tagged": True}, S.PLANNED, A.REQUEST, "to evacuate"),
+    (S.FOUND, E.LISTED, {**TAG, "tagged": True}, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
     (
         S.FOUND,
         E.LISTED,
@@ -69,10 +69,10 @@ ROWS = [
         E.LISTED,
         {"vm_state": "building", "task": "spawning"},
         S.PLANNED,
-        A.REQUEST,
+        A.CHOOSE_TARGET,
         "to evacuate",
     ),
-    (S.FOUND, E.LISTED, {"vm_state": "paused"}, S.PLANNED, A.REQUEST, "to evacuate"),
+    (S.FOUND, E.LISTED, {"vm_state": "paused"}, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
     (
         S.FOUND,
         E.LISTED,
@@ -121,6 +121,33 @@ ROWS = [
     ),
     (S.PLANNED, E.REFUSED_CONFLICT, SPENT, S.FAILED, A.REPORT, "gave up after 3 attempts"),
     (S.PLANNED, E.REFUSED_NOT_FOUND, {}, S.GONE, A.REPORT, "deleted meanwhile"),
+    # target choice and the fall-back to the scheduler
+    (
+        S.PLANNED,
+        E.TARGET_CHOSEN,
+        {"target": "host3", "choice": "least loaded"},
+        S.PLANNED,
+        A.REQUEST,
+        "to host3: least loaded",
+    ),
+    (S.PLANNED, E.TARGET_CHOSEN, {"choice": "policy"}, S.PLANNED, A.REQUEST, "to any host"),
+    (S.PLANNED, E.TARGET_DROPPED, {}, S.PLANNED, A.REQUEST, "the scheduler chooses"),
+    (
+        S.PLANNED,
+        E.REFUSED_NOT_FOUND,
+        {"target": "h9", "error": "HTTP 404: Compute host h9 not found."},
+        S.PLANNED,
+        A.FALL_BACK,
+        "target h9 refused (HTTP 404: Compute host h9 not found.)",
+    ),
+    (
+        S.PLANNED,
+        E.REFUSED_BAD_REQUEST,
+        {**SPENT, "target": "host1", "error": "HTTP 400: The target host can't be the same one."},
+        S.PLANNED,
+        A.FALL_BACK,
+        "target host1 refused",
+    ),
     (
         S.PLANNED,
         E.REFUSED_BAD_REQUEST,
@@ -248,6 +275,30 @@ for _state in FOLLOWED:
         (_state, E.STILL_ON_SOURCE, {}, _state, A.POLL, "still on the source"),
         (
             _state,
+            E.SHOWS_ERROR,
+            {**SPENT, "on_source": True, "target": "host3", "fault": "No valid host was found."},
+            S.PLANNED,
+            A.FALL_BACK,
+            "target host3 refused (No valid host was found.)",
+        ),
+        (
+            _state,
+            E.STILL_ON_SOURCE,
+            {"failed_migration": True, "target": "host3"},
+            S.PLANNED,
+            A.FALL_BACK,
+            "its evacuation migration failed",
+        ),
+        (
+            _state,
+            E.SHOWS_ERROR,
+            {**RETRY, "on_source": False, "target": "host3", "fault": "disk"},
+            S.FAILED,
+            A.REPORT,
+            "gave up",
+        ),  # broken on its target: no fall-back, Nova cannot evacuate from a live host
+        (
+            _state,
             E.SHOWS_OTHER,
             {"status": "PAUSED", "host": "host2"},
             _state,
@@ -366,12 +417,35 @@ class FakeNova:
     then lands as `lands` says (SHUTOFF for every server: Nova at >= 2.95)."""
 
     def __init__(
-        self, servers: list[Server], conflict: set[str] = frozenset(), lands: str = "SHUTOFF"
+        self,
+        servers: list[Server],
+        conflict: set[str] = frozenset(),
+        lands: str = "SHUTOFF",
+        refuses: dict[str, Exception | None] | None = None,
     ) -> None:
         self.views = {s.id: s for s in servers}
         self.conflict, self.lands = set(conflict), lands
+        # named hosts Nova refuses: at once (the exception), or after a 202 (None)
+        self.refuses = dict(refuses or {})
         self.calls: list[tuple[str, str]] = []
+        self.named: list[tuple[str, str | None]] = []  # (server, the host its request named)
+        self.landing: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def evacuate_microversion(self, deadline):
+        return "2.94"
+
+    def services(self, deadline, host=None):
+        return [
+            Service(f"s{i}", h, "enabled", state, h == "host1", None)
+            for i, (h, state) in enumerate((("host1", "down"), ("host2", "up"), ("host3", "up")))
+        ]
+
+    def hypervisors(self, deadline):
+        return [Hypervisor(f"uuid-{h}", h, "up", "enabled", h) for h in ("host2", "host3")]
+
+    def placement_rooms(self, deadline, vcpus, ram_mb):
+        raise Unavailable("placement: HTTP 403", 403)  # counting only
 
     def _call(self, name: str, server_id: str) -> None:
         with self._lock:
@@ -386,11 +460,20 @@ class FakeNova:
     def evacuate(self, deadline, server, proof_, target=None):
         assert proof_.host == server.host == "host1"
         self._call("evacuate", server.id)
+        self.named.append((server.id, target))
+        if target in self.refuses and self.refuses[target] is not None:
+            raise self.refuses[target]
         if server.id not in self.views:
             raise NotFound("no such server", 404)
         if server.id in self.conflict:
             return False
+        if target in self.refuses:  # accepted, then the scheduler refuses the host
+            self.views[server.id] = dataclasses.replace(
+                server, vm_state="error", status="ERROR", fault="No valid host was found. "
+            )
+            return True
         self.views[server.id] = dataclasses.replace(server, task_state="rebuilding")
+        self.landing[server.id] = target or "host2"  # the scheduler's choice: host2
         return True
 
     def reset_state(self, deadline, server, state, proof_):
@@ -414,7 +497,7 @@ class FakeNova:
             if view.task_state == "rebuilding":
                 status = self.lands if view.vm_state != "stopped" else "SHUTOFF"
                 self.views[view.id] = dataclasses.replace(
-                    view, host="host2", status=status, task_state=None
+                    view, host=self.landing.get(view.id, "host2"), status=status, task_state=None
                 )
             elif view.task_state == "powering-on":
                 self.views[view.id] = dataclasses.replace(view, status="ACTIVE", task_state=None)
@@ -440,7 +523,7 @@ def _evacuate(nova: FakeNova, seconds: float = 10.0, **kw) -> tuple[evacuation.S
         nova,
         Deadline(seconds),
         proof.by_bmc("c1", "host1"),
-        evacuation.Policy("all", "evacuable", 4, kw.get("retries", 1)),
+        evacuation.Policy("all", "evacuable", kw.get("max_parallel", 4), kw.get("retries", 1)),
         evacuation.Hooks(
             progress=lambda what, o: events.append((what, o.server_id, o.result)),
             may_request=kw.get("may_request", lambda: True),
@@ -455,7 +538,8 @@ def test_runner_starts_what_nova_landed_stopped_and_leaves_what_was_stopped() ->
     summary, events = _evacuate(nova)
     outcomes = {o.server_id: o for o in summary.outcomes}
     assert (outcomes["a"].state, outcomes["a"].detail) == (S.RUNNING, "ACTIVE on host2")
-    assert (outcomes["b"].state, outcomes["b"].detail) == (S.STOPPED, "SHUTOFF on host2")
+    # spread: the second server goes to the other host
+    assert (outcomes["b"].state, outcomes["b"].detail) == (S.STOPPED, "SHUTOFF on host3")
     assert outcomes["c"].state is S.SKIPPED and [o.server_id for o in summary.outcomes] == [
         "a",
         "b",
@@ -515,7 +599,7 @@ def test_runner_leaves_unfinished_work_at_the_deadline_with_what_it_knew() -> No
     nova.servers_changed_since = lambda deadline, since: []  # nothing ever moves
     summary, _ = _evacuate(nova, seconds=0.3)
     (outcome,) = summary.outcomes
-    assert (outcome.result, outcome.detail) == ("unfinished", "requested")
+    assert (outcome.result, outcome.detail) == ("unfinished", "requested to host2")
 
 
 def test_runner_follows_servers_asked_earlier_and_gone_ones() -> None:
@@ -551,3 +635,47 @@ def test_conflict_from_another_call_is_a_failed_attempt() -> None:
         "failed",
         "Cannot reset: locked",
     )
+
+
+def test_runner_spreads_over_the_eligible_hosts_one_request_each() -> None:
+    nova = FakeNova([_server(sid) for sid in "abcdef"], lands="ACTIVE")
+    summary, _ = _evacuate(nova)
+    hosts = [o.host for o in summary.outcomes]
+    assert all(o.state is S.RUNNING for o in summary.outcomes)
+    assert sorted(hosts) == ["host2"] * 3 + ["host3"] * 3  # never host1 (the source, down)
+    assert sorted(nova.named) == [(sid, h) for sid, h in zip("abcdef", hosts, strict=True)]
+
+
+def test_scheduler_policy_names_no_host() -> None:
+    nova = FakeNova([_server(sid) for sid in "abcd"], lands="ACTIVE")
+    summary = evacuation.evacuate_servers(
+        nova,
+        Deadline(10),
+        proof.by_bmc("c1", "host1"),
+        evacuation.Policy("all", "t", 4, 1, target_policy="scheduler"),
+        servers=list(nova.views.values()),
+    )
+    assert {o.host for o in summary.outcomes} == {"host2"}
+    assert {target for _, target in nova.named} == {None}
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        NotFound("HTTP 404: Compute host host3 not found.", 404),  # at once
+        BadRequest("HTTP 400: The target host can't be the same one.", 400),  # at once
+        None,  # 202, then the scheduler refuses it: ERROR on the source, migration error
+    ],
+)
+def test_a_refused_host_is_dropped_and_the_scheduler_chooses(refusal) -> None:
+    nova = FakeNova(
+        [_server(sid) for sid in "abcdefgh"], lands="ACTIVE", refuses={"host3": refusal}
+    )
+    summary, _ = _evacuate(nova, retries=0, max_parallel=1)  # one request at a time
+    assert all(o.state is S.RUNNING and o.host == "host2" for o in summary.outcomes)
+    refused = [sid for sid, target in nova.named if target == "host3"]
+    # each refused one asked again once with no host (the scheduler's host2), others once
+    assert refused and all(nova.named.count((sid, None)) == 1 for sid in refused)
+    assert len(nova.named) == 8 + len(refused)
+    if refusal is not None:  # refused at once: dropped before the next request is chosen
+        assert refused == ["b"], nova.named

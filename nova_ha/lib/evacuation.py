@@ -7,22 +7,23 @@ Precondition everywhere: the host's power-off is confirmed (every Nova write her
 
 Each server's evacuation is the state machine of ``server_lifecycle``: the ``Runner`` below
 gathers the facts (Nova's answers, its own counts), feeds the events and carries out the
-actions ``server_lifecycle.step`` returns; it decides nothing itself. The outcomes it returns
-are immutable records built from each server's final state.
+actions ``server_lifecycle.step`` returns; it decides nothing itself. Its helpers decide
+the rest: ``targets`` where each server is sent (spread, or the scheduler), ``pacing`` how
+many are in flight at once. The outcomes it returns are immutable records built from each
+server's final state.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nova_ha.lib import clock, log, server_lifecycle
-from nova_ha.lib.server_lifecycle import FINAL, ServerAction, ServerEvent, ServerState
-from nova_ha.openstack.exceptions import BadRequest, NotFound, NovaError
+from nova_ha.lib import clock, log, pacing, server_lifecycle, targets
+from nova_ha.lib.server_lifecycle import FINAL, FOLLOWED, ServerAction, ServerEvent, ServerState
+from nova_ha.openstack.exceptions import BadRequest, NotFound, NovaError, Unavailable
 from nova_ha.openstack.views import Migration, Server
 
 if TYPE_CHECKING:
@@ -51,8 +52,13 @@ POWER_ACTIONS = frozenset(
     }
 )
 POLL_INTERVAL = 0.5
+TICK = 0.05  # how often the runner looks whether more requests may go out
+STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
 SINCE_MARGIN = 300.0
 E, A = ServerEvent, ServerAction
+# What a sender carries out when the pacing lets the server's request go (a target is
+# chosen then, so that a host refused meanwhile is chosen no more).
+TO_SEND = (A.CHOOSE_TARGET, A.REQUEST)
 Seen = dict[str, Any]  # what an event brings: fields of server_lifecycle.Facts
 
 
@@ -109,14 +115,16 @@ Progress = Callable[[str, Outcome], None]
 @dataclass(frozen=True)
 class Policy:
     """How one host's servers are evacuated: which ones (mode: all | tagged, and the tag),
-    how many requests in flight at most, how often a failed one is tried again, and the
-    target hosts (none: Nova's scheduler chooses)."""
+    how many in flight at most (the pacing's ceiling), how often a failed one is tried
+    again, where they go (target_policy: spread | scheduler) and the reserved target hosts
+    (spread over them when given)."""
 
     mode: str
     tag: str
     max_parallel: int
     retries: int
     target_hosts: tuple[str, ...] = ()
+    target_policy: str = "spread"
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,8 @@ class _Tracked:
     accepted_at: float | None = None
     finished_at: float | None = None
     next_try: float = 0.0
+    target: str | None = None  # the host its request names (None: the scheduler chooses)
+    sending: bool = False  # its request is being sent (a sender thread has it)
     listed: Server | None = None  # the listing's view, for the first request
     listed_stopped: bool = False  # stopped when listed on the source
     history_stopped: bool | None = None  # stopped before, by its instance actions
@@ -237,43 +247,24 @@ class Planner:
         return moved
 
 
-class Targets:
-    """The target hosts (target_hosts), taken in turn; a host that broke a server, or all
-    when Nova found no host, are passed over (None: Nova's scheduler chooses)."""
-
-    def __init__(self, hosts: list[str] | None) -> None:
-        self.hosts = list(hosts or [])
-        self._full: set[str] = set()
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def choose(self) -> str | None:
-        with self._lock:
-            usable = [h for h in self.hosts if h not in self._full]
-            if not usable:
-                return None
-            self._next += 1
-            return usable[self._next % len(usable)]
-
-    def observe(self, event: ServerEvent, host: str | None, failed_migration: bool) -> None:
-        with self._lock:
-            if event is E.SHOWS_ERROR and host in self.hosts:
-                self._full.add(host)
-            elif event is E.STILL_ON_SOURCE and failed_migration:
-                self._full.update(self.hosts)
-
-
 class Runner:
     """Evacuates the chosen servers of one host: concurrent, followed, retried. Carries out
     what server_lifecycle.step says, and feeds back what Nova answered."""
 
     def __init__(
-        self, nova: Nova, deadline: Deadline, proof: PowerOffConfirmed, policy: Policy, hooks: Hooks
+        self,
+        nova: Nova,
+        deadline: Deadline,
+        proof: PowerOffConfirmed,
+        policy: Policy,
+        hooks: Hooks,
+        chooser: targets.Spread | None = None,
     ) -> None:
         self.nova, self.deadline, self.proof = nova, deadline, proof
         self.source = proof.host
         self.max_parallel, self.retries = max(1, policy.max_parallel), max(0, policy.retries)
-        self.targets = Targets(list(policy.target_hosts))
+        self.targets = chooser or targets.Scheduler()
+        self.pacer = pacing.Pacer(self.max_parallel)
         self.progress, self.heartbeat = hooks.progress, hooks.heartbeat
         self.may_request = hooks.may_request
         # Lists servers changed since shortly before we began, by Nova's clock: the margin
@@ -287,6 +278,7 @@ class Runner:
         brings an answer at once (a start, a history read) feeds that as the next event."""
         while event is not None:
             facts = server_lifecycle.Facts(
+                target=tracked.target,
                 attempts=tracked.attempts,
                 retries=self.retries,
                 expired=self.deadline.expired(),
@@ -297,6 +289,8 @@ class Runner:
             step = server_lifecycle.step(tracked.state, event, facts)
             level = LOG.warning if step.action is A.RETRY_LATER else LOG.debug
             level("server %s: %s", tracked.server_id, step.reason)
+            if tracked.state in FOLLOWED and step.state in FINAL:
+                self.pacer.landed()
             tracked.apply(step)
             event, more = self._carry_out(tracked, step.action)
             seen.update(more)
@@ -304,8 +298,8 @@ class Runner:
     def _carry_out(
         self, tracked: _Tracked, action: ServerAction
     ) -> tuple[ServerEvent | None, Seen]:
-        """Do what the step says now. REQUEST waits for the next batch, POLL for the next
-        round, GIVE_UP for the summary."""
+        """Do what the step says now. CHOOSE_TARGET and REQUEST wait for the pacing (_send),
+        POLL for the next round, GIVE_UP for the summary."""
         now = time.monotonic()
         if action is A.FOLLOW:
             tracked.accepted_at = now
@@ -319,13 +313,32 @@ class Runner:
         elif action is A.READ_HISTORY:
             tracked.history_stopped = self._stopped_before(tracked)
             return E.LANDED_STOPPED, {}
-        elif action is A.START:
-            try:
-                self.nova.start_server(self.deadline, tracked.server_id)
-            except NovaError as err:
-                return E.START_REFUSED, {"error": str(err)}
-            return E.START_ACCEPTED, {}
+        elif action in self._AT_ONCE:
+            return self._AT_ONCE[action](self, tracked)
         return None, {}
+
+    def _start(self, tracked: _Tracked) -> tuple[ServerEvent, Seen]:
+        try:
+            self.nova.start_server(self.deadline, tracked.server_id)
+        except NovaError as err:
+            return E.START_REFUSED, {"error": str(err)}
+        return E.START_ACCEPTED, {}
+
+    def _choose_target(self, tracked: _Tracked) -> tuple[ServerEvent, Seen]:
+        if tracked.listed is None:  # a bug of the runner's: chosen from the listing only
+            raise ValueError(f"server {tracked.server_id}: no listing to choose a target by")
+        tracked.target, why = self.targets.choose(tracked.listed)
+        return E.TARGET_CHOSEN, {"choice": why}
+
+    def _fall_back(self, tracked: _Tracked) -> tuple[ServerEvent, Seen]:
+        self.targets.drop(tracked.target)
+        tracked.target = None
+        return E.TARGET_DROPPED, {}
+
+    _AT_ONCE: dict[ServerAction, Callable[[Runner, _Tracked], tuple[ServerEvent, Seen]]] = {
+        A.START: _start,
+        A.FALL_BACK: _fall_back,
+    }
 
     # -- planning, requests ----------------------------------------------------------------
 
@@ -341,8 +354,9 @@ class Runner:
                 server.status,
                 listed_stopped=server.vm_state == "stopped",
             )
+            one.listed = server
             self._feed(one, E.LISTED, **planner.facts(server, earlier))
-            one.listed = server if one.action is A.REQUEST else None
+            one.listed = server if one.action in TO_SEND else None
             tracked.append(one)
         for server in planner.moved(earlier, servers):
             one = _Tracked(server.id, server.name, server.host, server.status)
@@ -351,15 +365,25 @@ class Runner:
         return sorted(tracked, key=lambda t: t.state is ServerState.SKIPPED)
 
     def _request(self, tracked: _Tracked) -> None:
-        """Carry out REQUEST; what Nova answered is the next event."""
+        """Carry out CHOOSE_TARGET (then REQUEST) or REQUEST; what Nova answered is the next
+        event."""
+        if tracked.action is A.CHOOSE_TARGET:
+            event, seen = self._choose_target(tracked)
+            self._feed(tracked, event, **seen)
+        asked = time.monotonic()
+        answer = pacing.Answer.REFUSED
         try:
             event, seen = self._ask(tracked)
-        except NotFound:
-            event, seen = E.REFUSED_NOT_FOUND, {}
+            answer = pacing.Answer.OK if event is E.ACCEPTED else answer
+        except NotFound as err:
+            event, seen = E.REFUSED_NOT_FOUND, {"error": str(err)}
         except BadRequest as err:
             event, seen = E.REFUSED_BAD_REQUEST, {"error": str(err)}
         except NovaError as err:
             event, seen = E.REQUEST_FAILED, {"error": str(err)}
+            if isinstance(err, Unavailable) or err.status in STRAIN_STATUSES:
+                answer = pacing.Answer.STRAINED
+        self.pacer.answered(time.monotonic() - asked, answer)
         self._feed(tracked, event, **seen)
 
     def _ask(self, tracked: _Tracked) -> tuple[ServerEvent, Seen]:
@@ -379,9 +403,8 @@ class Runner:
                 server.task_state,
             )
             self.nova.reset_state(self.deadline, server, "error", self.proof)
-        target = self.targets.choose()  # None: Nova's scheduler chooses
-        if self.nova.evacuate(self.deadline, server, self.proof, target=target):
-            return E.ACCEPTED, {"target": target}
+        if self.nova.evacuate(self.deadline, server, self.proof, target=tracked.target):
+            return E.ACCEPTED, {}
         # 409: the server's state does not allow it; under way only if it is rebuilding
         current = self.nova.server(self.deadline, tracked.server_id)
         return E.REFUSED_CONFLICT, {
@@ -436,7 +459,6 @@ class Runner:
         failed = event is E.STILL_ON_SOURCE and tracked.server_id in (
             self._failed_migrations() if failed_migrations is None else failed_migrations
         )
-        self.targets.observe(event, server.host, failed)
         self._feed(
             tracked,
             event,
@@ -470,28 +492,68 @@ class Runner:
     # -- the rounds ------------------------------------------------------------------------
 
     def run(self, tracked: list[_Tracked]) -> None:
-        """Request the planned servers at once, then round after round: retries that are
-        due, the following; until every server reached its end or the deadline is near."""
+        """Request the planned servers as the pacing allows, and round after round: retries
+        that are due, the following; until every server reached its end or the deadline is
+        near."""
         live = [t for t in tracked if t.state not in FINAL]
-        with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
-            list(pool.map(self._request, [t for t in live if t.action is A.REQUEST]))
+        sending: dict[concurrent.futures.Future[None], _Tracked] = {}
+        with (
+            concurrent.futures.ThreadPoolExecutor(self.max_parallel) as senders,
+            concurrent.futures.ThreadPoolExecutor(min(self.max_parallel, 8)) as lookers,
+        ):
+            next_round = time.monotonic() + POLL_INTERVAL
             while live := [t for t in live if t.state not in FINAL]:
                 if self.deadline.remaining() < POLL_INTERVAL:
+                    concurrent.futures.wait(sending)
                     for one in live:
-                        self._feed(one, E.DEADLINE_PASSED)
+                        if one.state not in FINAL:
+                            self._feed(one, E.DEADLINE_PASSED)
                     return
-                time.sleep(POLL_INTERVAL)
-                self.heartbeat()
-                self._round(pool, live)
+                self._send(senders, live, sending)
+                self._collect(sending, timeout=max(0.0, min(TICK, next_round - time.monotonic())))
+                if time.monotonic() >= next_round:
+                    self.heartbeat()
+                    self._round(lookers, live)
+                    next_round = time.monotonic() + POLL_INTERVAL
+
+    @staticmethod
+    def _in_flight(live: list[_Tracked]) -> int:
+        """Evacuation requests being sent (Nova has not answered yet)."""
+        return sum(1 for t in live if t.sending)
+
+    def _send(
+        self,
+        senders: concurrent.futures.Executor,
+        live: list[_Tracked],
+        sending: dict[concurrent.futures.Future[None], _Tracked],
+    ) -> None:
+        """As many due requests as the pacing allows in flight now."""
+        due = [t for t in live if t.action in TO_SEND and not t.sending]
+        room = self.pacer.limit() - self._in_flight(live)
+        for one in due[: max(0, room)]:
+            one.sending = True
+            sending[senders.submit(self._request, one)] = one
+
+    @staticmethod
+    def _collect(sending: dict[concurrent.futures.Future[None], _Tracked], timeout: float) -> None:
+        """Wait up to `timeout` for requests to be answered (or just that long)."""
+        if not sending:
+            time.sleep(timeout)
+            return
+        done, _ = concurrent.futures.wait(
+            sending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for future in done:
+            sending.pop(future).sending = False
+            future.result()  # a bug of the runner's surfaces here
 
     def _round(self, pool: concurrent.futures.Executor, live: list[_Tracked]) -> None:
+        """Retries that are due become requests; the servers followed are looked at."""
         now = time.monotonic()
         for one in live:
             if one.action is A.RETRY_LATER and one.next_try <= now:
                 self._feed(one, E.RETRY_DUE)
-        due = [t for t in live if t.action is A.REQUEST]
-        following = [t for t in live if t.action in (A.FOLLOW, A.POLL)]
-        list(pool.map(self._request, due))
+        following = [t for t in live if t.action in (A.FOLLOW, A.POLL) and not t.sending]
         if following:
             self._follow(pool, following)
 
@@ -551,12 +613,15 @@ def evacuate_servers(
     started = time.monotonic()
     if servers is None:
         servers = nova.servers_on(deadline, proof.host)
-    runner = Runner(nova, deadline, proof, policy, hooks or Hooks())
+    if policy.target_hosts:
+        _enable_targets(nova, deadline, policy.target_hosts)
+    chooser = targets.read(
+        nova, deadline, proof.host, servers, policy.target_policy, policy.target_hosts
+    )
+    runner = Runner(nova, deadline, proof, policy, hooks or Hooks(), chooser)
     tracked = runner.plan(
         Planner(nova, deadline, policy.mode, policy.tag), servers, earlier or set()
     )
-    if policy.target_hosts:
-        _enable_targets(nova, deadline, policy.target_hosts)
     runner.run(tracked)
     summary = _summary(proof.host, len(servers), [t.outcome() for t in tracked], started)
     _log_summary(summary)

@@ -950,6 +950,7 @@ class EvacuationSettings:
     timeout: float = _setting("evacuate_timeout")
     retries: int = _setting("evacuate_retries")
     target_hosts: tuple[str, ...] = _setting("target_hosts", parse_host_list)
+    target_policy: str = _setting("target_policy")
     max_fenced_hosts: str = _setting("max_fenced_hosts")
     fenced_window: float = _setting("fenced_window")
     watch_interval: float = _setting("watch_interval")

@@ -43,6 +43,7 @@ class Options:
             max_parallel=settings.max_parallel,
             retries=settings.retries,
             target_hosts=settings.target_hosts,
+            target_policy=settings.target_policy,
         )
         return cls(policy, notifier)
 

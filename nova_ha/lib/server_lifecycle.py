@@ -9,16 +9,21 @@ facts, feeds the events and carries out the actions; it decides nothing itself.
 ==============================  ===========================  ==============================
 state                           event                        next state, action
 ==============================  ===========================  ==============================
-found (listed on the host)      listed                       planned, request | skipped,
-                                                             report | rebuilding, poll |
-                                                             requested, poll (asked earlier)
+found (listed on the host)      listed                       planned, choose a target |
+                                                             skipped, report | rebuilding,
+                                                             poll | requested, poll (asked
+                                                             earlier)
 found (no longer on the host)   moved earlier                requested, poll
+planned                         target chosen                planned, request
+planned                         target dropped               planned, request (no host)
 planned                         accepted                     requested, follow
 planned                         refused: conflict            requested, follow (rebuilding)
                                                              | retry
-planned                         refused: bad request,        retry
-                                request failed
-planned                         refused: not found           gone, report
+planned                         refused: bad request         planned, fall back (a host
+                                                             named) | retry
+planned                         request failed               retry
+planned                         refused: not found           planned, fall back (a host
+                                                             named) | gone, report
 planned                         lease lost                   unfinished, give up
 retrying                        retry due                    planned, request
 requested/rebuilding/starting   shows a task                 rebuilding (starting), poll
@@ -28,15 +33,26 @@ requested/rebuilding            landed stopped               stopped, report | s
 starting                        landed stopped               stopped, report
 starting                        start accepted               starting, poll
 starting                        start refused                failed, report
-requested/rebuilding/starting   shows error                  retry (on the source) | failed
-requested/rebuilding/starting   still on the source          retry (its migration failed)
-                                                             | same, poll
+requested/rebuilding/starting   shows error                  planned, fall back (on the
+                                                             source, a host named) | retry
+                                                             (on the source) | failed
+requested/rebuilding/starting   still on the source          planned, fall back (its
+                                                             migration failed, a host
+                                                             named) | retry (failed) |
+                                                             same, poll
 requested/rebuilding/starting   shows another status         same, poll
 requested/rebuilding/starting   vanished                     gone, report
 every live state                deadline passed              unfinished, give up
 ==============================  ===========================  ==============================
 
 "retry" is: retrying, retry later while attempts and time remain; failed, report otherwise.
+"fall back" is for a request that named a target host (target_policy=spread, target_hosts)
+that Nova refused: at once (404 "Compute host ... not found", 400 "The target host can't be
+the same one", seen on Nova 34), or after accepting it (202, then its scheduler's filters
+refuse the host: the migration errors and the server stays on the source in ERROR, "No valid
+host was found", seen on Nova 34 with a disabled host). The host is dropped and the server
+asked again at once with no host: the scheduler chooses. At most once per server: the
+request after it names no host.
 Every other (state, event) pair is refused with a ValueError: a runner that fed one has a
 bug (so it is no NovaHaError, which nova-ha's callers survive).
 
@@ -54,8 +70,9 @@ What Nova does, and so what the plan step follows (the task and vm states below)
   error servers; their state lived in the dead host's memory, so they are reset to 'error'
   (which also clears the task) and evacuated; Nova rebuilds them ACTIVE elsewhere.
 * From microversion 2.95 Nova lands evacuated servers SHUTOFF (its guard against a source
-  that may still run them); the source is confirmed off, so servers that were running are
-  started again (os-start) and followed until ACTIVE.
+  that may still run them). nova-ha asks below 2.95 (compute.EVACUATE_BELOW): the source is
+  confirmed off, servers land as they were, one action each. Servers an older run asked at
+  >= 2.95 and that were running are started again (os-start) and followed until ACTIVE.
 * deleting / soft-deleting, migrations and resizes (migrating, resize_*), shelving*,
   unshelving, restoring: these involve another host or the user's intent to remove the
   server; resetting them could lose data, so they are skipped and reported for the operator.
@@ -139,13 +156,17 @@ class ServerEvent(enum.StrEnum):
     START_REFUSED = "start refused"
     VANISHED = "vanished"  # deleted while followed
     RETRY_DUE = "retry due"  # the pause after a failed attempt is over
+    TARGET_CHOSEN = "target chosen"  # a host named for the request, or none (the scheduler)
+    TARGET_DROPPED = "target dropped"  # the refused host is no target any more
     DEADLINE_PASSED = "deadline passed"  # evacuate_timeout reached
 
 
 class ServerAction(enum.StrEnum):
     """What the runner does next for the server."""
 
+    CHOOSE_TARGET = "choose a target"  # the target host of its request (or none)
     REQUEST = "request evacuation"  # in the next batch of requests (gate first)
+    FALL_BACK = "fall back to the scheduler"  # drop the refused host, then request again
     FOLLOW = "follow"  # note and report the acceptance, then poll
     POLL = "poll"  # look at it again next round
     READ_HISTORY = "read history"  # read its instance actions: was it stopped before?
@@ -188,7 +209,8 @@ class Facts:
     tag: str | None = None  # evacuate=tagged: the tag; None: every server goes
     tagged: bool = False
     requested_earlier: bool = False  # an earlier runner asked in this incident
-    target: str | None = None  # the host the request named (None: the scheduler's choice)
+    target: str | None = None  # the host the request names (None: the scheduler's choice)
+    choice: str = ""  # why that target
     error: str = ""  # what the refused or failed call said
     attempts: int = 0  # requests sent so far
     retries: int = 0  # evacuate_retries
@@ -233,7 +255,19 @@ def _plan(state: ServerState, f: Facts) -> Step:
         return Step(S.SKIPPED, A.REPORT, why, why)
     if f.requested_earlier:
         return _moved_earlier(state, f)
-    return Step(S.PLANNED, A.REQUEST, f"to evacuate ({f.vm_state}, task {f.task})", "")
+    return Step(S.PLANNED, A.CHOOSE_TARGET, f"to evacuate ({f.vm_state}, task {f.task})", "")
+
+
+def _target_chosen(state: ServerState, f: Facts) -> Step:
+    return Step(S.PLANNED, A.REQUEST, f"to {f.target or 'any host'}: {f.choice}")
+
+
+def _target_dropped(state: ServerState, f: Facts) -> Step:
+    return Step(S.PLANNED, A.REQUEST, "asking again with no host: the scheduler chooses")
+
+
+def _fall_back(f: Facts, refusal: str) -> Step:
+    return Step(S.PLANNED, A.FALL_BACK, f"target {f.target} refused ({refusal})")
 
 
 def _moved_earlier(state: ServerState, f: Facts) -> Step:
@@ -271,6 +305,20 @@ def _conflict(state: ServerState, f: Facts) -> Step:
 
 def _request_failed(state: ServerState, f: Facts) -> Step:
     return _attempt_failed(f, f.error)
+
+
+def _bad_request(state: ServerState, f: Facts) -> Step:
+    if f.target:
+        return _fall_back(f, f.error)
+    return _attempt_failed(f, f.error)
+
+
+def _not_found(state: ServerState, f: Facts) -> Step:
+    # With a host named, the 404 may be the host's ("Compute host ... not found"): asked
+    # again with no host, a 404 then is the server's.
+    if f.target:
+        return _fall_back(f, f.error)
+    return _gone(state, f)
 
 
 def _gone(state: ServerState, f: Facts) -> Step:
@@ -314,10 +362,14 @@ def _start_refused(state: ServerState, f: Facts) -> Step:
 def _error_shown(state: ServerState, f: Facts) -> Step:
     # Retried only on the powered-off source: a server that failed on its destination lives
     # on a host that is up, where Nova cannot evacuate it.
+    if f.on_source and f.target:
+        return _fall_back(f, f.fault or "server in ERROR on the source")
     return _attempt_failed(f, f.fault or "server in ERROR", retriable=f.on_source)
 
 
 def _on_source(state: ServerState, f: Facts) -> Step:
+    if f.failed_migration and f.target:
+        return _fall_back(f, "its evacuation migration failed")
     if f.failed_migration:  # Nova undid the rebuild (e.g. no valid host): the request failed
         return _attempt_failed(f, "Nova found no host for it")
     # The moment before Nova moves a rebuilt server: its record names the source a little
@@ -342,8 +394,10 @@ def _table() -> dict[tuple[ServerState, ServerEvent], Rule]:
         (S.PLANNED, E.LEASE_LOST): _lease_lost,
         (S.PLANNED, E.ACCEPTED): _accepted,
         (S.PLANNED, E.REFUSED_CONFLICT): _conflict,
-        (S.PLANNED, E.REFUSED_NOT_FOUND): _gone,
-        (S.PLANNED, E.REFUSED_BAD_REQUEST): _request_failed,
+        (S.PLANNED, E.REFUSED_NOT_FOUND): _not_found,
+        (S.PLANNED, E.REFUSED_BAD_REQUEST): _bad_request,
+        (S.PLANNED, E.TARGET_CHOSEN): _target_chosen,
+        (S.PLANNED, E.TARGET_DROPPED): _target_dropped,
         (S.PLANNED, E.REQUEST_FAILED): _request_failed,
         (S.RETRYING, E.RETRY_DUE): _retry_due,
         (S.STARTING, E.START_ACCEPTED): _start_accepted,

@@ -14,15 +14,18 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from nova_ha.lib import clock, log
+from nova_ha.openstack import placement
 from nova_ha.openstack.exceptions import Conflict, NotFound, NovaError, Unavailable, WrongHost
 from nova_ha.openstack.transport import (
     Deadline,
     Transport,
     excerpt,
+    parse_version,
     printable,
     quote_id,
     reply_field,
     reply_records,
+    version_text,
 )
 from nova_ha.openstack.views import Hypervisor, Migration, Server, Service
 
@@ -34,6 +37,10 @@ LOG = log.get("nova")
 
 # The image proxy (GET /images) exists only up to 2.35; it is how image properties are read.
 IMAGE_PROXY_MICROVERSION = "2.35"
+# From 2.95 Nova lands an evacuated server SHUTOFF (a guard against a source that may still
+# run it) and it must be started again: a second action. nova-ha's source is confirmed off,
+# so evacuations are asked at the newest microversion below it: servers land as they were.
+EVACUATE_BELOW = (2, 95)
 COMPUTE_BINARY = "nova-compute"
 MAX_PAGES = 1000  # pages of one server listing
 MAX_LISTED = 200_000  # servers of one listing
@@ -58,6 +65,7 @@ class Nova:
         self.authenticate = transport.authenticate
         self.microversion = transport.microversion
         self.at_least = transport.at_least
+        self._placement: Transport | None = None
 
     @classmethod
     def from_params(cls, parsed: params.Parsed) -> Nova:
@@ -160,6 +168,15 @@ class Nova:
             )
         ]
 
+    def placement_rooms(
+        self, deadline: Deadline, vcpus: int, ram_mb: int
+    ) -> dict[str, placement.Room]:
+        """Placement's resource providers (by UUID: the hypervisors' ids from 2.53) with room
+        for a server of that size, through the same Keystone session."""
+        if self._placement is None:
+            self._placement = self.transport.beside(placement.SERVICE_TYPE)
+        return placement.rooms(self._placement, deadline, vcpus, ram_mb)
+
     # -- servers --
 
     def list_servers(self, deadline: Deadline, query: str, retries: int = 4) -> list[Server]:
@@ -253,7 +270,8 @@ class Nova:
         """
         _require(proof, server.host, f"evacuating server {server.id}")
         spec: dict[str, Any] = {"host": target} if target else {}
-        if not self.at_least(deadline, (2, 14)):
+        microversion = self.evacuate_microversion(deadline)
+        if parse_version(microversion) < (2, 14):
             spec["onSharedStorage"] = False
         asked_at = time.time()
         try:
@@ -264,6 +282,7 @@ class Nova:
                 f"/servers/{quote_id(server.id)}/action",
                 deadline,
                 body={"evacuate": spec},
+                microversion=microversion,
                 ok=(200, 202),
                 retries=0,
                 parse=False,
@@ -276,6 +295,12 @@ class Nova:
         except Conflict:
             return False
         return True
+
+    def evacuate_microversion(self, deadline: Deadline) -> str:
+        """The newest microversion below EVACUATE_BELOW that Nova has: one action per server."""
+        newest = parse_version(self.microversion(deadline))
+        below = (EVACUATE_BELOW[0], EVACUATE_BELOW[1] - 1)
+        return version_text(min(newest, below))
 
     def _evacuation_applied(self, deadline: Deadline, server_id: str, since: float) -> bool:
         if self.server(deadline, server_id).rebuilding:

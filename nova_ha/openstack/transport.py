@@ -291,8 +291,9 @@ def _back_off(what: str, problem: str, attempt: int, deadline: Deadline) -> None
 
 
 class Transport:
-    """Calls to one service (compute) of a Keystone session, at the newest microversion both
-    sides support."""
+    """Calls to one service (compute, or placement) of a Keystone session, at the newest
+    microversion both sides support (compute's negotiation; other services' calls name
+    theirs)."""
 
     def __init__(
         self,
@@ -302,13 +303,15 @@ class Transport:
         timeout: float = 10.0,
         cap: str = "auto",
         endpoint_override: str | None = None,
+        service_type: str = "compute",
     ) -> None:
         from keystoneauth1 import adapter  # noqa: PLC0415
 
         self.timeout = timeout
+        self._where = (interface, region)
         self._adapter = adapter.Adapter(
             session,
-            service_type="compute",
+            service_type=service_type,
             interface=interface,
             region_name=region,
             endpoint_override=endpoint_override,
@@ -329,6 +332,17 @@ class Transport:
         self._cache_suspect = False
         self._auth_generation = 0  # bumped when the cached state is dropped
         self._auth_lock = threading.Lock()
+
+    def beside(self, service_type: str) -> Transport:
+        """A transport to another service of the same Keystone session (token, interface,
+        region, timeout): one login for both."""
+        return Transport(
+            self._adapter.session,
+            interface=self._where[0],
+            region=self._where[1],
+            timeout=self.timeout,
+            service_type=service_type,
+        )
 
     def use_token_cache(self, cache: TokenCache) -> None:
         """Keep Keystone's answer in `cache` between runs, starting from what it holds."""

@@ -19,6 +19,7 @@ from nova_ha.openstack.transport import excerpt, kind_of, reply_field
 HOST_ATTR = "OS-EXT-SRV-ATTR:host"
 TASK_ATTR = "OS-EXT-STS:task_state"
 VM_ATTR = "OS-EXT-STS:vm_state"
+ZONE_ATTR = "OS-EXT-AZ:availability_zone"
 
 # Task states of a server Nova is rebuilding elsewhere: an evacuation is under way.
 REBUILD_TASKS = frozenset({"rebuilding", "rebuild_block_device_mapping", "rebuild_spawning"})
@@ -38,6 +39,7 @@ _SERVER_FIELDS: _Kinds = {
     HOST_ATTR: ((str,), False),
     TASK_ATTR: ((str,), False),
     VM_ATTR: ((str,), False),
+    ZONE_ATTR: ((str,), False),
     "flavor": ((dict,), False),
     "metadata": ((dict,), False),
     "image": ((dict, str), False),
@@ -85,6 +87,9 @@ class Server:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     image_id: str | None = None  # None when booted from a volume
     fault: str | None = None  # the message of its fault, if any
+    zone: str | None = None  # its availability zone
+    vcpus: int | None = None  # of its flavor (embedded from 2.47)
+    ram_mb: int | None = None
 
     @classmethod
     def from_api(cls, body: Any, what: str) -> Server:
@@ -104,6 +109,9 @@ class Server:
             metadata=_frozen(server.get("metadata")),
             image_id=image_id,
             fault=reply_field(fault, "message", (str,), what),
+            zone=server.get(ZONE_ATTR) or None,
+            vcpus=reply_field(flavor, "vcpus", (int,), what),
+            ram_mb=reply_field(flavor, "ram", (int,), what),
         )
 
     @property
@@ -151,6 +159,7 @@ class Service:
     forced_down: bool
     disabled_reason: str | None
     updated_at: str | None = None  # the last heartbeat (or change), by Nova's clock
+    zone: str | None = None  # its availability zone
 
     @classmethod
     def from_api(cls, body: Any, what: str = "Nova's service list") -> Service:
@@ -166,6 +175,7 @@ class Service:
             forced_down=bool(reply_field(service, "forced_down", (bool,), what)),
             disabled_reason=reply_field(service, "disabled_reason", (str,), what),
             updated_at=reply_field(service, "updated_at", (str,), what),
+            zone=reply_field(service, "zone", (str,), what),
         )
 
 
@@ -178,6 +188,7 @@ class Hypervisor:
     state: str  # up | down
     status: str  # enabled | disabled
     service_host: str | None = None  # the compute host of its service
+    running_vms: int | None = None  # reported below 2.88 only
 
     @classmethod
     def from_api(cls, body: Any, what: str) -> Hypervisor:
@@ -190,4 +201,5 @@ class Hypervisor:
             state=reply_field(hypervisor, "state", (str,), what) or "",
             status=reply_field(hypervisor, "status", (str,), what) or "",
             service_host=reply_field(service, "host", (str,), what),
+            running_vms=reply_field(hypervisor, "running_vms", (int,), what),
         )

@@ -212,6 +212,7 @@ class Keystone:
             service("compute", "nova", self.box.compute_url),
             service("identity", "keystone", self.box.public_base + "/identity"),
             service("image", "glance", self.box.public_base + "/image"),
+            service("placement", "placement", self.box.public_base + "/placement"),
         ]
 
     def token_body(self, info, catalog=True):
@@ -464,6 +465,22 @@ class TokenShim:
         return self.app(environ, start_response)
 
 
+class PlacementFront:
+    """Placement (noauth2) for clients of the box's Keystone: Nova's own token ("admin")
+    passes; a token the box's Keystone issued is placement's admin; anything else is 401."""
+
+    def __init__(self, box):
+        self.box = box
+
+    def __call__(self, environ, start_response):
+        token = environ.get("HTTP_X_AUTH_TOKEN")
+        if token != "admin":
+            if self.box.keystone.validate(token) is None:
+                return _json_response(start_response, 401, {"error": "bad token"})
+            environ["HTTP_X_AUTH_TOKEN"] = "admin"
+        return self.box.placement_app(environ, start_response)
+
+
 class GlanceV2:
     """Read-only Glance v2 (image show/list) over Nova's fake Glance data."""
 
@@ -679,7 +696,7 @@ class Dispatcher:
         for prefix, app in (
             ("/compute", self.box.front),
             ("/identity", self.box.keystone),
-            ("/placement", self.box.placement_app),
+            ("/placement", self.box.placement_app and self.box.placement_front),
             ("/image", self.box.glance_api),
             ("/_testbed", self.box.control),
         ):
@@ -1124,6 +1141,7 @@ class Box:
         self.front = ComputeFront(self)
         self.control = None
         self.placement_app = None
+        self.placement_front = PlacementFront(self)
         self.glance_api = None
         self.http_servers = []
         self.computes = {}

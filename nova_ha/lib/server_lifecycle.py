@@ -388,36 +388,36 @@ def _deadline(state: ServerState, f: Facts) -> Step:
 
 def _table() -> dict[tuple[ServerState, ServerEvent], Rule]:
     E = ServerEvent
-    table: dict[tuple[ServerState, ServerEvent], Rule] = {
-        (S.FOUND, E.LISTED): _plan,
-        (S.FOUND, E.MOVED_EARLIER): _moved_earlier,
-        (S.PLANNED, E.LEASE_LOST): _lease_lost,
-        (S.PLANNED, E.ACCEPTED): _accepted,
-        (S.PLANNED, E.REFUSED_CONFLICT): _conflict,
-        (S.PLANNED, E.REFUSED_NOT_FOUND): _not_found,
-        (S.PLANNED, E.REFUSED_BAD_REQUEST): _bad_request,
-        (S.PLANNED, E.TARGET_CHOSEN): _target_chosen,
-        (S.PLANNED, E.TARGET_DROPPED): _target_dropped,
-        (S.PLANNED, E.REQUEST_FAILED): _request_failed,
-        (S.RETRYING, E.RETRY_DUE): _retry_due,
-        (S.STARTING, E.START_ACCEPTED): _start_accepted,
-        (S.STARTING, E.START_REFUSED): _start_refused,
+    # Where a server is, what may happen to it there, and the rule that answers it.
+    rules: dict[ServerState, dict[ServerEvent, Rule]] = {
+        S.FOUND: {E.LISTED: _plan, E.MOVED_EARLIER: _moved_earlier},
+        S.PLANNED: {
+            E.LEASE_LOST: _lease_lost,
+            E.TARGET_CHOSEN: _target_chosen,
+            E.TARGET_DROPPED: _target_dropped,
+            E.ACCEPTED: _accepted,
+            E.REFUSED_CONFLICT: _conflict,
+            E.REFUSED_NOT_FOUND: _not_found,
+            E.REFUSED_BAD_REQUEST: _bad_request,
+            E.REQUEST_FAILED: _request_failed,
+        },
+        S.RETRYING: {E.RETRY_DUE: _retry_due},
+        S.STARTING: {E.START_ACCEPTED: _start_accepted, E.START_REFUSED: _start_refused},
+    }
+    followed: dict[ServerEvent, Rule] = {
+        E.SHOWS_TASK: _task_shown,
+        E.SHOWS_ACTIVE: _active,
+        E.LANDED_STOPPED: _landed_stopped,
+        E.SHOWS_ERROR: _error_shown,
+        E.STILL_ON_SOURCE: _on_source,
+        E.SHOWS_OTHER: _other_shown,
+        E.VANISHED: _gone,
     }
     for state in FOLLOWED:
-        table.update(
-            {
-                (state, E.SHOWS_TASK): _task_shown,
-                (state, E.SHOWS_ACTIVE): _active,
-                (state, E.LANDED_STOPPED): _landed_stopped,
-                (state, E.SHOWS_ERROR): _error_shown,
-                (state, E.STILL_ON_SOURCE): _on_source,
-                (state, E.SHOWS_OTHER): _other_shown,
-                (state, E.VANISHED): _gone,
-            }
-        )
+        rules.setdefault(state, {}).update(followed)
     for state in LIVE:
-        table[(state, E.DEADLINE_PASSED)] = _deadline
-    return table
+        rules.setdefault(state, {})[E.DEADLINE_PASSED] = _deadline
+    return {(state, event): rule for state, by in rules.items() for event, rule in by.items()}
 
 
 TRANSITIONS = _table()

@@ -269,10 +269,7 @@ class Nova:
         evacuation migrations. Raises Unavailable only when it was not applied.
         """
         _require(proof, server.host, f"evacuating server {server.id}")
-        spec: dict[str, Any] = {"host": target} if target else {}
         microversion = self.evacuate_microversion(deadline)
-        if parse_version(microversion) < (2, 14):
-            spec["onSharedStorage"] = False
         asked_at = time.time()
         try:
             # parse=False: the status is the answer. The body (adminPass below 2.14) is
@@ -281,7 +278,7 @@ class Nova:
                 "POST",
                 f"/servers/{quote_id(server.id)}/action",
                 deadline,
-                body={"evacuate": spec},
+                body={"evacuate": _evacuate_spec(target, microversion)},
                 microversion=microversion,
                 ok=(200, 202),
                 retries=0,
@@ -381,3 +378,12 @@ def _service_update(
     elif disabled_reason is not None:
         body.update(status="disabled", disabled_reason=disabled_reason)
     return body
+
+
+def _evacuate_spec(target: str | None, microversion: str) -> dict[str, Any]:
+    """The body of an evacuate action: the target (none: the scheduler chooses); below 2.14
+    Nova also wants to be told the storage is not shared."""
+    spec: dict[str, Any] = {"host": target} if target else {}
+    if parse_version(microversion) < (2, 14):
+        spec["onSharedStorage"] = False
+    return spec

@@ -216,6 +216,8 @@ SETTINGS_GROUPS = (
     params.NotifySettings,
     params.ComputeSettings,
     params.InstanceSettings,
+    params.TlsSettings,
+    params.ServiceRunner,
 )
 GROUP_OF = {
     params.HostNaming: "naming",
@@ -225,6 +227,8 @@ GROUP_OF = {
     params.NotifySettings: "notify",
     params.ComputeSettings: "compute",
     params.InstanceSettings: "instance",
+    params.TlsSettings: "openstack.tls",
+    params.ServiceRunner: "compute.runner",
 }
 
 
@@ -274,10 +278,12 @@ def test_every_settings_default_is_the_tables():
     for agent in (None, params.FENCE, params.COMPUTE, params.EVACUATE, params.CLI):
         parsed = params.Parsed(values={}) if agent is None else params.parse({}, agent)
         for group in SETTINGS_GROUPS:
-            built = getattr(parsed.settings, GROUP_OF[group])
+            built = parsed.settings
+            for name in GROUP_OF[group].split("."):
+                built = getattr(built, name)
             for item in dataclasses.fields(group):
                 if "param" not in item.metadata:
-                    continue  # not a parameter (OpenStackSettings.given)
+                    continue  # not a parameter (OpenStackSettings.given, tls, runner)
                 expected = _table_default(item.metadata["param"])
                 convert = item.metadata["convert"]
                 expected = convert(expected) if convert else expected
@@ -318,7 +324,7 @@ def test_settings_carry_the_given_values_typed():
     evacuation = settings.evacuation
     assert (evacuation.mode, evacuation.max_parallel, evacuation.timeout) == ("tagged", 8, 90.0)
     assert settings.notify.timeout == 2.0
-    assert settings.openstack.insecure is True and settings.openstack.api_timeout == 15.0
+    assert settings.openstack.tls.insecure is True and settings.openstack.api_timeout == 15.0
     assert settings.openstack.given == {"os_insecure", "os_api_timeout"}  # not the defaults
 
 

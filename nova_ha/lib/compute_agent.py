@@ -41,16 +41,10 @@ def service_problems(
 ) -> list[tuple[int, str]]:
     """What makes the service unusable for `roles` (start, stop, status): its commands or
     unit. Nothing else is needed to check or stop nova-compute."""
-    compute = request.params.settings.compute
+    run = request.params.settings.compute.runner
     return [
         (_CODES[kind], message)
-        for kind, message in service.problems(
-            compute.start_command,
-            compute.stop_command,
-            compute.status_command,
-            compute.systemd_unit,
-            roles,
-        )
+        for kind, message in service.problems(run.start, run.stop, run.status, run.unit, roles)
     ]
 
 
@@ -164,21 +158,14 @@ def _facts(svc: Service, baseline: str | None) -> lifecycle.ComputeService:
 
 
 def _service(request: OcfRequest) -> service.Service:
-    compute = request.params.settings.compute
-    return service.make(
-        compute.start_command, compute.stop_command, compute.status_command, compute.systemd_unit
-    )
+    run = request.params.settings.compute.runner
+    return service.make(run.start, run.stop, run.status, run.unit)
 
 
 def _no_systemd(request: OcfRequest) -> bool:
     """Set up for systemd on a node without it: no unit of nova-compute can run here."""
-    compute = request.params.settings.compute
-    return (
-        not service.uses_commands(
-            compute.start_command, compute.stop_command, compute.status_command
-        )
-        and service.systemd_absent()
-    )
+    run = request.params.settings.compute.runner
+    return not service.uses_commands(run.start, run.stop, run.status) and service.systemd_absent()
 
 
 def _status_checked(request: OcfRequest, failure: str) -> service.Service:

@@ -783,6 +783,12 @@ def table_value(parsed: Parsed, name: str, zero_is_default: bool = False) -> Any
     return value
 
 
+def _part(group: type) -> Any:
+    """A settings field that is a group of its own (TLS, how nova-compute is run), filled
+    from the table as well."""
+    return field(metadata={"group": group})
+
+
 def _build(cls: type[_S], parsed: Parsed, **extra: Any) -> _S:
     """`cls` with each field read from its parameter; `extra`: the fields that are not."""
     values = dict(extra)
@@ -791,7 +797,20 @@ def _build(cls: type[_S], parsed: Parsed, **extra: Any) -> _S:
         if "param" in meta:
             value = table_value(parsed, meta["param"], meta["zero_is_default"])
             values[item.name] = meta["convert"](value) if meta["convert"] else value
+        elif "group" in meta:
+            values[item.name] = _build(meta["group"], parsed)
     return cls(**values)
+
+
+def parameter_values(settings: DataclassInstance) -> dict[str, Any]:
+    """{parameter name: value} of a settings group, its parts included."""
+    values: dict[str, Any] = {}
+    for item in fields(settings):
+        if "param" in item.metadata:
+            values[item.metadata["param"]] = getattr(settings, item.name)
+        elif "group" in item.metadata:
+            values.update(parameter_values(getattr(settings, item.name)))
+    return values
 
 
 def _host_map(text: str | None) -> Mapping[str, str]:
@@ -909,6 +928,16 @@ class BmcSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """How Keystone's and Nova's certificates are checked, and ours presented."""
+
+    insecure: bool = _setting("os_insecure")
+    cacert: str | None = _setting("os_cacert")
+    cert: str | None = _setting("os_cert")
+    key: str | None = _setting("os_key")
+
+
+@dataclass(frozen=True)
 class OpenStackSettings:
     """Keystone and Nova: credentials, endpoint choice, TLS, timeouts."""
 
@@ -926,11 +955,7 @@ class OpenStackSettings:
     project_domain_name: str = _setting("os_project_domain_name")
     application_credential_id: str | None = _setting("os_application_credential_id")
     application_credential_secret: str | None = _setting("os_application_credential_secret")
-    # TLS.
-    cacert: str | None = _setting("os_cacert")
-    cert: str | None = _setting("os_cert")
-    key: str | None = _setting("os_key")
-    insecure: bool = _setting("os_insecure")
+    tls: TlsSettings = _part(TlsSettings)
     # How: each call's timeout, the microversion cap, tokens kept between runs.
     api_timeout: float = _setting("os_api_timeout")
     compute_api_version: str = _setting("os_compute_api_version")
@@ -967,17 +992,23 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ServiceRunner:
+    """How nova-compute is run: its systemd unit, or the three commands."""
+
+    unit: str | None = _setting("systemd_unit")
+    start: str | None = _setting("start_command")
+    stop: str | None = _setting("stop_command")
+    status: str | None = _setting("status_command")
+
+
+@dataclass(frozen=True)
 class ComputeSettings:
     """NovaCompute: how nova-compute is run, and what start and stop do around it."""
 
     start_wait: float = _setting("start_wait", zero_is_default=True)
     check_nova_service: bool = _setting("check_nova_service")
     disable_on_stop: bool = _setting("disable_on_stop")
-    # How nova-compute is run: its systemd unit, or the three commands.
-    systemd_unit: str | None = _setting("systemd_unit")
-    start_command: str | None = _setting("start_command")
-    stop_command: str | None = _setting("stop_command")
-    status_command: str | None = _setting("status_command")
+    runner: ServiceRunner = _part(ServiceRunner)
 
 
 @dataclass(frozen=True)

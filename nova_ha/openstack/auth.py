@@ -7,7 +7,6 @@ that fails) is an ``AuthError``, a NovaError: callers making a client catch Nova
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -92,11 +91,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def auth_settings(openstack: params.OpenStackSettings) -> dict[str, Any]:
     """os_* settings: clouds.yaml first, then parameters given here, then scripts."""
-    values = {
-        item.metadata["param"]: getattr(openstack, item.name)
-        for item in dataclasses.fields(openstack)
-        if "param" in item.metadata
-    }
+    values = params.parameter_values(openstack)
     settings: dict[str, Any] = {}
     if openstack.cloud:
         settings.update(cloud_settings(openstack.cloud))

@@ -134,8 +134,11 @@ def _assert_incident(bed: E2EBed, t0: float, servers: dict[str, list[str]]) -> N
             if r.get("action") == "evacuate" and r["path"].split("/")[-2] in ids
         ]
         assert evacuations and min(evacuations) >= offs[0], (node, offs[0], min(evacuations))
-        # Each server accepted exactly once, and running on a healthy node (or failed).
-        assert {i: accepted[i] for i in ids} == {i: 1 for i in ids}, accepted
+        # Each server accepted exactly once, and running on a healthy node (or failed). With
+        # two failed nodes, one whose rebuild was under way on the other when it died is
+        # evacuated again from there (after that node's power-off, checked above).
+        again = 2 if len(servers) > 1 else 1
+        assert all(1 <= accepted[i] <= again for i in ids), (ids, accepted)
         record = records(bed.cluster)[node]
         for server_id in ids:
             server = observer.server(server_id)

@@ -51,6 +51,19 @@ ROWS = [
     (
         S.FOUND,
         E.LISTED,
+        {
+            "vm_state": "active",
+            "task": "rebuild_spawning",
+            "rebuilding": True,
+            "rebuild_lost": True,
+        },
+        S.PLANNED,
+        A.CHOOSE_TARGET,
+        "its evacuation to this host died with it: evacuating it again",
+    ),
+    (
+        S.FOUND,
+        E.LISTED,
         {"vm_state": "active", "task": "migrating"},
         S.SKIPPED,
         A.REPORT,
@@ -430,6 +443,7 @@ class FakeNova:
         self.calls: list[tuple[str, str]] = []
         self.named: list[tuple[str, str | None]] = []  # (server, the host its request named)
         self.landing: dict[str, str] = {}
+        self.migrations: list[Migration] = []
         self._lock = threading.Lock()
 
     def evacuate_microversion(self, deadline):
@@ -488,6 +502,8 @@ class FakeNova:
         return ["evacuate", "create"]
 
     def evacuation_migrations(self, deadline, source_host=None, server_id=None):
+        if server_id is not None:  # the planner's question about a rebuilding server
+            return [m for m in self.migrations if m.server_id == server_id]
         return [Migration(server_id=sid, status="error") for sid in self.conflict]
 
     def servers_changed_since(self, deadline, since):
@@ -679,3 +695,33 @@ def test_a_refused_host_is_dropped_and_the_scheduler_chooses(refusal) -> None:
     assert len(nova.named) == 8 + len(refused)
     if refusal is not None:  # refused at once: dropped before the next request is chosen
         assert refused == ["b"], nova.named
+
+
+def test_a_rebuild_that_died_with_its_target_is_reset_and_evacuated_again() -> None:
+    """host1 took a server evacuated from another failed host, then died mid-rebuild: that
+    rebuild never ends. host1's evacuation resets it and asks again; a server whose
+    evacuation AWAY from host1 is under way is only followed."""
+    lost = dataclasses.replace(_server("lost", task="rebuild_spawning"))
+    leaving = dataclasses.replace(_server("leaving", task="rebuilding"))
+    nova = FakeNova([lost, leaving], lands="ACTIVE")
+    nova.migrations = [
+        Migration(
+            server_id="lost",
+            status="running",
+            created_at="2026-12-01T10:00:00",
+            id=7,
+            target="host1",
+        ),
+        Migration(
+            server_id="leaving",
+            status="running",
+            created_at="2026-12-01T10:00:00",
+            id=8,
+            target="host2",
+        ),
+    ]
+    summary, _ = _evacuate(nova)
+    outcomes = {o.server_id: o for o in summary.outcomes}
+    assert ("reset", "lost") in nova.calls and ("evacuate", "lost") in nova.calls
+    assert ("reset", "leaving") not in nova.calls and ("evacuate", "leaving") not in nova.calls
+    assert outcomes["lost"].result == "evacuated" and outcomes["lost"].host != "host1"

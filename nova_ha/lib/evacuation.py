@@ -175,6 +175,7 @@ class _Tracked:
     listed: Server | None = None  # the listing's view, for the first request
     listed_stopped: bool = False  # stopped when listed on the source
     history_stopped: bool | None = None  # stopped before, by its instance actions
+    rebuild_lost: bool = False  # its rebuild on this (powered-off) host died with it
 
     def was_stopped(self) -> bool | None:
         """Known from the listing when we asked for the evacuation; for one an earlier
@@ -205,8 +206,11 @@ class Planner:
     """The facts of the plan step (evacuate=all|tagged): a server's tag, its task and
     state, whether an earlier runner asked for it."""
 
-    def __init__(self, nova: Nova, deadline: Deadline, mode: str, tag: str) -> None:
+    def __init__(
+        self, nova: Nova, deadline: Deadline, mode: str, tag: str, source: str = ""
+    ) -> None:
         self.nova, self.deadline, self.mode, self.tag = nova, deadline, mode, tag
+        self.source = source
         self._images: dict[str, dict[str, Any]] = {}
 
     def tagged(self, server: Server) -> bool:
@@ -229,10 +233,24 @@ class Planner:
             vm_state=server.vm_state,
             task=server.task_state,
             rebuilding=server.rebuilding,
+            rebuild_lost=self.rebuild_lost(server, earlier),
             tag=self.tag if by_tag else None,
             tagged=by_tag and self.tagged(server),
             requested_earlier=server.id in earlier,
         )
+
+    def rebuild_lost(self, server: Server, earlier: set[str]) -> bool:
+        """Was the server being evacuated TO the powered-off host (from another failed one)?
+        Its newest evacuation migration says so (one call, for a rebuilding server only);
+        when it cannot be read, the rebuild counts as under way elsewhere."""
+        if not server.rebuilding or server.id in earlier:
+            return False
+        try:
+            migrations = self.nova.evacuation_migrations(self.deadline, server_id=server.id)
+        except NovaError:
+            return False
+        newest = max(migrations, key=lambda m: (m.created_at or "", m.id or 0), default=None)
+        return newest is not None and newest.target == self.source and not newest.finished
 
     def moved(self, earlier: set[str], listed: list[Server]) -> list[Server]:
         """Servers an earlier runner (killed mid-way) already moved off the host: followed
@@ -355,7 +373,9 @@ class Runner:
                 listed_stopped=server.vm_state == "stopped",
             )
             one.listed = server
-            self._feed(one, E.LISTED, **planner.facts(server, earlier))
+            facts = planner.facts(server, earlier)
+            one.rebuild_lost = facts["rebuild_lost"]
+            self._feed(one, E.LISTED, **facts)
             one.listed = server if one.action in TO_SEND else None
             tracked.append(one)
         for server in planner.moved(earlier, servers):
@@ -395,7 +415,9 @@ class Runner:
         if not self.may_request():
             return E.LEASE_LOST, {}
         tracked.attempts += 1
-        if server_lifecycle.needs_reset(server.vm_state):
+        if server_lifecycle.needs_reset(
+            server.vm_state, tracked.rebuild_lost and server.rebuilding
+        ):
             LOG.info(
                 "server %s: %s/%s on a powered-off host: resetting to error first",
                 tracked.server_id,
@@ -620,7 +642,7 @@ def evacuate_servers(
     )
     runner = Runner(nova, deadline, proof, policy, hooks or Hooks(), chooser)
     tracked = runner.plan(
-        Planner(nova, deadline, policy.mode, policy.tag), servers, earlier or set()
+        Planner(nova, deadline, policy.mode, policy.tag, proof.host), servers, earlier or set()
     )
     runner.run(tracked)
     summary = _summary(proof.host, len(servers), [t.outcome() for t in tracked], started)

@@ -205,6 +205,7 @@ class Facts:
     task: str | None = None
     fault: str | None = None  # the message of its fault
     rebuilding: bool = False  # a rebuild task: an evacuation under way
+    rebuild_lost: bool = False  # ...whose target is the powered-off host: it died with it
     on_source: bool = False  # on the powered-off host
     tag: str | None = None  # evacuate=tagged: the tag; None: every server goes
     tagged: bool = False
@@ -232,9 +233,10 @@ def backoff(attempts: int) -> float:
     return min(2.0**attempts, MAX_BACKOFF)
 
 
-def needs_reset(vm_state: str | None) -> bool:
-    """Reset to 'error' before the request (a state that lived in the dead host's memory)."""
-    return vm_state in RESET_VM_STATES
+def needs_reset(vm_state: str | None, rebuild_lost: bool = False) -> bool:
+    """Reset to 'error' before the request: a state that lived in the dead host's memory, or
+    a rebuild that died with it (Nova evacuates no server with a task)."""
+    return vm_state in RESET_VM_STATES or rebuild_lost
 
 
 S, A = ServerState, ServerAction
@@ -244,6 +246,11 @@ Rule = Callable[[ServerState, Facts], Step]
 def _plan(state: ServerState, f: Facts) -> Step:
     if f.tag is not None and not f.tagged:
         return Step(S.SKIPPED, A.REPORT, f"not tagged {f.tag}", f"not tagged {f.tag}")
+    if f.rebuild_lost:
+        # Evacuated here from another failed host, this host died during the rebuild: the
+        # rebuild will never end. Its state is reset, then it is evacuated again.
+        why = "its evacuation to this host died with it: evacuating it again"
+        return Step(S.PLANNED, A.CHOOSE_TARGET, why, "")
     if f.rebuilding:
         why = "evacuation already under way"
         return Step(S.REBUILDING, A.POLL, why, why)

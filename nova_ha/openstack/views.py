@@ -50,6 +50,7 @@ _MIGRATION_FIELDS: _Kinds = {
     "status": ((str,), False),
     "created_at": ((str,), False),
     "id": ((int,), False),
+    "dest_compute": ((str,), False),
 }
 
 
@@ -128,6 +129,7 @@ class Migration:
     status: str | None = None
     created_at: str | None = None  # ISO 8601, by Nova's clock
     id: int | None = None
+    target: str | None = None  # the host it rebuilds the server on (dest_compute)
 
     @property
     def failed(self) -> bool:
@@ -145,6 +147,7 @@ class Migration:
             status=migration.get("status"),
             created_at=migration.get("created_at"),
             id=migration.get("id"),
+            target=migration.get("dest_compute"),
         )
 
 

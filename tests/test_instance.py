@@ -297,6 +297,15 @@ def test_watch_connects_registers_and_maps_events(fake):
     assert sink.started == [UUID]
 
 
+def test_watch_loop_keeps_libvirt_errors_off_stderr(fake, monkeypatch, capfd):
+    monkeypatch.setattr(fake, "error_handler", None)
+    LibvirtWatch("qemu:///system", Sink(), module=fake).start_loop()
+    assert fake.registered.is_set()
+    # libvirt calls it for every error (a ping of a guest without an agent): nothing printed.
+    fake.error_handler(None, (86, 10, "Guest agent is not responding"))
+    assert capfd.readouterr() == ("", "")
+
+
 def test_watch_reconnects_with_backoff_then_scans(fake):
     clock = [100.0]
     sink = Sink()

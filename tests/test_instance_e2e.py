@@ -174,9 +174,10 @@ def test_guest_hang_is_restarted_through_nova(bed, conn, monitor, nova, servers)
     event = assert_recovered(monitor, nova, conn, server, hung_at)
     assert event["detail"].startswith("heartbeat_lost")
     failed = monitor.events("instance_failed", server)
-    # 3 pings missed, 1 s apart, each awaited up to 2 s: 3-9 s after the hang.
+    # 3 pings missed, 1 s apart: the first awaited 2 s (heartbeat_timeout), the next ones
+    # 5 s each (libvirt's own wait for a hung agent, whatever the timeout): ~15 s.
     print(f"\nhang -> instance_failed after {failed[0]['epoch'] - hung_at:.1f}s")
-    assert 2 <= failed[0]["epoch"] - hung_at < 15
+    assert 2 <= failed[0]["epoch"] - hung_at < 30
 
 
 def test_guest_without_agent_is_left_alone(bed, conn, monitor, nova, servers):

@@ -25,12 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from testbed.instance_ha import MonitorProcess, box_params, wait_for
+from testbed.instance_ha import MonitorProcess, box_params
 from testbed.libvirt_bed import faults
 from testbed.libvirt_bed.bed import LibvirtBed
 from testbed.libvirt_bed.events import EventRecorder
 from testbed.libvirt_bed.guest import GuestSpec, start_guest
 from testbed.nova_box import NovaBox
+from testbed.util import wait_for
 
 HOST = "host1"
 
@@ -52,7 +53,7 @@ def _first_request(box: NovaBox, server: str, after: float) -> dict:
                 return request
         return None
 
-    return wait_for(found, 60, f"a stop or start of {server}")
+    return wait_for(found, 60, what=f"a stop or start of {server}")
 
 
 def _crash_phases(bed, box, monitor, events, conn, server: str) -> dict[str, float]:

@@ -7,7 +7,8 @@ does (parameters as one JSON line on stdin, ``NOVA_HA_NODE``), with a file-backe
 journal in a directory of its own, and ``notify_command`` writing every event to a file
 (testbed/event_sink.py). Its log is one file across restarts.
 
-``NovaView`` reads what a user sees in Nova: a server's status, task and instance actions.
+``NovaView`` reads what a user sees in Nova (testbed.observe, python-novaclient): a server's
+status, task and instance actions.
 """
 
 from __future__ import annotations
@@ -18,28 +19,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from testbed.cib import write_cib
+from testbed.observe import Observer
+from testbed.util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT_SINK = ROOT / "testbed" / "event_sink.py"
 JOURNAL = "instance-journal.json"  # nova_ha.instance.monitor.JOURNAL_NAME
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
-    """The predicate's first true value; AssertionError naming `what` when time runs out."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached in {timeout:.0f} s: {what}")
-        time.sleep(poll)
 
 
 def box_params(box: Any) -> dict[str, str]:
@@ -104,7 +95,7 @@ class MonitorProcess:
         wait_for(
             lambda: "connected to" in self.log(since=mark) or self.proc.poll() is not None,
             timeout,
-            "the monitor connected to libvirt",
+            what="the monitor connected to libvirt",
         )
         assert self.proc.poll() is None, f"the monitor exited:\n{self.log(since=mark)}"
         return time.monotonic() - began
@@ -166,7 +157,7 @@ class MonitorProcess:
         return wait_for(
             lambda: (self.events(kind, server, after) or [None])[0],
             timeout,
-            f"event {kind} for server {server}",
+            what=f"event {kind} for server {server}",
         )
 
     def store(self) -> Any:
@@ -198,27 +189,13 @@ class MonitorProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class NovaView:
-    """What a user sees in Nova (the compute API, as the box's admin)."""
+class NovaView(Observer):
+    """What a user sees in Nova (python-novaclient, as the box's admin): `nova` is the
+    client, for the user's own actions."""
 
     def __init__(self, box: Any) -> None:
-        from keystoneauth1 import session
-        from keystoneauth1.identity import v3
-
-        auth = v3.Password(
-            auth_url=box.auth_url,
-            username=box.username,
-            password=box.password,
-            project_name=box.project_name,
-            user_domain_name=box.user_domain_name,
-            project_domain_name=box.project_domain_name,
-        )
-        self.session = session.Session(auth=auth)
-        self.url = box.compute_url
+        super().__init__(box)
         self.user_id = box.user_id
-
-    def server(self, server_id: str) -> dict:
-        return self.session.get(f"{self.url}/servers/{server_id}").json()["server"]
 
     def status(self, server_id: str) -> str:
         return self.server(server_id)["status"]
@@ -226,27 +203,17 @@ class NovaView:
     def wait_status(self, server_id: str, status: str, timeout: float) -> None:
         def reached() -> bool:
             server = self.server(server_id)
-            return server["status"] == status and not server["OS-EXT-STS:task_state"]
+            return server["status"] == status and not server["task"]
 
-        wait_for(reached, timeout, f"server {server_id} {status}", poll=0.5)
-
-    def action(self, server_id: str, action: str) -> None:
-        resp = self.session.post(
-            f"{self.url}/servers/{server_id}/action", json={action: None}, raise_exc=False
-        )
-        assert resp.status_code == 202, resp.text
-
-    def delete(self, server_id: str) -> None:
-        assert self.session.delete(f"{self.url}/servers/{server_id}").status_code == 204
+        wait_for(reached, timeout, interval=0.5, what=f"server {server_id} {status}")
 
     def actions(self, server_id: str, since: float = 0.0) -> list[tuple[str, str | None]]:
         """(action, user_id) of the server's instance actions started after `since` (epoch),
         oldest first: user_id None for Nova's own (its power-state sync)."""
-        resp = self.session.get(f"{self.url}/servers/{server_id}/os-instance-actions")
         found = []
-        for action in resp.json()["instanceActions"]:
-            started = datetime.fromisoformat(action["start_time"]).replace(tzinfo=UTC)
+        for action in self.nova.instance_action.list(server_id):
+            started = datetime.fromisoformat(action.start_time).replace(tzinfo=UTC)
             # Nova keeps whole seconds: an action in the second of `since` counts.
             if started.timestamp() >= int(since):
-                found.append((started.timestamp(), action["action"], action.get("user_id")))
+                found.append((started.timestamp(), action.action, action.user_id))
         return [(name, user) for _, name, user in sorted(found)]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from testbed.instance_ha import MonitorProcess, NovaView, box_params, wait_for
+from testbed.instance_ha import MonitorProcess, NovaView, box_params
 from testbed.libvirt_bed import faults
 from testbed.libvirt_bed.bed import LibvirtBed, missing_requirements
 from testbed.nova_box import NovaBox
 from testbed.nova_box.fixtures import require_nova_venv
-from testbed.util import need
+from testbed.util import need, wait_for
 
 HOST = "host1"
 AGENT_BOOT = 120  # tiny guests booting together under TCG on two shared cores
@@ -138,7 +138,7 @@ def assert_no_action(monitor, nova, server_id: str, since: float, quiet: float) 
     time.sleep(quiet)
     assert monitor.events(server=server_id) == []
     assert server_id not in monitor.pending()
-    assert not [e for e in monitor.history(server_id)]
+    assert monitor.history(server_id) == []
 
 
 # -- 1-3: failures, recovered through Nova -----------------------------------------------
@@ -183,7 +183,7 @@ def test_guest_hang_is_restarted_through_nova(bed, conn, monitor, nova, servers)
 def test_guest_without_agent_is_left_alone(bed, conn, monitor, nova, servers):
     server = servers["noagent"]
     console = bed.host_path(f"/var/log/libvirt/qemu/{domain(conn, server).name()}.serial.log")
-    wait_for(lambda: "nha-guest: no agent" in console.read_text(), AGENT_BOOT, "no-agent boot")
+    wait_for(lambda: "nha-guest: no agent" in console.read_text(), AGENT_BOOT, what="no agent")
     since = time.time()
     assert_no_action(monitor, nova, server, since, quiet=6)  # 6 heartbeat rounds
     assert nova.actions(server, since) == [] and running(conn, server)
@@ -201,12 +201,9 @@ def test_guest_without_agent_is_left_alone(bed, conn, monitor, nova, servers):
 def test_user_stop_and_reboot_are_left_alone(conn, monitor, nova, servers, role, action, status):
     server, since = servers[role], time.time()
     if action == "reboot":
-        resp = nova.session.post(
-            f"{nova.url}/servers/{server}/action", json={"reboot": {"type": "HARD"}}
-        )
-        assert resp.status_code == 202, resp.text
+        nova.nova.servers.reboot(server, reboot_type="HARD")
     else:
-        nova.action(server, action)
+        nova.nova.servers.stop(server)
     nova.wait_status(server, status, 60)
     assert_no_action(monitor, nova, server, since, quiet=3)
     assert [name for name, _ in nova.actions(server, since)] == [action.removeprefix("os-")]
@@ -217,8 +214,12 @@ def test_delete_is_left_alone(conn, monitor, nova, servers):
     import libvirt
 
     server, since = servers["delete"], time.time()
-    nova.delete(server)
-    wait_for(lambda: server not in [d.UUIDString() for d in conn.listAllDomains()], 60, "undefined")
+    nova.nova.servers.delete(server)
+
+    def gone() -> bool:
+        return server not in [d.UUIDString() for d in conn.listAllDomains()]
+
+    wait_for(gone, 60, what="the domain undefined")
     assert_no_action(monitor, nova, server, since, quiet=3)
     with pytest.raises(libvirt.libvirtError):
         domain(conn, server)
@@ -234,13 +235,14 @@ def test_crash_on_a_fenced_host_is_left_to_the_host_path(bed, conn, monitor, nov
     try:
         server = servers["fenced"]
         killed_at = kill(bed, conn, server)
-        wait_for(lambda: f"guest {server}: qemu_crashed: ignore" in monitor.log(), 30, "judged")
+        judged = f"guest {server}: qemu_crashed: ignore"
+        wait_for(lambda: judged in monitor.log(), 30, what="the crash judged")
         assert "the host is fenced" in monitor.log()
         assert monitor.events(server=server) == []
         assert [name for name, user in nova.actions(server, killed_at) if user] == []
     finally:
         store.reset(HOST, "test: back to ok")
-    nova.delete(server)  # not found crashed again by a later scan
+    nova.nova.servers.delete(server)  # not found crashed again by a later scan
 
 
 # -- 5: a crash loop ----------------------------------------------------------------------
@@ -260,7 +262,7 @@ def test_crash_loop_is_capped(bed, conn, monitor, nova, servers):
     assert not running(conn, server)
     assert len(monitor.events("instance_recovered", server)) == MAX_RESTARTS
     assert monitor.store().get(HOST).instance_recoveries >= MAX_RESTARTS
-    nova.delete(server)
+    nova.nova.servers.delete(server)
 
 
 # -- 6-8: the monitor's own faults ----------------------------------------------------------
@@ -272,7 +274,7 @@ def test_crash_while_libvirtd_restarts_is_found_at_reconnect(bed, conn, monitor,
     mark = monitor.log_size()
     bed.stop_libvirtd()
     killed_at = faults.kill_qemu(pid)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "QEMU gone")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, what="QEMU gone")
     bed.start_libvirtd()
     conn = bed.connect()  # the module's connection ended with libvirtd
     try:
@@ -290,7 +292,7 @@ def test_crash_while_the_monitor_is_down_is_found_at_start(bed, monitor, nova, s
         monitor.kill()
         pid = bed.qemu_pid(domain(conn, server).name())
         killed_at = faults.kill_qemu(pid)
-        wait_for(lambda: not running(conn, server), 10, "domain shut off")
+        wait_for(lambda: not running(conn, server), 10, what="domain shut off")
         monitor.start()
         event = assert_recovered(monitor, nova, conn, server, killed_at)
         assert event["detail"].startswith("found_crashed")
@@ -305,7 +307,7 @@ def test_crash_while_nova_is_down_is_recovered_when_it_returns(bed, box, monitor
     try:
         killed_at = kill(bed, conn, server)
         failed = f"guest {server}: attempt 1 failed"
-        wait_for(lambda: failed in monitor.log(), 60, "a failed attempt")
+        wait_for(lambda: failed in monitor.log(), 60, what="a failed attempt")
         assert server in monitor.pending()  # kept in the journal until done
         time.sleep(5)
     finally:

@@ -86,13 +86,14 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 # The figures of the README, side by side with the anchors (the live-cluster ones need root).
-bench: deps venv nova-venv $(REMOTED)
+bench: deps venv nova-venv libvirt-binding libvirt-guest $(REMOTED)
 	$(VENV)/bin/nova-ha install-agents --python $(VENV)/bin/python
 	$(VENV)/bin/python -m benchmarks.startup
 	$(VENV)/bin/python -m benchmarks.evacuation --scenario all
 	$(VENV)/bin/python -m benchmarks.recovery --runs 3
 	$(VENV)/bin/python -m benchmarks.recovery --second --runs 3
 	$(VENV)/bin/python -m benchmarks.scale
+	$(VENV)/bin/python -m benchmarks.instance_ha
 
 install: deps
 	$(PYTHON_SYSTEM) -m venv $(PREFIX)

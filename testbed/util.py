@@ -1,10 +1,13 @@
-"""What the test bed shares with the tests: where the repository is, and how a missing
-component is reported (a skip, or under CI a failure)."""
+"""What the test bed shares with the tests: where the repository is, how a missing
+component is reported (a skip, or under CI a failure), and waiting for a condition."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE_AGENT = ROOT / "agents" / "fence" / "fence_nova_evacuate"
@@ -20,3 +23,17 @@ def need(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"required component missing under CI: {what}")
     pytest.skip(f"missing: {what}")
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
+    """The predicate's first truthy value, polled; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -19,6 +19,14 @@ connections: list[FakeConnection] = []
 refuse = 0  # connection attempts to refuse before one succeeds
 
 
+error_handler: Any = None
+
+
+def registerErrorHandler(handler: Any, context: Any) -> None:  # noqa: N802
+    global error_handler
+    error_handler = handler
+
+
 def virEventRegisterDefaultImpl() -> None:  # noqa: N802
     registered.set()
 

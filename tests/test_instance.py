@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -12,13 +13,16 @@ from nova_ha.instance import decide
 from nova_ha.instance.decide import Facts, GuestEvent, InstanceAction
 from nova_ha.instance.heartbeat import Heartbeats
 from nova_ha.instance.journal import BACKOFF, Journal
+from nova_ha.instance.monitor import Context, Monitor
 from nova_ha.instance.recover import NotOurs, Recovery
-from nova_ha.instance.watch import LibvirtWatch, agent_channel
+from nova_ha.instance.watch import Guest, LibvirtWatch, agent_channel
+from nova_ha.lib import params
 from nova_ha.lib.lifecycle import Event, HostState
 from nova_ha.lib.state import MemoryStateStore
 from nova_ha.openstack.exceptions import Conflict, NotFound, Unavailable
 from nova_ha.openstack.views import Server
 from tests import fake_libvirt
+from tests.helpers import wait_until
 
 HOST = "compute1"
 UUID = "6f1c8a52-8e55-4c41-9d2c-1c3f3b0c2a11"
@@ -297,6 +301,15 @@ def test_watch_connects_registers_and_maps_events(fake):
     assert sink.started == [UUID]
 
 
+def test_watch_loop_keeps_libvirt_errors_off_stderr(fake, monkeypatch, capfd):
+    monkeypatch.setattr(fake, "error_handler", None)
+    LibvirtWatch("qemu:///system", Sink(), module=fake).start_loop()
+    assert fake.registered.is_set()
+    # libvirt calls it for every error (a ping of a guest without an agent): nothing printed.
+    fake.error_handler(None, (86, 10, "Guest agent is not responding"))
+    assert capfd.readouterr() == ("", "")
+
+
 def test_watch_reconnects_with_backoff_then_scans(fake):
     clock = [100.0]
     sink = Sink()
@@ -350,6 +363,53 @@ def test_watch_guests_and_ping(fake):
     conn.domains["a"].answers = False
     assert not watch.ping("a", 2.0)
     assert not watch.ping("gone", 2.0)
+
+
+class HungAgentWatch:
+    """A connected watch with one guest whose ping hangs (libvirt holds a ping to a hung
+    agent 5 s) until released."""
+
+    conn, next_try = object(), 0.0
+
+    def __init__(self) -> None:
+        self.pinging, self.release = threading.Event(), threading.Event()
+
+    def ensure(self) -> bool:
+        return True
+
+    def guests(self) -> list[Guest]:
+        return [Guest(UUID, running=True, has_agent=True)]
+
+    def ping(self, uuid: str, timeout: float) -> bool:
+        self.pinging.set()
+        self.release.wait(10)
+        return False
+
+
+def test_a_slow_heartbeat_round_does_not_hold_a_crash(tmp_path):
+    parsed = params.parse({"heartbeat": "1", "state_dir": str(tmp_path)}, params.INSTANCE)
+    watch = HungAgentWatch()
+    monitor = Monitor(Context(parsed, HOST, None, None, None), lambda sink: watch)  # type: ignore[arg-type,return-value]
+    dispatched: list[str] = []
+    monitor.dispatch = lambda pending: dispatched.append(pending.server_id)  # type: ignore[method-assign]
+    stopping = threading.Event()
+    loop = threading.Thread(target=monitor.run, args=(None, stopping.is_set))
+    loop.start()
+    try:
+        assert watch.pinging.wait(5)
+        crashed = "0b6f5f1e-7a7e-4d38-9a0c-3c1b2f9e4d10"
+        monitor.guest_event(crashed, E.QEMU_CRASHED, "libvirt event 5/5")
+        # Handed to a worker while the ping still hangs (again and again here: the stub
+        # worker never ends it).
+        assert set(wait_until(lambda: dispatched, 5)) == {crashed}
+        assert monitor.round_running
+    finally:
+        watch.release.set()
+        stopping.set()
+        monitor.wake()
+        loop.join(10)
+        monitor.close()
+    assert not loop.is_alive()
 
 
 def test_agent_channel_in_domain_xml():

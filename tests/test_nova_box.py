@@ -23,6 +23,7 @@ from testbed.nova_box import (
     NovaBox,
 )
 from testbed.nova_box.fixtures import require_nova_venv
+from testbed.util import wait_for
 
 # These tests count what the box holds (instances per host, requests in its log), so they
 # get a box of their own rather than the session's, which other modules have used.
@@ -88,17 +89,6 @@ def call(box, sess, method, path, microversion="2.1", body=None, **kw):
     except ValueError:
         data = resp.text
     return resp.status_code, data
-
-
-def wait_for(predicate, timeout, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def compute_service(nova, host):

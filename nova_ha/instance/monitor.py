@@ -1,13 +1,16 @@
 """The instance monitor: one long-running process on each compute node.
 
 Threads: libvirt's event loop (``watch``) only queues what it hears; the main loop keeps
-the connection up, runs the heartbeat rounds, touches the liveness file and hands each
-failure to a small pool of recovery workers. A failure is first written to the journal, so
-neither Nova being unreachable nor the monitor being killed loses it: a worker gathers the
-facts, asks ``decide``, and recovers through Nova (``recover``); an attempt that cannot
-reach Nova stays pending and is retried, within recovery_retry_window. Each outcome is one
-event to the operators and one history entry in the host's record; nothing is written per
-heartbeat. At rest the main loop sleeps in one queue wait.
+the connection up, touches the liveness file, counts the heartbeats and hands each failure
+to a small pool of recovery workers. A heartbeat round pings in threads of its own and
+queues its answers: libvirt holds a ping to a hung guest's agent 5 s whatever its timeout,
+and the main loop must not wait for that before it handles a crash. A failure is first
+written to the journal, so neither Nova being unreachable nor the monitor being killed
+loses it: a worker gathers the facts, asks ``decide``, and recovers through Nova
+(``recover``); an attempt that cannot reach Nova stays pending and is retried, within
+recovery_retry_window. Each outcome is one event to the operators and one history entry in
+the host's record; nothing is written per heartbeat. At rest the main loop sleeps in one
+queue wait, until the next thing due.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from nova_ha.instance import decide, recover
 from nova_ha.instance.decide import Facts, GuestEvent, InstanceAction
 from nova_ha.instance.heartbeat import Heartbeats
 from nova_ha.instance.journal import Journal, Pending
-from nova_ha.instance.watch import LibvirtWatch
+from nova_ha.instance.watch import Guest, LibvirtWatch
 from nova_ha.lib import log, params
 from nova_ha.lib.lifecycle import Event, HostState
 
@@ -42,6 +45,7 @@ LOG = log.get("instance-monitor")
 ALIVE_EVERY = 5.0  # seconds between two touches of the liveness file
 RECOVERY_WORKERS = 4  # servers recovered at once
 PING_WORKERS = 8  # guests pinged at once
+Job = Callable[[], None]  # what the other threads queue for the main loop
 JOURNAL_NAME = "instance-journal.json"
 
 
@@ -67,7 +71,7 @@ class Monitor:
     def __init__(self, ctx: Context, watch_factory: Callable[[Monitor], LibvirtWatch]) -> None:
         self.ctx = ctx
         self.settings = ctx.parsed.settings.instance
-        self.queue: queue.Queue[tuple[str, str, GuestEvent | None, str]] = queue.Queue()
+        self.queue: queue.Queue[Job] = queue.Queue()
         self.heartbeats = Heartbeats(self.settings.heartbeat_threshold)
         path = os.path.join(self.settings.state_dir, JOURNAL_NAME)
         self.journal = Journal(path, self.settings.restart_window)
@@ -75,22 +79,24 @@ class Monitor:
         self.in_flight: set[str] = set()
         self.workers = concurrent.futures.ThreadPoolExecutor(RECOVERY_WORKERS, "recovery")
         self.pingers = concurrent.futures.ThreadPoolExecutor(PING_WORKERS, "ping")
+        self.rounds = concurrent.futures.ThreadPoolExecutor(1, "heartbeat")
         self.watch = watch_factory(self)
         self.next_round = 0.0
+        self.round_running = False
 
     # -- the sink of the libvirt thread: queue only --
 
     def guest_event(self, uuid: str, event: GuestEvent, detail: str) -> None:
-        self.queue.put(("event", uuid, event, detail))
+        self.queue.put(lambda: self.failure(uuid, event, detail))
 
     def guest_started(self, uuid: str) -> None:
-        self.queue.put(("started", uuid, None, ""))
+        self.queue.put(lambda: self.heartbeats.started(uuid))
 
     def guest_stopped(self, uuid: str) -> None:
-        self.queue.put(("stopped", uuid, None, ""))
+        self.queue.put(lambda: self.heartbeats.gone(uuid))
 
     def wake(self) -> None:
-        self.queue.put(("wake", "", None, ""))
+        self.queue.put(lambda: None)
 
     # -- the main loop --
 
@@ -102,16 +108,18 @@ class Monitor:
             if now >= next_alive:
                 _touch(alive_file)
                 next_alive = now + ALIVE_EVERY
-            if self.settings.heartbeat and now >= self.next_round:
-                self.heartbeat_round()
-                self.next_round = time.monotonic() + self.settings.heartbeat_interval
+            if self.settings.heartbeat and now >= self.next_round and not self.round_running:
+                self.round_running = True
+                self.rounds.submit(self.heartbeat_round)
             self.retry_due()
             self.drain(self._wait_for(next_alive))
 
     def _wait_for(self, next_alive: float) -> float:
         """Seconds until the next thing to do (the queue wakes the loop before)."""
-        times = [next_alive, self.watch.next_try]
-        if self.settings.heartbeat:
+        times = [next_alive]
+        if self.watch.conn is None:  # connected, a lost connection wakes the loop
+            times.append(self.watch.next_try)
+        if self.settings.heartbeat and not self.round_running:
             times.append(self.next_round)
         due = self.journal.next_due()
         if due is not None:
@@ -121,23 +129,15 @@ class Monitor:
     def drain(self, timeout: float) -> None:
         """Handle what the libvirt thread queued, waiting up to `timeout` for the first."""
         try:
-            item = self.queue.get(timeout=timeout)
+            job = self.queue.get(timeout=timeout)
         except queue.Empty:
             return
         while True:
-            self.handle(*item)
+            job()
             try:
-                item = self.queue.get_nowait()
+                job = self.queue.get_nowait()
             except queue.Empty:
                 return
-
-    def handle(self, kind: str, uuid: str, event: GuestEvent | None, detail: str) -> None:
-        if kind == "started":
-            self.heartbeats.started(uuid)
-        elif kind == "stopped":
-            self.heartbeats.gone(uuid)
-        elif kind == "event" and event is not None:
-            self.failure(uuid, event, detail)
 
     def failure(self, uuid: str, event: GuestEvent, detail: str) -> None:
         """A guest event: judged on libvirt's word alone when that is enough, else kept
@@ -171,14 +171,27 @@ class Monitor:
     # -- the heartbeat --
 
     def heartbeat_round(self) -> None:
-        """One ping for each running guest with an agent (in parallel, each bounded by
-        heartbeat_timeout); a guest that failed is handled like any failure."""
-        guests = [g for g in self.watch.guests() if g.has_agent]
+        """The heartbeat thread: one ping for each running guest with an agent (in
+        parallel, each bounded by heartbeat_timeout, or libvirt's 5 s for a hung agent);
+        the answers go to the main loop."""
+        guests: list[Guest] = []
+        answers: dict[str, bool] = {}
+        try:
+            guests = [g for g in self.watch.guests() if g.has_agent]
+            timeout = self.settings.heartbeat_timeout
+            running = [g.uuid for g in guests if g.running]
+            pings = self.pingers.map(lambda uuid: self.watch.ping(uuid, timeout), running)
+            answers = dict(zip(running, pings, strict=True))
+        except Exception as err:  # the round ends whatever happens: the next one comes
+            LOG.warning("heartbeat round failed: %s: %s", type(err).__name__, err)
+        self.queue.put(lambda: self.heartbeat_answers(guests, answers))
+
+    def heartbeat_answers(self, guests: list[Guest], answers: dict[str, bool]) -> None:
+        """The main loop: count a round's answers; a guest that failed is handled like any
+        failure. The next round comes heartbeat_interval after this one ended."""
+        self.round_running = False
+        self.next_round = time.monotonic() + self.settings.heartbeat_interval
         self.heartbeats.keep_only({g.uuid for g in guests})
-        timeout = self.settings.heartbeat_timeout
-        running = [g.uuid for g in guests if g.running]
-        pings = self.pingers.map(lambda uuid: self.watch.ping(uuid, timeout), running)
-        answers = dict(zip(running, pings, strict=True))
         for guest in guests:
             if answers.get(guest.uuid):
                 self.heartbeats.answered(guest.uuid)
@@ -310,6 +323,7 @@ class Monitor:
     def close(self) -> None:
         self.workers.shutdown(wait=False, cancel_futures=True)
         self.pingers.shutdown(wait=False, cancel_futures=True)
+        self.rounds.shutdown(wait=False, cancel_futures=True)
 
 
 def _touch(path: str | None) -> None:

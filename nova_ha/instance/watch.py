@@ -97,6 +97,9 @@ class LibvirtWatch:
 
     def start_loop(self) -> threading.Thread:
         """libvirt's default event loop, in a daemon thread: before any connection."""
+        # libvirt prints every error to stderr by default, besides raising it: that would be
+        # a log line per ping of each guest without an agent. The monitor logs what matters.
+        self.libvirt.registerErrorHandler(_ignore_error, None)
         self.libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
@@ -250,6 +253,10 @@ def agent_channel(xml: str) -> bool:
     return any(
         target.get("name") == AGENT_CHANNEL for target in root.iterfind("./devices/channel/target")
     )
+
+
+def _ignore_error(context: Any, error: Any) -> None:
+    """libvirt's error callback: errors reach the monitor as exceptions, not on stderr."""
 
 
 def _error(err: Exception) -> str:

@@ -512,3 +512,24 @@ def test_note_adds_history_and_counts_without_changing_state():
     ]
     assert again.instance_recoveries == 1 and again.state == HostState.FENCED
     assert store.reset(HOST).instance_recoveries == 1
+
+
+def test_a_server_given_up_is_no_news_to_the_next_scan(tmp_path):
+    """A crash loop was capped: the guest stays shut off, and every scan (monitor start,
+    libvirtd reconnect) finds it crashed again. That raises nothing more; a live crash (the
+    guest ran again, started by someone) is handled as any other."""
+    parsed = params.parse({"state_dir": str(tmp_path)}, params.INSTANCE)
+    monitor = Monitor(Context(parsed, HOST, None, None, None), lambda sink: HungAgentWatch())  # type: ignore[arg-type,return-value]
+    dispatched: list[str] = []
+    monitor.dispatch = lambda pending: dispatched.append(pending.server_id)  # type: ignore[method-assign]
+    try:
+        monitor.journal.gave_up(UUID, 100.0)
+        monitor.failure(UUID, E.FOUND_CRASHED, "scan: shut off, crashed")
+        assert dispatched == [] and monitor.journal.pending() == []
+        monitor.failure(UUID, E.QEMU_CRASHED, "libvirt event 5/5")
+        assert dispatched == [UUID] and not monitor.journal.left_alone(UUID)
+        # the journal keeps who was given up across a monitor restart
+        monitor.journal.gave_up(UUID, 200.0)
+        assert Journal(monitor.journal.path, restart_window=3600).left_alone(UUID)
+    finally:
+        monitor.close()

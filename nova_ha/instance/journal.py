@@ -44,6 +44,7 @@ class Pending:
 class _Content:
     pending: dict[str, Pending] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
+    given_up: dict[str, float] = field(default_factory=dict)  # server -> when
 
 
 class Journal:
@@ -95,6 +96,24 @@ class Journal:
         if self._content.pending.pop(server_id, None) is not None:
             self._save()
 
+    # -- servers left alone (a crash loop, or given up) --
+
+    def gave_up(self, server_id: str, now: float) -> None:
+        given_up = self._content.given_up
+        given_up[server_id] = now
+        for old in sorted(given_up, key=given_up.__getitem__)[:-MAX_SERVERS]:
+            del given_up[old]
+        self._save()
+
+    def left_alone(self, server_id: str) -> bool:
+        """Given up and not seen running since: a scan finding it crashed is no news."""
+        return server_id in self._content.given_up
+
+    def ran_again(self, server_id: str) -> None:
+        """Its guest ran again (a live event came from it): watched as any other."""
+        if self._content.given_up.pop(server_id, None) is not None:
+            self._save()
+
     # -- recent restarts (the crash-loop cap) --
 
     def restarted(self, server_id: str, now: float) -> None:
@@ -138,6 +157,7 @@ class Journal:
             {
                 "pending": [asdict(p) for p in self._content.pending.values()],
                 "restarts": self._content.restarts,
+                "given_up": self._content.given_up,
             }
         ).encode()
         tmp = f"{self.path}.{os.getpid()}.tmp"
@@ -161,4 +181,8 @@ def _decode(data: Any) -> _Content:
         str(server): [float(t) for t in times][-MAX_RESTARTS:]
         for server, times in list(data["restarts"].items())[:MAX_SERVERS]
     }
-    return _Content(pending, restarts)
+    given_up = {
+        str(server): float(when)
+        for server, when in list(data.get("given_up", {}).items())[:MAX_SERVERS]
+    }
+    return _Content(pending, restarts, given_up)

@@ -147,6 +147,11 @@ class Monitor:
             LOG.info("guest %s: %s (%s): %s", uuid, event, detail, early.reason)
             return
         with self.lock:
+            if event == GuestEvent.FOUND_CRASHED and self.journal.left_alone(uuid):
+                # Given up earlier (a crash loop): every scan finds it again, no news.
+                LOG.debug("guest %s: %s, left alone since it was given up", uuid, event)
+                return
+            self.journal.ran_again(uuid)  # a live event: the guest had run again
             pending = self.journal.add(uuid, event, detail, time.time())
         if pending is None:
             LOG.error("guest %s: %s, but the journal is full: not recovered", uuid, event)
@@ -229,6 +234,8 @@ class Monitor:
         if pending.attempts == 0:
             self._notify(uuid, Event.INSTANCE_FAILED, f"{event}: {decision.reason}")
         if decision.action == InstanceAction.GIVE_UP:
+            with self.lock:
+                self.journal.gave_up(uuid, time.time())
             self._finish(uuid)
             self._outcome(uuid, Event.INSTANCE_RECOVERY_FAILED, f"{event}: {decision.reason}")
             return

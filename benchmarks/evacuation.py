@@ -911,6 +911,15 @@ def _optional(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _saved(run: Run) -> str:
+    """The run's output (ours: the agent's and NovaEvacuate's logs) in a file kept."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"{run.agent}-", suffix=".log", delete=False
+    ) as saved:
+        saved.write(run.output)
+    return saved.name
+
+
 def _most_on_one_target(run: Run) -> int:
     return max((n for host, n in run.spread.items() if host not in (SOURCE, "-")), default=0)
 
@@ -937,6 +946,7 @@ def report(
     goals: dict[str, float],
     notes: list[str],
     spread_limit: int | None = None,
+    save_output: bool = False,
 ) -> None:
     """One table: medians side by side with the ratio, then per-run facts."""
     ours, theirs = runs[OURS], runs[THEIRS]
@@ -1012,16 +1022,14 @@ def report(
     for note in notes:
         print(f"   note: {note}")
     for run in ours + theirs:
+        if save_output:
+            print(f"   {run.agent}'s output: {_saved(run)}")
         if not run.answers_known:
             print(f"   ! {run.agent}: some answer times unknown; their arrival was used")
         if run.exit_code != 0 or run.active_count != run.servers:
-            with tempfile.NamedTemporaryFile(
-                "w", prefix=f"{run.agent}-", suffix=".log", delete=False
-            ) as saved:
-                saved.write(run.output)
             print(
                 f"   ! {run.agent} exit {run.exit_code}, {run.active_count}/{run.servers} "
-                f"ACTIVE elsewhere; its output: {saved.name}; last lines:"
+                f"ACTIVE elsewhere; its output: {_saved(run)}; last lines:"
             )
             for line in run.output.strip().splitlines()[-5:]:
                 print(f"     {line[:160]}")
@@ -1039,6 +1047,7 @@ class Options:
     max_parallel: int | None  # passed to our agent when set
     cold_token: bool = False  # ours without the monitor before (no cached Keystone token)
     target_policy: str | None = None  # passed to our agent when set
+    save_output: bool = False  # every run's output kept in a file (else failed runs' only)
 
     @property
     def spread_limit(self) -> int:
@@ -1121,6 +1130,7 @@ def run_scenario(
         scenario.goals,
         scenario.notes + [COLD_NOTE if options.cold_token else WARM_NOTE],
         options.spread_limit if scenario.spread_goal else None,
+        options.save_output,
     )
 
 
@@ -1221,6 +1231,11 @@ def main(argv: list[str] | None = None) -> int:
         help="our agent's target_policy (default: not passed, i.e. spread)",
     )
     parser.add_argument(
+        "--save-output",
+        action="store_true",
+        help="keep every run's output (ours: its logs) in a file, not only failed runs'",
+    )
+    parser.add_argument(
         "--cold-token",
         action="store_true",
         help="no monitor before our fence: it asks Keystone for a token",
@@ -1242,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
             max_parallel=args.max_parallel,
             cold_token=args.cold_token,
             target_policy=args.target_policy,
+            save_output=args.save_output,
         )
 
     failed = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 
@@ -679,3 +680,35 @@ def test_a_refused_host_is_dropped_and_the_scheduler_chooses(refusal) -> None:
     assert len(nova.named) == 8 + len(refused)
     if refusal is not None:  # refused at once: dropped before the next request is chosen
         assert refused == ["b"], nova.named
+
+
+class SlowListingNova(FakeNova):
+    """A busy cloud: each evacuate request takes a moment, and the first listing of what
+    changed lasts until every evacuation was requested (at most 3 s)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        super().__init__(servers, lands="ACTIVE")
+        self.all_requested = threading.Event()
+        self.requested_when_listing: int | None = None  # when the first listing began
+        self.listing_ended_by_requests = False
+
+    def evacuate(self, deadline, server, proof_, target=None):
+        time.sleep(0.02)
+        accepted = super().evacuate(deadline, server, proof_, target)
+        if len(self.named) >= len(self.views):
+            self.all_requested.set()
+        return accepted
+
+    def servers_changed_since(self, deadline, since):
+        if self.requested_when_listing is None:
+            self.requested_when_listing = len(self.named)
+            self.listing_ended_by_requests = self.all_requested.wait(timeout=3.0)
+        return super().servers_changed_since(deadline, since)
+
+
+def test_requests_go_on_while_a_round_lists_what_changed() -> None:
+    nova = SlowListingNova([_server(f"s{i:02}") for i in range(16)])
+    summary, _ = _evacuate(nova, max_parallel=4)
+    assert all(o.state is S.RUNNING for o in summary.outcomes)
+    assert nova.requested_when_listing is not None and nova.requested_when_listing < 16
+    assert nova.listing_ended_by_requests  # the rest were requested while it lasted

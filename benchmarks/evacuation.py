@@ -288,6 +288,11 @@ class Cloud:
     environment: dict[str, str] = field(default_factory=dict)  # extra env for our agent
     bmc: Any = None
 
+    @classmethod
+    def of(cls, bed: Any, **rest: Any) -> Cloud:
+        """A cloud with the bed's credentials (NovaSim, NovaBox or NovaProd)."""
+        return cls(bed.auth_url, bed.username, bed.password, bed.project_name, **rest)
+
     def api(self) -> Api:
         return Api(self.auth_url, self.username, self.password, self.project)
 
@@ -385,11 +390,8 @@ def sim_cloud(servers: int, hosts: list[str]) -> Iterator[tuple[Cloud, list[str]
     ):
         ids = sim.create_servers(SOURCE, servers)
         sim.crash(SOURCE)
-        cloud = Cloud(
-            auth_url=sim.auth_url,
-            username=sim.username,
-            password=sim.password,
-            project=sim.project_name,
+        cloud = Cloud.of(
+            sim,
             request_log=sim.request_log,
             poll_interval=0.1,
             latency=SIM_LATENCY,
@@ -475,11 +477,8 @@ def _bed_run(
     bed.crash(SOURCE)
     api = Api(bed.auth_url, bed.username, bed.password, bed.project_name)
     api.fence_service(SOURCE)
-    cloud = Cloud(
-        auth_url=bed.auth_url,
-        username=bed.username,
-        password=bed.password,
-        project=bed.project_name,
+    cloud = Cloud.of(
+        bed,
         poll_interval=1.0,
         latency=0.0,
         placements=lambda wanted: api.placements(),
@@ -1175,18 +1174,19 @@ def scenario_sim(options: Options) -> None:
     run_scenario(SIM, sim_cloud, options)
 
 
-def scenario_box(options: Options) -> None:
-    why = box_unavailable()
+def _skipped(scenario: Scenario, why: str | None) -> bool:
     if why:
-        print(f"\n== {BOX.label}: SKIPPED: {why}")
-        return
-    run_scenario(BOX, box_cloud, options)
+        print(f"\n== {scenario.label}: SKIPPED: {why}")
+    return why is not None
+
+
+def scenario_box(options: Options) -> None:
+    if not _skipped(BOX, box_unavailable()):
+        run_scenario(BOX, box_cloud, options)
 
 
 def scenario_prod(options: Options) -> None:
-    why = prod_unavailable()
-    if why:
-        print(f"\n== {PROD.label}: SKIPPED: {why}")
+    if _skipped(PROD, prod_unavailable()):
         return
     from testbed.nova_prod import NovaProd
 

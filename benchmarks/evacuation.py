@@ -19,15 +19,29 @@ logs use the same clock):
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
   evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
-Scenarios: (a) `sim`: testbed/nova_sim with 0.1 s added to every API call (a remote
-cloud's round trip); (b) `box`: the real Nova 34 of testbed/nova_box (needs .venv-nova,
-skipped with the reason otherwise). fence_evacuate needs two things neither test cloud has:
-Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an
-image service in the catalog (ImageFront below). Reported, not asserted:
+Scenarios: (a) `sim`: testbed/nova_sim, 100 servers, 5 hosts (4 targets), 0.1 s added to
+every API call (a remote cloud's round trip), the per-compute costs calibrated on the box
+(the simulator's defaults, testbed/nova_sim/README.md); (b) `box`: the real Nova 34 of
+testbed/nova_box, 20 servers, 3 hosts, a fresh box per run (needs .venv-nova, skipped with
+the reason otherwise); (c) `prod`: the production-shaped Nova 34 of testbed/nova_prod
+(separate services, MariaDB, RabbitMQ), 20 servers, 4 hosts, booted once (~65 s) and each
+run on fresh servers (deleted afterwards, host1 put back in service); its begun/accepted
+come from nova-api's log; in `all` only when its Debian packages are there. Goals (issue
+13), printed with each table: sim all running >= 5x sooner; box no later, begun >= 2x
+sooner; prod all running >= 1.5x sooner and no target holding more than
+ceil(servers / targets) + 2. fence_evacuate needs two things the test clouds lack: Python
+< 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an image
+service whose list is empty (ImageFront below). Reported, not asserted; run under
+`flock /tmp/nha-bench.lock` and read the load average printed with each run (the machine
+has 2 cores, shared):
 
-    python -m benchmarks.evacuation [--scenario sim|box|all] [--servers N] [--runs N]
-                                    [--anchor-runs N] [--max-parallel N] [--cold-token]
-                                    [--target-policy spread|scheduler]
+    python -m benchmarks.evacuation [--scenario sim|box|prod|all] [--servers N] [--hosts N]
+                                    [--runs N] [--anchor-runs N] [--max-parallel N]
+                                    [--target-policy spread|scheduler] [--cold-token]
+                                    [--save-output]
+
+Figures (2-core machine shared with other helpers' QEMU guests, 2026-12-02; medians): see
+README.md, "Benchmarks" (kept there with what bounds each one).
 """
 
 from __future__ import annotations

@@ -19,15 +19,29 @@ logs use the same clock):
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
   evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
-Scenarios: (a) `sim`: testbed/nova_sim with 0.1 s added to every API call (a remote
-cloud's round trip); (b) `box`: the real Nova 34 of testbed/nova_box (needs .venv-nova,
-skipped with the reason otherwise). fence_evacuate needs two things neither test cloud has:
-Python < 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an
-image service in the catalog (ImageFront below). Reported, not asserted:
+Scenarios: (a) `sim`: testbed/nova_sim, 100 servers, 5 hosts (4 targets), 0.1 s added to
+every API call (a remote cloud's round trip), the per-compute costs calibrated on the box
+(the simulator's defaults, testbed/nova_sim/README.md); (b) `box`: the real Nova 34 of
+testbed/nova_box, 20 servers, 3 hosts, a fresh box per run (needs .venv-nova, skipped with
+the reason otherwise); (c) `prod`: the production-shaped Nova 34 of testbed/nova_prod
+(separate services, MariaDB, RabbitMQ), 20 servers, 4 hosts, booted once (~65 s) and each
+run on fresh servers (deleted afterwards, host1 put back in service); its begun/accepted
+come from nova-api's log; in `all` only when its Debian packages are there. Goals (issue
+13), printed with each table: sim all running >= 5x sooner; box no later, begun >= 2x
+sooner; prod all running >= 1.5x sooner and no target holding more than
+ceil(servers / targets) + 2. fence_evacuate needs two things the test clouds lack: Python
+< 3.11 (benchmarks/anchor_patch/sitecustomize.py restores inspect.getargspec) and an image
+service whose list is empty (ImageFront below). Reported, not asserted; run under
+`flock /tmp/nha-bench.lock` and read the load average printed with each run (the machine
+has 2 cores, shared):
 
-    python -m benchmarks.evacuation [--scenario sim|box|all] [--servers N] [--runs N]
-                                    [--anchor-runs N] [--max-parallel N] [--cold-token]
-                                    [--target-policy spread|scheduler]
+    python -m benchmarks.evacuation [--scenario sim|box|prod|all] [--servers N] [--hosts N]
+                                    [--runs N] [--anchor-runs N] [--max-parallel N]
+                                    [--target-policy spread|scheduler] [--cold-token]
+                                    [--save-output]
+
+Figures (2-core machine shared with other helpers' QEMU guests, 2026-12-02; medians): see
+README.md, "Benchmarks" (kept there with what bounds each one).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -58,14 +73,17 @@ ANCHOR = "/usr/sbin/fence_evacuate"
 ANCHOR_PYTHON = "/usr/bin/python3"
 # Only the anchor gets this on its PYTHONPATH: it makes it run on Python 3.11.
 ANCHOR_PATCH = os.path.join(ROOT, "benchmarks", "anchor_patch")
-HOSTS = ("host1", "host2", "host3")
 SOURCE = "host1"
 OURS, THEIRS = "fence_nova_evacuate", "fence_evacuate"
 
 SIM_LATENCY = 0.1
+# Hosts per scenario, the failed one included (issue 13: sim 4 targets, prod 3, box 2).
+HOSTS = {"sim": 5, "box": 3, "prod": 4}
+SPREAD_SLACK = 2  # goal: no target holds more than ceil(servers / targets) + this
 # Goals, as "ours >= Nx sooner" per measure (issue 13): running is the headline.
 SIM_GOALS = {"running": 5.0, "accepted": 10.0}
 BOX_GOALS = {"running": 1.0, "begun": 2.0}
+PROD_GOALS = {"running": 1.5}
 PACING_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*pacing: (\d+) in flight at most", re.MULTILINE
 )
@@ -284,6 +302,11 @@ class Cloud:
     environment: dict[str, str] = field(default_factory=dict)  # extra env for our agent
     bmc: Any = None
 
+    @classmethod
+    def of(cls, bed: Any, **rest: Any) -> Cloud:
+        """A cloud with the bed's credentials (NovaSim, NovaBox or NovaProd)."""
+        return cls(bed.auth_url, bed.username, bed.password, bed.project_name, **rest)
+
     def api(self) -> Api:
         return Api(self.auth_url, self.username, self.password, self.project)
 
@@ -352,9 +375,15 @@ def _our_bmc() -> Iterator[Any]:
         bmc.stop()
 
 
+def host_names(count: int) -> list[str]:
+    """host1 (the one that fails) .. host<count>."""
+    return [f"host{i}" for i in range(1, count + 1)]
+
+
 @contextlib.contextmanager
-def sim_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
-    """Scenario (a): NovaSim, `servers` on host1, 0.1 s per API call, default evacuate_delay."""
+def sim_cloud(servers: int, hosts: list[str]) -> Iterator[tuple[Cloud, list[str]]]:
+    """Scenario (a): NovaSim, `servers` on host1, 0.1 s per API call, the per-compute costs
+    calibrated on the box (the simulator's defaults)."""
     from testbed.cib import write_cib
     from testbed.nova_sim import NovaSim
 
@@ -370,22 +399,19 @@ def sim_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp,
-        TimedSim(hosts=HOSTS, host_capacity=10 * servers + 100) as sim,
+        TimedSim(hosts=tuple(hosts), host_capacity=10 * servers + 100) as sim,
         _our_bmc() as bmc,
     ):
         ids = sim.create_servers(SOURCE, servers)
         sim.crash(SOURCE)
-        cloud = Cloud(
-            auth_url=sim.auth_url,
-            username=sim.username,
-            password=sim.password,
-            project=sim.project_name,
+        cloud = Cloud.of(
+            sim,
             request_log=sim.request_log,
             poll_interval=0.1,
             latency=SIM_LATENCY,
             placements=lambda wanted: {i: _sim_placement(sim.server(i)) for i in wanted},
             answer_times=lambda log: [entry.get("answered") for entry in log],
-            environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
+            environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), hosts)},
             bmc=bmc,
         )
         cloud.api().fence_service(SOURCE)
@@ -448,39 +474,138 @@ def box_unavailable() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def box_cloud(servers: int) -> Iterator[tuple[Cloud, list[str]]]:
-    """Scenario (b): a fresh real Nova 34 box, `servers` on host1 (FakeDriver)."""
+def _bed_run(
+    bed: Any, servers: int, hosts: list[str], tmp: str, bmc: Any, **measured: Any
+) -> tuple[Cloud, list[str]]:
+    """A real Nova bed (the box or the production-shaped one) made ready for one run:
+    `servers` fresh servers on host1, then host1 crashed, its service forced down and
+    disabled. `measured`: the Cloud's request_log, answer_times and cpu_seconds."""
     from testbed.cib import write_cib
-    from testbed.nova_box import FLAVOR_EVACUABLE, NovaBox
+    from testbed.nova_box import FLAVOR_EVACUABLE
+
+    # The evacuable flavor: fence_evacuate evacuates only tagged servers as soon as any
+    # flavor or image is tagged (the beds have one of each); ours evacuates all anyway.
+    ids = bed.create_servers(
+        SOURCE, servers, flavor=FLAVOR_EVACUABLE, timeout=600, name_prefix=f"b{int(time.time())}"
+    )
+    bed.crash(SOURCE)
+    api = Api(bed.auth_url, bed.username, bed.password, bed.project_name)
+    api.fence_service(SOURCE)
+    cloud = Cloud.of(
+        bed,
+        poll_interval=1.0,
+        latency=0.0,
+        placements=lambda wanted: api.placements(),
+        environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), hosts)},
+        bmc=bmc,
+        **measured,
+    )
+    return cloud, ids
+
+
+@contextlib.contextmanager
+def box_cloud(servers: int, hosts: list[str]) -> Iterator[tuple[Cloud, list[str]]]:
+    """Scenario (b): a fresh real Nova 34 box, `servers` on host1 (FakeDriver)."""
+    from testbed.nova_box import NovaBox
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp,
-        NovaBox(hosts=HOSTS) as box,
+        NovaBox(hosts=tuple(hosts)) as box,
         _our_bmc() as bmc,
     ):
-        # The evacuable flavor: fence_evacuate evacuates only tagged servers as soon as any
-        # flavor or image is tagged (the box has one of each); ours evacuates all anyway.
-        ids = box.create_servers(SOURCE, servers, flavor=FLAVOR_EVACUABLE, timeout=600)
-        box.crash(SOURCE)
-        api = Api(box.auth_url, box.username, box.password, box.project_name)
-        api.fence_service(SOURCE)
-        box.clear_request_log()
-        cloud = Cloud(
-            auth_url=box.auth_url,
-            username=box.username,
-            password=box.password,
-            project=box.project_name,
+        cloud, ids = _bed_run(
+            box,
+            servers,
+            hosts,
+            tmp,
+            bmc,
             request_log=box.request_log,
-            poll_interval=1.0,
-            latency=0.0,
-            placements=lambda wanted: api.placements(),
             answer_times=_NovaRequestLog(box.log_path).answer_times,
             cpu_seconds=lambda: _process_cpu_seconds(box.pid),
-            environment={"CIB_file": write_cib(os.path.join(tmp, "cib.xml"), list(HOSTS))},
-            bmc=bmc,
         )
+        box.clear_request_log()
         yield cloud, ids
+
+
+class _ApiLog:
+    """The production-shaped bed's compute API requests, from nova-api's own log (the bed
+    has no request log): Nova's request_log middleware writes one line per request once it
+    is answered, with its duration, so arrival = the line's time - the duration.
+
+    The only server actions either agent sends there are evacuations (servers ACTIVE on a
+    crashed host need no reset; below 2.95 nothing is started), so every POST .../action is
+    taken for one."""
+
+    _LINE = re.compile(
+        r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*"(\w+) (?:/v2\.1)?([^" ?]*)\S*" '
+        r"status: (\d+) .*time: ([0-9.]+)",
+        re.MULTILINE,
+    )
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def entries(self) -> list[dict[str, Any]]:
+        with open(self.path, errors="replace") as api_log:
+            api_log.seek(self.offset)
+            text = api_log.read()
+        entries = []
+        for stamp, ms, method, path, status, took in self._LINE.findall(text):
+            answered = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+            action = "evacuate" if method == "POST" and path.endswith("/action") else None
+            entries.append(
+                dict(
+                    t=answered - float(took),
+                    answered=answered,
+                    method=method,
+                    path=path,
+                    status=int(status),
+                    action=action,
+                )
+            )
+        return sorted(entries, key=lambda e: e["t"])
+
+
+def prod_unavailable() -> str | None:
+    """Why the production-shaped Nova cannot run here, or None."""
+    why = box_unavailable()
+    if why:
+        return why
+    from testbed.nova_prod import missing_debian_packages
+
+    missing = missing_debian_packages()
+    return f"Debian packages missing: {' '.join(missing)} (make nova-prod)" if missing else None
+
+
+def prod_cloud(bed: Any) -> Callable[[int, list[str]], Any]:
+    """Scenario (c): runs on one booted production-shaped Nova, each on `servers` fresh
+    servers on host1; afterwards they are deleted and host1 put back in service."""
+
+    @contextlib.contextmanager
+    def one_run(servers: int, hosts: list[str]) -> Iterator[tuple[Cloud, list[str]]]:
+        from testbed.nova_prod.client import ComputeApi
+        from testbed.observe import back_in_service
+
+        api_log = _ApiLog(os.path.join(bed.log_path, "nova-api.log"))
+        with tempfile.TemporaryDirectory(prefix="bench-evac-") as tmp, _our_bmc() as bmc:
+            cloud, ids = _bed_run(
+                bed,
+                servers,
+                hosts,
+                tmp,
+                bmc,
+                request_log=api_log.entries,
+                answer_times=lambda log: [entry["answered"] for entry in log],
+            )
+            cloud.poll_interval = 0.5
+            try:
+                yield cloud, ids
+            finally:
+                ComputeApi(bed).delete_all(ids, timeout=300)
+                back_in_service(bed, SOURCE)
+
+    return one_run
 
 
 # --------------------------------------------------------------------------- one run
@@ -509,6 +634,7 @@ class Run:
     output: str  # the agent's stdout + stderr
     moving: list[tuple[float, int]]  # since start: servers Nova showed with a task, per poll
     pacing: list[tuple[float, int]]  # since start: ours, the number allowed in flight
+    load: float  # the machine's 1-minute load average when the run began
 
 
 def _command(
@@ -699,6 +825,7 @@ def _pacing(output: str, started: float) -> list[tuple[float, int]]:
 
 def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float, options: Options) -> Run:
     """One agent's `off` of host1 on a prepared cloud, measured."""
+    load = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         cpu = stack.enter_context(_CpuSampler(cloud.cpu_seconds))
         auth_url = cloud.auth_url
@@ -765,6 +892,7 @@ def run_once(agent: str, cloud: Cloud, ids: list[str], timeout: float, options: 
         output=watch.output,
         moving=watch.moving,
         pacing=_pacing(watch.output, watch.started),
+        load=load,
     )
 
 
@@ -796,12 +924,42 @@ def _optional(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _saved(run: Run) -> str:
+    """The run's output (ours: the agent's and NovaEvacuate's logs) in a file kept."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"{run.agent}-", suffix=".log", delete=False
+    ) as saved:
+        saved.write(run.output)
+    return saved.name
+
+
+def _most_on_one_target(run: Run) -> int:
+    return max((n for host, n in run.spread.items() if host not in (SOURCE, "-")), default=0)
+
+
+def _spread_goal(ours: list[Run], theirs: list[Run], limit: int) -> None:
+    """The most servers one target holds after each run, against issue 13's limit (every
+    run of ours must meet it)."""
+    mine = [_most_on_one_target(r) for r in ours]
+    met = "MET" if mine and max(mine) <= limit else "NOT MET"
+    most = {
+        label: _each(which, lambda r: str(_most_on_one_target(r)))
+        for label, which in ((OURS, ours), (THEIRS, theirs))
+    }
+    print(
+        f"   most servers on one target: {OURS} {most[OURS]}, {THEIRS} {most[THEIRS]}; "
+        f"goal ours <= {limit}: {met}"
+    )
+
+
 def report(
     title: str,
     start_state: str,
     runs: dict[str, list[Run]],
     goals: dict[str, float],
     notes: list[str],
+    spread_limit: int | None = None,
+    save_output: bool = False,
 ) -> None:
     """One table: medians side by side with the ratio, then per-run facts."""
     ours, theirs = runs[OURS], runs[THEIRS]
@@ -854,6 +1012,7 @@ def report(
         ("evacuate requests 2xx/sent", lambda r: f"{r.evacuations_ok}/{r.evacuations_sent}"),
         ("compute API calls", lambda r: str(r.compute_calls)),
         ("agent CPU time (s)", lambda r: f"{r.cpu_seconds:.1f}"),
+        ("machine load average (1 min) at start", lambda r: f"{r.load:.1f}"),
         ("while accepting: cloud process CPU (cores)", lambda r: _optional(r.cloud_cores, ".2f")),
         (
             f"while accepting: machine CPU busy ({os.cpu_count()} cores)",
@@ -867,6 +1026,8 @@ def report(
     for label, which in ((OURS, ours), (THEIRS, theirs)):
         spreads = _each(which, lambda r: ", ".join(f"{h} {n}" for h, n in r.spread.items()))
         print(f"   servers per host after the run, {label}: {spreads}")
+    if spread_limit is not None:
+        _spread_goal(ours, theirs, spread_limit)
     for run in ours:
         print("   ours, in flight allowed (s: n): " + _timeline(run.pacing))
     for run in ours + theirs:
@@ -874,16 +1035,14 @@ def report(
     for note in notes:
         print(f"   note: {note}")
     for run in ours + theirs:
+        if save_output:
+            print(f"   {run.agent}'s output: {_saved(run)}")
         if not run.answers_known:
             print(f"   ! {run.agent}: some answer times unknown; their arrival was used")
         if run.exit_code != 0 or run.active_count != run.servers:
-            with tempfile.NamedTemporaryFile(
-                "w", prefix=f"{run.agent}-", suffix=".log", delete=False
-            ) as saved:
-                saved.write(run.output)
             print(
                 f"   ! {run.agent} exit {run.exit_code}, {run.active_count}/{run.servers} "
-                f"ACTIVE elsewhere; its output: {saved.name}; last lines:"
+                f"ACTIVE elsewhere; its output: {_saved(run)}; last lines:"
             )
             for line in run.output.strip().splitlines()[-5:]:
                 print(f"     {line[:160]}")
@@ -895,11 +1054,18 @@ def report(
 @dataclass
 class Options:
     servers: int
+    hosts: int  # the failed one included
     runs: int  # of our agent
     anchor_runs: int
     max_parallel: int | None  # passed to our agent when set
     cold_token: bool = False  # ours without the monitor before (no cached Keystone token)
     target_policy: str | None = None  # passed to our agent when set
+    save_output: bool = False  # every run's output kept in a file (else failed runs' only)
+
+    @property
+    def spread_limit(self) -> int:
+        """The most servers one target should hold (issue 13's spread goal)."""
+        return math.ceil(self.servers / max(1, self.hosts - 1)) + SPREAD_SLACK
 
 
 START_STATE = (
@@ -916,7 +1082,7 @@ COLD_NOTE = "ours: no monitor before the fence: the fence asks Keystone for a to
 
 
 def measure(
-    make_cloud: Callable[[int], Any], options: Options, timeout: float
+    make_cloud: Callable[[int, list[str]], Any], options: Options, timeout: float
 ) -> dict[str, list[Run]]:
     """Alternate the agents (ours first), each on a freshly prepared cloud."""
     plan = ((OURS, options.runs), (THEIRS, options.anchor_runs))
@@ -928,13 +1094,14 @@ def measure(
     ]
     results: dict[str, list[Run]] = {OURS: [], THEIRS: []}
     for agent in order:
-        with make_cloud(options.servers) as (cloud, ids):
+        with make_cloud(options.servers, host_names(options.hosts)) as (cloud, ids):
             run = run_once(agent, cloud, ids, timeout, options)
         results[agent].append(run)
         print(
             f"   ... {agent}: all ACTIVE {_optional(run.active, '.2f')} s, begun "
             f"{_optional(run.begun, '.2f')} s, accepted {_optional(run.accepted, '.2f')} s, "
-            f"exit {run.exit_code} after {run.total:.2f} s, spread {run.spread}",
+            f"exit {run.exit_code} after {run.total:.2f} s, spread {run.spread}, "
+            f"load average {run.load:.1f}",
             flush=True,
         )
     return results
@@ -947,67 +1114,123 @@ def _parallel_note(options: Options) -> str:
     )
 
 
-def scenario_sim(options: Options) -> None:
-    print(
-        f"(a) simulator: {options.servers} servers, load average {os.getloadavg()[0]:.1f} ...",
-        flush=True,
-    )
-    results = measure(sim_cloud, options, timeout=300)
-    report(
-        f"(a) NovaSim: {options.servers} servers on {SOURCE} of {len(HOSTS)} hosts, "
-        f"{SIM_LATENCY} s per API call, evacuate_delay 0.3 s, ours {_parallel_note(options)}",
-        START_STATE,
-        results,
-        SIM_GOALS,
-        [
-            "accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
-            "every 0.1 s in-process",
-            COLD_NOTE if options.cold_token else WARM_NOTE,
-        ],
-    )
+@dataclass
+class Scenario:
+    """What one scenario measures and how its report reads."""
+
+    label: str  # "(a) NovaSim" ...
+    setting: str  # after "N servers on host1 of M hosts, "
+    goals: dict[str, float]
+    notes: list[str]
+    timeout: float
+    spread_goal: bool = False  # issue 13's spread goal applies
 
 
-def scenario_box(options: Options) -> None:
-    why = box_unavailable()
-    if why:
-        print(f"\n== (b) real Nova box: SKIPPED: {why}")
-        return
+def run_scenario(
+    scenario: Scenario, make_cloud: Callable[[int, list[str]], Any], options: Options
+) -> None:
     print(
-        f"(b) real Nova 34 box: {options.servers} servers, load average "
+        f"{scenario.label}: {options.servers} servers, {options.hosts} hosts, load average "
         f"{os.getloadavg()[0]:.1f} ...",
         flush=True,
     )
-    results = measure(box_cloud, options, timeout=600)
+    results = measure(make_cloud, options, scenario.timeout)
     report(
-        f"(b) real Nova 34 box (FakeDriver): {options.servers} servers on {SOURCE} of "
-        f"{len(HOSTS)} hosts, no added latency, ours {_parallel_note(options)}",
+        f"{scenario.label}: {options.servers} servers on {SOURCE} of {options.hosts} hosts, "
+        f"{scenario.setting}, ours {_parallel_note(options)}",
         START_STATE,
         results,
-        BOX_GOALS,
-        [
-            "accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
-            "ACTIVE polled every 1 s over the API (one server listing per poll)",
-            "the box is one Python process (API, conductor, scheduler, placement, computes)",
-            COLD_NOTE if options.cold_token else WARM_NOTE,
-        ],
+        scenario.goals,
+        scenario.notes + [COLD_NOTE if options.cold_token else WARM_NOTE],
+        options.spread_limit if scenario.spread_goal else None,
+        options.save_output,
     )
+
+
+SIM = Scenario(
+    "(a) NovaSim",
+    f"{SIM_LATENCY} s per API call, per-compute costs as calibrated on the box",
+    SIM_GOALS,
+    [
+        "accepted = when the simulator answered the last 2xx evacuate; ACTIVE polled "
+        "every 0.1 s in-process"
+    ],
+    timeout=300,
+)
+BOX = Scenario(
+    "(b) real Nova 34 box (FakeDriver)",
+    "no added latency",
+    BOX_GOALS,
+    [
+        "accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
+        "ACTIVE polled every 1 s over the API (one server listing per poll)",
+        "the box is one Python process (API, conductor, scheduler, placement, computes); "
+        "a fresh box per run",
+    ],
+    timeout=600,
+)
+PROD = Scenario(
+    "(c) production-shaped Nova 34 (FakeDriver)",
+    "separate services, MariaDB, RabbitMQ, no added latency",
+    PROD_GOALS,
+    [
+        "begun / accepted = from nova-api's log (each request's answer time less its "
+        "duration); ACTIVE polled every 0.5 s over the API",
+        "one bed for every run: each on fresh servers, deleted afterwards and host1 put "
+        "back in service",
+    ],
+    timeout=600,
+    spread_goal=True,
+)
+
+
+def scenario_sim(options: Options) -> None:
+    run_scenario(SIM, sim_cloud, options)
+
+
+def _skipped(scenario: Scenario, why: str | None) -> bool:
+    if why:
+        print(f"\n== {scenario.label}: SKIPPED: {why}")
+    return why is not None
+
+
+def scenario_box(options: Options) -> None:
+    if not _skipped(BOX, box_unavailable()):
+        run_scenario(BOX, box_cloud, options)
+
+
+def scenario_prod(options: Options) -> None:
+    if _skipped(PROD, prod_unavailable()):
+        return
+    from testbed.nova_prod import NovaProd
+
+    started = time.monotonic()
+    with NovaProd(hosts=tuple(host_names(options.hosts))) as bed:
+        print(f"   bed booted in {time.monotonic() - started:.0f} s", flush=True)
+        run_scenario(PROD, prod_cloud(bed), options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=("sim", "box", "all"), default="all")
+    parser.add_argument("--scenario", choices=("sim", "box", "prod", "all"), default="all")
     parser.add_argument(
         "--servers",
         type=int,
         default=None,
-        help="servers on the failed host (default: sim 100, box 20)",
+        help="servers on the failed host (default: sim 100, box 20, prod 20)",
+    )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=None,
+        help="hosts, the failed one included (default: sim 5, box 3, prod 4)",
     )
     parser.add_argument("--runs", type=int, default=2, help="runs of our agent (default 2)")
     parser.add_argument(
         "--anchor-runs",
         type=int,
         default=None,
-        help="runs of fence_evacuate (default: sim 2, box 1)",
+        help="runs of fence_evacuate (default: sim 2, box 1, prod 2)",
     )
     parser.add_argument(
         "--max-parallel",
@@ -1022,6 +1245,11 @@ def main(argv: list[str] | None = None) -> int:
         help="our agent's target_policy (default: not passed, i.e. spread)",
     )
     parser.add_argument(
+        "--save-output",
+        action="store_true",
+        help="keep every run's output (ours: its logs) in a file, not only failed runs'",
+    )
+    parser.add_argument(
         "--cold-token",
         action="store_true",
         help="no monitor before our fence: it asks Keystone for a token",
@@ -1033,24 +1261,29 @@ def main(argv: list[str] | None = None) -> int:
     if not anchor:
         print(f"{ANCHOR} missing (Debian's fence-agents): only our agent is measured")
 
-    def options(servers: int, anchor_runs: int) -> Options:
+    def options(name: str, servers: int, anchor_runs: int) -> Options:
         runs = args.anchor_runs if args.anchor_runs is not None else anchor_runs
         return Options(
             servers=args.servers or servers,
+            hosts=args.hosts or HOSTS[name],
             runs=args.runs,
             anchor_runs=runs if anchor else 0,
             max_parallel=args.max_parallel,
             cold_token=args.cold_token,
             target_policy=args.target_policy,
+            save_output=args.save_output,
         )
 
     failed = False
     for name, scenario, chosen in (
-        ("sim", scenario_sim, options(100, 2)),
-        ("box", scenario_box, options(20, 1)),
+        ("sim", scenario_sim, options("sim", 100, 2)),
+        ("box", scenario_box, options("box", 20, 1)),
+        ("prod", scenario_prod, options("prod", 20, 2)),
     ):
         if args.scenario not in (name, "all"):
             continue
+        if args.scenario == "all" and name == "prod" and prod_unavailable():
+            continue  # `all` includes the production-shaped Nova only where it can run
         try:
             scenario(chosen)
         except Exception as err:  # report it and go on with the next scenario

@@ -5,7 +5,9 @@ against a small scripted Nova (no simulator, no network)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
+import time
 
 import pytest
 
@@ -725,3 +727,72 @@ def test_a_rebuild_that_died_with_its_target_is_reset_and_evacuated_again() -> N
     assert ("reset", "lost") in nova.calls and ("evacuate", "lost") in nova.calls
     assert ("reset", "leaving") not in nova.calls and ("evacuate", "leaving") not in nova.calls
     assert outcomes["lost"].result == "evacuated" and outcomes["lost"].host != "host1"
+
+
+class SlowListingNova(FakeNova):
+    """A busy cloud: each evacuate request takes a moment, and the first listing of what
+    changed lasts until every evacuation was requested (at most 3 s)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        super().__init__(servers, lands="ACTIVE")
+        self.all_requested = threading.Event()
+        self.requested_when_listing: int | None = None  # when the first listing began
+        self.listing_ended_by_requests = False
+
+    def evacuate(self, deadline, server, proof_, target=None):
+        time.sleep(0.02)
+        accepted = super().evacuate(deadline, server, proof_, target)
+        if len(self.named) >= len(self.views):
+            self.all_requested.set()
+        return accepted
+
+    def servers_changed_since(self, deadline, since):
+        if self.requested_when_listing is None:
+            self.requested_when_listing = len(self.named)
+            self.listing_ended_by_requests = self.all_requested.wait(timeout=3.0)
+        return super().servers_changed_since(deadline, since)
+
+
+def test_requests_go_on_while_a_round_lists_what_changed() -> None:
+    nova = SlowListingNova([_server(f"s{i:02}") for i in range(16)])
+    summary, _ = _evacuate(nova, max_parallel=4)
+    assert all(o.state is S.RUNNING for o in summary.outcomes)
+    assert nova.requested_when_listing is not None and nova.requested_when_listing < 16
+    assert nova.listing_ended_by_requests  # the rest were requested while it lasted
+
+
+@pytest.mark.parametrize(
+    "began, ended, next_round",
+    [
+        (10.0, 10.1, 10.5),  # a quick round: the next POLL_INTERVAL after it began
+        (10.0, 10.5, 11.0),  # as long as the interval: a pause as long again
+        (10.0, 13.0, 16.0),  # a 3 s listing (busy API): 3 s of rest before the next
+    ],
+)
+def test_round_pause(monkeypatch, began, ended, next_round) -> None:
+    monkeypatch.setattr(evacuation, "POLL_INTERVAL", 0.5)
+    assert evacuation.round_pause(began, ended) == pytest.approx(next_round)
+
+
+class SlowRoundsNova(FakeNova):
+    """Each listing of what changed takes 0.1 s; when each began and ended is kept."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        super().__init__(servers, lands="ACTIVE")
+        self.listings: list[tuple[float, float]] = []
+
+    def servers_changed_since(self, deadline, since):
+        began = time.monotonic()
+        time.sleep(0.1)
+        shown = super().servers_changed_since(deadline, since)
+        self.listings.append((began, time.monotonic()))
+        return shown
+
+
+def test_a_slow_round_is_followed_by_as_long_a_rest() -> None:
+    nova = SlowRoundsNova([_server(sid) for sid in "abcd"])
+    summary, _ = _evacuate(nova)
+    assert all(o.state is S.RUNNING for o in summary.outcomes)
+    assert len(nova.listings) >= 2
+    for (began, ended), (next_began, _) in itertools.pairwise(nova.listings):
+        assert next_began - ended >= 0.9 * (ended - began)

@@ -36,6 +36,26 @@ BACKOFF = server_lifecycle.backoff  # the runner's tests below make it 0
 
 # (state, event, facts) -> (state, action, a piece of the reason)
 ROWS = [
+    # a rebuild whose host was forced down since (a second failed host): it died with it
+    *[
+        (
+            state,
+            E.REBUILD_LOST,
+            {**RETRY, "target": "host2"},
+            S.PLANNED,
+            A.CHOOSE_TARGET,
+            "its rebuild died with host2 (forced down since): evacuating it again",
+        )
+        for state in (S.REQUESTED, S.REBUILDING, S.STARTING)
+    ],
+    (
+        S.REBUILDING,
+        E.REBUILD_LOST,
+        {**SPENT, "target": "host2"},
+        S.FAILED,
+        A.REPORT,
+        "gave up after 3 attempts: its rebuild died with host2",
+    ),
     # planning
     (S.FOUND, E.LISTED, ACTIVE, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
     (S.FOUND, E.LISTED, {"vm_state": "stopped"}, S.PLANNED, A.CHOOSE_TARGET, "to evacuate"),
@@ -796,3 +816,46 @@ def test_a_slow_round_is_followed_by_as_long_a_rest() -> None:
     assert len(nova.listings) >= 2
     for (began, ended), (next_began, _) in itertools.pairwise(nova.listings):
         assert next_began - ended >= 0.9 * (ended - began)
+
+
+class DyingTargetNova(FakeNova):
+    """host2 dies during the first rebuild sent to it (forced down by its own fence):
+    that rebuild never ends; host3 works."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        super().__init__(servers, lands="ACTIVE")
+        self.forced_down: set[str] = set()
+
+    def evacuate(self, deadline, server, proof_, target=None):
+        accepted = super().evacuate(deadline, server, proof_, target)
+        landing = self.landing[server.id]
+        self.migrations.append(
+            Migration(server.id, "running", "2026-12-01T10:00:00", len(self.migrations), landing)
+        )
+        if landing == "host2":
+            self.forced_down.add("host2")
+            self.views[server.id] = dataclasses.replace(
+                self.views[server.id], task_state="rebuild_spawning"
+            )
+        return accepted
+
+    def service(self, deadline, host):
+        return Service("s", host, "enabled", "down", host in self.forced_down, None)
+
+    def servers_changed_since(self, deadline, since):
+        stuck = {k: v for k, v in self.views.items() if v.task_state == "rebuild_spawning"}
+        shown = super().servers_changed_since(deadline, since)
+        self.views.update(stuck)  # a rebuild on a dead host never lands
+        return shown
+
+
+def test_a_rebuild_whose_host_died_is_asked_again_elsewhere(monkeypatch) -> None:
+    monkeypatch.setattr(evacuation, "LOST_CHECK_AFTER", 0.0)
+    nova = DyingTargetNova([_server("a"), _server("b")])
+    summary, _ = _evacuate(nova, retries=2)
+    assert {o.result for o in summary.outcomes} == {"evacuated"}, summary.outcomes
+    assert all(o.host == "host3" for o in summary.outcomes), summary.outcomes
+    lost = next(sid for sid, host in nova.named if host == "host2")
+    # reset (its task ends), then asked again, to host3: host2 is no target any more
+    assert nova.calls[-2:] == [("reset", lost), ("evacuate", lost)]
+    assert [host for _, host in nova.named].count("host2") == 1

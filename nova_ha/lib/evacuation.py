@@ -52,6 +52,9 @@ POWER_ACTIONS = frozenset(
     }
 )
 POLL_INTERVAL = 0.5
+# A server still rebuilding this long after its request is checked (then as often again):
+# did its rebuild's host die since (forced down)? Then the rebuild never ends.
+LOST_CHECK_AFTER = 10.0
 TICK = 0.05  # how often the runner looks whether more requests may go out
 STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
 SINCE_MARGIN = 300.0
@@ -176,6 +179,7 @@ class _Tracked:
     listed_stopped: bool = False  # stopped when listed on the source
     history_stopped: bool | None = None  # stopped before, by its instance actions
     rebuild_lost: bool = False  # its rebuild on this (powered-off) host died with it
+    lost_check_at: float = 0.0  # monotonic: when to check next whether its rebuild died
 
     def was_stopped(self) -> bool | None:
         """Known from the listing when we asked for the evacuation; for one an earlier
@@ -478,6 +482,10 @@ class Runner:
             self._feed(tracked, event)
             return
         tracked.host, tracked.status = server.host, server.status
+        if event is E.SHOWS_TASK and server.rebuilding and self._rebuild_died(tracked):
+            tracked.listed = server  # the view its next target is chosen by
+            self._feed(tracked, E.REBUILD_LOST)
+            return
         failed = event is E.STILL_ON_SOURCE and tracked.server_id in (
             self._failed_migrations() if failed_migrations is None else failed_migrations
         )
@@ -491,6 +499,29 @@ class Runner:
             on_source=server.host == self.source,
             failed_migration=failed,
         )
+
+    def _rebuild_died(self, tracked: _Tracked) -> bool:
+        """A long rebuild's host forced down since (a second failed host: its fence forces
+        it down after the power-off): the rebuild died with it. Checked every
+        LOST_CHECK_AFTER seconds per server (two calls); that host is no target any more."""
+        now = time.monotonic()
+        if tracked.accepted_at is None or now < max(
+            tracked.lost_check_at, tracked.accepted_at + LOST_CHECK_AFTER
+        ):
+            return False
+        tracked.lost_check_at = now + LOST_CHECK_AFTER
+        try:
+            migrations = self.nova.evacuation_migrations(self.deadline, server_id=tracked.server_id)
+            newest = max(migrations, key=lambda m: (m.created_at or "", m.id or 0), default=None)
+            if newest is None or newest.finished or not newest.target:
+                return False
+            if not self.nova.service(self.deadline, newest.target).forced_down:
+                return False
+        except NovaError:
+            return False  # asked again at the next check
+        self.targets.drop(newest.target)
+        tracked.target, tracked.rebuild_lost = newest.target, True
+        return True
 
     def _stopped_before(self, tracked: _Tracked) -> bool:
         try:

@@ -158,6 +158,7 @@ class ServerEvent(enum.StrEnum):
     RETRY_DUE = "retry due"  # the pause after a failed attempt is over
     TARGET_CHOSEN = "target chosen"  # a host named for the request, or none (the scheduler)
     TARGET_DROPPED = "target dropped"  # the refused host is no target any more
+    REBUILD_LOST = "rebuild lost"  # its rebuild's host is forced down: it died with it
     DEADLINE_PASSED = "deadline passed"  # evacuate_timeout reached
 
 
@@ -336,6 +337,13 @@ def _retry_due(state: ServerState, f: Facts) -> Step:
     return Step(S.PLANNED, A.REQUEST, f"asking again after {f.attempts} attempts")
 
 
+def _rebuild_lost(state: ServerState, f: Facts) -> Step:
+    why = f"its rebuild died with {f.target} (forced down since)"
+    if f.attempts <= f.retries and not f.expired:
+        return Step(S.PLANNED, A.CHOOSE_TARGET, f"{why}: evacuating it again", "")
+    return Step(S.FAILED, A.REPORT, f"gave up after {f.attempts} attempts: {why}", why)
+
+
 def _task_shown(state: ServerState, f: Facts) -> Step:
     stays = S.STARTING if state is S.STARTING else S.REBUILDING
     return Step(stays, A.POLL, f"Nova shows task {f.task} on {f.host}")
@@ -419,6 +427,7 @@ def _table() -> dict[tuple[ServerState, ServerEvent], Rule]:
         E.STILL_ON_SOURCE: _on_source,
         E.SHOWS_OTHER: _other_shown,
         E.VANISHED: _gone,
+        E.REBUILD_LOST: _rebuild_lost,
     }
     for state in FOLLOWED:
         rules.setdefault(state, {}).update(followed)

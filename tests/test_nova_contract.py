@@ -262,10 +262,6 @@ def test_landing_state_per_microversion(cloud, version, lands):
         _delete(nova, ids)
 
 
-def _load(nova: Nova, deadline: Deadline) -> dict[str, int]:
-    return {h: len(nova.servers_on(deadline, h)) for h in ("host2", "host3")}
-
-
 def test_sequential_evacuations_spread_concurrent_ones_herd(cloud):
     """The scheduler weighs each compute's own record, which changes only when that compute
     claims: a request scheduled after the previous server landed goes to the least loaded
@@ -273,11 +269,13 @@ def test_sequential_evacuations_spread_concurrent_ones_herd(cloud):
     nova, deadline, count = _nova(cloud, "2.94"), Deadline(300), 4
     servers = _crashed_with(cloud, nova, 2 * count, deadline)
     try:
+        # The weighers read free RAM and CPU, not a count, and a shared box holds other
+        # tests' servers: so the contract is that one at a time spread, not where each goes.
+        spread: Counter[str] = Counter()
         for server in servers[:count]:
-            before = _load(nova, deadline)
             _evacuate(nova, deadline, server)
-            chosen = _terminal(nova, server.id).host
-            assert before[chosen] == min(before.values()), (before, chosen)
+            spread[_terminal(nova, server.id).host] += 1
+        assert len(spread) == 2 and max(spread.values()) < count, spread
         together = servers[count:]
         with ThreadPoolExecutor(count) as pool:
             list(pool.map(lambda s: _evacuate(nova, deadline, s), together))

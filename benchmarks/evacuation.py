@@ -40,8 +40,13 @@ has 2 cores, shared):
                                     [--target-policy spread|scheduler] [--cold-token]
                                     [--save-output]
 
-Figures (2-core machine shared with other helpers' QEMU guests, 2026-12-02; medians): see
-README.md, "Benchmarks" (kept there with what bounds each one).
+Figures (2-core machine shared with other work, 2026-12-02; medians; README.md, "Tests",
+keeps what bounds each one): prod 3 + 3 runs, load 2.3-5.6: all running 11.33 s against
+8.00 s (0.7x, goal not met: all 20 under way at once, Nova on two saturated cores lands
+the last 6 s after the last request, against 2.4 s with fence_evacuate's <= 10), begun
+3.22 s against 5.03 s, spread 7/7/6 (goal <= 9 met); sim 2 + 2 runs, load 3.3-5.2: all
+running 11.80 s against 17.45 s (1.5x, goal not met: 25 claims of 0.4 s one at a time per
+target are 10 s), begun 2.02 s against 11.49 s, spread 25 each; box: see README.md.
 """
 
 from __future__ import annotations

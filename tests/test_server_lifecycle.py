@@ -859,3 +859,16 @@ def test_a_rebuild_whose_host_died_is_asked_again_elsewhere(monkeypatch) -> None
     # reset (its task ends), then asked again, to host3: host2 is no target any more
     assert nova.calls[-2:] == [("reset", lost), ("evacuate", lost)]
     assert [host for _, host in nova.named].count("host2") == 1
+
+
+def test_newest_migration_per_server() -> None:
+    """A rebuild that died with its target stays 'running' in Nova for ever; the server was
+    asked again since: only its newest migration tells (the rejoin's check counts those)."""
+    from nova_ha.openstack.views import newest_per_server
+
+    old = Migration("a", "running", "2026-12-01T10:00:00", 1, "host2")
+    new = Migration("a", "done", "2026-12-01T10:00:20", 2, "host3")
+    other = Migration("b", "running", "2026-12-01T10:00:00", 3, "host3")
+    newest = newest_per_server([new, old, other])
+    assert newest == {"a": new, "b": other}
+    assert [m.server_id for m in newest.values() if not m.finished] == ["b"]

@@ -78,6 +78,7 @@ def unsafe_reason(
     """Why nova-compute must not start yet on this host, or None when it is safe: the
     lifecycle decides, from the record, then (only if it allows a start) from Nova."""
     from nova_ha.lib import state
+    from nova_ha.openstack.views import newest_per_server
 
     record, unreadable = None, None
     if store is not None:
@@ -87,10 +88,11 @@ def unsafe_reason(
             unreadable = str(err)
     decision = lifecycle.compute_start(record, host, unreadable=unreadable)
     if decision.action is RejoinAction.ASK_NOVA:
-        running = [
-            m for m in nova.evacuation_migrations(deadline, source_host=host) if not m.finished
-        ]
-        decision = lifecycle.compute_start(record, host, evacuations_running=len(running))
+        # Per server its newest evacuation only: one whose rebuild died with its target (a
+        # second failed host) stays 'running' in Nova for ever, and was asked again since.
+        newest = newest_per_server(nova.evacuation_migrations(deadline, source_host=host))
+        running = sum(1 for m in newest.values() if not m.finished)
+        decision = lifecycle.compute_start(record, host, evacuations_running=running)
     return None if decision.action is RejoinAction.START else decision.reason
 
 

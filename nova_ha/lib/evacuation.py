@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from nova_ha.lib import clock, log, pacing, server_lifecycle, targets
 from nova_ha.lib.server_lifecycle import FINAL, FOLLOWED, ServerAction, ServerEvent, ServerState
 from nova_ha.openstack.exceptions import BadRequest, NotFound, NovaError, Unavailable
-from nova_ha.openstack.views import Migration, Server
+from nova_ha.openstack.views import Server, newest_per_server
 
 if TYPE_CHECKING:
     from nova_ha.lib.proof import PowerOffConfirmed
@@ -253,7 +253,7 @@ class Planner:
             migrations = self.nova.evacuation_migrations(self.deadline, server_id=server.id)
         except NovaError:
             return False
-        newest = max(migrations, key=lambda m: (m.created_at or "", m.id or 0), default=None)
+        newest = newest_per_server(migrations).get(server.id)
         return newest is not None and newest.target == self.source and not newest.finished
 
     def moved(self, earlier: set[str], listed: list[Server]) -> list[Server]:
@@ -512,7 +512,7 @@ class Runner:
         tracked.lost_check_at = now + LOST_CHECK_AFTER
         try:
             migrations = self.nova.evacuation_migrations(self.deadline, server_id=tracked.server_id)
-            newest = max(migrations, key=lambda m: (m.created_at or "", m.id or 0), default=None)
+            newest = newest_per_server(migrations).get(tracked.server_id)
             if newest is None or newest.finished or not newest.target:
                 return False
             if not self.nova.service(self.deadline, newest.target).forced_down:
@@ -534,13 +534,8 @@ class Runner:
         """Servers whose newest evacuation from the source failed (one call for all):
         back on the source with no task, that is a failure; otherwise it is the moment
         before Nova moves a rebuilt server (its record names the source a little longer)."""
-        newest: dict[str, Migration] = {}
-        for migration in self.nova.evacuation_migrations(self.deadline, source_host=self.source):
-            key = (migration.created_at or "", migration.id or 0)
-            known = newest.get(migration.server_id)
-            if known is None or key > (known.created_at or "", known.id or 0):
-                newest[migration.server_id] = migration
-        return {uuid for uuid, m in newest.items() if m.failed}
+        migrations = self.nova.evacuation_migrations(self.deadline, source_host=self.source)
+        return {uuid for uuid, m in newest_per_server(migrations).items() if m.failed}
 
     # -- the rounds ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ excerpt of it, never a KeyError or TypeError later in a caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -136,6 +136,10 @@ class Migration:
         return self.status in FAILED_MIGRATION
 
     @property
+    def order(self) -> tuple[str, int]:
+        return (self.created_at or "", self.id or 0)
+
+    @property
     def finished(self) -> bool:
         return self.status in TERMINAL_MIGRATION
 
@@ -149,6 +153,17 @@ class Migration:
             id=migration.get("id"),
             target=migration.get("dest_compute"),
         )
+
+
+def newest_per_server(migrations: Iterable[Migration]) -> dict[str, Migration]:
+    """Each server's newest migration (by creation, then id): an older one of a server
+    asked again since is history."""
+    newest: dict[str, Migration] = {}
+    for migration in migrations:
+        known = newest.get(migration.server_id)
+        if known is None or migration.order > known.order:
+            newest[migration.server_id] = migration
+    return newest
 
 
 @dataclass(frozen=True)

@@ -267,10 +267,13 @@ def test_sequential_evacuations_spread_concurrent_ones_herd(cloud):
     claims: a request scheduled after the previous server landed goes to the least loaded
     host; requests scheduled together all pick the same one."""
     nova, deadline, count = _nova(cloud, "2.94"), Deadline(300), 4
+    # The weighers read every server's RAM and CPU: other tests' servers on a shared box
+    # would decide where these go. Both targets start empty.
+    for host in ("host2", "host3"):
+        _delete(nova, [s.id for s in nova.servers_on(deadline, host)])
+    wait_until(lambda: not any(nova.servers_on(deadline, h) for h in ("host2", "host3")))
     servers = _crashed_with(cloud, nova, 2 * count, deadline)
     try:
-        # The weighers read free RAM and CPU, not a count, and a shared box holds other
-        # tests' servers: so the contract is that one at a time spread, not where each goes.
         spread: Counter[str] = Counter()
         for server in servers[:count]:
             _evacuate(nova, deadline, server)

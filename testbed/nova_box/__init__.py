@@ -169,15 +169,11 @@ class NovaBox:
         self.control_url = f"http://{_url_host(self.binds[0])}:{self.port}/_testbed"
         return self
 
-    def _command(self):
-        """The box's command line and environment (the production-shaped bed has its own)."""
-        cmd = [
-            venv_python(self.venv),
-            SERVER,
+    def _shared_args(self):
+        """The options the box and the production-shaped bed both take."""
+        return [
             "--hosts",
             ",".join(self.hosts_names),
-            "--port",
-            str(self.port),
             "--state-dir",
             self.state_dir,
             "--report-interval",
@@ -185,13 +181,15 @@ class NovaBox:
             "--service-down-time",
             str(self.service_down_time),
             "--exit-on-stdin-eof",
-        ]
+        ] + (["--debug"] if self.debug else [])
+
+    def _command(self):
+        """The box's command line and environment (the production-shaped bed has its own)."""
+        cmd = [venv_python(self.venv), SERVER, "--port", str(self.port), *self._shared_args()]
         for addr in self.binds:
             cmd += ["--bind", addr]
         for host, uri in self.libvirt_hosts.items():
             cmd += ["--libvirt-host", f"{host}={uri}"]
-        if self.debug:
-            cmd.append("--debug")
         env = dict(os.environ)
         for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(var, None)

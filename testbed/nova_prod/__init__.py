@@ -87,22 +87,14 @@ class NovaProd(NovaBox):
             venv_python(self.venv),
             "-m",
             "testbed.nova_prod.bed",
-            "--hosts",
-            ",".join(self.hosts_names),
-            "--state-dir",
-            self.state_dir,
-            "--report-interval",
-            str(self.report_interval),
-            "--service-down-time",
-            str(self.service_down_time),
+            *self._shared_args(),
             "--api-workers",
             str(self.workers["api"]),
             "--placement-workers",
             str(self.workers["placement"]),
             "--service-workers",
             str(self.service_workers),
-            "--exit-on-stdin-eof",
-        ] + (["--debug"] if self.debug else [])
+        ]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
         env["PYTHONPATH"] = REPO_ROOT
         return cmd, env

@@ -91,9 +91,23 @@ def unsafe_reason(
         # Per server its newest evacuation only: one whose rebuild died with its target (a
         # second failed host) stays 'running' in Nova for ever, and was asked again since.
         newest = newest_per_server(nova.evacuation_migrations(deadline, source_host=host))
-        running = sum(1 for m in newest.values() if not m.finished)
+        unfinished = [m.server_id for m in newest.values() if not m.finished]
+        running = sum(1 for server_id in unfinished if _moving(nova, deadline, server_id, host))
         decision = lifecycle.compute_start(record, host, evacuations_running=running)
     return None if decision.action is RejoinAction.START else decision.reason
+
+
+def _moving(nova: Nova, deadline: Deadline, server_id: str, host: str) -> bool:
+    """Is the server of an unfinished migration still being moved: on this host yet, or
+    with a task? One ACTIVE elsewhere, task done, has arrived whatever its migration says
+    (Nova can leave one 'accepted' after an evacuation asked again)."""
+    from nova_ha.openstack.exceptions import NotFound
+
+    try:
+        server = nova.server(deadline, server_id)
+    except NotFound:
+        return False  # deleted: nothing left to move
+    return server.host == host or bool(server.task_state)
 
 
 def _wait_until_safe(

@@ -167,3 +167,44 @@ def test_a_write_with_another_hosts_proof_is_never_sent(hostile):  # noqa: F811
 def test_a_proof_cannot_be_made_without_the_factories():
     with pytest.raises(TypeError):
         proof.PowerOffConfirmed("node1", "host1", "a test")
+
+
+def test_an_evacuation_left_in_a_dead_targets_queue_is_not_taken_up():
+    """The target died before its compute took the request up: no compute_rebuild_instance
+    event (asked again now, that request would run when the target comes back). Once the
+    target is back it takes it up, and the server lands there."""
+    import time
+
+    from testbed.nova_sim import NovaSim
+
+    with NovaSim(hosts=["host1", "host2", "host3"]) as cloud:
+        [sid] = cloud.create_servers("host1", 1)
+        cloud.crash("host1")
+        cloud.force_down("host1")
+        cloud.crash("host2")
+        parsed = params.parse(
+            {
+                "os_auth_url": cloud.auth_url,
+                "os_username": cloud.username,
+                "os_password": cloud.password,
+                "os_project_name": cloud.project_name,
+                "os_interface": "public",
+                "os_token_cache": "0",
+            },
+            params.FENCE,
+        )
+        client = Nova.from_params(parsed)
+        server = client.server(Deadline(10), sid)
+        fenced = proof.by_bmc("host1", "host1")
+        assert client.evacuate(Deadline(10), server, fenced, target="host2") is True
+        time.sleep(1.5)  # past the conductor: the request waits for host2's compute
+        assert client.rebuild_taken_up(Deadline(10), sid, "host2") is False
+        assert client.server(Deadline(10), sid).rebuilding
+        cloud.start("host2")
+        deadline = time.monotonic() + 20
+        while client.server(Deadline(10), sid).status != "ACTIVE":
+            assert time.monotonic() < deadline, client.server(Deadline(10), sid)
+            time.sleep(0.2)
+        assert client.rebuild_taken_up(Deadline(10), sid, "host2") is True
+        assert client.rebuild_taken_up(Deadline(10), sid, "host3") is False
+        assert client.server(Deadline(10), sid).host == "host2"

@@ -822,9 +822,13 @@ class DyingTargetNova(FakeNova):
     """host2 dies during the first rebuild sent to it (forced down by its own fence):
     that rebuild never ends; host3 works."""
 
-    def __init__(self, servers: list[Server]) -> None:
+    def __init__(self, servers: list[Server], taken_up: bool = True) -> None:
         super().__init__(servers, lands="ACTIVE")
         self.forced_down: set[str] = set()
+        self.taken_up = taken_up  # host2's compute took the request up before it died
+
+    def rebuild_taken_up(self, deadline, server_id, host):
+        return self.taken_up and self.landing.get(server_id) == host
 
     def evacuate(self, deadline, server, proof_, target=None):
         accepted = super().evacuate(deadline, server, proof_, target)
@@ -835,15 +839,23 @@ class DyingTargetNova(FakeNova):
         if landing == "host2":
             self.forced_down.add("host2")
             self.views[server.id] = dataclasses.replace(
-                self.views[server.id], task_state="rebuild_spawning"
+                self.views[server.id], task_state="rebuild_spawning" if self.taken_up else None
             )
+            if not self.taken_up:  # still on the source, its task as the API set it
+                self.views[server.id] = dataclasses.replace(
+                    self.views[server.id], host="host1", task_state="rebuilding"
+                )
         return accepted
 
     def service(self, deadline, host):
         return Service("s", host, "enabled", "down", host in self.forced_down, None)
 
     def servers_changed_since(self, deadline, since):
-        stuck = {k: v for k, v in self.views.items() if v.task_state == "rebuild_spawning"}
+        stuck = {
+            k: v
+            for k, v in self.views.items()
+            if v.task_state and self.landing.get(k) == "host2"
+        }
         shown = super().servers_changed_since(deadline, since)
         self.views.update(stuck)  # a rebuild on a dead host never lands
         return shown
@@ -859,6 +871,23 @@ def test_a_rebuild_whose_host_died_is_asked_again_elsewhere(monkeypatch) -> None
     # reset (its task ends), then asked again, to host3: host2 is no target any more
     assert nova.calls[-2:] == [("reset", lost), ("evacuate", lost)]
     assert [host for _, host in nova.named].count("host2") == 1
+
+
+def test_a_request_its_dead_target_never_took_up_waits_for_that_target(monkeypatch) -> None:
+    """host2 died before its compute took the request up: it waits in host2's queue and
+    runs when host2 is back. Asked again, that leftover would then hit a moved server
+    (ERROR, or a second rebuild): the server is neither reset nor asked again."""
+    monkeypatch.setattr(evacuation, "LOST_CHECK_AFTER", 0.0)
+    nova = DyingTargetNova([_server("a"), _server("b")], taken_up=False)
+    summary, _ = _evacuate(nova, seconds=3.0, retries=2)
+    waiting = next(sid for sid, host in nova.named if host == "host2")
+    outcomes = {o.server_id: o for o in summary.outcomes}
+    assert outcomes[waiting].state is not S.RUNNING, outcomes
+    assert [c for c in nova.calls if c[1] == waiting] == [("evacuate", waiting)]
+    assert [host for _, host in nova.named] == ["host2", "host3"] or [
+        host for _, host in nova.named
+    ] == ["host3", "host2"]
+    assert all(o.host == "host3" for sid, o in outcomes.items() if sid != waiting)
 
 
 def test_newest_migration_per_server() -> None:

@@ -180,6 +180,7 @@ class _Tracked:
     history_stopped: bool | None = None  # stopped before, by its instance actions
     rebuild_lost: bool = False  # its rebuild on this (powered-off) host died with it
     lost_check_at: float = 0.0  # monotonic: when to check next whether its rebuild died
+    waits_for_target: bool = False  # its request waits in a failed target's queue
 
     def was_stopped(self) -> bool | None:
         """Known from the listing when we asked for the evacuation; for one an earlier
@@ -502,8 +503,9 @@ class Runner:
 
     def _rebuild_died(self, tracked: _Tracked) -> bool:
         """A long rebuild's host forced down since (a second failed host: its fence forces
-        it down after the power-off): the rebuild died with it. Checked every
-        LOST_CHECK_AFTER seconds per server (two calls); that host is no target any more."""
+        it down after the power-off): the rebuild died with it, if that host had taken it up.
+        Checked every LOST_CHECK_AFTER seconds per server (up to four calls); that host is
+        no target any more."""
         now = time.monotonic()
         if tracked.accepted_at is None or now < max(
             tracked.lost_check_at, tracked.accepted_at + LOST_CHECK_AFTER
@@ -517,9 +519,23 @@ class Runner:
                 return False
             if not self.nova.service(self.deadline, newest.target).forced_down:
                 return False
+            self.targets.drop(newest.target)
+            if not self.nova.rebuild_taken_up(self.deadline, tracked.server_id, newest.target):
+                # Asked again now, the request left in that host's queue would run when it
+                # comes back, on a server that has moved: Nova would put it in ERROR, or
+                # rebuild it twice if a move were under way. It waits for that host.
+                if not tracked.waits_for_target:
+                    LOG.info(
+                        "server %s: its evacuation waits in %s's queue (that host failed "
+                        "before taking it up); Nova finishes it there when %s is back",
+                        tracked.server_id,
+                        newest.target,
+                        newest.target,
+                    )
+                tracked.waits_for_target = True
+                return False
         except NovaError:
             return False  # asked again at the next check
-        self.targets.drop(newest.target)
         tracked.target, tracked.rebuild_lost = newest.target, True
         return True
 

@@ -310,14 +310,39 @@ class Nova:
 
     def instance_actions(self, deadline: Deadline, server_id: str) -> list[str]:
         """The names of the server's recorded actions, newest first."""
+        return [action.get("action") or "" for action in self._actions(deadline, server_id)]
+
+    def _actions(self, deadline: Deadline, server_id: str) -> list[dict[str, Any]]:
         path = f"/servers/{quote_id(server_id)}/os-instance-actions"
-        actions = reply_records(
+        return reply_records(
             self.request("GET", path, deadline),
             "instanceActions",
             printable(f"GET {path}"),
-            {"action": ((str,), False)},
+            {"action": ((str,), False), "request_id": ((str,), False)},
         )
-        return [action.get("action") or "" for action in actions]
+
+    def rebuild_taken_up(self, deadline: Deadline, server_id: str, host: str) -> bool:
+        """Did `host`'s nova-compute take up the server's newest evacuation? Its
+        compute_rebuild_instance event is recorded the moment it does. Not taken up, the
+        request waits in the host's message queue and runs when the host comes back."""
+        newest = next(
+            (a for a in self._actions(deadline, server_id) if a.get("action") == "evacuate"),
+            None,
+        )
+        if newest is None or not newest.get("request_id"):
+            return False
+        path = (
+            f"/servers/{quote_id(server_id)}/os-instance-actions/{quote_id(newest['request_id'])}"
+        )
+        what = printable(f"GET {path}")
+        action = reply_field(
+            self.request("GET", path, deadline), "instanceAction", (dict,), what, required=True
+        )
+        events = reply_records(action, "events", what, {"event": ((str,), False)})
+        return any(
+            e.get("event") == "compute_rebuild_instance" and e.get("host") in (None, host)
+            for e in events
+        )
 
     def start_server(self, deadline: Deadline, server_id: str) -> None:
         """Start a stopped server: one Nova landed stopped on its new host (from 2.95), or

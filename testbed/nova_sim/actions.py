@@ -75,8 +75,35 @@ class ActionsApi:
         with self._lock:
             if sid not in self._servers:
                 raise _HTTPError(404, f"Instance {sid} could not be found.")
-            actions = list(reversed(self._actions.get(sid, [])))
+            actions = [
+                {k: v for k, v in a.items() if k != "events"}
+                for a in reversed(self._actions.get(sid, []))
+            ]
         return self._ok(req, {"instanceActions": actions})
+
+    def _instance_action(self, req: _Request, sid: str, rid: str) -> _Response:
+        """One action with its events (an admin sees each event's host from 2.62)."""
+        with self._lock:
+            if sid not in self._servers:
+                raise _HTTPError(404, f"Instance {sid} could not be found.")
+            found = [a for a in self._actions.get(sid, []) if a["request_id"] == rid]
+            if not found:
+                raise _HTTPError(404, f"Action for request_id {rid} on instance {sid} not found")
+            action = copy.deepcopy(found[0])
+        action["events"] = action.get("events", [])
+        if not req.ge("2.62"):
+            for event in action["events"]:
+                event.pop("host", None)
+        return self._ok(req, {"instanceAction": action})
+
+    def _action_event(self, sid: str, action: str, event: str, host: str) -> None:
+        """An event of the server's newest `action` (a compute took up a request), as
+        ComputeManager's wrap_instance_event records it when it begins."""
+        actions = [a for a in self._actions.get(sid, []) if a["action"] == action]
+        if actions:
+            actions[-1].setdefault("events", []).append(
+                {"event": event, "host": host, "start_time": _isotime(_now()), "result": None}
+            )
 
     def _evacuate_schema(self, req: _Request) -> dict[str, Any]:
         props: dict[str, Any] = {"host": _FQDN}
@@ -334,6 +361,7 @@ class _Rebuild:
 
     def claim(self) -> None:
         """ResourceTracker.rebuild_claim: wait for the compute_resources lock, hold it."""
+        self.sim._action_event(self.server["id"], "evacuate", "compute_rebuild_instance", self.dest)
         if self.still_ours((REBUILDING,)):
             done = self.sim._claim_done_at(self.dest, _now())
             self.sim._on_compute(self.dest, done, self.claimed)

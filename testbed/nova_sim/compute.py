@@ -185,6 +185,11 @@ class ComputeApi:
             ("POST", r"/servers/(?P<sid>[^/]+)/action", self._server_action),
             ("GET", r"/servers/(?P<sid>[^/]+)/migrations", self._server_migrations),
             ("GET", r"/servers/(?P<sid>[^/]+)/os-instance-actions", self._instance_actions),
+            (
+                "GET",
+                r"/servers/(?P<sid>[^/]+)/os-instance-actions/(?P<rid>[^/]+)",
+                self._instance_action,
+            ),
             ("GET", r"/os-services", self._services_index),
             ("PUT", r"/os-services/(?P<sid>[^/]+)", self._services_update),
             ("GET", r"/os-migrations", self._migrations_index),

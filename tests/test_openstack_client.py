@@ -198,13 +198,15 @@ def test_an_evacuation_left_in_a_dead_targets_queue_is_not_taken_up():
         fenced = proof.by_bmc("host1", "host1")
         assert client.evacuate(Deadline(10), server, fenced, target="host2") is True
         time.sleep(1.5)  # past the conductor: the request waits for host2's compute
-        assert client.rebuild_taken_up(Deadline(10), sid, "host2") is False
+        assert client.rebuild_taken_up_at(Deadline(10), sid, "host2") is None
         assert client.server(Deadline(10), sid).rebuilding
+        back = time.time()
         cloud.start("host2")
         deadline = time.monotonic() + 20
         while client.server(Deadline(10), sid).status != "ACTIVE":
             assert time.monotonic() < deadline, client.server(Deadline(10), sid)
             time.sleep(0.2)
-        assert client.rebuild_taken_up(Deadline(10), sid, "host2") is True
-        assert client.rebuild_taken_up(Deadline(10), sid, "host3") is False
+        taken_at = client.rebuild_taken_up_at(Deadline(10), sid, "host2")
+        assert taken_at is not None and abs(taken_at - back) < 3, (taken_at, back)
+        assert client.rebuild_taken_up_at(Deadline(10), sid, "host3") is None
         assert client.server(Deadline(10), sid).host == "host2"

@@ -556,6 +556,8 @@ def _fast(monkeypatch):
 
 
 def _evacuate(nova: FakeNova, seconds: float = 10.0, **kw) -> tuple[evacuation.Summary, list]:
+    """One evacuation of host1 (power-off confirmed); kw: max_parallel, retries,
+    may_request, fenced_at (the hooks')."""
     events = []
     summary = evacuation.evacuate_servers(
         nova,
@@ -565,6 +567,7 @@ def _evacuate(nova: FakeNova, seconds: float = 10.0, **kw) -> tuple[evacuation.S
         evacuation.Hooks(
             progress=lambda what, o: events.append((what, o.server_id, o.result)),
             may_request=kw.get("may_request", lambda: True),
+            fenced_at=kw.get("fenced_at", lambda host: None),
         ),
         servers=[nova.views[s] for s in sorted(nova.views)],
     )
@@ -822,13 +825,13 @@ class DyingTargetNova(FakeNova):
     """host2 dies during the first rebuild sent to it (forced down by its own fence):
     that rebuild never ends; host3 works."""
 
-    def __init__(self, servers: list[Server], taken_up: bool = True) -> None:
+    def __init__(self, servers: list[Server], taken_at: float | None = 1000.0) -> None:
         super().__init__(servers, lands="ACTIVE")
         self.forced_down: set[str] = set()
-        self.taken_up = taken_up  # host2's compute took the request up before it died
+        self.taken_at = taken_at  # when host2's compute took the request up (None: never)
 
-    def rebuild_taken_up(self, deadline, server_id, host):
-        return self.taken_up and self.landing.get(server_id) == host
+    def rebuild_taken_up_at(self, deadline, server_id, host):
+        return self.taken_at if self.landing.get(server_id) == host else None
 
     def evacuate(self, deadline, server, proof_, target=None):
         accepted = super().evacuate(deadline, server, proof_, target)
@@ -839,9 +842,9 @@ class DyingTargetNova(FakeNova):
         if landing == "host2":
             self.forced_down.add("host2")
             self.views[server.id] = dataclasses.replace(
-                self.views[server.id], task_state="rebuild_spawning" if self.taken_up else None
+                self.views[server.id], task_state="rebuild_spawning"
             )
-            if not self.taken_up:  # still on the source, its task as the API set it
+            if self.taken_at is None:  # still on the source, its task as the API set it
                 self.views[server.id] = dataclasses.replace(
                     self.views[server.id], host="host1", task_state="rebuilding"
                 )
@@ -852,9 +855,7 @@ class DyingTargetNova(FakeNova):
 
     def servers_changed_since(self, deadline, since):
         stuck = {
-            k: v
-            for k, v in self.views.items()
-            if v.task_state and self.landing.get(k) == "host2"
+            k: v for k, v in self.views.items() if v.task_state and self.landing.get(k) == "host2"
         }
         shown = super().servers_changed_since(deadline, since)
         self.views.update(stuck)  # a rebuild on a dead host never lands
@@ -863,8 +864,8 @@ class DyingTargetNova(FakeNova):
 
 def test_a_rebuild_whose_host_died_is_asked_again_elsewhere(monkeypatch) -> None:
     monkeypatch.setattr(evacuation, "LOST_CHECK_AFTER", 0.0)
-    nova = DyingTargetNova([_server("a"), _server("b")])
-    summary, _ = _evacuate(nova, retries=2)
+    nova = DyingTargetNova([_server("a"), _server("b")], taken_at=1000.0)
+    summary, _ = _evacuate(nova, retries=2, fenced_at=lambda host: 1010.0)
     assert {o.result for o in summary.outcomes} == {"evacuated"}, summary.outcomes
     assert all(o.host == "host3" for o in summary.outcomes), summary.outcomes
     lost = next(sid for sid, host in nova.named if host == "host2")
@@ -873,20 +874,27 @@ def test_a_rebuild_whose_host_died_is_asked_again_elsewhere(monkeypatch) -> None
     assert [host for _, host in nova.named].count("host2") == 1
 
 
-def test_a_request_its_dead_target_never_took_up_waits_for_that_target(monkeypatch) -> None:
-    """host2 died before its compute took the request up: it waits in host2's queue and
-    runs when host2 is back. Asked again, that leftover would then hit a moved server
-    (ERROR, or a second rebuild): the server is neither reset nor asked again."""
+@pytest.mark.parametrize(
+    ("taken_at", "why"),
+    [
+        (None, "host2 died before taking it up: it waits in host2's queue"),
+        (1030.0, "host2 is back (forced down until it rejoins) and rebuilding it"),
+    ],
+)
+def test_a_request_that_lives_on_in_its_target_is_not_asked_again(
+    monkeypatch, taken_at, why
+) -> None:
+    """Asked again, the first request (still in host2's queue, or being run by host2 back
+    from its fence) would hit a moved server: ERROR, or a second rebuild. The server is
+    neither reset nor asked again."""
     monkeypatch.setattr(evacuation, "LOST_CHECK_AFTER", 0.0)
-    nova = DyingTargetNova([_server("a"), _server("b")], taken_up=False)
-    summary, _ = _evacuate(nova, seconds=3.0, retries=2)
+    nova = DyingTargetNova([_server("a"), _server("b")], taken_at=taken_at)
+    summary, _ = _evacuate(nova, seconds=3.0, retries=2, fenced_at=lambda host: 1010.0)
     waiting = next(sid for sid, host in nova.named if host == "host2")
     outcomes = {o.server_id: o for o in summary.outcomes}
-    assert outcomes[waiting].state is not S.RUNNING, outcomes
-    assert [c for c in nova.calls if c[1] == waiting] == [("evacuate", waiting)]
-    assert [host for _, host in nova.named] == ["host2", "host3"] or [
-        host for _, host in nova.named
-    ] == ["host3", "host2"]
+    assert outcomes[waiting].state is not S.RUNNING, (why, outcomes)
+    assert [c for c in nova.calls if c[1] == waiting] == [("evacuate", waiting)], why
+    assert sorted(host for _, host in nova.named) == ["host2", "host3"]
     assert all(o.host == "host3" for sid, o in outcomes.items() if sid != waiting)
 
 

@@ -55,6 +55,9 @@ POLL_INTERVAL = 0.5
 # A server still rebuilding this long after its request is checked (then as often again):
 # did its rebuild's host die since (forced down)? Then the rebuild never ends.
 LOST_CHECK_AFTER = 10.0
+# Nova's clock against the fencing node's, both to the second: a host back from its fence
+# takes a request up far later than this after it
+CLOCK_SKEW = 2.0
 TICK = 0.05  # how often the runner looks whether more requests may go out
 STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
 SINCE_MARGIN = 300.0
@@ -139,6 +142,8 @@ class Hooks:
     progress: Progress = lambda event, outcome: None
     heartbeat: Callable[[], None] = lambda: None
     may_request: Callable[[], bool] = lambda: True
+    # When a host was last fenced (epoch), from its record; None: not known
+    fenced_at: Callable[[str], float | None] = lambda host: None
 
 
 def _truthy(value: Any) -> bool:
@@ -289,7 +294,7 @@ class Runner:
         self.targets = chooser or targets.Scheduler()
         self.pacer = pacing.Pacer(self.max_parallel)
         self.progress, self.heartbeat = hooks.progress, hooks.heartbeat
-        self.may_request = hooks.may_request
+        self.may_request, self.fenced_at = hooks.may_request, hooks.fenced_at
         # Lists servers changed since shortly before we began, by Nova's clock: the margin
         # absorbs clock skew between this node and Nova's database.
         self.since = clock.iso_utc(time.time() - SINCE_MARGIN)
@@ -503,9 +508,9 @@ class Runner:
 
     def _rebuild_died(self, tracked: _Tracked) -> bool:
         """A long rebuild's host forced down since (a second failed host: its fence forces
-        it down after the power-off): the rebuild died with it, if that host had taken it up.
-        Checked every LOST_CHECK_AFTER seconds per server (up to four calls); that host is
-        no target any more."""
+        it down after the power-off): the rebuild died with it if that host had taken it up
+        before its fence. Checked every LOST_CHECK_AFTER seconds per server (up to five
+        calls); that host is no target any more."""
         now = time.monotonic()
         if tracked.accepted_at is None or now < max(
             tracked.lost_check_at, tracked.accepted_at + LOST_CHECK_AFTER
@@ -520,24 +525,36 @@ class Runner:
             if not self.nova.service(self.deadline, newest.target).forced_down:
                 return False
             self.targets.drop(newest.target)
-            if not self.nova.rebuild_taken_up(self.deadline, tracked.server_id, newest.target):
-                # Asked again now, the request left in that host's queue would run when it
-                # comes back, on a server that has moved: Nova would put it in ERROR, or
-                # rebuild it twice if a move were under way. It waits for that host.
-                if not tracked.waits_for_target:
-                    LOG.info(
-                        "server %s: its evacuation waits in %s's queue (that host failed "
-                        "before taking it up); Nova finishes it there when %s is back",
-                        tracked.server_id,
-                        newest.target,
-                        newest.target,
-                    )
-                tracked.waits_for_target = True
-                return False
+            taken_at = self.nova.rebuild_taken_up_at(
+                self.deadline, tracked.server_id, newest.target
+            )
         except NovaError:
             return False  # asked again at the next check
+        if not self._died_with(tracked, newest.target, taken_at):
+            return False
         tracked.target, tracked.rebuild_lost = newest.target, True
         return True
+
+    def _died_with(self, tracked: _Tracked, target: str, taken_at: float | None) -> bool:
+        """Asked again while its first request lives on, that request would run on the moved
+        server (Nova puts it in ERROR, or rebuilds it twice if a move is under way). It
+        lives on when the target never took it up (it waits in the host's queue and runs
+        when the host is back), or took it up after its fence (the host is back, still
+        forced down until it has rejoined, and rebuilding it now)."""
+        fenced = self.fenced_at(target)
+        if taken_at is not None and (fenced is None or taken_at <= fenced + CLOCK_SKEW):
+            return True
+        if not tracked.waits_for_target:
+            LOG.info(
+                "server %s: its evacuation is left to %s (%s); no new request",
+                tracked.server_id,
+                target,
+                "back, and rebuilding it"
+                if taken_at is not None
+                else "it failed before taking it up: it runs there when the host is back",
+            )
+        tracked.waits_for_target = True
+        return False
 
     def _stopped_before(self, tracked: _Tracked) -> bool:
         try:

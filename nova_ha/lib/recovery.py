@@ -93,16 +93,38 @@ def incident_start(
     """When the host was last fenced (epoch, from its history: `known`, or read), less a
     margin for clock skew between this node and Nova; without a record, a window as long as
     any evacuation."""
-    fenced = None
-    if store is not None or known is not None:
-        try:
-            current = known if known is not None else store.get(node)  # type: ignore[union-attr]
-            events = [e for e in current.history if e.name == Event.FENCED]
-            fenced = events[-1].time if events else None
-        except state.StateError:
-            fenced = None
-    at = clock.epoch(fenced)
+    at = last_fenced(store, node, known)
     return at - 60.0 if at is not None else time.time() - 3600.0
+
+
+def last_fenced(
+    store: state.StateStore | None, node: str, known: state.HostRecord | None = None
+) -> float | None:
+    """When the host was last fenced (epoch), from its history (`known`, or read); None
+    without a record."""
+    if store is None and known is None:
+        return None
+    try:
+        current = known if known is not None else store.get(node)  # type: ignore[union-attr]
+    except state.StateError:
+        return None
+    events = [e for e in current.history if e.name == Event.FENCED]
+    return clock.epoch(events[-1].time) if events else None
+
+
+def host_fenced_at(store: state.StateStore | None, host: str) -> float | None:
+    """When the node whose nova-compute is `host` (Nova's name) was last fenced (epoch);
+    None without its record."""
+    if store is None:
+        return None
+    try:
+        records = store.all()
+    except state.StateError:
+        return None
+    for node, record in records.items():
+        if (record.service_host or node) == host:
+            return last_fenced(None, node, record)
+    return None
 
 
 # What lets a runner go ahead (the others: leave the host, or nothing left to do).
@@ -271,7 +293,11 @@ def _evacuate(
     progress: evacuation.Progress | None,
 ) -> evacuation.Summary:
     """The servers' evacuation, new requests only while the lease is ours."""
-    hooks = evacuation.Hooks(heartbeat=lease.heartbeat, may_request=lambda: lease.held)
+    hooks = evacuation.Hooks(
+        heartbeat=lease.heartbeat,
+        may_request=lambda: lease.held,
+        fenced_at=lambda host: host_fenced_at(lease.store, host),
+    )
     if progress is not None:
         hooks = replace(hooks, progress=progress)
     return evacuation.evacuate_servers(

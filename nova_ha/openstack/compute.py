@@ -321,16 +321,17 @@ class Nova:
             {"action": ((str,), False), "request_id": ((str,), False)},
         )
 
-    def rebuild_taken_up(self, deadline: Deadline, server_id: str, host: str) -> bool:
-        """Did `host`'s nova-compute take up the server's newest evacuation? Its
-        compute_rebuild_instance event is recorded the moment it does. Not taken up, the
-        request waits in the host's message queue and runs when the host comes back."""
+    def rebuild_taken_up_at(self, deadline: Deadline, server_id: str, host: str) -> float | None:
+        """When `host`'s nova-compute took up the server's newest evacuation (epoch, by
+        Nova's clock, to the second), or None if it has not: its compute_rebuild_instance
+        event is recorded the moment it does. Not taken up, the request waits in the host's
+        message queue and runs when the host comes back."""
         newest = next(
             (a for a in self._actions(deadline, server_id) if a.get("action") == "evacuate"),
             None,
         )
         if newest is None or not newest.get("request_id"):
-            return False
+            return None
         path = (
             f"/servers/{quote_id(server_id)}/os-instance-actions/{quote_id(newest['request_id'])}"
         )
@@ -338,11 +339,15 @@ class Nova:
         action = reply_field(
             self.request("GET", path, deadline), "instanceAction", (dict,), what, required=True
         )
-        events = reply_records(action, "events", what, {"event": ((str,), False)})
-        return any(
-            e.get("event") == "compute_rebuild_instance" and e.get("host") in (None, host)
-            for e in events
+        events = reply_records(
+            action, "events", what, {"event": ((str,), False), "start_time": ((str,), False)}
         )
+        times = [
+            clock.epoch((e.get("start_time") or "")[:19] + "Z") or 0.0
+            for e in events
+            if e.get("event") == "compute_rebuild_instance" and e.get("host") in (None, host)
+        ]
+        return max(times) if times else None
 
     def start_server(self, deadline: Deadline, server_id: str) -> None:
         """Start a stopped server: one Nova landed stopped on its new host (from 2.95), or

@@ -72,20 +72,11 @@ def _one_run(bed, servers: int) -> dict[str, float]:
     t0 = bed.cluster.kill_remote(node, signal.SIGKILL)
     running = _wait_running(bed, ids, {node})
     deadline = time.monotonic() + 180
-    observer = bed.observer()
     bed.wait_for(lambda: records(bed.cluster)[node].state != "fenced", 60, "the outcome")
     writes = _epoch(bed) - epoch
     rejoined = None
     while rejoined is None and time.monotonic() < deadline:
-        svc = observer.service(node)
-        record = records(bed.cluster).get(node)
-        if (
-            svc.state == "up"
-            and not svc.forced_down
-            and svc.status == "enabled"
-            and record is not None
-            and record.state == "ok"
-        ):
+        if bed.rejoined(node):
             rejoined = time.time()
         else:
             time.sleep(0.5)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed import util
 from testbed.bmc import BmcSim
 from testbed.cib import write_cib
 from testbed.nova_sim import NovaSim
@@ -156,14 +157,7 @@ def bmcs_for(cloud: NovaSim) -> Iterator[dict[str, BmcSim]]:
 def openstack_params(cloud: NovaSim, events: Path) -> dict[str, object]:
     """What the fence device and NovaEvacuate share: the cloud, and the event sink."""
     sink = shlex.join([sys.executable, str(SINK), str(events)])
-    return {
-        "os_auth_url": cloud.auth_url,
-        "os_username": cloud.username,
-        "os_password": cloud.password,
-        "os_project_name": cloud.project_name,
-        "os_interface": "public",
-        "notify_command": sink,
-    }
+    return {**util.cloud_params(cloud), "notify_command": sink}
 
 
 def fence_params(common: dict[str, object], bmc: BmcSim) -> dict[str, object]:

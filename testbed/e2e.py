@@ -638,6 +638,18 @@ class E2EBed(bedlib.Managed):
 
         return Observer(self.box)
 
+    def rejoined(self, node: str) -> bool:
+        """Is the node back: record 'ok', its nova-compute up, enabled, not forced down?"""
+        svc = self.observer().service(node)
+        record = records(self.cluster).get(node)
+        return (
+            svc.state == "up"
+            and not svc.forced_down
+            and svc.status == "enabled"
+            and record is not None
+            and record.state == "ok"
+        )
+
     def requests(self, after: float = 0.0) -> list[dict]:
         return [r for r in self.box.request_log() if r["t"] >= after]
 

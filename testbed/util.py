@@ -37,3 +37,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def cloud_params(cloud: Any) -> dict[str, str]:
+    """The agents' OpenStack parameters for a test cloud (the simulator, the box, the
+    production-shaped Nova): its Keystone and admin credentials."""
+    return {
+        "os_auth_url": cloud.auth_url,
+        "os_username": cloud.username,
+        "os_password": cloud.password,
+        "os_project_name": cloud.project_name,
+        "os_interface": "public",
+    }

@@ -104,3 +104,18 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError("condition not reached in time")
+
+
+def cloud_params(cloud) -> dict[str, str]:
+    """The agents' parameters for a simulated or real test cloud (admin, no token cache)."""
+    from testbed import util
+
+    return {**util.cloud_params(cloud), "os_token_cache": "0"}
+
+
+def cloud_client(cloud):
+    """A Nova client of nova-ha for a test cloud."""
+    from nova_ha.lib import params
+    from nova_ha.openstack.compute import Nova
+
+    return Nova.from_params(params.parse(cloud_params(cloud), params.FENCE))

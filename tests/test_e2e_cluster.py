@@ -78,24 +78,11 @@ def _create(bed: E2EBed, node: str, count: int, prefix: str) -> list[str]:
     return bed.box.create_servers(node, count, name_prefix=prefix)
 
 
-def _back(bed: E2EBed, node: str) -> bool:
-    """Has the node rejoined (record 'ok', its nova-compute up, enabled, not forced down)?"""
-    svc = bed.observer().service(node)
-    record = records(bed.cluster).get(node)
-    return (
-        svc.state == "up"
-        and not svc.forced_down
-        and svc.status == "enabled"
-        and record is not None
-        and record.state == "ok"
-    )
-
-
 def _elsewhere(bed: E2EBed, host: str | None, own: set[str], failed: set[str]) -> bool:
     """A host a server of a failed node may run on: not its own node, and not another failed
     node unless that one is back (an evacuation its failure left in its queue runs there
     when it comes back)."""
-    return host not in own and (host not in failed or _back(bed, host))
+    return host not in own and (host not in failed or bed.rejoined(host))
 
 
 def _wait_moved(
@@ -185,7 +172,7 @@ def _assert_incident(bed: E2EBed, t0: float, servers: dict[str, list[str]]) -> N
 
 
 def _wait_rejoined(bed: E2EBed, node: str, timeout: float = 120) -> float:
-    took = bed.wait_for(lambda: _back(bed, node), timeout, f"{node} to rejoin", interval=0.5)
+    took = bed.wait_for(lambda: bed.rejoined(node), timeout, f"{node} to rejoin", interval=0.5)
     bed.wait_ready(timeout, nodes=[node])
     return took
 

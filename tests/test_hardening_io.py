@@ -29,6 +29,7 @@ from tests.helpers import (
     FENCE_AGENT,
     PYTHON,
     ROOT,
+    cloud_params,
     run_fence,
     run_ocf,
 )
@@ -277,17 +278,7 @@ def test_fence_list_keeps_each_nova_host_on_its_own_line(action):
 
     hostile = ["evil\ncompute7", "x,compute8 compute9;c10", "y\u2028compute11", "z\rcompute12"]
     with NovaSim(hosts=["host1", *hostile]) as cloud:
-        done = run_fence(
-            {
-                "action": action,
-                "os_auth_url": cloud.auth_url,
-                "os_username": cloud.username,
-                "os_password": cloud.password,
-                "os_project_name": cloud.project_name,
-                "os_interface": "public",
-                "os_token_cache": "0",
-            }
-        )
+        done = run_fence({"action": action, **cloud_params(cloud)})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     assert lines[-1] == "" and len(lines[:-1]) == 1 + len(hostile), done.stdout
@@ -386,15 +377,7 @@ def test_fence_list_into_a_closed_pipe_keeps_its_result(buffered):
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
     with NovaSim(hosts=["host1", "host2", "host3"]) as cloud:
-        values = {
-            "action": "list",
-            "os_auth_url": cloud.auth_url,
-            "os_username": cloud.username,
-            "os_password": cloud.password,
-            "os_project_name": cloud.project_name,
-            "os_interface": "public",
-            "os_token_cache": "0",
-        }
+        values = {"action": "list", **cloud_params(cloud)}
         stdin = "".join(f"{k}={v}\n" for k, v in values.items()).encode()
         done = _into_closed_pipe([PYTHON, FENCE_AGENT], stdin=stdin, env=env)
     assert done.returncode == fence_proto.EC_OK, done.stderr

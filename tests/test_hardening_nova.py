@@ -25,7 +25,7 @@ from nova_ha.openstack.compute import Nova
 from nova_ha.openstack.exceptions import NovaError, Unavailable
 from nova_ha.openstack.transport import Deadline, Transport
 from nova_ha.openstack.views import Server
-from tests.helpers import FENCE_AGENT, PYTHON, run_fence, stdin_text
+from tests.helpers import FENCE_AGENT, PYTHON, cloud_client, run_fence, stdin_text
 
 VERSION_DOC = {
     "version": {
@@ -460,18 +460,7 @@ def test_admin_pass_of_an_evacuation_is_not_logged(verbose_log):
         server_id = cloud.create_servers("host1", 1)[0]
         cloud.crash("host1")
         cloud.force_down("host1")
-        parsed = params.parse(
-            {
-                "os_auth_url": cloud.auth_url,
-                "os_username": cloud.username,
-                "os_password": cloud.password,
-                "os_project_name": cloud.project_name,
-                "os_interface": "public",
-                "os_token_cache": "0",
-            },
-            params.FENCE,
-        )
-        client = Nova.from_params(parsed)
+        client = cloud_client(cloud)
         server = client.server(Deadline(30), server_id)
         assert client.evacuate(Deadline(30), server, proof.by_bmc("host1", "host1")) is True
     text = verbose_log.getvalue()

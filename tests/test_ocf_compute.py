@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from testbed import util
 from testbed.cib import write_cib
 from tests.conftest import CLOUD_SERVICE
 from tests.helpers import COMPUTE_AGENT, need_binary, run_ocf
@@ -30,11 +31,7 @@ def _params(cloud) -> dict:
     base = cloud.auth_url.rsplit("/identity", 1)[0]
     command = f"{sys.executable} {CLOUD_SERVICE} {base} {NODE} {{}}"
     return {
-        "os_auth_url": cloud.auth_url,
-        "os_username": cloud.username,
-        "os_password": cloud.password,
-        "os_project_name": cloud.project_name,
-        "os_interface": "public",
+        **util.cloud_params(cloud),
         "start_command": command.format("start"),
         "stop_command": command.format("stop"),
         "status_command": command.format("status"),

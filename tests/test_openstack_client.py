@@ -15,6 +15,7 @@ from nova_ha.openstack.compute import Nova
 from nova_ha.openstack.exceptions import NovaError, WrongHost
 from nova_ha.openstack.transport import Deadline
 from nova_ha.openstack.views import Hypervisor, Migration, Server, Service
+from tests.helpers import cloud_client
 from tests.test_hardening_nova import GOOD_SERVER, HostileNova, Reply, hostile  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "nova_ha"
@@ -122,18 +123,7 @@ def test_views_are_typed_and_read_only():
 
 
 def test_hypervisors_of_the_simulator(sim_cloud):
-    parsed = params.parse(
-        {
-            "os_auth_url": sim_cloud.auth_url,
-            "os_username": sim_cloud.username,
-            "os_password": sim_cloud.password,
-            "os_project_name": sim_cloud.project_name,
-            "os_interface": "public",
-            "os_token_cache": "0",
-        },
-        params.FENCE,
-    )
-    found = Nova.from_params(parsed).hypervisors(Deadline(30))
+    found = cloud_client(sim_cloud).hypervisors(Deadline(30))
     assert sorted(h.hostname for h in found) == ["host1", "host2"]
     assert all(h.state == "up" and h.service_host == h.hostname for h in found)
 
@@ -182,18 +172,7 @@ def test_an_evacuation_left_in_a_dead_targets_queue_is_not_taken_up():
         cloud.crash("host1")
         cloud.force_down("host1")
         cloud.crash("host2")
-        parsed = params.parse(
-            {
-                "os_auth_url": cloud.auth_url,
-                "os_username": cloud.username,
-                "os_password": cloud.password,
-                "os_project_name": cloud.project_name,
-                "os_interface": "public",
-                "os_token_cache": "0",
-            },
-            params.FENCE,
-        )
-        client = Nova.from_params(parsed)
+        client = cloud_client(cloud)
         server = client.server(Deadline(10), sid)
         fenced = proof.by_bmc("host1", "host1")
         assert client.evacuate(Deadline(10), server, fenced, target="host2") is True

@@ -189,3 +189,23 @@ def test_an_evacuation_left_in_a_dead_targets_queue_is_not_taken_up():
         assert taken_at is not None and abs(taken_at - back) < 3, (taken_at, back)
         assert client.rebuild_taken_up_at(Deadline(10), sid, "host3") is None
         assert client.server(Deadline(10), sid).host == "host2"
+
+
+def test_novas_clock_is_read_from_its_date_header(hostile, monkeypatch):  # noqa: F811
+    """Nova's clock an hour behind ours: server_time says so after a reply (none before)."""
+    import email.utils
+    import http.server
+    import time
+
+    behind = 3600.0
+    monkeypatch.setattr(
+        http.server.BaseHTTPRequestHandler,
+        "date_time_string",
+        lambda self, timestamp=None: email.utils.formatdate(time.time() - behind, usegmt=True),
+    )
+    hostile.on("GET", r"/servers/s-1$", Reply({"server": GOOD_SERVER}))
+    client = hostile.client()
+    assert client.server_time() is None
+    client.server(Deadline(5), "s-1")
+    nova_now = client.server_time()
+    assert nova_now is not None and abs(time.time() - behind - nova_now) < 2.0

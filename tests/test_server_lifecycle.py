@@ -471,6 +471,9 @@ class FakeNova:
     def evacuate_microversion(self, deadline):
         return "2.94"
 
+    def server_time(self):
+        return None  # no reply seen: the runner falls back to its own clock
+
     def services(self, deadline, host=None):
         return [
             Service(f"s{i}", h, "enabled", state, h == "host1", None)
@@ -782,6 +785,20 @@ def test_requests_go_on_while_a_round_lists_what_changed() -> None:
     assert all(o.state is S.RUNNING for o in summary.outcomes)
     assert nova.requested_when_listing is not None and nova.requested_when_listing < 16
     assert nova.listing_ended_by_requests  # the rest were requested while it lasted
+
+
+def test_changes_since_starts_by_novas_clock_when_known(monkeypatch) -> None:
+    """By Nova's clock (its Date header) the listing starts NOVA_SINCE_MARGIN before now,
+    whatever our clock says; not known, SINCE_MARGIN before now by ours."""
+    from nova_ha.lib import clock
+
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    assert evacuation.changes_since(1_700_000_000.0) == clock.iso_utc(
+        1_700_000_000.0 - evacuation.NOVA_SINCE_MARGIN
+    )
+    assert evacuation.changes_since(None) == clock.iso_utc(
+        1_800_000_000.0 - evacuation.SINCE_MARGIN
+    )
 
 
 @pytest.mark.parametrize(

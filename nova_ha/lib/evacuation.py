@@ -60,7 +60,9 @@ LOST_CHECK_AFTER = 10.0
 CLOCK_SKEW = 2.0
 TICK = 0.05  # how often the runner looks whether more requests may go out
 STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
-SINCE_MARGIN = 300.0
+# The following lists servers changed since shortly before the run began (changes_since)
+SINCE_MARGIN = 300.0  # by our clock: Nova's may be anywhere near it
+NOVA_SINCE_MARGIN = 15.0  # by Nova's: the skew of its computes, whose clocks write records
 E, A = ServerEvent, ServerAction
 # What a sender carries out when the pacing lets the server's request go (a target is
 # chosen then, so that a host refused meanwhile is chosen no more).
@@ -295,9 +297,7 @@ class Runner:
         self.pacer = pacing.Pacer(self.max_parallel)
         self.progress, self.heartbeat = hooks.progress, hooks.heartbeat
         self.may_request, self.fenced_at = hooks.may_request, hooks.fenced_at
-        # Lists servers changed since shortly before we began, by Nova's clock: the margin
-        # absorbs clock skew between this node and Nova's database.
-        self.since = clock.iso_utc(time.time() - SINCE_MARGIN)
+        self.since = changes_since(nova.server_time())
 
     # -- the state machine's driver ------------------------------------------------------
 
@@ -646,6 +646,17 @@ class Runner:
         following = [t for t in live if t.action in (A.FOLLOW, A.POLL) and not t.sending]
         if following:
             self._follow(pool, following)
+
+
+def changes_since(nova_now: float | None) -> str:
+    """Where the following's listings start: shortly before we began, by Nova's clock (its
+    last reply's Date header; NOVA_SINCE_MARGIN absorbs the skew of the computes that write
+    the records), or by ours less SINCE_MARGIN when Nova's is not known. The listing holds
+    every server of the cloud changed since, deleted ones included: the start decides its
+    size (on a busy cloud, five minutes' worth of servers in every round)."""
+    if nova_now is not None:
+        return clock.iso_utc(nova_now - NOVA_SINCE_MARGIN)
+    return clock.iso_utc(time.time() - SINCE_MARGIN)
 
 
 def round_pause(began: float, ended: float) -> float:

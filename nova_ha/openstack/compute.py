@@ -65,6 +65,7 @@ class Nova:
         self.authenticate = transport.authenticate
         self.microversion = transport.microversion
         self.at_least = transport.at_least
+        self.server_time = transport.server_time
         self._placement: Transport | None = None
 
     @classmethod

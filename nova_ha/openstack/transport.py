@@ -332,6 +332,7 @@ class Transport:
         self._cache_suspect = False
         self._auth_generation = 0  # bumped when the cached state is dropped
         self._auth_lock = threading.Lock()
+        self._clock_offset: float | None = None  # Nova's clock less ours (its Date header)
 
     def beside(self, service_type: str) -> Transport:
         """A transport to another service of the same Keystone session (token, interface,
@@ -509,6 +510,7 @@ class Transport:
         """The reply of one send, read by `until`: its body, a _Retry, or the NovaError
         its status maps to."""
         status, what = resp.status_code, call.what
+        self._note_clock(resp)
         data, cut, too_large = read_body(resp, until)
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug(
@@ -540,6 +542,21 @@ class Transport:
         if status not in RETRY_STATUSES:
             raise http_error(f"{what}: HTTP {status}: {problem}", status)
         return _Retry(problem, status)
+
+    def _note_clock(self, resp: Any) -> None:
+        """How far Nova's clock is from ours, from the reply's Date header (to the second)."""
+        import email.utils  # noqa: PLC0415
+
+        try:
+            date = email.utils.parsedate_to_datetime(str(resp.headers.get("Date") or ""))
+            self._clock_offset = date.timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass  # no Date, or a malformed one: the offset stays as it was
+
+    def server_time(self) -> float | None:
+        """Nova's time now (epoch, to the second), from the last reply; None before any."""
+        offset = self._clock_offset
+        return None if offset is None else time.time() + offset
 
     def _proven(self) -> None:
         """Nova answered with this token and catalog: keep them for the next run."""

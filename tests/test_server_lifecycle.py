@@ -667,6 +667,36 @@ def test_runner_follows_servers_asked_earlier_and_gone_ones() -> None:
     assert (summary.found, summary.selected) == (1, 2)
 
 
+def test_a_server_an_earlier_runner_landed_before_this_run_is_done_at_once() -> None:
+    """Killed mid-way, an earlier runner's server landed before this run began: the listing
+    of what changed since never shows it, so the view read at the plan is its first look."""
+    landed = Server(id="m", name="vm-m", status="ACTIVE", host="host3", vm_state="active")
+    nova = FakeNova([_server("a")], lands="ACTIVE")
+    nova.views["m"] = landed
+    listings: list[set[str]] = []
+
+    def changed_since(deadline, since):
+        shown = FakeNova.servers_changed_since(nova, deadline, since)
+        shown = [v for v in shown if v.id != "m"]  # unchanged since long before
+        listings.append({v.id for v in shown})
+        return shown
+
+    nova.servers_changed_since = changed_since
+    summary = evacuation.evacuate_servers(
+        nova,
+        Deadline(5),
+        proof.by_bmc("c1", "host1"),
+        evacuation.Policy("all", "t", 2, 1),
+        servers=[nova.views["a"]],
+        earlier={"m"},
+    )
+    outcomes = {o.server_id: o for o in summary.outcomes}
+    assert (outcomes["m"].result, outcomes["m"].host) == ("evacuated", "host3"), outcomes
+    assert outcomes["a"].result == "evacuated"
+    assert [c for c in nova.calls if c[1] == "m"] == [("get", "m")]  # never asked again
+    assert all("m" not in ids for ids in listings)
+
+
 def test_conflict_from_another_call_is_a_failed_attempt() -> None:
     nova = FakeNova([_server("p", "paused")])
 

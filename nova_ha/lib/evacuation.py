@@ -391,6 +391,9 @@ class Runner:
         for server in planner.moved(earlier, servers):
             one = _Tracked(server.id, server.name, server.host, server.status)
             self._feed(one, E.MOVED_EARLIER)
+            # Its first look is the view just read: one that landed before this run began
+            # would never show in the following's listing (what changed since then).
+            self._look(one, server)
             tracked.append(one)
         return sorted(tracked, key=lambda t: t.state is ServerState.SKIPPED)
 

@@ -639,6 +639,16 @@ class TestTwoControllers(_Restored):
             MEASURED["s7: controller killed -> survivor's worker at work"] = time.time() - killed
             _wait_moved(bed, ids, {"compute1"}, timeout=180)
             _assert_incident(bed, t0, {"compute1": ids})
+            # The runner records its outcome once it has seen the last server land: a moment
+            # after the test may have seen it.
+            bed.wait_for(
+                lambda: any(
+                    e.name == "evacuation_finished"
+                    for e in records(bed.cluster)["compute1"].history
+                ),
+                30,
+                "the evacuation's outcome in compute1's record",
+            )
             history = records(bed.cluster)["compute1"].history
             outcome = [e for e in history if e.name == "evacuation_finished"]
             assert outcome and f"NovaEvacuate@{survivor}" in outcome[-1].detail, history

@@ -744,3 +744,18 @@ def test_live_cluster_no_match_message_is_recognised() -> None:
     assert _no_match("Call cib_query failed: No such device or address")
     assert _no_match("Call cib_modify failed: No such device or address")
     assert not _no_match("Call cib_modify failed: Protocol not supported")
+
+
+def test_a_targets_fence_time_is_found_by_its_nova_host_name() -> None:
+    """The runner asks by Nova's host name; records are by node (service_host tells)."""
+    from nova_ha.lib import clock, recovery
+
+    store = MemoryStateStore()
+    at = 1_800_000_000.0
+    store.mark("node-b", HostState.FENCED, Event.FENCED, service_host="b.example", now=at)
+    store.mark("compute1", HostState.FENCED, Event.FENCED, now=at + 60)
+    assert recovery.host_fenced_at(store, "b.example") == clock.epoch(clock.iso_utc(at))
+    assert recovery.host_fenced_at(store, "compute1") == clock.epoch(clock.iso_utc(at + 60))
+    assert recovery.host_fenced_at(store, "node-b") is None  # not its Nova name
+    assert recovery.host_fenced_at(store, "compute9") is None
+    assert recovery.host_fenced_at(None, "compute1") is None

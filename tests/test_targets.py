@@ -4,9 +4,11 @@ and the one read per run with its fall-backs (placement unreadable: counting onl
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from nova_ha.lib import targets
+from nova_ha.lib import evacuation, targets
 from nova_ha.lib.targets import Candidate, Spread
 from nova_ha.openstack.exceptions import Forbidden, Unavailable
 from nova_ha.openstack.placement import Room
@@ -160,3 +162,77 @@ def test_read_counts_only_when_placement_is_unreadable() -> None:
 )
 def test_read_policies_and_fall_backs(nova, policy, reserved, hosts) -> None:
     assert _read(nova, policy, reserved).hosts == hosts
+
+
+def test_early_reads_are_used_instead_of_asking_again() -> None:
+    """Services and hypervisors read early (Prefetch) are what the chooser is made of."""
+    nova = ReadNova(rooms=Unavailable("HTTP 503", 503))
+    early = targets.Reads(
+        lambda: [_service("host1", state="down", forced_down=True), _service("host3")],
+        lambda: [_hypervisor("host3", running_vms=2)],
+    )
+    spread = targets.read(nova, Deadline(5), "host1", [_server()], "spread", (), early)
+    assert spread.hosts == ("host3",)
+    assert "services" not in nova.calls and "hypervisors" not in nova.calls
+
+
+def test_an_early_read_that_failed_leaves_the_scheduler_to_choose() -> None:
+    nova = ReadNova()
+    failed = Unavailable("HTTP 503", 503)
+
+    def services() -> list[Service]:
+        raise failed
+
+    early = targets.Reads(services, lambda: [])
+    assert targets.read(nova, Deadline(5), "host1", [_server()], "spread", (), early).hosts == ()
+
+
+class ConcurrentReadsNova:
+    """Each first read waits until `expected` reads are under way at once (a Barrier):
+    read one after the other, they time out."""
+
+    def __init__(self, expected: int) -> None:
+        self.barrier = threading.Barrier(expected, timeout=5)
+        self.calls: list[str] = []
+
+    def _meet(self, name: str) -> None:
+        self.calls.append(name)
+        self.barrier.wait()
+
+    def servers_on(self, deadline, host):
+        self._meet("servers")
+        return [_server()]
+
+    def evacuation_migrations(self, deadline, source_host=None, server_id=None):
+        self._meet("migrations")
+        return []
+
+    def services(self, deadline, host=None):
+        self._meet("services")
+        return [_service("host2")]
+
+    def hypervisors(self, deadline):
+        self._meet("hypervisors")
+        return [_hypervisor("host2")]
+
+
+@pytest.mark.parametrize(
+    "policy, reads", [("spread", 4), ("scheduler", 2)], ids=["spread", "scheduler"]
+)
+def test_prefetch_reads_what_the_policy_needs_at_once(policy, reads) -> None:
+    """Spread targets: the chooser's services and hypervisors are read beside the host's
+    servers and the incident's earlier requests, all four at once; the scheduler's
+    policy reads neither."""
+    nova = ConcurrentReadsNova(reads)
+    prefetch = evacuation.Prefetch(nova, Deadline(10), "host1", lambda: 0.0, policy)
+    assert [s.id for s in prefetch.servers()] == ["s"]
+    assert prefetch.earlier() == set()
+    if policy == "spread":
+        assert prefetch.targets is not None
+        assert [s.host for s in prefetch.targets.services()] == ["host2"]
+        assert [h.service_host for h in prefetch.targets.hypervisors()] == ["host2"]
+    else:
+        assert prefetch.targets is None
+    assert sorted(nova.calls) == sorted(
+        ["servers", "migrations"] + (["services", "hypervisors"] if policy == "spread" else [])
+    )

@@ -56,7 +56,11 @@ def evacuate_now(
         LOG.error("evacuation of %s not started: %s", node, err)
         return None
     prefetch = evacuation.Prefetch(
-        nova, deadline, host, lambda: recovery.incident_start(store, node, record)
+        nova,
+        deadline,
+        host,
+        lambda: recovery.incident_start(store, node, record),
+        options.policy.target_policy,
     )
     owner = lease_owner or owners.name(source)
     return _under_lease(nova, store, proof, options, deadline, owner, runner, prefetch, record)

@@ -257,7 +257,13 @@ def evacuate_host(
         lease = Lease(store, node, owner, deadline.remaining() + LEASE_MARGIN)
         lease.acquire()
     if prefetch is None:
-        prefetch = evacuation.Prefetch(nova, deadline, host, lambda: incident_start(store, node))
+        prefetch = evacuation.Prefetch(
+            nova,
+            deadline,
+            host,
+            lambda: incident_start(store, node),
+            options.policy.target_policy,
+        )
     if not lease.held:
         LOG.info("%s: %s", node, lease.start.reason)
         return None
@@ -308,6 +314,7 @@ def _evacuate(
         hooks,
         servers=prefetch.servers(),
         earlier=prefetch.earlier(),
+        early=prefetch.targets,
     )
 
 

@@ -18,6 +18,7 @@ and usage); when placement cannot be read, only this run's assignments are count
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from nova_ha.openstack.transport import parse_version
 if TYPE_CHECKING:
     from nova_ha.openstack.compute import Nova
     from nova_ha.openstack.transport import Deadline
-    from nova_ha.openstack.views import Server, Service
+    from nova_ha.openstack.views import Hypervisor, Server, Service
 
 LOG = log.get("targets")
 
@@ -136,6 +137,21 @@ class Scheduler(Spread):
         return None, "target_policy=scheduler: the scheduler chooses"
 
 
+@dataclass(frozen=True)
+class Reads:
+    """The chooser's reads that need no server: started with the run's first reads
+    (evacuation.Prefetch), each round trip saved brings the first request sooner. Each
+    call returns the read's result or raises its NovaError."""
+
+    services: Callable[[], list[Service]]
+    hypervisors: Callable[[], list[Hypervisor]]
+
+    @classmethod
+    def now(cls, nova: Nova, deadline: Deadline) -> Reads:
+        """Reads made when asked."""
+        return cls(lambda: nova.services(deadline), lambda: nova.hypervisors(deadline))
+
+
 def read(
     nova: Nova,
     deadline: Deadline,
@@ -143,15 +159,18 @@ def read(
     servers: list[Server],
     policy: str,
     reserved: tuple[str, ...] = (),
+    early: Reads | None = None,
 ) -> Spread:
-    """The chooser of one run: reads the services, hypervisors and placement once."""
+    """The chooser of one run: reads the services, hypervisors and placement once (the
+    first two from `early` when given)."""
+    reads = early or Reads.now(nova, deadline)
     if not reserved and policy == "scheduler":
         return Scheduler()
     if not reserved and parse_version(nova.evacuate_microversion(deadline)) < HOST_WITHOUT_FORCE:
         LOG.info("Nova below 2.29 would force a named host past its scheduler: it chooses")
         return Scheduler()
     try:
-        services = nova.services(deadline)
+        services = reads.services()
     except NovaError as err:
         LOG.warning("cannot list compute services (%s): the scheduler chooses", err)
         return Scheduler()
@@ -161,15 +180,15 @@ def read(
         LOG.debug("target %s: %s", service.host, why or "eligible")
         if why is None:
             eligible.append(service)
-    return Spread(_candidates(nova, deadline, eligible, servers))
+    return Spread(_candidates(nova, deadline, eligible, servers, reads))
 
 
 def _candidates(
-    nova: Nova, deadline: Deadline, eligible: list[Service], servers: list[Server]
+    nova: Nova, deadline: Deadline, eligible: list[Service], servers: list[Server], reads: Reads
 ) -> list[Candidate]:
     """The eligible hosts with their load and room (placement; running_vms below 2.88)."""
     try:
-        hypervisors = {h.service_host: h for h in nova.hypervisors(deadline)}
+        hypervisors = {h.service_host: h for h in reads.hypervisors()}
     except NovaError as err:
         LOG.info("cannot list hypervisors (%s): counting this run's servers only", err)
         hypervisors = {}

@@ -172,10 +172,14 @@ class NovaProd(NovaBox):
     def set_api_down(self, down: bool = True, mode: str = "503") -> Any:
         raise NotImplementedError("the production-shaped bed cannot take nova-api down")
 
+    def processes(self) -> set[int]:
+        """Every process of the bed: the control process and its descendants."""
+        return _descendants(self.pid) | {self.pid}
+
     def rss_kb(self) -> int:
-        """Resident memory of every process of the bed (control process and descendants)."""
+        """Resident memory of every process of the bed."""
         total = 0
-        for pid in _descendants(self.pid) | {self.pid}:
+        for pid in self.processes():
             try:
                 with open(f"/proc/{pid}/status") as f:
                     total += next(

@@ -15,7 +15,8 @@ logs use the same clock):
   records the instance action then);
 * all evacuations accepted (secondary): when the cloud answered the last 2xx evacuate;
 * the spread: servers per host after the run; ours also shows the number in flight over
-  time (its pacing's limit, from its log) beside the servers Nova shows with a task;
+  time (its pacing's limit, from its log) beside the servers under way (a task shown, or
+  on the real Novas an evacuation whose migration has not ended);
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
   evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
 
@@ -1189,7 +1190,7 @@ def report(
     for run in ours:
         print("   ours, in flight allowed (s: n): " + _timeline(run.pacing))
     for run in ours + theirs:
-        print(f"   {run.agent}, servers Nova shows with a task (s: n): " + _timeline(run.moving))
+        print(f"   {run.agent}, servers under way (s: n): " + _timeline(run.moving))
     for note in notes:
         print(f"   note: {note}")
     for run in ours + theirs:
@@ -1226,6 +1227,9 @@ class Options:
         return math.ceil(self.servers / max(1, self.hosts - 1)) + SPREAD_SLACK
 
 
+OBSERVER_NOTE = (
+    "a listing of the evacuations' migrations per poll, the servers' listing once none is under way"
+)
 START_STATE = (
     f"{SOURCE} crashed, its nova-compute forced down + disabled beforehand; its "
     "BMC already reports off (ours confirms that over IPMI; fence_evacuate has no "
@@ -1321,7 +1325,7 @@ BOX = Scenario(
     BOX_GOALS,
     [
         "accepted = the last 2xx evacuate's arrival plus the duration Nova logged for it; "
-        "ACTIVE polled every 1 s over the API (one server listing per poll)",
+        "ACTIVE polled every 1 s over the API (" + OBSERVER_NOTE + ")",
         "the box is one Python process (API, conductor, scheduler, placement, computes); "
         "a fresh box per run",
     ],
@@ -1333,7 +1337,7 @@ PROD = Scenario(
     PROD_GOALS,
     [
         "begun / accepted = from nova-api's log (each request's answer time less its "
-        "duration); ACTIVE polled every 0.5 s over the API",
+        "duration); ACTIVE polled every 0.5 s over the API (" + OBSERVER_NOTE + ")",
         "one bed for every run: each on fresh servers, deleted afterwards and host1 put "
         "back in service",
     ],

@@ -18,7 +18,11 @@ logs use the same clock):
   time (its pacing's limit, from its log) beside the servers under way (a task shown, or
   on the real Novas an evacuation whose migration has not ended);
 * total run time: until the agent exits (ours: the fence action, the safety work only; the
-  evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster).
+  evacuation runs in NovaEvacuate's evacuation service, started beforehand as in a cluster);
+* the floor (the real Novas): the cloud's CPU from the start to all running, less its idle
+  load and this benchmark's polls (both measured just before the run), over the cores the
+  cloud can use: the soonest any client could have had that work done. A goal below the
+  floor of fence_evacuate's runs is out of every client's reach on this machine.
 
 Scenarios: (a) `sim`: testbed/nova_sim, 100 servers, 5 hosts (4 targets), 0.1 s added to
 every API call (a remote cloud's round trip), the per-compute costs calibrated on the box
@@ -41,13 +45,7 @@ has 2 cores, shared):
                                     [--target-policy spread|scheduler] [--cold-token]
                                     [--save-output]
 
-Figures (2-core machine shared with other work, 2026-12-02; medians; README.md, "Tests",
-keeps what bounds each one): prod 3 + 3 runs, load 2.3-5.6: all running 11.33 s against
-8.00 s (0.7x, goal not met: all 20 under way at once, Nova on two saturated cores lands
-the last 6 s after the last request, against 2.4 s with fence_evacuate's <= 10), begun
-3.22 s against 5.03 s, spread 7/7/6 (goal <= 9 met); sim 2 + 2 runs, load 3.3-5.2: all
-running 11.80 s against 17.45 s (1.5x, goal not met: 25 claims of 0.4 s one at a time per
-target are 10 s), begun 2.02 s against 11.49 s, spread 25 each; box: see README.md.
+Figures and what bounds each one: README.md, "Tests".
 """
 
 from __future__ import annotations

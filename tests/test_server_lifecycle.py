@@ -4,6 +4,7 @@ against a small scripted Nova (no simulator, no network)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
@@ -23,7 +24,7 @@ from nova_ha.lib.server_lifecycle import (
     ServerState,
     step,
 )
-from nova_ha.openstack.exceptions import BadRequest, Conflict, NotFound, Unavailable
+from nova_ha.openstack.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from nova_ha.openstack.transport import Deadline
 from nova_ha.openstack.views import Hypervisor, Migration, Server, Service
 
@@ -956,3 +957,92 @@ def test_newest_migration_per_server() -> None:
     newest = newest_per_server([new, old, other])
     assert newest == {"a": new, "b": other}
     assert [m.server_id for m in newest.values() if not m.finished] == ["b"]
+
+
+class MigrationsNova(FakeNova):
+    """Nova as the following's rounds see it: each accepted evacuation has a migration from
+    host1; at every read of the migrations the oldest one under way ends ('done', the server
+    landed ACTIVE on its target), or, with `never_done`, none does (the servers land all
+    the same: a status Nova failed to write). Listings and GETs show the views as they are."""
+
+    def __init__(self, servers: list[Server], never_done: bool = False) -> None:
+        super().__init__(servers, lands="ACTIVE")
+        self.never_done = never_done
+        self.reads = collections.Counter()
+
+    def evacuate(self, deadline, server, proof_, target=None):
+        accepted = super().evacuate(deadline, server, proof_, target)
+        with self._lock:
+            self.migrations.append(
+                Migration(server.id, "accepted", "2026-12-01T10:00:00", len(self.migrations))
+            )
+        return accepted
+
+    def evacuation_migrations(self, deadline, source_host=None, server_id=None):
+        self.reads["migrations"] += 1
+        with self._lock:
+            under_way = [
+                m
+                for m in self.migrations
+                if not m.finished and self.views[m.server_id].task_state is not None
+            ]
+            if under_way and len(self.named) == len(self.views):  # once all are asked
+                first = under_way[0]
+                view = self.views[first.server_id]
+                self.views[first.server_id] = dataclasses.replace(
+                    view, host=self.landing[first.server_id], status="ACTIVE", task_state=None
+                )
+                if not self.never_done:
+                    index = self.migrations.index(first)
+                    self.migrations[index] = dataclasses.replace(first, status="done")
+            return list(self.migrations)
+
+    def servers_changed_since(self, deadline, since):
+        self.reads["listing"] += 1
+        return list(self.views.values())
+
+    def server(self, deadline, server_id):
+        self.reads["get"] += 1
+        return super().server(deadline, server_id)
+
+
+def test_rounds_look_only_at_servers_whose_migration_ended() -> None:
+    """Eight servers landing one per round: each round reads the migrations and GETs the
+    one that landed, not a listing of the servers (five times a migration listing's cost);
+    the last one alone is listed (a listing when every server followed is due)."""
+    nova = MigrationsNova([_server(f"s{i}") for i in range(8)])
+    summary, _ = _evacuate(nova, max_parallel=8)
+    assert [o.state for o in summary.outcomes] == [S.RUNNING] * 8
+    assert nova.reads["listing"] <= 1
+    assert nova.reads["get"] >= 7
+    assert nova.reads["migrations"] >= 8
+
+
+def test_servers_are_listed_every_look_all_every_when_migrations_tell_nothing(
+    monkeypatch,
+) -> None:
+    """Migrations that never end (a status Nova failed to write): the servers are still
+    seen landed, by the listing every LOOK_ALL_EVERY seconds."""
+    monkeypatch.setattr(evacuation, "LOOK_ALL_EVERY", 0.2)
+    nova = MigrationsNova([_server(f"s{i}") for i in range(4)], never_done=True)
+    summary, _ = _evacuate(nova)
+    assert [o.state for o in summary.outcomes] == [S.RUNNING] * 4
+    assert nova.reads["listing"] >= 1 and nova.reads["get"] == 0
+
+
+class NoMigrationsNova(MigrationsNova):
+    """A Nova whose policy forbids reading migrations."""
+
+    def evacuation_migrations(self, deadline, source_host=None, server_id=None):
+        self.reads["migrations"] += 1
+        raise Forbidden("HTTP 403", 403)
+
+    def servers_changed_since(self, deadline, since):
+        return FakeNova.servers_changed_since(self, deadline, since)
+
+
+def test_unreadable_migrations_are_read_once_then_every_round_lists() -> None:
+    nova = NoMigrationsNova([_server(f"s{i}") for i in range(4)])
+    summary, _ = _evacuate(nova)
+    assert [o.state for o in summary.outcomes] == [S.RUNNING] * 4
+    assert nova.reads["migrations"] == 1

@@ -59,6 +59,13 @@ LOST_CHECK_AFTER = 10.0
 # takes a request up far later than this after it
 CLOCK_SKEW = 2.0
 TICK = 0.05  # how often the runner looks whether more requests may go out
+# A listing of 20 servers costs Nova five times a listing of their migrations (0.21 against
+# 0.04 CPU-seconds on the production-shaped Nova, more while they rebuild), CPU the rebuilds
+# need: so a round reads the migrations and looks only at servers whose evacuation ended
+# there, or that they tell nothing of; at every one each LOOK_ALL_EVERY seconds (a rebuild's
+# host may die). Measured on the one-process box: 1.5 CPU-seconds less per 20 servers.
+LOOK_ALL_EVERY = 5.0
+LOOK_ONE_BY_ONE = 3  # servers due for a look: up to this many, one GET each; else a listing
 STRAIN_STATUSES = frozenset({429})  # besides 5xx and no answer: Nova asks us to slow down
 # The following lists servers changed since shortly before the run began (changes_since)
 SINCE_MARGIN = 300.0  # by our clock: Nova's may be anywhere near it
@@ -298,6 +305,8 @@ class Runner:
         self.progress, self.heartbeat = hooks.progress, hooks.heartbeat
         self.may_request, self.fenced_at = hooks.may_request, hooks.fenced_at
         self.since = changes_since(nova.server_time())
+        self.looked_all_at = time.monotonic()  # the last listing of every followed server
+        self.migrations_readable = True  # else every round lists (one failed read is enough)
 
     # -- the state machine's driver ------------------------------------------------------
 
@@ -451,9 +460,15 @@ class Runner:
     # -- following -------------------------------------------------------------------------
 
     def _follow(self, pool: concurrent.futures.Executor, following: list[_Tracked]) -> None:
-        """One round of following: a single listing of what changed since we started (one
-        call whatever the number of servers), or one GET per server if that fails; then
-        the servers are looked at in parallel (a look may start a server)."""
+        """One round of following: the servers due for a look (_due), a few by one GET
+        each, more by a single listing of what changed since we started (one call whatever
+        the number of servers), or one GET per server if that fails; then the servers are
+        looked at in parallel (a look may start a server)."""
+        due = self._due(following)
+        if len(due) <= LOOK_ONE_BY_ONE and len(due) < len(following):
+            list(pool.map(self._check, due))
+            return
+        self.looked_all_at = time.monotonic()
         try:
             changed = {s.id: s for s in self.nova.servers_changed_since(self.deadline, self.since)}
         except NovaError as err:
@@ -465,6 +480,22 @@ class Runner:
         events = {self._event(server) for _, server in looks}
         failed = self._failed_migrations() if E.STILL_ON_SOURCE in events else set()
         list(pool.map(lambda look: self._look(look[0], look[1], failed), looks))
+
+    def _due(self, following: list[_Tracked]) -> list[_Tracked]:
+        """The followed servers due for a look: every one each LOOK_ALL_EVERY seconds or
+        when the migrations cannot be read; else those whose newest migration ended (landed,
+        failed, or started since) or that have none (asked before 2.23's filter, say)."""
+        if not self.migrations_readable or time.monotonic() - self.looked_all_at >= LOOK_ALL_EVERY:
+            return following
+        try:
+            newest = newest_per_server(
+                self.nova.evacuation_migrations(self.deadline, source_host=self.source)
+            )
+        except NovaError as err:
+            LOG.info("migrations unreadable (%s): every round lists the servers", err)
+            self.migrations_readable = False
+            return following
+        return [t for t in following if t.server_id not in newest or newest[t.server_id].finished]
 
     def _check(self, tracked: _Tracked) -> None:
         """Follow one server (one GET)."""

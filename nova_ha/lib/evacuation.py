@@ -465,6 +465,7 @@ class Runner:
         the number of servers), or one GET per server if that fails; then the servers are
         looked at in parallel (a look may start a server)."""
         due = self._due(following)
+        # Every one due (the migrations told nothing, or a last few): one listing sees all.
         if len(due) <= LOOK_ONE_BY_ONE and len(due) < len(following):
             list(pool.map(self._check, due))
             return

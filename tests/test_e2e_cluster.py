@@ -28,6 +28,7 @@ import time
 
 import pytest
 
+from nova_ha.lib import lifecycle
 from testbed import e2e
 from testbed.cluster import ClusterError, log_lines, to_terminal
 from testbed.e2e import E2EBed, records
@@ -92,14 +93,24 @@ def _wait_moved(
     timeout: float = 120,
     own: dict[str, str] | None = None,
 ) -> float:
-    """Until every server is ACTIVE on a node not in `failed` (or ERROR); seconds taken.
+    """Until every server is ACTIVE on a node not in `failed` (or ERROR once its node's
+    runner is done: before that, ERROR is a failed try it asks again); seconds taken.
     With `own` (server -> its node), one may also run on another failed node that is back."""
     observer = bed.observer()
+    node_of = own or {}
+
+    def settled(server_id: str) -> bool:
+        """Its host's runner is done: ERROR is final then, not a failed try it retries."""
+        nodes = {node_of[server_id]} if server_id in node_of else failed
+        states = records(bed.cluster)
+        return all(states[n].state not in lifecycle.UNFINISHED for n in nodes)
 
     def moved() -> bool:
         for server_id in ids:
             server = observer.server(server_id)
             if server["status"] == "ERROR":
+                if not settled(server_id):
+                    return False
                 continue
             if server["status"] != "ACTIVE" or server["task"]:
                 return False

@@ -206,12 +206,28 @@ def _assert_rejoined(bed: E2EBed, node: str, t0: float) -> None:
         if known is None or (m.created_at, m.id) > (known.created_at, known.id):
             newest[m.instance_uuid] = m
     assert all(m.status == "completed" for m in newest.values()), newest
-    accepted = [
-        r["t"]
-        for r in bed.requests(t0)
-        if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300
-    ]
-    assert not accepted or starts[0] > max(accepted)
+    accepted = _accepted_from(bed, node, t0)
+    assert not accepted or starts[0] > max(accepted), (starts, accepted)
+
+
+def _accepted_from(bed: E2EBed, node: str, t0: float) -> list[float]:
+    """When the box accepted an evacuation from `node` since t0 (by the request log, whose
+    entries do not say the source). Nova records one migration per accepted request, so a
+    server's accepted requests, in order, are its newest evacuation migrations, in order:
+    those name the source (another failed node's runner may ask for a server later)."""
+    asked: dict[str, list[float]] = collections.defaultdict(list)
+    for r in bed.requests(t0):
+        if r.get("action") == "evacuate" and r["status"] and 200 <= r["status"] < 300:
+            asked[r["path"].split("/")[-2]].append(r["t"])
+    migrations: dict[str, list] = collections.defaultdict(list)
+    for m in bed.observer().nova.migrations.list(migration_type="evacuation"):
+        migrations[m.instance_uuid].append(m)
+    out = []
+    for server_id, times in asked.items():
+        mine = sorted(migrations[server_id], key=lambda m: m.id)[-len(times) :]
+        assert len(mine) == len(times), (server_id, times, mine)
+        out += [t for t, m in zip(sorted(times), mine, strict=True) if m.source_compute == node]
+    return out
 
 
 def _no_nova_change(bed: E2EBed, t0: float) -> list[dict]:

@@ -65,6 +65,7 @@ def test_lifecycle_events_map_to_guest_events(event, detail, expected):
 
 def test_scan_states_and_watchdog_actions():
     assert decide.from_state(5, 3) == E.FOUND_CRASHED  # SHUTOFF/CRASHED
+    assert decide.from_state(5, 8) == E.FOUND_CRASHED  # SHUTOFF/DAEMON: killed at reconnect
     assert decide.from_state(6, 1) == E.FOUND_CRASHED  # CRASHED/PANICKED (preserved)
     assert decide.from_state(5, 2) is None  # SHUTOFF/DESTROYED: stopped on purpose
     assert decide.from_state(5, 1) is None  # SHUTOFF/SHUTDOWN

@@ -67,6 +67,9 @@ _STOPPED_DETAIL = {
 }
 _STATE_SHUTOFF, _STATE_CRASHED = 5, 6
 _SHUTOFF_CRASHED = 3
+# libvirtd killed it while reconnecting after its own restart (it could not take its QEMU
+# back; seen once on the CI machine under load): no one asked for that stop either.
+_SHUTOFF_DAEMON = 8
 _WATCHDOG_NONE = 0
 WATCH_STATES = {1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff"}
 STATE_PAUSED = 3
@@ -89,7 +92,9 @@ def from_watchdog(action: int) -> GuestEvent | None:
 
 def from_state(state: int, reason: int) -> GuestEvent | None:
     """The scan's view of a domain (virDomain.state()): crashed while nobody watched."""
-    if state == _STATE_CRASHED or (state == _STATE_SHUTOFF and reason == _SHUTOFF_CRASHED):
+    if state == _STATE_CRASHED or (
+        state == _STATE_SHUTOFF and reason in (_SHUTOFF_CRASHED, _SHUTOFF_DAEMON)
+    ):
         return GuestEvent.FOUND_CRASHED
     return None
 

@@ -199,7 +199,8 @@ def test_nova_server_is_a_libvirt_domain(bed, conn, libvirt_box):
 def test_libvirtd_restart_keeps_guests_and_finds_a_dead_one(bed):
     """libvirtd goes away (SIGTERM), a guest's QEMU dies meanwhile: back, libvirtd reports
     that domain shut off with reason CRASHED (no event: nobody was connected), and the other
-    guest still runs. What a monitor's scan at reconnect sees."""
+    guest still runs (or libvirtd killed it as it reconnected: SHUTOFF/DAEMON, which the
+    scan takes for a crash too). What a monitor's scan at reconnect sees."""
     import libvirt
 
     conn = bed.connect()
